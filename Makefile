@@ -1,0 +1,142 @@
+# kvfs — plain Makefile (liburing style): `make` builds everything found,
+# V=1 shows commands, SANITIZE=address,undefined or SANITIZE=thread builds a
+# sanitized variant in its own folder that `make test` then runs.
+
+VERSION    := 0.1.0
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+V          ?= 0
+SANITIZE   ?=
+PYTHON     ?= /usr/bin/python3
+
+comma := ,
+ifeq ($(SANITIZE),)
+B := build
+else
+B := build/san-$(subst $(comma),-,$(SANITIZE))
+endif
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+PKGS      := fuse3 liburing jansson libcbor libxxhash liburcu-bp liburcu-cds
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CC       ?= gcc
+OPT      ?= -O2
+CFLAGS   ?= $(OPT) -g
+WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wstrict-prototypes \
+            -Wmissing-prototypes -Wformat=2
+KCFLAGS  := -std=gnu11 -fPIC -pthread -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
+            -DKVFS_VERSION='"$(VERSION)"' -Iinclude -I. $(WARN) $(PKG_CFLAGS) -MMD -MP
+LDLIBS   := $(PKG_LIBS) -lrocksdb -lcrypto -lpthread -lm
+ifneq ($(SANITIZE),)
+KCFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
+LDFLAGS  += -fsanitize=$(SANITIZE)
+endif
+
+# --- sources, one folder a layer (DESIGN §1) -------------------------------
+CORE_SRC   := $(wildcard core/*.c)
+TIER_SRC   := $(wildcard tier/*.c)
+FS_SRC     := $(wildcard fs/*.c)
+# The public library: what include/kvfs/ declares.
+LIBKVFS_SRC := core/keys.c core/format.c $(wildcard engine/lib*.c)
+
+obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
+
+CORE_LIB   := $(B)/lib/libkvfs-core.a
+TIER_LIB   := $(B)/lib/libkvfs-tier.a
+LIBKVFS_A  := $(B)/lib/libkvfs.a
+LIBKVFS_SO := $(B)/lib/libkvfs.so
+BINS       := $(B)/bin/kvfs $(if $(wildcard tools/kvfsctl.c),$(B)/bin/kvfsctl) \
+              $(if $(wildcard tools/bench*.c),$(B)/bin/kvfs-bench)
+
+UNIT_SRC   := $(wildcard tests/unit/*_test.c)
+UNIT_BINS  := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
+
+.PHONY: all deps test unit integration bench demo install clean format check-deps
+all: check-deps $(BINS) $(LIBKVFS_A) $(LIBKVFS_SO) $(UNIT_BINS)
+
+check-deps:
+	@pkg-config --exists $(PKGS) && test -e /usr/include/rocksdb/c.h \
+	  && test -e /usr/include/cmocka.h || { \
+	  echo "kvfs: build dependencies missing; run 'make deps' (or 'sudo mk/deps.sh')" >&2; exit 1; }
+
+deps:
+	$(Q)sh mk/deps.sh
+
+$(B)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  CC      $<"
+	$(Q)$(CC) $(KCFLAGS) $(CFLAGS) -c -o $@ $<
+
+$(CORE_LIB): $(call obj,$(CORE_SRC))
+$(TIER_LIB): $(call obj,$(TIER_SRC))
+$(LIBKVFS_A): $(call obj,$(LIBKVFS_SRC))
+$(CORE_LIB) $(TIER_LIB) $(LIBKVFS_A):
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(LIBKVFS_SO): $(call obj,$(LIBKVFS_SRC))
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) -shared -Wl,-soname,libkvfs.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/bin/kvfs: $(call obj,$(FS_SRC)) $(TIER_LIB) $(CORE_LIB)
+$(B)/bin/kvfsctl: $(call obj,tools/kvfsctl.c) $(LIBKVFS_A)
+$(B)/bin/kvfs-bench: $(call obj,$(wildcard tools/bench*.c)) $(LIBKVFS_A)
+$(BINS):
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/tests/%_test: $(call obj,tests/unit/%_test.c) $(TIER_LIB) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+# --- tests -------------------------------------------------------------------
+# `make test` installs what is missing, builds, then runs the unit suites and
+# the integration suites on a real FUSE mount.
+test: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)$(MAKE) --no-print-directory unit integration
+
+unit: $(UNIT_BINS)
+	$(Q)sh tests/run-unit.sh $(UNIT_BINS)
+
+integration: $(BINS)
+	$(Q)KVFS_BUILD=$(B) $(PYTHON) tests/integration/run.py $(TESTS)
+
+bench: all
+	$(Q)KVFS_BUILD=$(B) sh tools/bench.sh
+
+demo: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)KVFS_BUILD=$(B) sh tools/demo.sh
+
+# --- install -----------------------------------------------------------------
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	  $(DESTDIR)$(PREFIX)/include/kvfs
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(LIBKVFS_A) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(LIBKVFS_SO) $(DESTDIR)$(PREFIX)/lib/libkvfs.so.$(VERSION)
+	ln -sf libkvfs.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libkvfs.so.0
+	ln -sf libkvfs.so.0 $(DESTDIR)$(PREFIX)/lib/libkvfs.so
+	install -m 644 include/kvfs/*.h $(DESTDIR)$(PREFIX)/include/kvfs/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' mk/kvfs.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/kvfs.pc
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build
+
+-include $(shell find $(B)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,433 @@
+/*
+ * fs/ctl.c — the control directory `.kvfs/` at the root of every mount.
+ *
+ * Owns the control inodes (static: they live as long as the process) and
+ * the rendering of their contents, generated at each open so a reader gets
+ * one consistent snapshot:
+ *   stats    JSON: capacity, use and hit rates per tier, counters
+ *   metrics  Prometheus text exposition format 0.0.4, the same figures
+ *   config   JSON: the running configuration
+ *   fault    write-only (root): arm the fault seam, e.g. "cat_write:1:EIO"
+ * Every figure is defined once, in the table below, and both formats are
+ * generated from it. README.md documents each field.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/fault.h"
+#include "core/util.h"
+#include "fs/fs_i.h"
+
+static struct kvfs_inode ctl_inodes[1 + CTL_NR];
+
+static const char *const ctl_names[CTL_NR] = {
+	[CTL_STATS] = "stats",
+	[CTL_METRICS] = "metrics",
+	[CTL_CONFIG] = "config",
+	[CTL_FAULT] = "fault",
+};
+
+#define CTL_INO_BASE (UINT64_MAX - 16)
+
+void ctl_init(struct kvfs_fs *fs)
+{
+	int64_t now = (int64_t)kvfs_now_ns();
+
+	for (unsigned i = 0; i <= CTL_NR; i++) {
+		struct kvfs_inode *in = &ctl_inodes[i];
+
+		memset(in, 0, sizeof(*in));
+		pthread_mutex_init(&in->lock, NULL);
+		atomic_init(&in->refs, 1ull << 62); /* never freed */
+		in->atime = in->mtime = in->ctime = now;
+		in->uid = getuid();
+		in->gid = getgid();
+		in->generation = 1;
+		if (i == 0) {
+			in->kind = KIND_CTL_DIR;
+			in->mode = S_IFDIR | 0555;
+			in->ino = CTL_INO_BASE;
+		} else {
+			in->kind = KIND_CTL_FILE;
+			in->ctl_id = (uint8_t)(i - 1);
+			in->mode = S_IFREG | (in->ctl_id == CTL_FAULT ? 0200 : 0444);
+			in->ino = CTL_INO_BASE + i;
+		}
+	}
+	(void)fs;
+}
+
+struct kvfs_inode *ctl_dir(void)
+{
+	return &ctl_inodes[0];
+}
+
+const char *ctl_name(unsigned id)
+{
+	return id < CTL_NR ? ctl_names[id] : NULL;
+}
+
+struct kvfs_inode *ctl_lookup(const char *name)
+{
+	for (unsigned i = 0; i < CTL_NR; i++)
+		if (strcmp(name, ctl_names[i]) == 0)
+			return &ctl_inodes[1 + i];
+	return NULL;
+}
+
+/* --- one snapshot of every figure ------------------------------------------- */
+
+struct snapshot {
+	struct tier_stats ts;
+	uint64_t c[sizeof(struct kvfs_counters) / sizeof(uint64_t)];
+	uint64_t misses;
+	double hit_rate; /* < 0 when nothing was looked up yet */
+	double uptime;
+};
+
+#define CTR(field) (offsetof(struct kvfs_counters, field) / sizeof(uint64_t))
+
+enum fig_type { COUNTER, GAUGE };
+
+/* A figure: its JSON path, Prometheus name, type, help, and where it is. */
+struct figure {
+	const char *json;  /* "a.b" nests */
+	const char *prom;
+	enum fig_type type;
+	const char *help;
+	int ctr;           /* index into snapshot.c, or -1 */
+	uint64_t (*get)(const struct snapshot *s);
+};
+
+static uint64_t g_capacity(const struct snapshot *s)
+{
+	return s->ts.dram_capacity;
+}
+static uint64_t g_used(const struct snapshot *s)
+{
+	return s->ts.dram_used;
+}
+static uint64_t g_free(const struct snapshot *s)
+{
+	return s->ts.dram_capacity - s->ts.dram_used;
+}
+static uint64_t g_pinned_bytes(const struct snapshot *s)
+{
+	return s->ts.dram_pinned;
+}
+static uint64_t g_page_size(const struct snapshot *s)
+{
+	return s->ts.page_size;
+}
+static uint64_t g_objects(const struct snapshot *s)
+{
+	return s->ts.sealed;
+}
+static uint64_t g_pinned(const struct snapshot *s)
+{
+	return s->ts.pinned;
+}
+static uint64_t g_evictions(const struct snapshot *s)
+{
+	return s->ts.evictions;
+}
+static uint64_t g_evicted_bytes(const struct snapshot *s)
+{
+	return s->ts.evicted_bytes;
+}
+static uint64_t g_enospc(const struct snapshot *s)
+{
+	return s->ts.enospc;
+}
+static uint64_t g_misses(const struct snapshot *s)
+{
+	return s->misses;
+}
+
+static const struct figure figures[] = {
+	{"capacity_bytes", "kvfs_capacity_bytes", GAUGE, "Bytes the tiers can hold", -1, g_capacity},
+	{"used_bytes", "kvfs_used_bytes", GAUGE, "Bytes of the tiers in use", -1, g_used},
+	{"files", "kvfs_files", GAUGE, "Files in the namespace", CTR(files), NULL},
+	{"directories", "kvfs_directories", GAUGE, "Directories, not counting the root", CTR(dirs),
+	 NULL},
+	{"open_handles", "kvfs_open_handles", GAUGE, "Open file handles", CTR(open_handles), NULL},
+	{"tiers.dram.capacity_bytes", "kvfs_dram_capacity_bytes", GAUGE, "DRAM arena size", -1,
+	 g_capacity},
+	{"tiers.dram.used_bytes", "kvfs_dram_used_bytes", GAUGE, "DRAM pages in use, in bytes", -1,
+	 g_used},
+	{"tiers.dram.free_bytes", "kvfs_dram_free_bytes", GAUGE, "DRAM pages free, in bytes", -1,
+	 g_free},
+	{"tiers.dram.pinned_bytes", "kvfs_dram_pinned_bytes", GAUGE,
+	 "DRAM held by pinned sealed files", -1, g_pinned_bytes},
+	{"tiers.dram.page_size", "kvfs_dram_page_size_bytes", GAUGE, "DRAM page size", -1,
+	 g_page_size},
+	{"tiers.dram.files", "kvfs_dram_files", GAUGE, "Sealed files with bytes in DRAM", -1,
+	 g_objects},
+	{"tiers.dram.pinned_files", "kvfs_dram_pinned_files", GAUGE, "Pinned files in DRAM", -1,
+	 g_pinned},
+	{"hits", "kvfs_hits_total", COUNTER, "Opens for reading that found a sealed file",
+	 CTR(hits), NULL},
+	{"misses", "kvfs_misses_total", COUNTER,
+	 "Lookups that found nothing, less those that preceded a create", -1, g_misses},
+	{"lookups", "kvfs_lookups_total", COUNTER, "Name lookups from the kernel", CTR(lookups),
+	 NULL},
+	{"lookup_misses", "kvfs_lookup_misses_total", COUNTER, "Lookups that found nothing",
+	 CTR(lookup_misses), NULL},
+	{"misses_created", "kvfs_misses_created_total", COUNTER,
+	 "Negative lookups followed by a create of the name", CTR(misses_created), NULL},
+	{"opens", "kvfs_opens_total", COUNTER, "File opens", CTR(opens), NULL},
+	{"busy_opens", "kvfs_busy_opens_total", COUNTER,
+	 "Opens refused because the file was being written (EBUSY)", CTR(busy_opens), NULL},
+	{"reads", "kvfs_reads_total", COUNTER, "Read requests served", CTR(reads), NULL},
+	{"read_bytes", "kvfs_read_bytes_total", COUNTER, "Bytes read", CTR(read_bytes), NULL},
+	{"writes", "kvfs_writes_total", COUNTER, "Write requests", CTR(writes), NULL},
+	{"write_bytes", "kvfs_write_bytes_total", COUNTER, "Bytes written", CTR(write_bytes), NULL},
+	{"creates", "kvfs_creates_total", COUNTER, "Files created", CTR(creates), NULL},
+	{"unlinks", "kvfs_unlinks_total", COUNTER, "Files and directories removed", CTR(unlinks),
+	 NULL},
+	{"renames", "kvfs_renames_total", COUNTER, "Renames", CTR(renames), NULL},
+	{"sealed", "kvfs_sealed_total", COUNTER, "Files sealed by their last writer", CTR(sealed),
+	 NULL},
+	{"evictions", "kvfs_evictions_total", COUNTER, "Files evicted to make room or by request",
+	 -1, g_evictions},
+	{"evicted_bytes", "kvfs_evicted_bytes_total", COUNTER, "Bytes of evicted files", -1,
+	 g_evicted_bytes},
+	{"operator_evictions", "kvfs_operator_evictions_total", COUNTER,
+	 "Files evicted by user.kvfs.evict (kvfsctl evict)", CTR(operator_evictions), NULL},
+	{"enospc", "kvfs_enospc_total", COUNTER, "Writes refused: nothing could be evicted", -1,
+	 g_enospc},
+	{"evict_races", "kvfs_evict_races_total", COUNTER,
+	 "Evictions that found the file already deleted", CTR(evict_races), NULL},
+	{"native.valid", "kvfs_native_valid_total", COUNTER, "Native blocks sealed and validated",
+	 CTR(native_valid), NULL},
+	{"native.invalid", "kvfs_native_invalid_total", COUNTER,
+	 "Native blocks refused (EBADMSG)", CTR(native_invalid), NULL},
+	{"restart_dropped", "kvfs_restart_dropped", GAUGE,
+	 "Files dropped at start because their bytes were in DRAM only", CTR(restart_dropped),
+	 NULL},
+	{"readdir_scanned", "kvfs_readdir_scanned_total", COUNTER,
+	 "Directory entries visited by readdir", CTR(readdir_scanned), NULL},
+	{"catalog.commits", "kvfs_catalog_commits_total", COUNTER, "Catalog batches committed",
+	 CTR(catalog_commits), NULL},
+	{"catalog.errors", "kvfs_catalog_errors_total", COUNTER, "Catalog commits that failed",
+	 CTR(catalog_errors), NULL},
+};
+
+static void take_snapshot(struct kvfs_fs *fs, struct snapshot *s)
+{
+	const _Atomic uint64_t *c = (const _Atomic uint64_t *)&fs->ctr;
+	uint64_t lookups_failed;
+
+	memset(s, 0, sizeof(*s));
+	tier_get_stats(fs->tier, &s->ts);
+	for (size_t i = 0; i < KVFS_ARRAY_SIZE(s->c); i++)
+		s->c[i] = atomic_load(&c[i]);
+	lookups_failed = s->c[CTR(lookup_misses)];
+	s->misses = lookups_failed > s->c[CTR(misses_created)]
+			    ? lookups_failed - s->c[CTR(misses_created)]
+			    : 0;
+	s->hit_rate = s->c[CTR(hits)] + s->misses
+			      ? (double)s->c[CTR(hits)] / (double)(s->c[CTR(hits)] + s->misses)
+			      : -1.0;
+	s->uptime = (double)(kvfs_now_ns() - fs->started_ns) / 1e9;
+}
+
+static uint64_t fig_value(const struct figure *f, const struct snapshot *s)
+{
+	return f->get ? f->get(s) : s->c[f->ctr];
+}
+
+/* Set "a.b.c" in @root, creating objects on the way. */
+static void json_set_path(json_t *root, const char *path, json_t *val)
+{
+	char buf[128], *dot, *p = buf;
+	json_t *o = root;
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	while ((dot = strchr(p, '.'))) {
+		json_t *next;
+
+		*dot = '\0';
+		next = json_object_get(o, p);
+		if (!next) {
+			next = json_object();
+			json_object_set_new(o, p, next);
+		}
+		o = next;
+		p = dot + 1;
+	}
+	json_object_set_new(o, p, val);
+}
+
+static char *render_stats(struct kvfs_fs *fs)
+{
+	struct snapshot s;
+	json_t *root = json_object();
+	char *out;
+
+	take_snapshot(fs, &s);
+	json_object_set_new(root, "version", json_string(KVFS_VERSION));
+	json_object_set_new(root, "mountpoint", json_string(fs->cfg.mountpoint));
+	json_object_set_new(root, "uptime_seconds", json_real(s.uptime));
+	json_object_set_new(root, "policy", json_string(s.ts.policy));
+	json_object_set_new(root, "hit_rate", s.hit_rate < 0 ? json_null() : json_real(s.hit_rate));
+	for (size_t i = 0; i < KVFS_ARRAY_SIZE(figures); i++)
+		json_set_path(root, figures[i].json, json_integer((json_int_t)fig_value(&figures[i], &s)));
+	{
+		json_t *faults = json_object();
+
+		for (int op = 0; op < KVFS_FAULT_NR; op++)
+			json_object_set_new(faults, kvfs_fault_name(op),
+					    json_integer((json_int_t)atomic_load(
+						    &kvfs_fault_slots[op].hits)));
+		json_object_set_new(root, "faults_injected", faults);
+	}
+	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	json_decref(root);
+	return out;
+}
+
+static int appendf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int appendf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(*buf + *len, *cap - *len, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			return -EINVAL;
+		if ((size_t)n < *cap - *len)
+			break;
+		{
+			size_t nc = *cap * 2 + (size_t)n;
+			char *p = realloc(*buf, nc);
+
+			if (!p)
+				return -ENOMEM;
+			*buf = p;
+			*cap = nc;
+		}
+	}
+	*len += (size_t)n;
+	return 0;
+}
+
+static char *render_metrics(struct kvfs_fs *fs)
+{
+	struct snapshot s;
+	size_t len = 0, cap = 8192;
+	char *buf = malloc(cap);
+	int rc = 0;
+
+	if (!buf)
+		return NULL;
+	buf[0] = '\0';
+	take_snapshot(fs, &s);
+	for (size_t i = 0; i < KVFS_ARRAY_SIZE(figures) && !rc; i++) {
+		const struct figure *f = &figures[i];
+
+		rc = appendf(&buf, &len, &cap, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", f->prom,
+			     f->help, f->prom, f->type == COUNTER ? "counter" : "gauge", f->prom,
+			     (unsigned long long)fig_value(f, &s));
+	}
+	if (!rc)
+		rc = appendf(&buf, &len, &cap,
+			     "# HELP kvfs_hit_ratio hits / (hits + misses)\n"
+			     "# TYPE kvfs_hit_ratio gauge\nkvfs_hit_ratio %.6f\n"
+			     "# HELP kvfs_uptime_seconds Seconds since the daemon started\n"
+			     "# TYPE kvfs_uptime_seconds gauge\nkvfs_uptime_seconds %.3f\n",
+			     s.hit_rate < 0 ? 0.0 : s.hit_rate, s.uptime);
+	if (rc) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+static char *render_config(struct kvfs_fs *fs)
+{
+	const struct kvfs_config *c = &fs->cfg;
+	json_t *root = json_object();
+	char *out;
+
+	json_object_set_new(root, "version", json_string(KVFS_VERSION));
+	json_object_set_new(root, "pid", json_integer(getpid()));
+	json_object_set_new(root, "mountpoint", json_string(c->mountpoint));
+	json_object_set_new(root, "state_dir", json_string(c->state_dir));
+	json_object_set_new(root, "state_is_temporary", json_boolean(c->state_is_temp));
+	json_object_set_new(root, "dram_bytes", json_integer((json_int_t)c->dram_bytes));
+	json_object_set_new(root, "page_size", json_integer(tier_page_size(fs->tier)));
+	json_object_set_new(root, "policy", json_string(c->policy ? c->policy : "mq"));
+	json_object_set_new(root, "threads", json_integer(c->threads));
+	json_object_set_new(root, "entry_timeout", json_real(c->entry_timeout));
+	json_object_set_new(root, "attr_timeout", json_real(c->attr_timeout));
+	json_object_set_new(root, "negative_timeout", json_real(c->negative_timeout));
+	json_object_set_new(root, "read_ahead_kb", json_integer(c->read_ahead_kb));
+	json_object_set_new(root, "fuse_options", json_string(c->fuse_opts));
+	json_object_set_new(root, "log", c->log_path ? json_string(c->log_path) : json_null());
+	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	json_decref(root);
+	return out;
+}
+
+int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len)
+{
+	char *out;
+
+	switch (id) {
+	case CTL_STATS:
+		out = render_stats(fs);
+		break;
+	case CTL_METRICS:
+		out = render_metrics(fs);
+		break;
+	case CTL_CONFIG:
+		out = render_config(fs);
+		break;
+	default:
+		return -EACCES;
+	}
+	if (!out)
+		return -ENOMEM;
+	*len = strlen(out);
+	if (id != CTL_METRICS) {
+		/* JSON files end with a newline like any text file. */
+		char *p = realloc(out, *len + 2);
+
+		if (!p) {
+			free(out);
+			return -ENOMEM;
+		}
+		out = p;
+		out[(*len)++] = '\n';
+		out[*len] = '\0';
+	}
+	*buf = out;
+	return 0;
+}
+
+int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len)
+{
+	char spec[512];
+
+	if (id != CTL_FAULT)
+		return -EACCES;
+	if (len == 0 || len >= sizeof(spec))
+		return -EINVAL;
+	memcpy(spec, buf, len);
+	spec[len] = '\0';
+	if (spec[len - 1] == '\n')
+		spec[len - 1] = '\0';
+	(void)fs;
+	return kvfs_fault_parse(spec);
+}

@@ -1,0 +1,284 @@
+/*
+ * fs/fs_i.h — private to fs/: the daemon's in-memory namespace.
+ *
+ * The namespace lives in memory while the daemon runs and is written
+ * through to the catalog; it is loaded from the catalog at start.
+ *
+ * Inodes. One struct per directory or file; FUSE node ids are inode
+ * addresses (libfuse's passthrough_ll does the same), so no table is
+ * consulted to turn a node id into an inode. The persistent inode number
+ * (`ino`, st_ino, the catalog key) is separate. There are no hard links, so
+ * an inode has at most one name, and the name lives in the inode.
+ *
+ * Lookup. A lock-free hash table (liburcu's rculfhash) maps (parent ino,
+ * name) to the inode; lookups run under the RCU read lock and take a
+ * reference with an increment-if-not-zero. Inodes are freed after a grace
+ * period (call_rcu).
+ *
+ * References (`refs`): one while linked into the tree, one per kernel
+ * lookup (forget returns them), one per open handle, one while queued for a
+ * stats flush or a kernel invalidation. The inode is freed when it drops to
+ * zero, which implies it is unlinked.
+ *
+ * Locks, in the order they are taken:
+ *   fs->lock    the tree: names, parents, children lists, the hash table's
+ *               writers, catalog commits of namespace changes
+ *   inode->lock attributes and a file's open/seal state
+ *   tier locks  (inside tier/)
+ * No fs lock is held while calling tier_write() or tier_truncate(): they may
+ * evict, and eviction calls back into ns_evicted(), which takes fs->lock.
+ */
+#ifndef KVFS_FS_I_H
+#define KVFS_FS_I_H
+
+#define FUSE_USE_VERSION 314
+#include <fuse_lowlevel.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <urcu/urcu-bp.h>
+#include <urcu/rculfhash.h>
+#include <urcu/lfstack.h>
+#include <urcu/list.h>
+
+#include "core/catalog.h"
+#include "kvfs/keys.h"
+#include "tier/tier.h"
+
+#define KVFS_NAME_MAX 255
+#define KVFS_CTL_NAME ".kvfs"
+
+enum inode_kind {
+	KIND_DIR = 1,
+	KIND_FILE,
+	KIND_CTL_DIR,
+	KIND_CTL_FILE,
+};
+
+/* A place in a directory's children list: an inode, or a readdir cursor. */
+struct dnode {
+	struct cds_list_head link;
+	bool is_cursor;
+};
+
+struct kvfs_inode {
+	uint64_t ino;
+	uint8_t kind;
+	uint8_t ctl_id; /* KIND_CTL_FILE: which file */
+	_Atomic uint64_t refs;
+	uint64_t generation;
+	pthread_mutex_t lock;
+
+	/* attributes (inode lock) */
+	uint32_t mode, uid, gid;
+	int64_t atime, mtime, ctime; /* ns since the epoch */
+
+	/* place in the tree (fs->lock) */
+	struct kvfs_inode *parent; /* NULL when unlinked, and for the root */
+	char *name;
+	uint32_t namelen;
+	unsigned long hash;
+	struct cds_lfht_node hnode;
+	struct dnode dn;
+	bool linked;
+	bool persisted; /* the catalog has a record of it */
+
+	/* directories (fs->lock) */
+	struct cds_list_head children;
+	uint64_t nchildren;
+	uint32_t nsubdirs;
+
+	/* files (inode lock) */
+	tier_obj *data;   /* NULL once evicted or deleted */
+	uint32_t writers; /* writable handles not yet released */
+	uint32_t flushed; /* of which closed (flushed) and not written since */
+	uint32_t opens;   /* open handles */
+	_Atomic bool sealed;
+	bool sealing;  /* the last writer is validating; no new writers */
+	bool invalid;  /* a native block that failed validation */
+	bool native;   /* a valid native block: key fields are set */
+	uint64_t hits;
+	kvfs_key key;
+	kvfs_key parent_key;
+	uint32_t ntokens;
+
+	/* stats flush queue */
+	_Atomic bool dirty;
+	struct cds_lfs_node dirty_node;
+	struct rcu_head rcu;
+};
+
+/* Counters, exported in .kvfs/stats and .kvfs/metrics (see ctl.c). */
+struct kvfs_counters {
+	_Atomic uint64_t lookups;
+	_Atomic uint64_t lookup_misses;
+	_Atomic uint64_t misses_created; /* negative lookups followed by a create */
+	_Atomic uint64_t hits;
+	_Atomic uint64_t opens;
+	_Atomic uint64_t reads;
+	_Atomic uint64_t read_bytes;
+	_Atomic uint64_t writes;
+	_Atomic uint64_t write_bytes;
+	_Atomic uint64_t creates;
+	_Atomic uint64_t unlinks;
+	_Atomic uint64_t renames;
+	_Atomic uint64_t sealed;
+	_Atomic uint64_t native_valid;
+	_Atomic uint64_t native_invalid;
+	_Atomic uint64_t busy_opens;
+	_Atomic uint64_t evict_races;
+	_Atomic uint64_t operator_evictions;
+	_Atomic uint64_t restart_dropped;
+	_Atomic uint64_t catalog_commits;
+	_Atomic uint64_t catalog_errors;
+	_Atomic uint64_t readdir_scanned;
+	_Atomic uint64_t files;
+	_Atomic uint64_t dirs;
+	_Atomic uint64_t open_handles;
+};
+
+struct kvfs_config {
+	const char *mountpoint;
+	const char *state_dir;
+	bool state_is_temp;
+	uint64_t dram_bytes;
+	uint32_t page_size;
+	const char *policy;
+	unsigned threads;
+	double entry_timeout;
+	double attr_timeout;
+	double negative_timeout;
+	unsigned read_ahead_kb;
+	bool foreground;
+	bool debug;
+	const char *log_path;
+	int log_level;
+	char fuse_opts[1024];
+};
+
+struct kvfs_fs {
+	struct kvfs_config cfg;
+	struct fuse_session *se;
+	cat *cat;
+	tier_mgr *tier;
+
+	pthread_mutex_t lock;
+	struct cds_lfht *ht;
+	struct kvfs_inode *root;
+	uint64_t next_ino;
+	_Atomic uint64_t next_generation;
+	uint64_t started_ns;
+
+	struct kvfs_counters ctr;
+
+	/* wakes opens and renames waiting for a closed file's release (ops.c) */
+	pthread_mutex_t seal_lock;
+	pthread_cond_t seal_cond;
+
+	/* negative lookups awaiting a create (see ops.c: miss accounting) */
+	_Atomic uint64_t recent_miss[256];
+
+	/* background work: stats flush and kernel cache invalidation */
+	struct cds_lfs_stack dirty;
+	pthread_t worker;
+	pthread_mutex_t work_lock;
+	pthread_cond_t work_cond;
+	struct inval *inval_head, *inval_tail;
+	bool stopping;
+	bool worker_started;
+};
+
+extern struct kvfs_fs *kvfs_fs_global;
+
+/* --- ns.c: the tree ---------------------------------------------------------- */
+
+int ns_open(struct kvfs_fs *fs, char *err, size_t errlen);
+void ns_close(struct kvfs_fs *fs);
+
+struct kvfs_inode *ns_inode_new(struct kvfs_fs *fs, uint8_t kind, uint32_t mode, uint32_t uid,
+				uint32_t gid);
+void ns_get(struct kvfs_inode *in, uint64_t n);
+void ns_put(struct kvfs_fs *fs, struct kvfs_inode *in, uint64_t n);
+
+/* Look up a child under RCU and take one reference; NULL if absent. */
+struct kvfs_inode *ns_lookup(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+			     size_t len);
+/* Same, with fs->lock held (no reference taken). */
+struct kvfs_inode *ns_find_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+				  size_t len);
+
+/* Link @in under @dir as @name (fs->lock held). @return 0 or -ENOMEM. */
+int ns_link_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, struct kvfs_inode *in,
+		   const char *name, size_t len);
+/* Remove @in from its directory (fs->lock held); drops the link reference. */
+void ns_unlink_locked(struct kvfs_fs *fs, struct kvfs_inode *in);
+
+/* Add catalog operations that persist @in's record (and its name). */
+void ns_persist(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in);
+/* Add catalog operations that forget @in. */
+void ns_forget_record(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in);
+/* Commit @b; counts errors. @return 0 or -EIO (or the fault seam's errno). */
+int ns_commit(struct kvfs_fs *fs, cat_batch *b);
+
+/* A file's data is gone or no longer needed: drop it if no handle is open. */
+void ns_release_data(struct kvfs_fs *fs, struct kvfs_inode *in);
+
+/* Tier callback: objects were evicted. */
+void ns_evicted(void *ctx, tier_obj *const *objs, size_t n);
+
+/* Queue a kernel cache invalidation for @in's name and pages. */
+void ns_queue_inval(struct kvfs_fs *fs, struct kvfs_inode *in, bool entry);
+/* Queue @in's access statistics for the next catalog flush. */
+void ns_mark_dirty(struct kvfs_fs *fs, struct kvfs_inode *in);
+/* Write queued statistics now. */
+void ns_flush_dirty(struct kvfs_fs *fs);
+
+/* Evict a file, or every file below a directory; counts what happened. */
+struct evict_result {
+	uint64_t files;
+	uint64_t bytes;
+	uint64_t busy;
+	uint64_t pinned;
+};
+void ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *in, struct evict_result *res);
+
+/* Fill a catalog record from an inode (inode lock held). */
+void ns_to_record(const struct kvfs_inode *in, struct cat_inode *rec);
+
+/* --- ctl.c: the .kvfs control directory -------------------------------------- */
+
+enum ctl_file {
+	CTL_STATS,
+	CTL_METRICS,
+	CTL_CONFIG,
+	CTL_FAULT,
+	CTL_NR,
+};
+
+void ctl_init(struct kvfs_fs *fs);
+struct kvfs_inode *ctl_dir(void);
+struct kvfs_inode *ctl_lookup(const char *name);
+const char *ctl_name(unsigned id);
+/* Build a control file's contents (malloc'd) for an open. @return 0 or -errno. */
+int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len);
+/* A write to a control file. @return 0 or -errno. */
+int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len);
+
+/* --- ops.c ------------------------------------------------------------------ */
+
+extern const struct fuse_lowlevel_ops kvfs_ops;
+
+static inline struct kvfs_inode *ino_to_inode(struct kvfs_fs *fs, fuse_ino_t ino)
+{
+	return ino == FUSE_ROOT_ID ? fs->root : (struct kvfs_inode *)(uintptr_t)ino;
+}
+
+static inline fuse_ino_t inode_to_ino(struct kvfs_fs *fs, const struct kvfs_inode *in)
+{
+	return in == fs->root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)in;
+}
+
+#endif

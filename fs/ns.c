@@ -1,0 +1,828 @@
+/*
+ * fs/ns.c — the namespace: inodes, the name hash, the tree, its catalog
+ * records, eviction and background work.
+ *
+ * Owns: every struct kvfs_inode, the (parent, name) hash table, the link
+ * between an inode and its tier object, and the worker thread that writes
+ * batched access statistics and sends kernel cache invalidations.
+ *
+ * Invariants (see fs_i.h for the locks):
+ *  - `in->data` and the tier object's owner cookie are set and cleared
+ *    together, under fs->lock. So the eviction callback, holding fs->lock,
+ *    sees either a detached object (owner NULL) or a linked, live inode.
+ *  - a file that is unlinked keeps its bytes only while a handle is open;
+ *    the last release detaches and drops them.
+ *  - a record is in the catalog iff `persisted`: directories from mkdir on,
+ *    files from their seal on. A file being written is not in the catalog.
+ *
+ * Catalog records on restart: directories come back. Files come back only
+ * if a persistent tier holds their bytes; with DRAM alone none does, so
+ * every file record is deleted at start and counted in restart_dropped —
+ * a restarted cache is empty but its tree is intact, and the catalog never
+ * names bytes that are gone.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "fs/fs_i.h"
+
+#define FLUSH_INTERVAL_NS 1000000000ull
+
+struct inval {
+	struct inval *next;
+	struct kvfs_inode *in;     /* referenced */
+	struct kvfs_inode *parent; /* referenced, or NULL: invalidate pages only */
+	char *name;
+	size_t namelen;
+};
+
+static unsigned long name_hash(uint64_t parent_ino, const char *name, size_t len)
+{
+	return (unsigned long)XXH3_64bits_withSeed(name, len, parent_ino);
+}
+
+struct name_key {
+	uint64_t parent;
+	const char *name;
+	size_t len;
+};
+
+static int name_match(struct cds_lfht_node *node, const void *key)
+{
+	const struct kvfs_inode *in = caa_container_of(node, struct kvfs_inode, hnode);
+	const struct name_key *k = key;
+
+	return in->parent && in->parent->ino == k->parent && in->namelen == k->len &&
+	       memcmp(in->name, k->name, k->len) == 0;
+}
+
+/* --- inode lifetime ------------------------------------------------------------ */
+
+struct kvfs_inode *ns_inode_new(struct kvfs_fs *fs, uint8_t kind, uint32_t mode, uint32_t uid,
+				uint32_t gid)
+{
+	struct kvfs_inode *in = calloc(1, sizeof(*in));
+	int64_t now = (int64_t)kvfs_now_ns();
+
+	if (!in)
+		return NULL;
+	in->kind = kind;
+	in->mode = mode;
+	in->uid = uid;
+	in->gid = gid;
+	in->atime = in->mtime = in->ctime = now;
+	in->generation = atomic_fetch_add(&fs->next_generation, 1);
+	pthread_mutex_init(&in->lock, NULL);
+	cds_lfht_node_init(&in->hnode);
+	CDS_INIT_LIST_HEAD(&in->dn.link);
+	CDS_INIT_LIST_HEAD(&in->children);
+	return in;
+}
+
+void ns_get(struct kvfs_inode *in, uint64_t n)
+{
+	atomic_fetch_add(&in->refs, n);
+}
+
+static void inode_free_rcu(struct rcu_head *head)
+{
+	struct kvfs_inode *in = caa_container_of(head, struct kvfs_inode, rcu);
+
+	pthread_mutex_destroy(&in->lock);
+	free(in->name);
+	free(in);
+}
+
+void ns_put(struct kvfs_fs *fs, struct kvfs_inode *in, uint64_t n)
+{
+	uint64_t old = atomic_fetch_sub(&in->refs, n);
+
+	if (old > n)
+		return;
+	if (old < n) {
+		log_err("inode %llu: reference count underflow (%llu - %llu)",
+			(unsigned long long)in->ino, (unsigned long long)old,
+			(unsigned long long)n);
+		return;
+	}
+	if (in->kind == KIND_CTL_DIR || in->kind == KIND_CTL_FILE || in == fs->root)
+		return; /* static, or lives as long as the mount */
+	/* Unlinked with no handle: ns_release_data() already detached the bytes. */
+	if (in->data) {
+		log_err("inode %llu freed with data attached", (unsigned long long)in->ino);
+		tier_drop(in->data);
+		tier_obj_put(in->data);
+		in->data = NULL;
+	}
+	urcu_bp_call_rcu(&in->rcu, inode_free_rcu);
+}
+
+/* --- the name hash and the tree ------------------------------------------- */
+
+struct kvfs_inode *ns_lookup(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+			     size_t len)
+{
+	struct name_key key = {dir->ino, name, len};
+	struct cds_lfht_iter iter;
+	struct cds_lfht_node *node;
+	struct kvfs_inode *in = NULL;
+
+	urcu_bp_read_lock();
+	cds_lfht_lookup(fs->ht, name_hash(dir->ino, name, len), name_match, &key, &iter);
+	node = cds_lfht_iter_get_node(&iter);
+	if (node) {
+		struct kvfs_inode *cand = caa_container_of(node, struct kvfs_inode, hnode);
+		uint64_t r = atomic_load(&cand->refs);
+
+		/* Increment only if not zero: a zero count is being freed. */
+		while (r && !atomic_compare_exchange_weak(&cand->refs, &r, r + 1))
+			;
+		if (r)
+			in = cand;
+	}
+	urcu_bp_read_unlock();
+	return in;
+}
+
+struct kvfs_inode *ns_find_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+				  size_t len)
+{
+	struct name_key key = {dir->ino, name, len};
+	struct cds_lfht_iter iter;
+	struct cds_lfht_node *node;
+
+	urcu_bp_read_lock();
+	cds_lfht_lookup(fs->ht, name_hash(dir->ino, name, len), name_match, &key, &iter);
+	node = cds_lfht_iter_get_node(&iter);
+	urcu_bp_read_unlock();
+	/* Safe after unlocking the RCU section: fs->lock keeps linked inodes alive. */
+	return node ? caa_container_of(node, struct kvfs_inode, hnode) : NULL;
+}
+
+int ns_link_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, struct kvfs_inode *in,
+		   const char *name, size_t len)
+{
+	char *copy = malloc(len + 1);
+
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, name, len);
+	copy[len] = '\0';
+	free(in->name);
+	in->name = copy;
+	in->namelen = (uint32_t)len;
+	in->parent = dir;
+	in->hash = name_hash(dir->ino, name, len);
+	in->linked = true;
+	ns_get(in, 1); /* the link */
+	ns_get(dir, 1); /* a child pins its parent */
+	urcu_bp_read_lock();
+	cds_lfht_add(fs->ht, in->hash, &in->hnode);
+	urcu_bp_read_unlock();
+	cds_list_add_tail(&in->dn.link, &dir->children);
+	dir->nchildren++;
+	if (in->kind == KIND_DIR) {
+		dir->nsubdirs++;
+		atomic_fetch_add(&fs->ctr.dirs, 1);
+	} else {
+		atomic_fetch_add(&fs->ctr.files, 1);
+	}
+	return 0;
+}
+
+void ns_unlink_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	struct kvfs_inode *dir = in->parent;
+
+	if (!in->linked)
+		return;
+	urcu_bp_read_lock();
+	cds_lfht_del(fs->ht, &in->hnode);
+	urcu_bp_read_unlock();
+	cds_list_del_init(&in->dn.link);
+	dir->nchildren--;
+	if (in->kind == KIND_DIR) {
+		dir->nsubdirs--;
+		atomic_fetch_sub(&fs->ctr.dirs, 1);
+	} else {
+		atomic_fetch_sub(&fs->ctr.files, 1);
+	}
+	in->linked = false;
+	/*
+	 * Keep in->parent and in->name for the hash's readers still in their
+	 * RCU section; name_match() checks `parent` of linked inodes only via
+	 * the hash, which no longer holds this node for new lookups.
+	 */
+	ns_put(fs, dir, 1);
+	ns_put(fs, in, 1);
+}
+
+/* --- catalog records --------------------------------------------------------- */
+
+void ns_to_record(const struct kvfs_inode *in, struct cat_inode *rec)
+{
+	memset(rec, 0, sizeof(*rec));
+	rec->ino = in->ino;
+	rec->mode = in->mode;
+	rec->uid = in->uid;
+	rec->gid = in->gid;
+	rec->atime_ns = in->atime;
+	rec->mtime_ns = in->mtime;
+	rec->ctime_ns = in->ctime;
+	if (in->kind == KIND_FILE) {
+		rec->size = in->data ? tier_size(in->data) : 0;
+		rec->hits = in->hits;
+		if (in->data && tier_is_pinned(in->data))
+			rec->flags |= CAT_F_PINNED;
+		if (in->native) {
+			rec->flags |= CAT_F_NATIVE;
+			rec->key = in->key;
+			rec->parent = in->parent_key;
+			rec->ntokens = in->ntokens;
+		}
+	}
+}
+
+void ns_persist(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in)
+{
+	struct cat_inode rec;
+
+	pthread_mutex_lock(&in->lock);
+	ns_to_record(in, &rec);
+	pthread_mutex_unlock(&in->lock);
+	cat_put_inode(b, &rec);
+	if (in->linked && in != fs->root)
+		cat_put_dentry(b, in->parent->ino, in->name, in->namelen, in->ino);
+	in->persisted = true;
+}
+
+void ns_forget_record(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in)
+{
+	if (!in->persisted)
+		return;
+	if (in->parent)
+		cat_del_dentry(b, in->parent->ino, in->name, in->namelen);
+	cat_del_inode(b, in->ino);
+	in->persisted = false;
+}
+
+int ns_commit(struct kvfs_fs *fs, cat_batch *b)
+{
+	int rc;
+
+	if (cat_batch_count(b) == 0)
+		return 0;
+	rc = cat_commit(fs->cat, b, false);
+	if (rc) {
+		atomic_fetch_add(&fs->ctr.catalog_errors, 1);
+		return rc;
+	}
+	atomic_fetch_add(&fs->ctr.catalog_commits, 1);
+	return 0;
+}
+
+/* --- data ------------------------------------------------------------------ */
+
+/* Detach @in's bytes (fs->lock held). @return the object to drop after unlocking. */
+static tier_obj *detach_data_locked(struct kvfs_inode *in)
+{
+	tier_obj *o;
+
+	pthread_mutex_lock(&in->lock);
+	o = in->data;
+	in->data = NULL;
+	if (o)
+		tier_obj_set_owner(o, NULL);
+	pthread_mutex_unlock(&in->lock);
+	return o;
+}
+
+static void drop_obj(tier_obj *o)
+{
+	if (o) {
+		tier_drop(o);
+		tier_obj_put(o);
+	}
+}
+
+void ns_release_data(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	tier_obj *o = NULL;
+
+	pthread_mutex_lock(&fs->lock);
+	pthread_mutex_lock(&in->lock);
+	if (!in->linked && in->opens == 0) {
+		o = in->data;
+		in->data = NULL;
+		if (o)
+			tier_obj_set_owner(o, NULL);
+	}
+	pthread_mutex_unlock(&in->lock);
+	pthread_mutex_unlock(&fs->lock);
+	drop_obj(o);
+}
+
+/* Remove an evicted file from the tree (fs->lock held); its bytes are gone. */
+static void forget_evicted_locked(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in)
+{
+	ns_forget_record(fs, b, in);
+	ns_queue_inval(fs, in, true);
+	ns_unlink_locked(fs, in);
+}
+
+void ns_evicted(void *ctx, tier_obj *const *objs, size_t n)
+{
+	struct kvfs_fs *fs = ctx;
+	cat_batch *b = cat_batch_new();
+	tier_obj **mine = calloc(n, sizeof(*mine));
+
+	pthread_mutex_lock(&fs->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct kvfs_inode *in = tier_obj_owner(objs[i]);
+
+		if (!in) {
+			atomic_fetch_add(&fs->ctr.evict_races, 1);
+			continue;
+		}
+		if (mine)
+			mine[i] = detach_data_locked(in);
+		forget_evicted_locked(fs, b, in);
+	}
+	ns_commit(fs, b);
+	pthread_mutex_unlock(&fs->lock);
+	for (size_t i = 0; mine && i < n; i++)
+		if (mine[i])
+			tier_obj_put(mine[i]); /* the owner's reference; the tier frees the bytes */
+	free(mine);
+	cat_batch_free(b);
+}
+
+static void evict_one_locked(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in,
+			     struct evict_result *res, tier_obj **dropped, size_t *ndropped)
+{
+	uint64_t bytes;
+	int rc;
+
+	pthread_mutex_lock(&in->lock);
+	if (!in->data || !in->sealed || in->opens) {
+		rc = in->data ? -EBUSY : 0;
+	} else {
+		bytes = tier_size(in->data);
+		rc = in->invalid ? 0 : tier_evict(in->data);
+		if (rc == 0 || rc == -ENOENT) {
+			res->files++;
+			res->bytes += bytes;
+			rc = 1;
+		}
+	}
+	pthread_mutex_unlock(&in->lock);
+	if (rc == -EBUSY)
+		res->busy++;
+	else if (rc == -EPERM)
+		res->pinned++;
+	if (rc != 1)
+		return;
+	dropped[(*ndropped)++] = detach_data_locked(in);
+	forget_evicted_locked(fs, b, in);
+	atomic_fetch_add(&fs->ctr.operator_evictions, 1);
+}
+
+void ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *top, struct evict_result *res)
+{
+	cat_batch *b = cat_batch_new();
+	size_t cap = 64, n = 0, ndropped = 0, dcap = 64;
+	struct kvfs_inode **stack = malloc(cap * sizeof(*stack));
+	tier_obj **dropped = malloc(dcap * sizeof(*dropped));
+
+	memset(res, 0, sizeof(*res));
+	if (!stack || !dropped)
+		goto out;
+	pthread_mutex_lock(&fs->lock);
+	stack[n++] = top;
+	while (n) {
+		struct kvfs_inode *in = stack[--n], *child, *tmp;
+		struct dnode *d, *dt;
+
+		if (in->kind == KIND_FILE) {
+			if (ndropped == dcap) {
+				tier_obj **nd = realloc(dropped, 2 * dcap * sizeof(*dropped));
+
+				if (!nd)
+					break;
+				dropped = nd;
+				dcap *= 2;
+			}
+			evict_one_locked(fs, b, in, res, dropped, &ndropped);
+			continue;
+		}
+		if (in->kind != KIND_DIR)
+			continue;
+		cds_list_for_each_entry_safe(d, dt, &in->children, link)
+		{
+			if (d->is_cursor)
+				continue;
+			child = caa_container_of(d, struct kvfs_inode, dn);
+			if (n == cap) {
+				struct kvfs_inode **ns = realloc(stack, 2 * cap * sizeof(*stack));
+
+				if (!ns)
+					goto out_unlock;
+				stack = ns;
+				cap *= 2;
+			}
+			stack[n++] = child;
+		}
+		(void)tmp;
+	}
+out_unlock:
+	ns_commit(fs, b);
+	pthread_mutex_unlock(&fs->lock);
+	for (size_t i = 0; i < ndropped; i++)
+		if (dropped[i])
+			drop_obj(dropped[i]);
+out:
+	free(stack);
+	free(dropped);
+	cat_batch_free(b);
+}
+
+/* --- background work: invalidations and stats --------------------------------- */
+
+void ns_queue_inval(struct kvfs_fs *fs, struct kvfs_inode *in, bool entry)
+{
+	struct inval *iv = calloc(1, sizeof(*iv));
+
+	if (!iv)
+		return;
+	iv->in = in;
+	ns_get(in, 1);
+	if (entry && in->parent) {
+		iv->name = strndup(in->name, in->namelen);
+		iv->namelen = in->namelen;
+		iv->parent = in->parent;
+		ns_get(in->parent, 1);
+	}
+	pthread_mutex_lock(&fs->work_lock);
+	if (fs->inval_tail)
+		fs->inval_tail->next = iv;
+	else
+		fs->inval_head = iv;
+	fs->inval_tail = iv;
+	pthread_cond_signal(&fs->work_cond);
+	pthread_mutex_unlock(&fs->work_lock);
+}
+
+void ns_mark_dirty(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	bool expected = false;
+
+	if (!atomic_compare_exchange_strong(&in->dirty, &expected, true))
+		return;
+	ns_get(in, 1);
+	cds_lfs_push(&fs->dirty, &in->dirty_node);
+}
+
+void ns_flush_dirty(struct kvfs_fs *fs)
+{
+	struct cds_lfs_head *head = __cds_lfs_pop_all(&fs->dirty);
+	struct cds_lfs_node *node, *next;
+	struct kvfs_inode **list = NULL;
+	size_t n = 0, cap = 0;
+	cat_batch *b;
+
+	if (!head)
+		return;
+	/*
+	 * Collect first: once an inode's dirty flag is cleared another thread
+	 * may push it again, which rewrites its next pointer.
+	 */
+	for (node = &head->node; node; node = next) {
+		next = node->next;
+		if (n == cap) {
+			size_t nc = cap ? cap * 2 : 256;
+			struct kvfs_inode **p = realloc(list, nc * sizeof(*p));
+
+			if (!p) {
+				cds_lfs_push(&fs->dirty, node); /* next time */
+				continue;
+			}
+			list = p;
+			cap = nc;
+		}
+		list[n++] = caa_container_of(node, struct kvfs_inode, dirty_node);
+	}
+	b = cat_batch_new();
+	pthread_mutex_lock(&fs->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct kvfs_inode *in = list[i];
+		struct cat_inode rec;
+
+		atomic_store(&in->dirty, false);
+		if (!in->persisted)
+			continue;
+		pthread_mutex_lock(&in->lock);
+		ns_to_record(in, &rec);
+		pthread_mutex_unlock(&in->lock);
+		cat_put_inode(b, &rec);
+	}
+	ns_commit(fs, b);
+	pthread_mutex_unlock(&fs->lock);
+	for (size_t i = 0; i < n; i++)
+		ns_put(fs, list[i], 1);
+	free(list);
+	cat_batch_free(b);
+}
+
+static void run_invals(struct kvfs_fs *fs, struct inval *iv)
+{
+	while (iv) {
+		struct inval *next = iv->next;
+
+		if (fs->se) {
+			if (iv->parent)
+				fuse_lowlevel_notify_inval_entry(fs->se, inode_to_ino(fs, iv->parent),
+								 iv->name, iv->namelen);
+			fuse_lowlevel_notify_inval_inode(fs->se, inode_to_ino(fs, iv->in), 0, 0);
+		}
+		if (iv->parent)
+			ns_put(fs, iv->parent, 1);
+		ns_put(fs, iv->in, 1);
+		free(iv->name);
+		free(iv);
+		iv = next;
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct kvfs_fs *fs = arg;
+	uint64_t last_flush = kvfs_mono_ns();
+
+	urcu_bp_register_thread();
+	pthread_mutex_lock(&fs->work_lock);
+	while (!fs->stopping || fs->inval_head) {
+		struct inval *iv = fs->inval_head;
+		struct timespec ts;
+
+		if (iv) {
+			fs->inval_head = fs->inval_tail = NULL;
+			pthread_mutex_unlock(&fs->work_lock);
+			run_invals(fs, iv);
+			pthread_mutex_lock(&fs->work_lock);
+			continue;
+		}
+		if (kvfs_mono_ns() - last_flush >= FLUSH_INTERVAL_NS) {
+			pthread_mutex_unlock(&fs->work_lock);
+			ns_flush_dirty(fs);
+			last_flush = kvfs_mono_ns();
+			pthread_mutex_lock(&fs->work_lock);
+			continue;
+		}
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 200 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&fs->work_cond, &fs->work_lock, &ts);
+	}
+	pthread_mutex_unlock(&fs->work_lock);
+	urcu_bp_unregister_thread();
+	return NULL;
+}
+
+/* --- loading the tree from the catalog ---------------------------------------- */
+
+struct loader {
+	struct kvfs_fs *fs;
+	struct kvfs_inode **inodes; /* sorted by ino: the scan's order */
+	size_t n, cap;
+	cat_batch *fix; /* records to delete */
+	uint64_t dropped, repaired;
+};
+
+static struct kvfs_inode *loader_find(struct loader *ld, uint64_t ino)
+{
+	size_t lo = 0, hi = ld->n;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+
+		if (ld->inodes[mid]->ino < ino)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < ld->n && ld->inodes[lo]->ino == ino ? ld->inodes[lo] : NULL;
+}
+
+static int load_inode(void *arg, const struct cat_inode *rec)
+{
+	struct loader *ld = arg;
+	struct kvfs_inode *in;
+	uint8_t kind;
+
+	if (S_ISDIR(rec->mode)) {
+		kind = KIND_DIR;
+	} else if (S_ISREG(rec->mode)) {
+		kind = KIND_FILE;
+	} else {
+		cat_del_inode(ld->fix, rec->ino);
+		ld->repaired++;
+		return 0;
+	}
+	if (ld->n == ld->cap) {
+		size_t nc = ld->cap ? ld->cap * 2 : 1024;
+		struct kvfs_inode **p = realloc(ld->inodes, nc * sizeof(*p));
+
+		if (!p)
+			return -ENOMEM;
+		ld->inodes = p;
+		ld->cap = nc;
+	}
+	in = ns_inode_new(ld->fs, kind, rec->mode, rec->uid, rec->gid);
+	if (!in)
+		return -ENOMEM;
+	in->ino = rec->ino;
+	in->atime = rec->atime_ns;
+	in->mtime = rec->mtime_ns;
+	in->ctime = rec->ctime_ns;
+	in->hits = rec->hits;
+	in->persisted = true;
+	ld->inodes[ld->n++] = in;
+	return 0;
+}
+
+static int load_dentry(void *arg, uint64_t parent, const char *name, size_t len, uint64_t ino)
+{
+	struct loader *ld = arg;
+	struct kvfs_inode *dir = loader_find(ld, parent), *in = loader_find(ld, ino);
+
+	if (!dir || !in || dir->kind != KIND_DIR || in->linked || in == ld->fs->root ||
+	    len == 0 || len > KVFS_NAME_MAX || memchr(name, '/', len) || memchr(name, 0, len) ||
+	    (dir == ld->fs->root && len == strlen(KVFS_CTL_NAME) &&
+	     memcmp(name, KVFS_CTL_NAME, len) == 0)) {
+		cat_del_dentry(ld->fix, parent, name, len);
+		ld->repaired++;
+		return 0;
+	}
+	return ns_link_locked(ld->fs, dir, in, name, len);
+}
+
+/*
+ * Delete what cannot come back: files (no persistent tier holds bytes yet)
+ * and inodes without a name. Directories emptied this way stay.
+ */
+static void loader_prune(struct loader *ld)
+{
+	struct kvfs_fs *fs = ld->fs;
+
+	for (size_t i = 0; i < ld->n; i++) {
+		struct kvfs_inode *in = ld->inodes[i];
+
+		if (in == fs->root)
+			continue;
+		if (!in->linked) {
+			cat_del_inode(ld->fix, in->ino);
+			ld->repaired++;
+			ns_get(in, 1);
+			ns_put(fs, in, 1);
+			continue;
+		}
+		if (in->kind == KIND_FILE) {
+			ns_forget_record(fs, ld->fix, in);
+			ns_unlink_locked(fs, in);
+			ld->dropped++;
+		}
+	}
+}
+
+static int load_tree(struct kvfs_fs *fs, char *err, size_t errlen)
+{
+	struct loader ld = {.fs = fs};
+	uint64_t bad = 0, max_ino = CAT_ROOT_INO;
+	struct kvfs_inode *root;
+	cat_batch *b;
+	int rc;
+
+	ld.fix = cat_batch_new();
+	rc = cat_scan_inodes(fs->cat, load_inode, &ld, &bad);
+	if (rc)
+		goto out;
+	root = loader_find(&ld, CAT_ROOT_INO);
+	if (root && root->kind != KIND_DIR) {
+		snprintf(err, errlen, "catalog: the root record is not a directory");
+		rc = -EUCLEAN;
+		goto out;
+	}
+	if (!root) {
+		root = ns_inode_new(fs, KIND_DIR, S_IFDIR | 0755, getuid(), getgid());
+		if (!root) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		root->ino = CAT_ROOT_INO;
+		b = cat_batch_new();
+		ns_persist(fs, b, root);
+		rc = cat_commit(fs->cat, b, true);
+		cat_batch_free(b);
+		if (rc) {
+			snprintf(err, errlen, "catalog: cannot write the root directory");
+			goto out;
+		}
+		/* keep the sorted array sorted: the root has the smallest ino */
+		if (ld.n == ld.cap) {
+			struct kvfs_inode **p = realloc(ld.inodes, (ld.cap + 1) * sizeof(*p));
+
+			if (!p) {
+				rc = -ENOMEM;
+				goto out;
+			}
+			ld.inodes = p;
+			ld.cap++;
+		}
+		memmove(ld.inodes + 1, ld.inodes, ld.n * sizeof(*ld.inodes));
+		ld.inodes[0] = root;
+		ld.n++;
+	}
+	fs->root = root;
+	ns_get(root, 1);
+	rc = cat_scan_dentries(fs->cat, 0, load_dentry, &ld, &bad);
+	if (rc)
+		goto out;
+	loader_prune(&ld);
+	rc = cat_commit(fs->cat, ld.fix, true);
+	if (rc) {
+		snprintf(err, errlen, "catalog: cannot write repairs (%s)", strerror(-rc));
+		goto out;
+	}
+	for (size_t i = 0; i < ld.n; i++)
+		if (ld.inodes[i]->ino > max_ino)
+			max_ino = ld.inodes[i]->ino;
+	fs->next_ino = max_ino + 1;
+	atomic_store(&fs->ctr.restart_dropped, ld.dropped);
+	if (ld.dropped || ld.repaired || bad)
+		log_info("catalog: %llu files dropped (bytes were in DRAM only), %llu records "
+			 "repaired, %llu undecodable",
+			 (unsigned long long)ld.dropped, (unsigned long long)ld.repaired,
+			 (unsigned long long)bad);
+out:
+	free(ld.inodes);
+	cat_batch_free(ld.fix);
+	return rc;
+}
+
+/* --- open and close ----------------------------------------------------------- */
+
+int ns_open(struct kvfs_fs *fs, char *err, size_t errlen)
+{
+	int rc;
+
+	pthread_mutex_init(&fs->lock, NULL);
+	pthread_mutex_init(&fs->work_lock, NULL);
+	pthread_cond_init(&fs->work_cond, NULL);
+	pthread_mutex_init(&fs->seal_lock, NULL);
+	pthread_cond_init(&fs->seal_cond, NULL);
+	cds_lfs_init(&fs->dirty);
+	fs->next_generation = 1;
+	fs->started_ns = kvfs_now_ns();
+	fs->ht = cds_lfht_new_flavor(1024, 1024, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
+				     &urcu_bp_flavor, NULL);
+	if (!fs->ht) {
+		snprintf(err, errlen, "cannot allocate the name table");
+		return -ENOMEM;
+	}
+	ctl_init(fs);
+	pthread_mutex_lock(&fs->lock);
+	rc = load_tree(fs, err, errlen);
+	pthread_mutex_unlock(&fs->lock);
+	if (rc)
+		return rc;
+	rc = pthread_create(&fs->worker, NULL, worker_main, fs);
+	if (rc) {
+		snprintf(err, errlen, "cannot start the worker thread: %s", strerror(rc));
+		return -rc;
+	}
+	fs->worker_started = true;
+	return 0;
+}
+
+void ns_close(struct kvfs_fs *fs)
+{
+	if (fs->worker_started) {
+		pthread_mutex_lock(&fs->work_lock);
+		fs->stopping = true;
+		pthread_cond_signal(&fs->work_cond);
+		pthread_mutex_unlock(&fs->work_lock);
+		pthread_join(fs->worker, NULL);
+		fs->worker_started = false;
+	}
+	ns_flush_dirty(fs);
+}

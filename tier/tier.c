@@ -1,0 +1,658 @@
+/*
+ * tier/tier.c — the tier manager and its objects.
+ *
+ * Owns every tier object: its page table in the DRAM arena, its state word
+ * and its place in the eviction policy.
+ *
+ * State word (tier_obj.state, atomic): the lease count in the low 32 bits,
+ * then SEALED, PINNED and DEAD. Leasing, pinning and the decision to evict
+ * are compare-and-swap loops on this word, so an open racing an eviction is
+ * decided in one place: either the lease lands first and the object is not
+ * evicted, or the object is marked DEAD first and the lease fails (the
+ * opener sees a miss). Whoever sets DEAD releases the bytes.
+ *
+ * Invariants:
+ *  - an object in the policy lists is sealed and not dead;
+ *  - a sealed object's page table never changes until it dies, so readers
+ *    holding a lease use it without a lock;
+ *  - a dead object holds no pages.
+ *
+ * Locking order: obj->lock (writers of unsealed objects) → policy.lock →
+ * dram.lock. The owner's `evicted` callback runs with none of them held
+ * except, possibly, the lock of the unsealed object being written (which is
+ * never a victim and which the owner's callback never takes).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+#include "tier/tier_i.h"
+
+#define DEFAULT_PAGE_SIZE (64u << 10)
+#define EVICT_RETRIES     16
+
+int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, tier_mgr **out,
+	      char *err, size_t errlen)
+{
+	uint32_t ps = cfg->page_size ? cfg->page_size : DEFAULT_PAGE_SIZE;
+	const char *policy = cfg->policy ? cfg->policy : "mq";
+	tier_mgr *m;
+	int rc;
+
+	if (ps < 4096 || ps > (16u << 20) || (ps & (ps - 1))) {
+		snprintf(err, errlen, "page size %u is not a power of two from 4 KiB to 16 MiB", ps);
+		return -EINVAL;
+	}
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->cb = *cb;
+	rc = dram_open(&m->dram, cfg->dram_bytes, ps, err, errlen);
+	if (rc)
+		goto out_free;
+	rc = policy_init(&m->policy, policy, m->dram.npages);
+	if (rc) {
+		snprintf(err, errlen, "unknown eviction policy '%s' (use mq or lru)", policy);
+		goto out_dram;
+	}
+	m->zero_page = calloc(1, ps);
+	if (!m->zero_page) {
+		rc = -ENOMEM;
+		goto out_policy;
+	}
+	*out = m;
+	return 0;
+
+out_policy:
+	policy_destroy(&m->policy);
+out_dram:
+	dram_close(&m->dram);
+out_free:
+	free(m);
+	return rc;
+}
+
+void tier_close(tier_mgr *m)
+{
+	if (!m)
+		return;
+	free(m->zero_page);
+	policy_destroy(&m->policy);
+	dram_close(&m->dram);
+	free(m);
+}
+
+int tier_dram_fd(const tier_mgr *m)
+{
+	return m->dram.fd;
+}
+
+uint32_t tier_page_size(const tier_mgr *m)
+{
+	return m->dram.page_size;
+}
+
+uint64_t tier_max_size(const tier_mgr *m)
+{
+	return m->dram.bytes;
+}
+
+void tier_get_stats(tier_mgr *m, struct tier_stats *st)
+{
+	uint64_t free_pages = dram_free_pages(&m->dram);
+
+	memset(st, 0, sizeof(*st));
+	st->page_size = m->dram.page_size;
+	st->dram_capacity = m->dram.bytes;
+	st->dram_used = (m->dram.npages - free_pages) * (uint64_t)m->dram.page_size;
+	st->dram_pinned = atomic_load(&m->pinned_bytes);
+	st->objects = atomic_load(&m->objects);
+	st->sealed = atomic_load(&m->sealed);
+	st->pinned = atomic_load(&m->pinned);
+	st->evictions = atomic_load(&m->evictions);
+	st->evicted_bytes = atomic_load(&m->evicted_bytes);
+	st->enospc = atomic_load(&m->enospc);
+	st->policy = m->policy.name;
+}
+
+/* --- object lifetime ---------------------------------------------------- */
+
+static void obj_died(tier_obj *o, uint64_t old_state);
+
+int tier_obj_new(tier_mgr *m, void *owner, tier_obj **out)
+{
+	tier_obj *o = calloc(1, sizeof(*o));
+
+	if (!o)
+		return -ENOMEM;
+	atomic_init(&o->refs, 1);
+	o->mgr = m;
+	o->owner = owner;
+	pthread_mutex_init(&o->lock, NULL);
+	atomic_fetch_add(&m->objects, 1);
+	*out = o;
+	return 0;
+}
+
+void tier_obj_get(tier_obj *o)
+{
+	atomic_fetch_add(&o->refs, 1);
+}
+
+void tier_obj_put(tier_obj *o)
+{
+	uint64_t old;
+
+	if (!o || atomic_fetch_sub(&o->refs, 1) != 1)
+		return;
+	/*
+	 * Last reference: an owner that never dropped it leaves the bytes to
+	 * us. The object is not in the policy lists (they hold a reference).
+	 */
+	old = atomic_fetch_or(&o->state, OBJ_DEAD);
+	if (!(old & OBJ_DEAD))
+		obj_died(o, old);
+	pthread_mutex_destroy(&o->lock);
+	free(o->pages);
+	free(o);
+}
+
+void *tier_obj_owner(const tier_obj *o)
+{
+	return o->owner;
+}
+
+void tier_obj_set_owner(tier_obj *o, void *owner)
+{
+	o->owner = owner;
+}
+
+uint64_t tier_size(const tier_obj *o)
+{
+	return __atomic_load_n(&o->size, __ATOMIC_RELAXED);
+}
+
+uint64_t tier_dram_bytes(const tier_obj *o)
+{
+	return (uint64_t)__atomic_load_n(&o->npages, __ATOMIC_RELAXED) * o->mgr->dram.page_size;
+}
+
+unsigned tier_where(const tier_obj *o)
+{
+	return (atomic_load(&o->state) & OBJ_DEAD) ? 0 : TIER_DRAM;
+}
+
+bool tier_is_sealed(const tier_obj *o)
+{
+	return atomic_load(&o->state) & OBJ_SEALED;
+}
+
+bool tier_is_dead(const tier_obj *o)
+{
+	return atomic_load(&o->state) & OBJ_DEAD;
+}
+
+bool tier_is_pinned(const tier_obj *o)
+{
+	return atomic_load(&o->state) & OBJ_PINNED;
+}
+
+/* Return the pages of a dead object to the arena. Only its killer calls this. */
+static void release_pages(tier_obj *o)
+{
+	tier_mgr *m = o->mgr;
+	uint32_t n = 0;
+
+	pthread_mutex_lock(&o->lock);
+	for (uint32_t i = 0; i < o->nslots; i++)
+		if (o->pages[i] != TIER_NO_PAGE)
+			o->pages[n++] = o->pages[i];
+	dram_free(&m->dram, o->pages, n);
+	free(o->pages);
+	o->pages = NULL;
+	o->nslots = 0;
+	__atomic_store_n(&o->npages, 0, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&o->lock);
+}
+
+/* Bookkeeping shared by every way an object dies; the caller set DEAD. */
+static void obj_died(tier_obj *o, uint64_t old_state)
+{
+	tier_mgr *m = o->mgr;
+
+	if (old_state & OBJ_SEALED)
+		atomic_fetch_sub(&m->sealed, 1);
+	if ((old_state & OBJ_PINNED) && (old_state & OBJ_SEALED)) {
+		atomic_fetch_sub(&m->pinned, 1);
+		atomic_fetch_sub(&m->pinned_bytes, tier_dram_bytes(o));
+	}
+	atomic_fetch_sub(&m->objects, 1);
+	release_pages(o);
+}
+
+/* Take @o out of the policy lists; drop the lists' reference if it had one. */
+static void policy_forget(tier_obj *o)
+{
+	struct policy *p = &o->mgr->policy;
+	bool linked;
+
+	pthread_mutex_lock(&p->lock);
+	linked = o->pn.linked;
+	policy_remove_locked(p, &o->pn);
+	pthread_mutex_unlock(&p->lock);
+	if (linked)
+		tier_obj_put(o);
+}
+
+void tier_drop(tier_obj *o)
+{
+	uint64_t old = atomic_fetch_or(&o->state, OBJ_DEAD);
+
+	if (old & OBJ_DEAD)
+		return;
+	tier_obj_get(o); /* the lists' reference may be the last one */
+	obj_died(o, old);
+	policy_forget(o);
+	tier_obj_put(o);
+}
+
+/* Mark @o dead if it may be evicted now. @return the old state, or 0 if not. */
+static uint64_t try_kill(tier_obj *o)
+{
+	uint64_t s = atomic_load(&o->state);
+
+	while ((s & OBJ_SEALED) && !(s & (OBJ_DEAD | OBJ_PINNED | OBJ_LEASES)))
+		if (atomic_compare_exchange_weak(&o->state, &s, s | OBJ_DEAD))
+			return s;
+	return 0;
+}
+
+static bool evictable(const tier_obj *o)
+{
+	uint64_t s = atomic_load(&o->state);
+
+	return (s & OBJ_SEALED) && !(s & (OBJ_DEAD | OBJ_PINNED | OBJ_LEASES));
+}
+
+int tier_evict(tier_obj *o)
+{
+	tier_mgr *m = o->mgr;
+	uint64_t s = atomic_load(&o->state), old;
+
+	if (s & OBJ_DEAD)
+		return -ENOENT;
+	if (s & OBJ_PINNED)
+		return -EPERM;
+	old = try_kill(o);
+	if (!old)
+		return (atomic_load(&o->state) & OBJ_DEAD) ? -ENOENT : -EBUSY;
+	atomic_fetch_add(&m->evictions, 1);
+	atomic_fetch_add(&m->evicted_bytes, tier_size(o));
+	tier_obj_get(o);
+	obj_died(o, old);
+	policy_forget(o);
+	tier_obj_put(o);
+	return 0;
+}
+
+/* --- making room ---------------------------------------------------------- */
+
+/*
+ * Evict enough objects that @need pages can be allocated, then allocate
+ * them into @ids. Victims are chosen in policy order; if even evicting every
+ * evictable object could not make room, nothing is evicted.
+ */
+static int alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
+{
+	struct policy *p = &m->policy;
+
+	for (int attempt = 0; attempt < EVICT_RETRIES; attempt++) {
+		struct policy_iter it;
+		struct policy_node *n;
+		tier_obj **victims = NULL;
+		uint64_t *old = NULL;
+		size_t nv = 0, cap = 0;
+		uint64_t avail, freed = 0, deficit;
+		uint32_t free_now;
+
+		if (dram_alloc(&m->dram, need, ids) == 0)
+			return 0;
+
+		pthread_mutex_lock(&p->lock);
+		free_now = dram_free_pages(&m->dram);
+		deficit = need > free_now ? need - free_now : 0;
+		avail = 0;
+		policy_iter_init(p, &it);
+		while (avail < deficit && (n = policy_iter_next(p, &it)))
+			if (evictable(container_of(n, tier_obj, pn)))
+				avail += container_of(n, tier_obj, pn)->npages;
+		if (avail < deficit) {
+			pthread_mutex_unlock(&p->lock);
+			atomic_fetch_add(&m->enospc, 1);
+			return -ENOSPC;
+		}
+		policy_iter_init(p, &it);
+		while (freed < deficit && (n = policy_iter_next(p, &it))) {
+			tier_obj *o = container_of(n, tier_obj, pn);
+			uint64_t s;
+
+			if (nv == cap) {
+				size_t nc = cap ? cap * 2 : 16;
+				void *a = realloc(victims, nc * sizeof(*victims));
+				void *b = a ? realloc(old, nc * sizeof(*old)) : NULL;
+
+				if (a)
+					victims = a;
+				if (b)
+					old = b;
+				if (!a || !b)
+					break;
+				cap = nc;
+			}
+			s = try_kill(o);
+			if (!s)
+				continue;
+			policy_remove_locked(p, n);
+			victims[nv] = o;
+			old[nv++] = s;
+			freed += o->npages;
+		}
+		pthread_mutex_unlock(&p->lock);
+
+		if (nv && m->cb.evicted)
+			m->cb.evicted(m->cb.ctx, victims, nv);
+		for (size_t i = 0; i < nv; i++) {
+			atomic_fetch_add(&m->evictions, 1);
+			atomic_fetch_add(&m->evicted_bytes, tier_size(victims[i]));
+			obj_died(victims[i], old[i]);
+			tier_obj_put(victims[i]); /* the policy's reference */
+		}
+		free(victims);
+		free(old);
+		if (nv == 0 && !freed) {
+			/* Out of memory for the victim list, or every candidate got leased. */
+			atomic_fetch_add(&m->enospc, 1);
+			return -ENOSPC;
+		}
+	}
+	atomic_fetch_add(&m->enospc, 1);
+	return -ENOSPC;
+}
+
+/* --- writing ---------------------------------------------------------------- */
+
+static int grow_slots(tier_obj *o, uint64_t nslots)
+{
+	uint32_t *p;
+	uint64_t nc = o->nslots ? o->nslots : 16;
+
+	if (nslots <= o->nslots)
+		return 0;
+	while (nc < nslots)
+		nc *= 2;
+	p = realloc(o->pages, nc * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	for (uint64_t i = o->nslots; i < nc; i++)
+		p[i] = TIER_NO_PAGE;
+	o->pages = p;
+	o->nslots = (uint32_t)nc;
+	return 0;
+}
+
+int tier_write(tier_obj *o, uint64_t off, const void *buf, size_t len)
+{
+	tier_mgr *m = o->mgr;
+	const struct dram_arena *a = &m->dram;
+	uint32_t ps = a->page_size, shift = a->page_shift;
+	uint32_t stack_ids[64], *ids = stack_ids;
+	uint64_t first, last, missing = 0, end = off + len;
+	uint64_t s;
+	int rc = 0;
+
+	if (len == 0)
+		return 0;
+	if (end < off || end > a->bytes)
+		return -EFBIG;
+	first = off >> shift;
+	last = (end - 1) >> shift;
+
+	pthread_mutex_lock(&o->lock);
+	s = atomic_load(&o->state);
+	if (s & (OBJ_DEAD | OBJ_SEALED)) {
+		rc = (s & OBJ_DEAD) ? -ENOENT : -EPERM;
+		goto out_unlock;
+	}
+	rc = grow_slots(o, last + 1);
+	if (rc)
+		goto out_unlock;
+	for (uint64_t i = first; i <= last; i++)
+		missing += o->pages[i] == TIER_NO_PAGE;
+	if (missing > KVFS_ARRAY_SIZE(stack_ids)) {
+		ids = malloc(missing * sizeof(*ids));
+		if (!ids) {
+			rc = -ENOMEM;
+			goto out_unlock;
+		}
+	}
+	if (missing) {
+		rc = alloc_pages(m, (uint32_t)missing, ids);
+		if (rc)
+			goto out_free;
+	}
+	for (uint64_t i = first, k = 0; i <= last; i++) {
+		uint64_t pstart = i << shift;
+		uint64_t lo = KVFS_MAX(off, pstart) - pstart;
+		uint64_t hi = KVFS_MIN(end, pstart + ps) - pstart;
+		uint8_t *page;
+
+		if (o->pages[i] == TIER_NO_PAGE) {
+			o->pages[i] = ids[k++];
+			page = dram_page(a, o->pages[i]);
+			/* A recycled page: zero what this write does not cover. */
+			if (lo)
+				memset(page, 0, lo);
+			if (hi < ps)
+				memset(page + hi, 0, ps - hi);
+		}
+		page = dram_page(a, o->pages[i]);
+		memcpy(page + lo, (const uint8_t *)buf + (pstart + lo - off), hi - lo);
+	}
+	__atomic_store_n(&o->npages, o->npages + (uint32_t)missing, __ATOMIC_RELAXED);
+	if (end > o->size)
+		__atomic_store_n(&o->size, end, __ATOMIC_RELAXED);
+out_free:
+	if (ids != stack_ids)
+		free(ids);
+out_unlock:
+	pthread_mutex_unlock(&o->lock);
+	return rc;
+}
+
+int tier_truncate(tier_obj *o, uint64_t size)
+{
+	tier_mgr *m = o->mgr;
+	struct dram_arena *a = &m->dram;
+	uint32_t shift = a->page_shift;
+	uint64_t keep, s;
+	uint32_t freed = 0;
+	int rc = 0;
+
+	if (size > a->bytes)
+		return -EFBIG;
+	pthread_mutex_lock(&o->lock);
+	s = atomic_load(&o->state);
+	if (s & (OBJ_DEAD | OBJ_SEALED)) {
+		rc = (s & OBJ_DEAD) ? -ENOENT : -EPERM;
+		goto out_unlock;
+	}
+	keep = (size + a->page_size - 1) >> shift;
+	for (uint64_t i = keep; i < o->nslots; i++) {
+		if (o->pages[i] != TIER_NO_PAGE) {
+			dram_free(a, &o->pages[i], 1);
+			o->pages[i] = TIER_NO_PAGE;
+			freed++;
+		}
+	}
+	/* Bytes past the new end in the last page must read as zeros if regrown. */
+	if ((size & (a->page_size - 1)) && keep - 1 < o->nslots &&
+	    o->pages[keep - 1] != TIER_NO_PAGE) {
+		uint64_t in = size & (a->page_size - 1);
+
+		memset(dram_page(a, o->pages[keep - 1]) + in, 0, a->page_size - in);
+	}
+	__atomic_store_n(&o->npages, o->npages - freed, __ATOMIC_RELAXED);
+	__atomic_store_n(&o->size, size, __ATOMIC_RELAXED);
+out_unlock:
+	pthread_mutex_unlock(&o->lock);
+	return rc;
+}
+
+int tier_seal(tier_obj *o)
+{
+	tier_mgr *m = o->mgr;
+	uint64_t old;
+	int rc = 0;
+
+	pthread_mutex_lock(&o->lock);
+	old = atomic_fetch_or(&o->state, OBJ_SEALED);
+	if (old & OBJ_DEAD) {
+		rc = -ENOENT;
+	} else if (!(old & OBJ_SEALED)) {
+		atomic_fetch_add(&m->sealed, 1);
+		if (old & OBJ_PINNED)
+			atomic_fetch_add(&m->pinned_bytes, tier_dram_bytes(o));
+		pthread_mutex_lock(&m->policy.lock);
+		if (!(atomic_load(&o->state) & OBJ_DEAD)) {
+			tier_obj_get(o); /* the policy's reference */
+			policy_insert_locked(&m->policy, &o->pn, o->npages);
+		}
+		pthread_mutex_unlock(&m->policy.lock);
+	}
+	pthread_mutex_unlock(&o->lock);
+	return rc;
+}
+
+/* --- reading ------------------------------------------------------------- */
+
+ssize_t tier_read(tier_obj *o, uint64_t off, void *buf, size_t len)
+{
+	const struct dram_arena *a = &o->mgr->dram;
+	uint32_t ps = a->page_size, shift = a->page_shift;
+	size_t done = 0;
+	ssize_t rc;
+
+	pthread_mutex_lock(&o->lock);
+	if (atomic_load(&o->state) & OBJ_DEAD) {
+		rc = -ENOENT;
+		goto out_unlock;
+	}
+	if (off >= o->size) {
+		rc = 0;
+		goto out_unlock;
+	}
+	len = KVFS_MIN(len, o->size - off);
+	while (done < len) {
+		uint64_t pos = off + done, slot = pos >> shift;
+		size_t in = pos & (ps - 1), n = KVFS_MIN(len - done, ps - in);
+
+		if (slot < o->nslots && o->pages[slot] != TIER_NO_PAGE)
+			memcpy((uint8_t *)buf + done, dram_page(a, o->pages[slot]) + in, n);
+		else
+			memset((uint8_t *)buf + done, 0, n);
+		done += n;
+	}
+	rc = (ssize_t)done;
+out_unlock:
+	pthread_mutex_unlock(&o->lock);
+	return rc;
+}
+
+int tier_read_iov(tier_obj *o, uint64_t off, size_t len, struct iovec *iov, int max)
+{
+	tier_mgr *m = o->mgr;
+	const struct dram_arena *a = &m->dram;
+	uint32_t ps = a->page_size, shift = a->page_shift;
+	uint64_t s = atomic_load(&o->state), size = o->size;
+	size_t done = 0;
+	int n = 0;
+
+	if (s & OBJ_DEAD)
+		return -ENOENT;
+	if (!(s & OBJ_SEALED))
+		return -EINVAL;
+	if (off >= size)
+		return 0;
+	len = KVFS_MIN(len, size - off);
+	while (done < len && n < max) {
+		uint64_t pos = off + done, slot = pos >> shift;
+		size_t in = pos & (ps - 1), k = KVFS_MIN(len - done, ps - in);
+		uint8_t *src;
+
+		if (slot < o->nslots && o->pages[slot] != TIER_NO_PAGE)
+			src = dram_page(a, o->pages[slot]) + in;
+		else
+			src = m->zero_page;
+		/* Merge with the previous vector when the pages happen to be adjacent. */
+		if (n && (uint8_t *)iov[n - 1].iov_base + iov[n - 1].iov_len == src &&
+		    src != m->zero_page) {
+			iov[n - 1].iov_len += k;
+		} else {
+			iov[n].iov_base = src;
+			iov[n].iov_len = k;
+			n++;
+		}
+		done += k;
+	}
+	return n;
+}
+
+/* --- leases, hits, pins ---------------------------------------------------- */
+
+int tier_lease(tier_obj *o)
+{
+	uint64_t s = atomic_load(&o->state);
+
+	do {
+		if (s & OBJ_DEAD)
+			return -ENOENT;
+	} while (!atomic_compare_exchange_weak(&o->state, &s, s + 1));
+	return 0;
+}
+
+void tier_unlease(tier_obj *o)
+{
+	atomic_fetch_sub(&o->state, 1);
+}
+
+void tier_touch(tier_obj *o)
+{
+	struct policy *p = &o->mgr->policy;
+
+	pthread_mutex_lock(&p->lock);
+	if (!(atomic_load(&o->state) & OBJ_DEAD))
+		policy_hit_locked(p, &o->pn, o->npages);
+	pthread_mutex_unlock(&p->lock);
+}
+
+int tier_pin(tier_obj *o, bool pin)
+{
+	tier_mgr *m = o->mgr;
+	uint64_t s = atomic_load(&o->state), ns;
+
+	do {
+		if (s & OBJ_DEAD)
+			return -ENOENT;
+		ns = pin ? (s | OBJ_PINNED) : (s & ~OBJ_PINNED);
+		if (ns == s)
+			return 0;
+	} while (!atomic_compare_exchange_weak(&o->state, &s, ns));
+	atomic_fetch_add(&m->pinned, pin ? 1 : (uint64_t)-1);
+	/* Pinned bytes count sealed objects only; unsealed ones still grow. */
+	if (s & OBJ_SEALED)
+		atomic_fetch_add(&m->pinned_bytes,
+				 pin ? tier_dram_bytes(o) : (uint64_t)-tier_dram_bytes(o));
+	return 0;
+}

@@ -1,0 +1,173 @@
+/*
+ * tier/tier.h — the tier manager: where a file's bytes live, and what is
+ * evicted when the tiers are full.
+ *
+ * A tier object holds the bytes of one file. Its owner (the filesystem)
+ * creates it, writes it, seals it, and leases it while it is open; the tier
+ * manager places the bytes (today: pages of the DRAM arena) and, when a
+ * write needs room, evicts sealed objects that are not leased and not
+ * pinned, least valuable first. An evicted object is handed to the owner's
+ * `evicted` callback so the owner can forget its name; after that its bytes
+ * are gone.
+ *
+ * Lifetime: an object is reference counted. tier_obj_new() returns one
+ * reference for the owner; tier_obj_put() drops it. The bytes are released
+ * when the object dies (eviction or tier_drop()), the struct when the last
+ * reference goes.
+ *
+ * Threads: every function may be called from any thread. The owner must not
+ * hold any lock that its `evicted` callback takes while calling tier_write()
+ * or tier_truncate(), which may evict synchronously.
+ *
+ * All functions return 0 or a negative errno unless stated otherwise.
+ */
+#ifndef KVFS_TIER_H
+#define KVFS_TIER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+typedef struct tier_mgr tier_mgr;
+typedef struct tier_obj tier_obj;
+
+/* Where bytes can be, as a bit mask (user.kvfs.tier prints the names). */
+enum tier_kind {
+	TIER_GPU = 1u << 0,
+	TIER_DRAM = 1u << 1,
+	TIER_NVME = 1u << 2,
+	TIER_REMOTE = 1u << 3,
+};
+
+struct tier_config {
+	uint64_t dram_bytes; /* arena size, rounded down to whole pages */
+	uint32_t page_size;  /* power of two, 4 KiB .. 16 MiB; 0 = 64 KiB */
+	const char *policy;  /* "mq" (default) or "lru" */
+};
+
+struct tier_callbacks {
+	/*
+	 * The tier has chosen @objs for eviction and marked them dead (no new
+	 * lease can succeed). The owner forgets them and drops its references.
+	 * Called with no tier lock held, from the thread that needed room.
+	 */
+	void (*evicted)(void *ctx, tier_obj *const *objs, size_t n);
+	void *ctx;
+};
+
+struct tier_stats {
+	uint64_t page_size;
+	uint64_t dram_capacity; /* bytes */
+	uint64_t dram_used;     /* bytes in allocated pages */
+	uint64_t dram_pinned;   /* bytes of pinned objects */
+	uint64_t objects;       /* live objects */
+	uint64_t sealed;        /* of which sealed */
+	uint64_t pinned;        /* of which pinned */
+	uint64_t evictions;     /* objects evicted */
+	uint64_t evicted_bytes;
+	uint64_t enospc;        /* writes refused: nothing evictable */
+	const char *policy;
+};
+
+/*
+ * Create the tier manager: map the DRAM arena (a memfd of cfg->dram_bytes).
+ * @return 0; -EINVAL for a bad size, page size or policy name (with a
+ * one-line reason in @err); -ENOMEM or the errno of memfd/mmap.
+ */
+int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, tier_mgr **out,
+	      char *err, size_t errlen);
+
+/* Release everything. Every object must be dead or unreferenced by now. */
+void tier_close(tier_mgr *m);
+
+/* The arena's memfd (for mapping it elsewhere) and the page size. */
+int tier_dram_fd(const tier_mgr *m);
+uint32_t tier_page_size(const tier_mgr *m);
+/* Largest object size the tiers could ever hold. */
+uint64_t tier_max_size(const tier_mgr *m);
+
+void tier_get_stats(tier_mgr *m, struct tier_stats *st);
+
+/* --- objects ---------------------------------------------------------- */
+
+/* A new, empty, writable object. @owner is the owner's cookie. @return 0, -ENOMEM. */
+int tier_obj_new(tier_mgr *m, void *owner, tier_obj **out);
+void tier_obj_get(tier_obj *o);
+void tier_obj_put(tier_obj *o);
+
+/* The owner's cookie (read and set under the owner's own locking). */
+void *tier_obj_owner(const tier_obj *o);
+void tier_obj_set_owner(tier_obj *o, void *owner);
+
+uint64_t tier_size(const tier_obj *o);
+/* Bytes of storage the object occupies in DRAM (whole pages). */
+uint64_t tier_dram_bytes(const tier_obj *o);
+/* Mask of enum tier_kind holding the bytes; 0 once dead. */
+unsigned tier_where(const tier_obj *o);
+bool tier_is_sealed(const tier_obj *o);
+bool tier_is_dead(const tier_obj *o);
+bool tier_is_pinned(const tier_obj *o);
+
+/*
+ * Write @len bytes at @off of an unsealed object, allocating pages and
+ * evicting other objects as needed. A failed write changes nothing.
+ * @return 0; -EPERM if sealed; -EFBIG if @off + @len exceeds
+ * tier_max_size(); -ENOSPC if no room can be made; -ENOENT if dead.
+ */
+int tier_write(tier_obj *o, uint64_t off, const void *buf, size_t len);
+
+/*
+ * Set the size of an unsealed object; shrinking frees pages, growing leaves
+ * a hole that reads as zeros.
+ * @return 0; -EPERM if sealed; -EFBIG; -ENOENT if dead.
+ */
+int tier_truncate(tier_obj *o, uint64_t size);
+
+/* No more writes; the object becomes a candidate for eviction. @return 0, -ENOENT. */
+int tier_seal(tier_obj *o);
+
+/*
+ * Copy up to @len bytes at @off into @buf (any object state).
+ * @return bytes copied (0 at or past the end); -ENOENT if dead.
+ */
+ssize_t tier_read(tier_obj *o, uint64_t off, void *buf, size_t len);
+
+/*
+ * Zero-copy view of up to @len bytes at @off of a sealed, leased object: up
+ * to @max iovecs pointing into the arena (holes point at a zero page). The
+ * memory stays valid while the lease is held.
+ * @return the number of iovecs (0 at the end); -EINVAL if not sealed;
+ * -ENOENT if dead.
+ */
+int tier_read_iov(tier_obj *o, uint64_t off, size_t len, struct iovec *iov, int max);
+
+/*
+ * Lease: the object cannot be evicted until tier_unlease().
+ * @return 0; -ENOENT if it is dead (evicted or dropped).
+ */
+int tier_lease(tier_obj *o);
+void tier_unlease(tier_obj *o);
+
+/* Record an access (an open that found the file) for the eviction policy. */
+void tier_touch(tier_obj *o);
+
+/* Pin or unpin: a pinned object is never evicted. @return 0, -ENOENT if dead. */
+int tier_pin(tier_obj *o, bool pin);
+
+/*
+ * Drop the object's bytes now (the owner deleted the file). Idempotent; a
+ * no-op on an object already dead.
+ */
+void tier_drop(tier_obj *o);
+
+/*
+ * Evict the object now, as the eviction policy would (an operator's
+ * request). It must be sealed and unleased; pinned objects are refused.
+ * The owner's `evicted` callback is NOT called: the caller removes the name.
+ * @return 0; -EBUSY if leased or not sealed; -EPERM if pinned; -ENOENT if dead.
+ */
+int tier_evict(tier_obj *o);
+
+#endif
