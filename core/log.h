@@ -19,7 +19,7 @@ int kvfs_log_open(const char *path, int level);
 /* Parse "err", "warn", "info" or "debug". @return the level, or -EINVAL. */
 int kvfs_log_level_parse(const char *name);
 
-void kvfs_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void kvfs_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3), nonnull(2)));
 
 #define log_err(...)   kvfs_log(KVFS_LOG_ERR, __VA_ARGS__)
 #define log_warn(...)  kvfs_log(KVFS_LOG_WARN, __VA_ARGS__)

@@ -373,6 +373,7 @@ static char *render_config(struct kvfs_fs *fs)
 	json_object_set_new(root, "attr_timeout", json_real(c->attr_timeout));
 	json_object_set_new(root, "negative_timeout", json_real(c->negative_timeout));
 	json_object_set_new(root, "read_ahead_kb", json_integer(c->read_ahead_kb));
+	json_object_set_new(root, "keep_cache", json_boolean(!c->no_keep_cache));
 	json_object_set_new(root, "fuse_options", json_string(c->fuse_opts));
 	json_object_set_new(root, "log", c->log_path ? json_string(c->log_path) : json_null());
 	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);

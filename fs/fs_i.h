@@ -58,6 +58,13 @@ enum inode_kind {
 	KIND_CTL_FILE,
 };
 
+/* A name, freed after a grace period so lock-free lookups can read it. */
+struct kvfs_name {
+	struct rcu_head rcu;
+	uint32_t len;
+	char s[]; /* NUL-terminated */
+};
+
 /* A place in a directory's children list: an inode, or a readdir cursor. */
 struct dnode {
 	struct cds_list_head link;
@@ -78,8 +85,7 @@ struct kvfs_inode {
 
 	/* place in the tree (fs->lock) */
 	struct kvfs_inode *parent; /* NULL when unlinked, and for the root */
-	char *name;
-	uint32_t namelen;
+	struct kvfs_name *name;    /* set under fs->lock, read under RCU */
 	unsigned long hash;
 	struct cds_lfht_node hnode;
 	struct dnode dn;
@@ -152,6 +158,7 @@ struct kvfs_config {
 	double attr_timeout;
 	double negative_timeout;
 	unsigned read_ahead_kb;
+	bool no_keep_cache; /* drop the page cache at every open (for measurement) */
 	bool foreground;
 	bool debug;
 	const char *log_path;

@@ -51,6 +51,8 @@ static void usage(FILE *out)
 		"  --attr-timeout SEC     kernel attribute cache timeout (default 30)\n"
 		"  --negative-timeout SEC kernel cache of misses (default 1)\n"
 		"  --read-ahead SIZE      kernel read-ahead for the mount (default 1M)\n"
+		"  --no-keep-cache        drop a file's kernel page cache at each open (for\n"
+		"                         measuring what the cache buys; default keeps it)\n"
 		"  --log FILE             log file (default: stderr with -f, else STATE/kvfs.log)\n"
 		"  --log-level LEVEL      err, warn, info (default) or debug\n"
 		"  -o OPT[,OPT...]        FUSE mount options (allow_other, ...); repeatable\n"
@@ -99,6 +101,7 @@ enum {
 	OPT_READ_AHEAD,
 	OPT_LOG,
 	OPT_LOG_LEVEL,
+	OPT_NO_KEEP_CACHE,
 };
 
 static int parse_args(int argc, char **argv, struct kvfs_config *c)
@@ -115,6 +118,7 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"read-ahead", required_argument, NULL, OPT_READ_AHEAD},
 		{"log", required_argument, NULL, OPT_LOG},
 		{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+		{"no-keep-cache", no_argument, NULL, OPT_NO_KEEP_CACHE},
 		{"foreground", no_argument, NULL, 'f'},
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
@@ -184,6 +188,9 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			break;
 		case OPT_LOG:
 			c->log_path = optarg;
+			break;
+		case OPT_NO_KEEP_CACHE:
+			c->no_keep_cache = true;
 			break;
 		case OPT_LOG_LEVEL: {
 			int l = kvfs_log_level_parse(optarg);

@@ -54,13 +54,21 @@ struct name_key {
 	size_t len;
 };
 
+/* Runs under the RCU read lock, racing renames: read each pointer once. */
 static int name_match(struct cds_lfht_node *node, const void *key)
 {
 	const struct kvfs_inode *in = caa_container_of(node, struct kvfs_inode, hnode);
+	const struct kvfs_inode *parent = CMM_LOAD_SHARED(in->parent);
+	const struct kvfs_name *name = rcu_dereference(in->name);
 	const struct name_key *k = key;
 
-	return in->parent && in->parent->ino == k->parent && in->namelen == k->len &&
-	       memcmp(in->name, k->name, k->len) == 0;
+	return parent && name && parent->ino == k->parent && name->len == k->len &&
+	       memcmp(name->s, k->name, k->len) == 0;
+}
+
+static void name_free_rcu(struct rcu_head *head)
+{
+	free(caa_container_of(head, struct kvfs_name, rcu));
 }
 
 /* --- inode lifetime ------------------------------------------------------------ */
@@ -169,16 +177,17 @@ struct kvfs_inode *ns_find_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, co
 int ns_link_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, struct kvfs_inode *in,
 		   const char *name, size_t len)
 {
-	char *copy = malloc(len + 1);
+	struct kvfs_name *old = in->name, *nn = malloc(sizeof(*nn) + len + 1);
 
-	if (!copy)
+	if (!nn)
 		return -ENOMEM;
-	memcpy(copy, name, len);
-	copy[len] = '\0';
-	free(in->name);
-	in->name = copy;
-	in->namelen = (uint32_t)len;
-	in->parent = dir;
+	nn->len = (uint32_t)len;
+	memcpy(nn->s, name, len);
+	nn->s[len] = '\0';
+	rcu_assign_pointer(in->name, nn);
+	if (old)
+		urcu_bp_call_rcu(&old->rcu, name_free_rcu);
+	CMM_STORE_SHARED(in->parent, dir);
 	in->hash = name_hash(dir->ino, name, len);
 	in->linked = true;
 	ns_get(in, 1); /* the link */
@@ -216,10 +225,11 @@ void ns_unlink_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
 	}
 	in->linked = false;
 	/*
-	 * Keep in->parent and in->name for the hash's readers still in their
-	 * RCU section; name_match() checks `parent` of linked inodes only via
-	 * the hash, which no longer holds this node for new lookups.
+	 * The name stays (freed with the inode, after a grace period) for
+	 * readers still in their RCU section; the parent goes, and with it our
+	 * reference on it — it too is freed only after a grace period.
 	 */
+	CMM_STORE_SHARED(in->parent, NULL);
 	ns_put(fs, dir, 1);
 	ns_put(fs, in, 1);
 }
@@ -259,7 +269,7 @@ void ns_persist(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in)
 	pthread_mutex_unlock(&in->lock);
 	cat_put_inode(b, &rec);
 	if (in->linked && in != fs->root)
-		cat_put_dentry(b, in->parent->ino, in->name, in->namelen, in->ino);
+		cat_put_dentry(b, in->parent->ino, in->name->s, in->name->len, in->ino);
 	in->persisted = true;
 }
 
@@ -268,7 +278,7 @@ void ns_forget_record(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in)
 	if (!in->persisted)
 		return;
 	if (in->parent)
-		cat_del_dentry(b, in->parent->ino, in->name, in->namelen);
+		cat_del_dentry(b, in->parent->ino, in->name->s, in->name->len);
 	cat_del_inode(b, in->ino);
 	in->persisted = false;
 }
@@ -464,8 +474,8 @@ void ns_queue_inval(struct kvfs_fs *fs, struct kvfs_inode *in, bool entry)
 	iv->in = in;
 	ns_get(in, 1);
 	if (entry && in->parent) {
-		iv->name = strndup(in->name, in->namelen);
-		iv->namelen = in->namelen;
+		iv->name = strndup(in->name->s, in->name->len);
+		iv->namelen = in->name->len;
 		iv->parent = in->parent;
 		ns_get(in->parent, 1);
 	}

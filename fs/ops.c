@@ -464,7 +464,8 @@ static int open_file(struct kvfs_fs *fs, struct kvfs_inode *in, struct fuse_file
 	} else {
 		in->hits++;
 		in->atime = (int64_t)kvfs_now_ns();
-		fi->keep_cache = 1; /* sealed bytes never change under this node id */
+		/* Sealed bytes never change under this node id: keep the page cache. */
+		fi->keep_cache = !fs->cfg.no_keep_cache;
 	}
 	pthread_mutex_unlock(&in->lock);
 	if (!write) {
@@ -529,9 +530,9 @@ static void kvfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mod
 	in = ns_find_locked(fs, dir, name, strlen(name));
 	if (in) {
 		/* Raced with another creator: open what is there, as POSIX does. */
-		if (fi->flags & O_EXCL) {
+		if ((fi->flags & O_EXCL) || in->kind != KIND_FILE) {
 			pthread_mutex_unlock(&fs->lock);
-			rc = -EEXIST;
+			rc = (fi->flags & O_EXCL) ? -EEXIST : -EISDIR;
 			goto out_err;
 		}
 		ns_get(in, 2); /* the kernel's lookup and the handle */
@@ -867,7 +868,13 @@ static void kvfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fus
 		ns_forget_record(fs, b, dst);
 	}
 	if (src->persisted) {
-		cat_del_dentry(b, dir->ino, src->name, src->namelen);
+		struct cat_inode rec;
+
+		pthread_mutex_lock(&src->lock);
+		ns_to_record(src, &rec); /* with the new ctime */
+		pthread_mutex_unlock(&src->lock);
+		cat_put_inode(b, &rec);
+		cat_del_dentry(b, dir->ino, src->name->s, src->name->len);
 		cat_put_dentry(b, ndir->ino, newname, strlen(newname), src->ino);
 	}
 	rc = ns_commit(fs, b);
@@ -887,11 +894,6 @@ static void kvfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fus
 	if (rc) {
 		log_err("rename: out of memory relinking inode %llu", (unsigned long long)src->ino);
 		goto out_unlock;
-	}
-	if (src->persisted) {
-		/* record the new ctime */
-		ns_persist(fs, b, src);
-		ns_commit(fs, b);
 	}
 	touch_dir_locked(dir);
 	if (ndir != dir)
@@ -1129,6 +1131,10 @@ static int seal_file(struct kvfs_fs *fs, struct handle *h)
 			in->persisted = false; /* still served from DRAM; the catalog lost nothing */
 		cat_batch_free(b);
 	}
+	if (in->invalid)
+		log_warn("refused native block '%s' (inode %llu): %s",
+			 in->name ? in->name->s : "?", (unsigned long long)in->ino,
+			 why ? why : "invalid");
 	pthread_mutex_unlock(&fs->lock);
 
 	pthread_mutex_lock(&fs->seal_lock);
@@ -1138,8 +1144,6 @@ static int seal_file(struct kvfs_fs *fs, struct handle *h)
 	atomic_fetch_add(&fs->ctr.sealed, 1);
 	if (native && valid) {
 		atomic_fetch_add(&fs->ctr.native_invalid, 1);
-		log_warn("refused native block '%s' (inode %llu): %s", in->name ? in->name : "?",
-			 (unsigned long long)in->ino, why ? why : "invalid");
 		return -EBADMSG;
 	}
 	if (native)
@@ -1327,7 +1331,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			continue;
 		}
 		child = caa_container_of(d, struct kvfs_inode, dn);
-		if (!emit(req, fs, plus, buf, size, &used, child->name, child, pos + 1, true))
+		if (!emit(req, fs, plus, buf, size, &used, child->name->s, child, pos + 1, true))
 			break;
 		pos++;
 		cds_list_del(&h->cursor.link);

@@ -26,6 +26,9 @@ struct dram_arena {
 	pthread_mutex_t lock; /* guards free_stack/nfree */
 	uint32_t *free_stack;
 	uint32_t nfree;
+	pthread_t populate;   /* faults the arena in ahead of use */
+	bool populating;
+	_Atomic bool stop;
 };
 
 int dram_open(struct dram_arena *a, uint64_t bytes, uint32_t page_size, char *err, size_t errlen);
