@@ -33,6 +33,7 @@ WARN     := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wstrict-protot
             -Wmissing-prototypes -Wformat=2
 KCFLAGS  := -std=gnu11 -fPIC -pthread -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
             -DKVFS_VERSION='"$(VERSION)"' -Iinclude -I. $(WARN) $(PKG_CFLAGS) -MMD -MP
+LDFLAGS  += -Wl,--as-needed
 LDLIBS   := $(PKG_LIBS) -lrocksdb -lcrypto -lpthread -lm
 ifneq ($(SANITIZE),)
 KCFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
