@@ -65,11 +65,21 @@ struct kvfs_name {
 	char s[]; /* NUL-terminated */
 };
 
-/* A place in a directory's children list: an inode, or a readdir cursor. */
+/*
+ * A place in a directory's children list: an inode, or a readdir cursor.
+ * Entries are appended with increasing cookies, so the list is in cookie
+ * order; a cookie is the readdir offset of the entry after it, stable while
+ * other entries come and go. A cursor's cookie is that of the last entry
+ * before it.
+ */
 struct dnode {
 	struct cds_list_head link;
+	uint64_t cookie;
 	bool is_cursor;
 };
+
+/* Readdir offsets 1, 2, 3 are ".", ".." and (in the root) ".kvfs". */
+#define FIRST_COOKIE 4
 
 struct kvfs_inode {
 	uint64_t ino;
@@ -94,6 +104,7 @@ struct kvfs_inode {
 
 	/* directories (fs->lock) */
 	struct cds_list_head children;
+	uint64_t next_cookie;
 	uint64_t nchildren;
 	uint32_t nsubdirs;
 
@@ -194,6 +205,8 @@ struct kvfs_fs {
 	pthread_mutex_t work_lock;
 	pthread_cond_t work_cond;
 	struct inval *inval_head, *inval_tail;
+	uint64_t inval_queued, inval_done; /* tickets (work_lock) */
+	pthread_cond_t inval_cond;
 	bool stopping;
 	bool worker_started;
 };
@@ -236,8 +249,14 @@ void ns_release_data(struct kvfs_fs *fs, struct kvfs_inode *in);
 /* Tier callback: objects were evicted. */
 void ns_evicted(void *ctx, tier_obj *const *objs, size_t n);
 
-/* Queue a kernel cache invalidation for @in's name and pages. */
-void ns_queue_inval(struct kvfs_fs *fs, struct kvfs_inode *in, bool entry);
+/* Queue a kernel cache invalidation for @in's name and pages. @return its ticket. */
+uint64_t ns_queue_inval(struct kvfs_fs *fs, struct kvfs_inode *in, bool entry);
+/*
+ * Wait (at most @timeout_ns) until invalidations up to @ticket were sent.
+ * Never from a request that holds a lock the invalidation needs (the kernel
+ * holds a directory's lock during requests on that directory).
+ */
+void ns_wait_inval(struct kvfs_fs *fs, uint64_t ticket, uint64_t timeout_ns);
 /* Queue @in's access statistics for the next catalog flush. */
 void ns_mark_dirty(struct kvfs_fs *fs, struct kvfs_inode *in);
 /* Write queued statistics now. */
@@ -250,7 +269,8 @@ struct evict_result {
 	uint64_t busy;
 	uint64_t pinned;
 };
-void ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *in, struct evict_result *res);
+/* @return the ticket of the last invalidation queued, for ns_wait_inval(). */
+uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *in, struct evict_result *res);
 
 /* Fill a catalog record from an inode (inode lock held). */
 void ns_to_record(const struct kvfs_inode *in, struct cat_inode *rec);

@@ -91,6 +91,7 @@ struct kvfs_inode *ns_inode_new(struct kvfs_fs *fs, uint8_t kind, uint32_t mode,
 	cds_lfht_node_init(&in->hnode);
 	CDS_INIT_LIST_HEAD(&in->dn.link);
 	CDS_INIT_LIST_HEAD(&in->children);
+	in->next_cookie = FIRST_COOKIE;
 	return in;
 }
 
@@ -195,6 +196,7 @@ int ns_link_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, struct kvfs_inode
 	urcu_bp_read_lock();
 	cds_lfht_add(fs->ht, in->hash, &in->hnode);
 	urcu_bp_read_unlock();
+	in->dn.cookie = dir->next_cookie++;
 	cds_list_add_tail(&in->dn.link, &dir->children);
 	dir->nchildren++;
 	if (in->kind == KIND_DIR) {
@@ -340,11 +342,14 @@ void ns_release_data(struct kvfs_fs *fs, struct kvfs_inode *in)
 }
 
 /* Remove an evicted file from the tree (fs->lock held); its bytes are gone. */
-static void forget_evicted_locked(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in)
+static uint64_t forget_evicted_locked(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in)
 {
+	uint64_t ticket;
+
 	ns_forget_record(fs, b, in);
-	ns_queue_inval(fs, in, true);
+	ticket = ns_queue_inval(fs, in, true);
 	ns_unlink_locked(fs, in);
+	return ticket;
 }
 
 void ns_evicted(void *ctx, tier_obj *const *objs, size_t n)
@@ -375,7 +380,8 @@ void ns_evicted(void *ctx, tier_obj *const *objs, size_t n)
 }
 
 static void evict_one_locked(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in,
-			     struct evict_result *res, tier_obj **dropped, size_t *ndropped)
+			     struct evict_result *res, tier_obj **dropped, size_t *ndropped,
+			     uint64_t *ticket)
 {
 	uint64_t bytes;
 	int rc;
@@ -400,12 +406,13 @@ static void evict_one_locked(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode
 	if (rc != 1)
 		return;
 	dropped[(*ndropped)++] = detach_data_locked(in);
-	forget_evicted_locked(fs, b, in);
+	*ticket = forget_evicted_locked(fs, b, in);
 	atomic_fetch_add(&fs->ctr.operator_evictions, 1);
 }
 
-void ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *top, struct evict_result *res)
+uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *top, struct evict_result *res)
 {
+	uint64_t ticket = 0;
 	cat_batch *b = cat_batch_new();
 	size_t cap = 64, n = 0, ndropped = 0, dcap = 64;
 	struct kvfs_inode **stack = malloc(cap * sizeof(*stack));
@@ -429,7 +436,7 @@ void ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *top, struct evict_resu
 				dropped = nd;
 				dcap *= 2;
 			}
-			evict_one_locked(fs, b, in, res, dropped, &ndropped);
+			evict_one_locked(fs, b, in, res, dropped, &ndropped, &ticket);
 			continue;
 		}
 		if (in->kind != KIND_DIR)
@@ -461,16 +468,18 @@ out:
 	free(stack);
 	free(dropped);
 	cat_batch_free(b);
+	return ticket;
 }
 
 /* --- background work: invalidations and stats --------------------------------- */
 
-void ns_queue_inval(struct kvfs_fs *fs, struct kvfs_inode *in, bool entry)
+uint64_t ns_queue_inval(struct kvfs_fs *fs, struct kvfs_inode *in, bool entry)
 {
 	struct inval *iv = calloc(1, sizeof(*iv));
+	uint64_t ticket;
 
 	if (!iv)
-		return;
+		return 0;
 	iv->in = in;
 	ns_get(in, 1);
 	if (entry && in->parent) {
@@ -485,7 +494,21 @@ void ns_queue_inval(struct kvfs_fs *fs, struct kvfs_inode *in, bool entry)
 	else
 		fs->inval_head = iv;
 	fs->inval_tail = iv;
+	ticket = ++fs->inval_queued;
 	pthread_cond_signal(&fs->work_cond);
+	pthread_mutex_unlock(&fs->work_lock);
+	return ticket;
+}
+
+void ns_wait_inval(struct kvfs_fs *fs, uint64_t ticket, uint64_t timeout_ns)
+{
+	uint64_t deadline = kvfs_now_ns() + timeout_ns;
+	struct timespec ts = {(time_t)(deadline / 1000000000), (long)(deadline % 1000000000)};
+
+	pthread_mutex_lock(&fs->work_lock);
+	while (fs->inval_done < ticket && !fs->stopping &&
+	       pthread_cond_timedwait(&fs->inval_cond, &fs->work_lock, &ts) == 0)
+		;
 	pthread_mutex_unlock(&fs->work_lock);
 }
 
@@ -552,6 +575,8 @@ void ns_flush_dirty(struct kvfs_fs *fs)
 
 static void run_invals(struct kvfs_fs *fs, struct inval *iv)
 {
+	uint64_t n = 0;
+
 	while (iv) {
 		struct inval *next = iv->next;
 
@@ -567,7 +592,12 @@ static void run_invals(struct kvfs_fs *fs, struct inval *iv)
 		free(iv->name);
 		free(iv);
 		iv = next;
+		n++;
 	}
+	pthread_mutex_lock(&fs->work_lock);
+	fs->inval_done += n;
+	pthread_cond_broadcast(&fs->inval_cond);
+	pthread_mutex_unlock(&fs->work_lock);
 }
 
 static void *worker_main(void *arg)
@@ -798,6 +828,7 @@ int ns_open(struct kvfs_fs *fs, char *err, size_t errlen)
 	pthread_mutex_init(&fs->lock, NULL);
 	pthread_mutex_init(&fs->work_lock, NULL);
 	pthread_cond_init(&fs->work_cond, NULL);
+	pthread_cond_init(&fs->inval_cond, NULL);
 	pthread_mutex_init(&fs->seal_lock, NULL);
 	pthread_cond_init(&fs->seal_cond, NULL);
 	cds_lfs_init(&fs->dirty);

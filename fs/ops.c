@@ -61,7 +61,6 @@ struct handle {
 	size_t len;
 	/* directories */
 	struct dnode cursor;
-	uint64_t pos;
 };
 
 static struct kvfs_fs *req_fs(fuse_req_t req)
@@ -164,13 +163,15 @@ static int writable_dir(struct kvfs_inode *dir, const char *name)
 	return check_name(name);
 }
 
-static void touch_dir_locked(struct kvfs_inode *dir)
+/* A directory's entries changed: new times, written with the next stats flush. */
+static void touch_dir_locked(struct kvfs_fs *fs, struct kvfs_inode *dir)
 {
 	int64_t now = (int64_t)kvfs_now_ns();
 
 	pthread_mutex_lock(&dir->lock);
 	dir->mtime = dir->ctime = now;
 	pthread_mutex_unlock(&dir->lock);
+	ns_mark_dirty(fs, dir);
 }
 
 /* --- miss accounting ----------------------------------------------------------
@@ -390,7 +391,19 @@ static struct handle *handle_new(struct kvfs_inode *in)
 /* Every writer closed its descriptors: the release (and the seal) is on its way. */
 static bool seal_pending(const struct kvfs_inode *in)
 {
-	return !atomic_load(&in->sealed) && in->writers && in->flushed == in->writers;
+	return !atomic_load(&in->sealed) &&
+	       (in->sealing || (in->writers && in->flushed == in->writers));
+}
+
+/* seal_pending() for callers without the inode lock. */
+static bool seal_pending_unlocked(struct kvfs_inode *in)
+{
+	bool pending;
+
+	pthread_mutex_lock(&in->lock);
+	pending = in->kind == KIND_FILE && seal_pending(in);
+	pthread_mutex_unlock(&in->lock);
+	return pending;
 }
 
 /*
@@ -506,7 +519,7 @@ static int new_file_locked(struct kvfs_fs *fs, fuse_req_t req, struct kvfs_inode
 		ns_put(fs, in, 1);
 		return rc;
 	}
-	touch_dir_locked(dir);
+	touch_dir_locked(fs, dir);
 	atomic_fetch_add(&fs->ctr.creates, 1);
 	*out = in;
 	return 0;
@@ -648,7 +661,7 @@ static void kvfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 		ns_unlink_locked(fs, in); /* frees it */
 		goto out_unlock;
 	}
-	touch_dir_locked(dir);
+	touch_dir_locked(fs, dir);
 	miss_consume(fs, dir, name);
 	ns_get(in, 1);
 out_unlock:
@@ -736,7 +749,7 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 	}
 	data = take_data_if_closed(in);
 	ns_unlink_locked(fs, in);
-	touch_dir_locked(dir);
+	touch_dir_locked(fs, dir);
 	atomic_fetch_add(&fs->ctr.unlinks, 1);
 out_unlock:
 	pthread_mutex_unlock(&fs->lock);
@@ -816,12 +829,7 @@ static void kvfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fus
 	 */
 	src = ns_lookup(fs, dir, name, strlen(name));
 	if (src) {
-		bool pending;
-
-		pthread_mutex_lock(&src->lock);
-		pending = src->kind == KIND_FILE && seal_pending(src);
-		pthread_mutex_unlock(&src->lock);
-		if (pending)
+		if (seal_pending_unlocked(src))
 			wait_sealed(fs, src);
 		ns_put(fs, src, 1);
 	}
@@ -895,9 +903,9 @@ static void kvfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fus
 		log_err("rename: out of memory relinking inode %llu", (unsigned long long)src->ino);
 		goto out_unlock;
 	}
-	touch_dir_locked(dir);
+	touch_dir_locked(fs, dir);
 	if (ndir != dir)
-		touch_dir_locked(ndir);
+		touch_dir_locked(fs, ndir);
 	atomic_fetch_add(&fs->ctr.renames, 1);
 out_unlock:
 	pthread_mutex_unlock(&fs->lock);
@@ -1093,6 +1101,7 @@ static int seal_file(struct kvfs_fs *fs, struct handle *h)
 	}
 	in->sealing = true;
 	data = in->data;
+	tier_obj_get(data); /* an unlinked file's last release may drop it meanwhile */
 	pthread_mutex_unlock(&in->lock);
 
 	/* No writer is left and new ones wait on `sealing`: the bytes are stable. */
@@ -1140,6 +1149,7 @@ static int seal_file(struct kvfs_fs *fs, struct handle *h)
 	pthread_mutex_lock(&fs->seal_lock);
 	pthread_cond_broadcast(&fs->seal_cond);
 	pthread_mutex_unlock(&fs->seal_lock);
+	tier_obj_put(data);
 
 	atomic_fetch_add(&fs->ctr.sealed, 1);
 	if (native && valid) {
@@ -1175,11 +1185,18 @@ static void kvfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 	bool unlinked;
 
 	if (in->kind == KIND_FILE) {
-		seal_file(fs, h);
+		/*
+		 * Give up the lease and the open count first: whoever wakes up
+		 * when the file seals (an evict, a reader) must find it closed.
+		 */
 		pthread_mutex_lock(&in->lock);
 		if (h->leased)
 			tier_unlease(in->data);
+		h->leased = false;
 		in->opens--;
+		pthread_mutex_unlock(&in->lock);
+		seal_file(fs, h);
+		pthread_mutex_lock(&in->lock);
 		unlinked = !in->linked;
 		pthread_mutex_unlock(&in->lock);
 		if (unlinked)
@@ -1251,8 +1268,45 @@ static bool emit(fuse_req_t req, struct kvfs_fs *fs, bool plus, char *buf, size_
 	return true;
 }
 
-/* Positions: 0 ".", 1 "..", 2 ".kvfs" (root only), then children from 3 on. */
-#define FIRST_CHILD_POS 3
+/*
+ * Move the cursor so that the next entry after it is the first with a
+ * cookie above @off. The kernel asks either where the last reply ended, or
+ * a little earlier when the caller's buffer took only part of it, so the
+ * walk is short; @scanned counts the steps.
+ */
+static void seek_cursor(struct kvfs_inode *dir, struct dnode *cursor, uint64_t off,
+			uint64_t *scanned)
+{
+	struct cds_list_head *cur = &cursor->link;
+
+	if (off == cursor->cookie)
+		return;
+	if (off < cursor->cookie) {
+		/* back: stop after the last entry whose cookie is <= off */
+		for (cur = cur->prev; cur != &dir->children; cur = cur->prev) {
+			struct dnode *d = caa_container_of(cur, struct dnode, link);
+
+			(*scanned)++;
+			if (!d->is_cursor && d->cookie <= off)
+				break;
+		}
+	} else {
+		/* forward: stop after the last entry whose cookie is <= off */
+		while (cur->next != &dir->children) {
+			struct dnode *d = caa_container_of(cur->next, struct dnode, link);
+
+			if (!d->is_cursor && d->cookie > off)
+				break;
+			(*scanned)++;
+			cur = cur->next;
+		}
+	}
+	if (cur == &cursor->link)
+		cur = cur->prev;
+	cds_list_del(&cursor->link);
+	cds_list_add(&cursor->link, cur);
+	cursor->cookie = off;
+}
 
 static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi, bool plus)
@@ -1275,7 +1329,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return;
 	}
 	if (dir->kind == KIND_CTL_DIR) {
-		/* A fixed list: positions 0, 1, then one per control file. */
+		/* A fixed list: offsets 1, 2, then one per control file. */
 		for (; pos < 2 + CTL_NR; pos++) {
 			struct kvfs_inode *in = pos == 0   ? dir
 						: pos == 1 ? fs->root
@@ -1291,21 +1345,11 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 
 	pthread_mutex_lock(&fs->lock);
-	if (pos < FIRST_CHILD_POS || pos != h->pos) {
-		/* Start over, or a seek: place the cursor before child number pos - 3. */
-		uint64_t skip = pos > FIRST_CHILD_POS ? pos - FIRST_CHILD_POS : 0;
-
-		cds_list_del_init(&h->cursor.link);
-		cur = &dir->children;
-		while (skip && cur->next != &dir->children) {
-			cur = cur->next;
-			scanned++;
-			if (!caa_container_of(cur, struct dnode, link)->is_cursor)
-				skip--;
-		}
-		cds_list_add(&h->cursor.link, cur);
+	if (cds_list_empty(&h->cursor.link)) {
+		cds_list_add(&h->cursor.link, &dir->children);
+		h->cursor.cookie = FIRST_COOKIE - 1;
 	}
-	for (; pos < FIRST_CHILD_POS; pos++) {
+	for (; pos < FIRST_COOKIE - 1; pos++) {
 		bool ok = true;
 
 		if (pos == 0)
@@ -1319,6 +1363,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (!ok)
 			goto out;
 	}
+	seek_cursor(dir, &h->cursor, pos, &scanned);
 	/* Walk on from the cursor, moving it past each entry that fits. */
 	for (cur = h->cursor.link.next; cur != &dir->children;) {
 		struct dnode *d = caa_container_of(cur, struct dnode, link);
@@ -1331,15 +1376,14 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			continue;
 		}
 		child = caa_container_of(d, struct kvfs_inode, dn);
-		if (!emit(req, fs, plus, buf, size, &used, child->name->s, child, pos + 1, true))
+		if (!emit(req, fs, plus, buf, size, &used, child->name->s, child, d->cookie, true))
 			break;
-		pos++;
 		cds_list_del(&h->cursor.link);
 		cds_list_add(&h->cursor.link, cur);
+		h->cursor.cookie = d->cookie;
 		cur = next;
 	}
 out:
-	h->pos = pos;
 	pthread_mutex_unlock(&fs->lock);
 	atomic_fetch_add(&fs->ctr.readdir_scanned, scanned);
 	fuse_reply_buf(req, buf, used);
@@ -1530,6 +1574,7 @@ static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, cons
 	struct kvfs_fs *fs = req_fs(req);
 	struct kvfs_inode *in = ino_to_inode(fs, ino);
 	struct evict_result res;
+	uint64_t ticket;
 	bool on;
 	int rc;
 
@@ -1543,11 +1588,28 @@ static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, cons
 			rc = -EINVAL;
 		if (!rc && is_ctl(in))
 			rc = -EPERM;
-		if (!rc) {
-			ns_evict_tree(fs, in, &res);
-			/* For a single file, say why it stayed. */
-			if (in->kind == KIND_FILE && !res.files)
+		if (!rc && in->kind == KIND_FILE) {
+			/* Just closed? Let the release land first. */
+			if (seal_pending_unlocked(in))
+				wait_sealed(fs, in);
+			ticket = ns_evict_tree(fs, in, &res);
+			/* Say why it stayed. */
+			if (!res.files)
 				rc = res.pinned ? -EPERM : res.busy ? -EBUSY : 0;
+			/*
+			 * Gone for stat() too by the time we reply: the kernel
+			 * holds this file's lock, not its directory's, so the
+			 * worker can drop the cached name now.
+			 */
+			else
+				ns_wait_inval(fs, ticket, 1000000000ull);
+		} else if (!rc) {
+			/*
+			 * A tree: the kernel holds this directory's lock while we
+			 * run, and dropping cached names of its entries needs it,
+			 * so those invalidations land just after the reply.
+			 */
+			ns_evict_tree(fs, in, &res);
 		}
 	} else if (strncmp(name, "user.kvfs.", 10) == 0) {
 		rc = -EPERM; /* read-only attributes */
