@@ -96,7 +96,7 @@ $(BINS):
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(B)/tests/%_test: $(call obj,tests/unit/%_test.c) $(TIER_LIB) $(CORE_LIB)
+$(B)/tests/%_test: $(call obj,tests/unit/%_test.c) $(TIER_LIB) $(CORE_LIB) $(LIBKVFS_A)
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka

@@ -8,7 +8,7 @@
  *
  *   kvfs_ns_open()          a directory + layout + hash seed
  *   kvfs_ns_keys()          block keys of a token sequence (vLLM-compatible)
- *   kvfs_match()            how many leading blocks are cached; holds them
+ *   kvfs_match_prefix()     how many leading blocks are cached; holds them
  *   kvfs_load_start()       copy held blocks into engine pages, layer by layer
  *   kvfs_load_wait()        wait until one layer of every block is in place
  *   kvfs_load_end()         wait for all, release the load
@@ -103,7 +103,7 @@ long kvfs_ns_keys(kvfs_ns *ns, const uint32_t *tokens, size_t ntokens,
  * @return the number of blocks matched (0..n); -EINVAL (n larger than
  * 65536); -ENOMEM.
  */
-long kvfs_match(kvfs_ns *ns, const kvfs_key *keys, size_t n, kvfs_match **out);
+long kvfs_match_prefix(kvfs_ns *ns, const kvfs_key *keys, size_t n, kvfs_match **out);
 
 /* Number of blocks a match holds. */
 size_t kvfs_match_len(const kvfs_match *m);
@@ -181,8 +181,8 @@ void *kvfs_alloc(kvfs_ns *ns, size_t bytes);
 void kvfs_free(kvfs_ns *ns, void *mem, size_t bytes);
 
 struct kvfs_ns_stats {
-	uint64_t matches;        /* kvfs_match calls */
-	uint64_t keys_asked;     /* keys passed to kvfs_match */
+	uint64_t matches;        /* kvfs_match_prefix calls */
+	uint64_t keys_asked;     /* keys passed to kvfs_match_prefix */
 	uint64_t keys_matched;   /* of which matched */
 	uint64_t loads;          /* kvfs_load_start calls */
 	uint64_t blocks_loaded;  /* blocks copied into engine memory */

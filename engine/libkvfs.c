@@ -1,0 +1,752 @@
+/*
+ * engine/libkvfs.c — libkvfs: namespaces, matching, layer-wise loads and
+ * background saves of native KV blocks.
+ *
+ * Owns the namespace handle, its save queue and writer thread, matches
+ * (open files, so held blocks cannot be evicted) and loads (one thread
+ * each, copying layer by layer into engine memory).
+ *
+ * Files: `<dir>/<key hex>` in the native block format (include/kvfs/format.h).
+ * Saves write `<dir>/.<key hex>.<pid>.<n>.tmp` and rename it into place, the
+ * idiom every engine connector uses, so a reader never sees a partial block
+ * and the daemon validates each block as it is published.
+ *
+ * Trust: nothing read is used before it is checked. A loaded block must
+ * parse, carry the expected key and this namespace's layout, and each layer
+ * must match its checksum before it is copied into engine memory; anything
+ * else is reported as a miss (-EBADMSG) and counted.
+ *
+ * Locking: save_lock guards the save queue and slot lists; a load's lock
+ * guards its progress. Matches and loads are owned by one caller thread.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine/libkvfs_i.h"
+
+#define DEFAULT_SAVE_QUEUE 64
+#define MAX_MATCH          65536
+#define HEADER_PROBE       4096u
+#define MAX_EXTRA          1024u /* extra-keys bytes a saved block may carry */
+
+static _Atomic uint64_t tmp_counter;
+
+/* --- small helpers --------------------------------------------------------- */
+
+static int mkdir_p(const char *path)
+{
+	char *copy = strdup(path), *p;
+	int rc = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	for (p = copy + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(copy, 0755) && errno != EEXIST)
+			rc = -errno;
+		*p = '/';
+		if (rc)
+			goto out;
+	}
+	if (mkdir(copy, 0755) && errno != EEXIST)
+		rc = -errno;
+out:
+	free(copy);
+	return rc;
+}
+
+static int pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -EBADMSG; /* shorter than its header says */
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = write(fd, (const uint8_t *)buf + done, len - done);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+static bool same_layout(const struct kvfs_layout *a, const struct kvfs_layout *b)
+{
+	return strncmp(a->model_id, b->model_id, KVFS_MODEL_ID_BYTES) == 0 &&
+	       a->num_layers == b->num_layers && a->num_kv_heads == b->num_kv_heads &&
+	       a->head_dim == b->head_dim && a->tokens_per_block == b->tokens_per_block &&
+	       a->dtype == b->dtype && a->kind == b->kind;
+}
+
+/* Copy one block's layer between its file segment and engine memory. */
+static void scatter(const kvfs_ns *ns, const struct kvfs_kv_layer *ly, uint32_t block,
+		    const uint8_t *seg)
+{
+	uint8_t *k = (uint8_t *)ly->k + (size_t)block * ly->block_stride;
+	uint8_t *v = ly->v ? (uint8_t *)ly->v + (size_t)block * ly->block_stride : NULL;
+	uint32_t t, T = ns->layout.tokens_per_block;
+
+	if (ly->token_stride == ns->row_bytes) {
+		memcpy(k, seg, ns->part_bytes);
+		if (v)
+			memcpy(v, seg + ns->part_bytes, ns->part_bytes);
+		return;
+	}
+	for (t = 0; t < T; t++) {
+		memcpy(k + t * ly->token_stride, seg + t * ns->row_bytes, ns->row_bytes);
+		if (v)
+			memcpy(v + t * ly->token_stride, seg + ns->part_bytes + t * ns->row_bytes,
+			       ns->row_bytes);
+	}
+}
+
+static void gather(const kvfs_ns *ns, const struct kvfs_kv_layer *ly, uint32_t block, uint8_t *seg)
+{
+	const uint8_t *k = (const uint8_t *)ly->k + (size_t)block * ly->block_stride;
+	const uint8_t *v = ly->v ? (const uint8_t *)ly->v + (size_t)block * ly->block_stride : NULL;
+	uint32_t t, T = ns->layout.tokens_per_block;
+
+	if (ly->token_stride == ns->row_bytes) {
+		memcpy(seg, k, ns->part_bytes);
+		if (v)
+			memcpy(seg + ns->part_bytes, v, ns->part_bytes);
+		return;
+	}
+	for (t = 0; t < T; t++) {
+		memcpy(seg + t * ns->row_bytes, k + t * ly->token_stride, ns->row_bytes);
+		if (v)
+			memcpy(seg + ns->part_bytes + t * ns->row_bytes, v + t * ly->token_stride,
+			       ns->row_bytes);
+	}
+}
+
+/* Check a caller's page description against the layout. */
+static int check_pages(const kvfs_ns *ns, const struct kvfs_kv_pages *p)
+{
+	bool mla = ns->layout.kind == KVFS_KIND_MLA;
+
+	if (!p || !p->layers)
+		return -EINVAL;
+	for (uint32_t l = 0; l < ns->layout.num_layers; l++) {
+		const struct kvfs_kv_layer *ly = &p->layers[l];
+
+		size_t span = (size_t)(ns->layout.tokens_per_block - 1) * ly->token_stride +
+			      ns->row_bytes; /* one block's rows */
+
+		if (!ly->k || (!mla && !ly->v) || (mla && ly->v) ||
+		    ly->token_stride < ns->row_bytes || ly->block_stride < span)
+			return -EINVAL;
+	}
+	return 0;
+}
+
+/* --- namespace --------------------------------------------------------------- */
+
+static void *saver_main(void *arg);
+
+int kvfs_ns_open(const struct kvfs_ns_options *opt, kvfs_ns **out)
+{
+	const char *why;
+	kvfs_ns *ns;
+	int rc;
+
+	if (!opt || !opt->dir || !opt->seed || !out || opt->path > KVFS_PATH_FAST)
+		return -EINVAL;
+	if (kvfs_layout_check(&opt->layout, &why))
+		return -EINVAL;
+	if (opt->path == KVFS_PATH_FAST)
+		return -ENOTSUP; /* the fast path comes with the daemon's ring server */
+	ns = calloc(1, sizeof(*ns));
+	if (!ns)
+		return -ENOMEM;
+	ns->dirfd = -1;
+	ns->layout = opt->layout;
+	ns->dir = strdup(opt->dir);
+	if (!ns->dir) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+	rc = kvfs_key_root(opt->seed, &ns->root);
+	if (rc)
+		goto out_free;
+	rc = mkdir_p(opt->dir);
+	if (rc)
+		goto out_free;
+	ns->dirfd = open(opt->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (ns->dirfd < 0) {
+		rc = -errno;
+		goto out_free;
+	}
+	ns->row_bytes = (size_t)ns->layout.num_kv_heads * ns->layout.head_dim *
+			kvfs_dtype_size(ns->layout.dtype);
+	ns->part_bytes = ns->row_bytes * ns->layout.tokens_per_block;
+	ns->layer_bytes = kvfs_layout_layer_bytes(&ns->layout);
+	ns->layer_stride = (ns->layer_bytes + KVFS_BLOCK_ALIGN - 1) / KVFS_BLOCK_ALIGN *
+			   KVFS_BLOCK_ALIGN;
+	ns->header_bytes = kvfs_layout_header_bytes(&ns->layout, 0);
+	ns->block_bytes = kvfs_layout_file_bytes(&ns->layout, 0);
+	ns->slots_max = opt->save_queue ? opt->save_queue : DEFAULT_SAVE_QUEUE;
+	pthread_mutex_init(&ns->save_lock, NULL);
+	pthread_cond_init(&ns->save_cond, NULL);
+	rc = pthread_create(&ns->saver, NULL, saver_main, ns);
+	if (rc) {
+		rc = -rc;
+		goto out_free;
+	}
+	ns->saver_started = true;
+	*out = ns;
+	return 0;
+
+out_free:
+	kvfs_ns_close(ns);
+	return rc;
+}
+
+void kvfs_ns_close(kvfs_ns *ns)
+{
+	struct save_slot *s, *next;
+
+	if (!ns)
+		return;
+	if (ns->saver_started) {
+		kvfs_save_flush(ns);
+		pthread_mutex_lock(&ns->save_lock);
+		ns->stopping = true;
+		pthread_cond_broadcast(&ns->save_cond);
+		pthread_mutex_unlock(&ns->save_lock);
+		pthread_join(ns->saver, NULL);
+		pthread_mutex_destroy(&ns->save_lock);
+		pthread_cond_destroy(&ns->save_cond);
+	}
+	for (s = ns->free_slots; s; s = next) {
+		next = s->next;
+		free(s->buf);
+		free(s);
+	}
+	if (ns->dirfd >= 0)
+		close(ns->dirfd);
+	free(ns->dir);
+	free(ns);
+}
+
+const kvfs_key *kvfs_ns_root(const kvfs_ns *ns)
+{
+	return &ns->root;
+}
+
+uint64_t kvfs_ns_block_bytes(const kvfs_ns *ns)
+{
+	return ns->block_bytes;
+}
+
+int kvfs_ns_is_fast(const kvfs_ns *ns)
+{
+	(void)ns;
+	return 0;
+}
+
+long kvfs_ns_keys(kvfs_ns *ns, const uint32_t *tokens, size_t ntokens,
+		  const struct kvfs_key_extra *extra, kvfs_key *out, size_t max)
+{
+	if (!ns)
+		return -EINVAL;
+	return kvfs_key_chain(&ns->root, 0, tokens, ntokens, ns->layout.tokens_per_block, extra,
+			      out, max);
+}
+
+void kvfs_ns_get_stats(kvfs_ns *ns, struct kvfs_ns_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->matches = atomic_load(&ns->st.matches);
+	st->keys_asked = atomic_load(&ns->st.keys_asked);
+	st->keys_matched = atomic_load(&ns->st.keys_matched);
+	st->loads = atomic_load(&ns->st.loads);
+	st->blocks_loaded = atomic_load(&ns->st.blocks_loaded);
+	st->bytes_loaded = atomic_load(&ns->st.bytes_loaded);
+	st->load_errors = atomic_load(&ns->st.load_errors);
+	st->saves_queued = atomic_load(&ns->st.saves_queued);
+	st->saves_present = atomic_load(&ns->st.saves_present);
+	st->saves_dropped = atomic_load(&ns->st.saves_dropped);
+	st->saves_written = atomic_load(&ns->st.saves_written);
+	st->save_errors = atomic_load(&ns->st.save_errors);
+	st->reconnects = atomic_load(&ns->st.reconnects);
+	st->fast = kvfs_ns_is_fast(ns);
+}
+
+/* --- memory ---------------------------------------------------------------- */
+
+void *kvfs_alloc(kvfs_ns *ns, size_t bytes)
+{
+	void *p;
+
+	if (!ns || !bytes) {
+		errno = EINVAL;
+		return NULL;
+	}
+	p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+void kvfs_free(kvfs_ns *ns, void *mem, size_t bytes)
+{
+	(void)ns;
+	if (mem)
+		munmap(mem, bytes);
+}
+
+/* --- match ------------------------------------------------------------------ */
+
+long kvfs_match_prefix(kvfs_ns *ns, const kvfs_key *keys, size_t n, kvfs_match **out)
+{
+	char hex[KVFS_KEY_HEX + 1];
+	kvfs_match *m;
+	size_t i;
+
+	if (!ns || !out || (n && !keys) || n > MAX_MATCH)
+		return -EINVAL;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->ns = ns;
+	m->keys = malloc(sizeof(*m->keys) * (n ? n : 1));
+	m->fds = malloc(sizeof(*m->fds) * (n ? n : 1));
+	if (!m->keys || !m->fds) {
+		kvfs_match_release(m);
+		return -ENOMEM;
+	}
+	/* An open file is a held one: the daemon never evicts open files. */
+	for (i = 0; i < n; i++) {
+		int fd;
+
+		kvfs_key_to_hex(&keys[i], hex);
+		fd = openat(ns->dirfd, hex, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			break;
+		m->keys[i] = keys[i];
+		m->fds[i] = fd;
+	}
+	m->n = i;
+	atomic_fetch_add(&ns->st.matches, 1);
+	atomic_fetch_add(&ns->st.keys_asked, n);
+	atomic_fetch_add(&ns->st.keys_matched, m->n);
+	*out = m;
+	return (long)m->n;
+}
+
+size_t kvfs_match_len(const kvfs_match *m)
+{
+	return m ? m->n : 0;
+}
+
+void kvfs_match_release(kvfs_match *m)
+{
+	if (!m)
+		return;
+	for (size_t i = 0; i < m->n; i++)
+		close(m->fds[i]);
+	free(m->keys);
+	free(m->fds);
+	free(m);
+}
+
+/* --- load -------------------------------------------------------------------- */
+
+static void load_progress(kvfs_load *ld, unsigned layers_done, int error)
+{
+	pthread_mutex_lock(&ld->lock);
+	if (error && !ld->error)
+		ld->error = error;
+	if (!ld->error)
+		ld->layers_done = layers_done;
+	pthread_cond_broadcast(&ld->cond);
+	pthread_mutex_unlock(&ld->lock);
+}
+
+/* Read and check block @i's header; copy its layer table into @table. */
+static int load_header(kvfs_load *ld, size_t i, uint8_t *hdr, uint8_t *table)
+{
+	kvfs_ns *ns = ld->m->ns;
+	int fd = ld->m->fds[ld->first + i];
+	struct kvfs_block_info bi;
+	const char *why;
+	struct stat st;
+	int rc;
+
+	if (fstat(fd, &st))
+		return -errno;
+	rc = pread_full(fd, hdr, HEADER_PROBE, 0);
+	if (rc)
+		return rc;
+	rc = kvfs_block_parse_header(hdr, HEADER_PROBE, (uint64_t)st.st_size, &bi, &why);
+	if (rc == -EAGAIN && bi.header_bytes <= KVFS_BLOCK_MAX_HEADER) {
+		rc = pread_full(fd, hdr, bi.header_bytes, 0);
+		if (!rc)
+			rc = kvfs_block_parse_header(hdr, bi.header_bytes, (uint64_t)st.st_size, &bi,
+						     &why);
+	}
+	if (rc)
+		return rc == -EAGAIN ? -EBADMSG : rc;
+	if (memcmp(&bi.key, &ld->m->keys[ld->first + i], sizeof(kvfs_key)) != 0 ||
+	    !same_layout(&bi.layout, &ns->layout))
+		return -EBADMSG; /* a block, but not the one this key names here */
+	memcpy(table, bi.layer_table, (size_t)ns->layout.num_layers * 16);
+	return 0;
+}
+
+static void *load_main(void *arg)
+{
+	kvfs_load *ld = arg;
+	kvfs_ns *ns = ld->m->ns;
+	uint32_t L = ns->layout.num_layers;
+	uint8_t *hdr = malloc(KVFS_BLOCK_MAX_HEADER);
+	uint8_t *seg = malloc(ns->layer_stride);
+	uint8_t **tables = calloc(ld->n ? ld->n : 1, sizeof(*tables));
+	int rc = 0;
+
+	if (!hdr || !seg || !tables) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < ld->n && !rc; i++) {
+		tables[i] = malloc((size_t)L * 16);
+		rc = tables[i] ? load_header(ld, i, hdr, tables[i]) : -ENOMEM;
+	}
+	for (uint32_t l = 0; l < L && !rc; l++) {
+		for (size_t i = 0; i < ld->n && !rc; i++) {
+			uint64_t off = 0, sum = 0;
+			const uint8_t *e = tables[i] + (size_t)l * 16;
+
+			for (int b = 7; b >= 0; b--) {
+				off = (off << 8) | e[b];
+				sum = (sum << 8) | e[8 + b];
+			}
+			rc = pread_full(ld->m->fds[ld->first + i], seg, ns->layer_bytes, off);
+			if (!rc && kvfs_block_layer_checksum(seg, ns->layer_bytes) != sum)
+				rc = -EBADMSG;
+			if (!rc)
+				scatter(ns, &ld->layers[l], ld->block_ids[i], seg);
+		}
+		if (!rc)
+			load_progress(ld, l + 1, 0);
+	}
+out:
+	if (rc) {
+		atomic_fetch_add(&ns->st.load_errors, 1);
+	} else {
+		atomic_fetch_add(&ns->st.blocks_loaded, ld->n);
+		atomic_fetch_add(&ns->st.bytes_loaded, ld->n * ns->block_bytes);
+	}
+	pthread_mutex_lock(&ld->lock);
+	if (rc && !ld->error)
+		ld->error = rc;
+	ld->finished = true;
+	pthread_cond_broadcast(&ld->cond);
+	pthread_mutex_unlock(&ld->lock);
+	for (size_t i = 0; tables && i < ld->n; i++)
+		free(tables[i]);
+	free(tables);
+	free(seg);
+	free(hdr);
+	return NULL;
+}
+
+int kvfs_load_start(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_pages *dst,
+		    const uint32_t *block_ids, kvfs_load **out)
+{
+	kvfs_ns *ns;
+	kvfs_load *ld;
+	int rc;
+
+	if (!m || !out || first > m->n || n > m->n - first || (n && !block_ids))
+		return -EINVAL;
+	ns = m->ns;
+	rc = check_pages(ns, dst);
+	if (rc)
+		return rc;
+	ld = calloc(1, sizeof(*ld));
+	if (!ld)
+		return -ENOMEM;
+	ld->m = m;
+	ld->first = first;
+	ld->n = n;
+	ld->layers = malloc(sizeof(*ld->layers) * ns->layout.num_layers);
+	ld->block_ids = malloc(sizeof(*ld->block_ids) * (n ? n : 1));
+	if (!ld->layers || !ld->block_ids) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+	memcpy(ld->layers, dst->layers, sizeof(*ld->layers) * ns->layout.num_layers);
+	if (n)
+		memcpy(ld->block_ids, block_ids, sizeof(*ld->block_ids) * n);
+	pthread_mutex_init(&ld->lock, NULL);
+	pthread_cond_init(&ld->cond, NULL);
+	rc = pthread_create(&ld->thread, NULL, load_main, ld);
+	if (rc) {
+		rc = -rc;
+		pthread_mutex_destroy(&ld->lock);
+		pthread_cond_destroy(&ld->cond);
+		goto out_free;
+	}
+	atomic_fetch_add(&ns->st.loads, 1);
+	*out = ld;
+	return 0;
+
+out_free:
+	free(ld->layers);
+	free(ld->block_ids);
+	free(ld);
+	return rc;
+}
+
+int kvfs_load_wait(kvfs_load *ld, unsigned layer)
+{
+	int rc;
+
+	if (!ld)
+		return -EINVAL;
+	pthread_mutex_lock(&ld->lock);
+	while (!ld->error && !ld->finished && ld->layers_done <= layer)
+		pthread_cond_wait(&ld->cond, &ld->lock);
+	rc = ld->error ? ld->error : (ld->layers_done > layer ? 0 : -EINVAL);
+	pthread_mutex_unlock(&ld->lock);
+	return rc;
+}
+
+int kvfs_load_end(kvfs_load *ld)
+{
+	int rc;
+
+	if (!ld)
+		return 0;
+	pthread_join(ld->thread, NULL);
+	rc = ld->error;
+	pthread_mutex_destroy(&ld->lock);
+	pthread_cond_destroy(&ld->cond);
+	free(ld->layers);
+	free(ld->block_ids);
+	free(ld);
+	return rc;
+}
+
+/* --- save --------------------------------------------------------------------- */
+
+/* A slot to encode into, or NULL if the queue is full (never waits). */
+static struct save_slot *slot_get(kvfs_ns *ns)
+{
+	struct save_slot *s = NULL;
+
+	pthread_mutex_lock(&ns->save_lock);
+	if (ns->free_slots) {
+		s = ns->free_slots;
+		ns->free_slots = s->next;
+	} else if (ns->slots_made < ns->slots_max) {
+		ns->slots_made++;
+		pthread_mutex_unlock(&ns->save_lock);
+		s = calloc(1, sizeof(*s));
+		if (s)
+			s->buf = malloc(kvfs_layout_file_bytes(&ns->layout, MAX_EXTRA));
+		if (!s || !s->buf) {
+			free(s);
+			pthread_mutex_lock(&ns->save_lock);
+			ns->slots_made--;
+			pthread_mutex_unlock(&ns->save_lock);
+			return NULL;
+		}
+		return s;
+	}
+	pthread_mutex_unlock(&ns->save_lock);
+	return s;
+}
+
+static void slot_put_locked(kvfs_ns *ns, struct save_slot *s)
+{
+	s->next = ns->free_slots;
+	ns->free_slots = s;
+}
+
+/* Encode one block into @s: header, then each layer gathered from engine memory. */
+static int encode_block(kvfs_ns *ns, struct save_slot *s, const kvfs_key *parent,
+			const uint32_t *tokens, const uint8_t *extra, size_t extra_len,
+			const struct kvfs_kv_pages *src, uint32_t block)
+{
+	uint32_t L = ns->layout.num_layers;
+	uint64_t *sums = malloc(sizeof(uint64_t) * L);
+	struct kvfs_block_desc d;
+	uint32_t hb = kvfs_layout_header_bytes(&ns->layout, extra_len);
+	int rc;
+
+	if (!sums)
+		return -ENOMEM;
+	s->len = kvfs_layout_file_bytes(&ns->layout, extra_len);
+	for (uint32_t l = 0; l < L; l++) {
+		uint8_t *seg = s->buf + hb + (size_t)l * ns->layer_stride;
+
+		gather(ns, &src->layers[l], block, seg);
+		memset(seg + ns->layer_bytes, 0, ns->layer_stride - ns->layer_bytes);
+		sums[l] = kvfs_block_layer_checksum(seg, ns->layer_bytes);
+	}
+	memset(&d, 0, sizeof(d));
+	d.layout = ns->layout;
+	d.parent = *parent;
+	d.tokens = tokens;
+	d.extra_cbor = extra_len ? extra : NULL;
+	d.extra_len = extra_len;
+	rc = kvfs_block_encode_header(&d, sums, s->buf, hb, &s->key);
+	free(sums);
+	return rc;
+}
+
+long kvfs_save(kvfs_ns *ns, const kvfs_key *parent, size_t first_index, const uint32_t *tokens,
+	       size_t nblocks, const struct kvfs_key_extra *extra, const struct kvfs_kv_pages *src,
+	       const uint32_t *block_ids)
+{
+	uint32_t T;
+	uint8_t xbuf[MAX_EXTRA];
+	kvfs_key prev;
+	long done = 0;
+
+	if (!ns || !parent || (nblocks && (!tokens || !block_ids)) || check_pages(ns, src))
+		return -EINVAL;
+	T = ns->layout.tokens_per_block;
+	prev = *parent;
+	for (size_t i = 0; i < nblocks; i++) {
+		const uint32_t *tok = tokens + i * T;
+		char hex[KVFS_KEY_HEX + 1];
+		struct save_slot *s;
+		kvfs_key key;
+		long xlen = 0;
+
+		if (extra) {
+			xlen = kvfs_key_extra_encode(extra, first_index + i, xbuf, sizeof(xbuf));
+			if (xlen < 0)
+				return done ? done : xlen;
+		}
+		if (kvfs_key_block(&prev, tok, T, xlen ? xbuf : NULL, (size_t)xlen, &key))
+			return done ? done : -EINVAL;
+		kvfs_key_to_hex(&key, hex);
+		if (faccessat(ns->dirfd, hex, F_OK, 0) == 0) {
+			atomic_fetch_add(&ns->st.saves_present, 1);
+			done++;
+			prev = key;
+			continue;
+		}
+		s = slot_get(ns);
+		if (!s) {
+			atomic_fetch_add(&ns->st.saves_dropped, 1);
+			prev = key;
+			continue;
+		}
+		if (encode_block(ns, s, &prev, tok, xbuf, (size_t)xlen, src, block_ids[i])) {
+			pthread_mutex_lock(&ns->save_lock);
+			slot_put_locked(ns, s);
+			pthread_mutex_unlock(&ns->save_lock);
+			atomic_fetch_add(&ns->st.save_errors, 1);
+			prev = key;
+			continue;
+		}
+		pthread_mutex_lock(&ns->save_lock);
+		s->next = NULL;
+		if (ns->queue_tail)
+			ns->queue_tail->next = s;
+		else
+			ns->queue_head = s;
+		ns->queue_tail = s;
+		ns->in_flight++;
+		pthread_cond_broadcast(&ns->save_cond);
+		pthread_mutex_unlock(&ns->save_lock);
+		atomic_fetch_add(&ns->st.saves_queued, 1);
+		done++;
+		prev = key;
+	}
+	return done;
+}
+
+/* Write one encoded block under a temporary name and publish it. */
+static int write_block(kvfs_ns *ns, const struct save_slot *s)
+{
+	char hex[KVFS_KEY_HEX + 1], tmp[KVFS_KEY_HEX + 64];
+	int fd, rc;
+
+	kvfs_key_to_hex(&s->key, hex);
+	snprintf(tmp, sizeof(tmp), ".%s.%d.%llu.tmp", hex, (int)getpid(),
+		 (unsigned long long)atomic_fetch_add(&tmp_counter, 1));
+	fd = openat(ns->dirfd, tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	rc = write_full(fd, s->buf, s->len);
+	if (close(fd) && !rc)
+		rc = -errno;
+	if (!rc && renameat(ns->dirfd, tmp, ns->dirfd, hex))
+		rc = -errno;
+	if (rc)
+		unlinkat(ns->dirfd, tmp, 0);
+	return rc;
+}
+
+static void *saver_main(void *arg)
+{
+	kvfs_ns *ns = arg;
+
+	pthread_mutex_lock(&ns->save_lock);
+	for (;;) {
+		struct save_slot *s = ns->queue_head;
+		int rc;
+
+		if (!s) {
+			if (ns->stopping)
+				break;
+			pthread_cond_wait(&ns->save_cond, &ns->save_lock);
+			continue;
+		}
+		ns->queue_head = s->next;
+		if (!ns->queue_head)
+			ns->queue_tail = NULL;
+		pthread_mutex_unlock(&ns->save_lock);
+		rc = write_block(ns, s);
+		atomic_fetch_add(rc ? &ns->st.save_errors : &ns->st.saves_written, 1);
+		pthread_mutex_lock(&ns->save_lock);
+		slot_put_locked(ns, s);
+		ns->in_flight--;
+		pthread_cond_broadcast(&ns->save_cond);
+	}
+	pthread_mutex_unlock(&ns->save_lock);
+	return NULL;
+}
+
+int kvfs_save_flush(kvfs_ns *ns)
+{
+	if (!ns)
+		return -EINVAL;
+	pthread_mutex_lock(&ns->save_lock);
+	while (ns->in_flight)
+		pthread_cond_wait(&ns->save_cond, &ns->save_lock);
+	pthread_mutex_unlock(&ns->save_lock);
+	return 0;
+}

@@ -1,0 +1,74 @@
+/*
+ * engine/libkvfs_i.h — private to libkvfs: the namespace handle and the
+ * operations each path (POSIX files, the daemon's fast path) provides.
+ */
+#ifndef KVFS_LIBKVFS_I_H
+#define KVFS_LIBKVFS_I_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "kvfs/kvfs.h"
+
+struct save_slot {
+	struct save_slot *next;
+	kvfs_key key;
+	uint8_t *buf; /* one encoded block file */
+	uint64_t len;
+};
+
+struct kvfs_ns {
+	char *dir;
+	int dirfd;
+	struct kvfs_layout layout;
+	kvfs_key root;
+
+	/* geometry of one block file */
+	uint64_t block_bytes;
+	uint32_t header_bytes;
+	uint64_t layer_bytes;
+	uint64_t layer_stride;
+	size_t row_bytes;  /* one token of K (or V, or the MLA latent) */
+	size_t part_bytes; /* tokens_per_block rows: K, or V, or the latent */
+
+	/* saves: a bounded queue drained by one writer thread */
+	pthread_mutex_t save_lock;
+	pthread_cond_t save_cond;      /* work for the saver, or it finished some */
+	struct save_slot *free_slots;  /* with buffers, ready for reuse */
+	unsigned slots_made, slots_max;
+	struct save_slot *queue_head, *queue_tail;
+	unsigned in_flight; /* queued or being written */
+	bool stopping;
+	pthread_t saver;
+	bool saver_started;
+
+	struct {
+		_Atomic uint64_t matches, keys_asked, keys_matched;
+		_Atomic uint64_t loads, blocks_loaded, bytes_loaded, load_errors;
+		_Atomic uint64_t saves_queued, saves_present, saves_dropped, saves_written, save_errors;
+		_Atomic uint64_t reconnects;
+	} st;
+};
+
+struct kvfs_match {
+	kvfs_ns *ns;
+	size_t n;
+	kvfs_key *keys;
+	int *fds; /* held open: an open file is never evicted */
+};
+
+struct kvfs_load {
+	kvfs_match *m;
+	size_t first, n;
+	struct kvfs_kv_layer *layers; /* a copy of the caller's description */
+	uint32_t *block_ids;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	unsigned layers_done; /* layers [0, layers_done) are in place */
+	int error;            /* first error, sticky */
+	bool finished;
+};
+
+#endif
