@@ -126,8 +126,10 @@ int dram_alloc(struct dram_arena *a, uint32_t n, uint32_t *ids)
 
 	pthread_mutex_lock(&a->lock);
 	if (a->nfree >= n) {
+		/* Top of the stack first, so fresh pages come out in ascending order. */
+		for (uint32_t i = 0; i < n; i++)
+			ids[i] = a->free_stack[a->nfree - 1 - i];
 		a->nfree -= n;
-		memcpy(ids, a->free_stack + a->nfree, sizeof(uint32_t) * n);
 		rc = 0;
 	}
 	pthread_mutex_unlock(&a->lock);

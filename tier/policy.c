@@ -59,7 +59,7 @@ void policy_destroy(struct policy *p)
 
 static unsigned class_of(const struct policy *p, uint32_t hits)
 {
-	unsigned c = 31u - (unsigned)__builtin_clz(hits + 1u);
+	unsigned c = 63u - (unsigned)__builtin_clzll((uint64_t)hits + 1);
 
 	return c < p->nclasses ? c : p->nclasses - 1;
 }

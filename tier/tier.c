@@ -224,9 +224,10 @@ static void obj_died(tier_obj *o, uint64_t old_state)
 
 	if (old_state & OBJ_SEALED)
 		atomic_fetch_sub(&m->sealed, 1);
-	if ((old_state & OBJ_PINNED) && (old_state & OBJ_SEALED)) {
+	if (old_state & OBJ_PINNED) {
 		atomic_fetch_sub(&m->pinned, 1);
-		atomic_fetch_sub(&m->pinned_bytes, tier_dram_bytes(o));
+		if (old_state & OBJ_SEALED) /* pinned bytes count sealed objects only */
+			atomic_fetch_sub(&m->pinned_bytes, tier_dram_bytes(o));
 	}
 	atomic_fetch_sub(&m->objects, 1);
 	release_pages(o);
@@ -253,8 +254,10 @@ void tier_drop(tier_obj *o)
 	if (old & OBJ_DEAD)
 		return;
 	tier_obj_get(o); /* the lists' reference may be the last one */
-	obj_died(o, old);
 	policy_forget(o);
+	/* A leased object keeps its pages until the last lease goes (tier_unlease). */
+	if (!(old & OBJ_LEASES))
+		obj_died(o, old);
 	tier_obj_put(o);
 }
 
@@ -327,7 +330,8 @@ static int alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 		policy_iter_init(p, &it);
 		while (avail < deficit && (n = policy_iter_next(p, &it)))
 			if (evictable(container_of(n, tier_obj, pn)))
-				avail += container_of(n, tier_obj, pn)->npages;
+				avail += __atomic_load_n(&container_of(n, tier_obj, pn)->npages,
+							 __ATOMIC_RELAXED);
 		if (avail < deficit) {
 			pthread_mutex_unlock(&p->lock);
 			atomic_fetch_add(&m->enospc, 1);
@@ -357,7 +361,7 @@ static int alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 			policy_remove_locked(p, n);
 			victims[nv] = o;
 			old[nv++] = s;
-			freed += o->npages;
+			freed += __atomic_load_n(&o->npages, __ATOMIC_RELAXED);
 		}
 		pthread_mutex_unlock(&p->lock);
 
@@ -624,7 +628,11 @@ int tier_lease(tier_obj *o)
 
 void tier_unlease(tier_obj *o)
 {
-	atomic_fetch_sub(&o->state, 1);
+	uint64_t old = atomic_fetch_sub(&o->state, 1);
+
+	/* The last lease of an object dropped while leased releases its pages. */
+	if ((old & OBJ_LEASES) == 1 && (old & OBJ_DEAD))
+		obj_died(o, old - 1);
 }
 
 void tier_touch(tier_obj *o)
@@ -633,14 +641,14 @@ void tier_touch(tier_obj *o)
 
 	pthread_mutex_lock(&p->lock);
 	if (!(atomic_load(&o->state) & OBJ_DEAD))
-		policy_hit_locked(p, &o->pn, o->npages);
+		policy_hit_locked(p, &o->pn, __atomic_load_n(&o->npages, __ATOMIC_RELAXED));
 	pthread_mutex_unlock(&p->lock);
 }
 
 int tier_pin(tier_obj *o, bool pin)
 {
 	tier_mgr *m = o->mgr;
-	uint64_t s = atomic_load(&o->state), ns;
+	uint64_t s = atomic_load(&o->state), ns, bytes;
 
 	do {
 		if (s & OBJ_DEAD)
@@ -648,11 +656,15 @@ int tier_pin(tier_obj *o, bool pin)
 		ns = pin ? (s | OBJ_PINNED) : (s & ~OBJ_PINNED);
 		if (ns == s)
 			return 0;
+		/*
+		 * Read the size before the swap: a sealed object's pages do not
+		 * change while it lives, and if it dies meanwhile the swap fails.
+		 */
+		bytes = tier_dram_bytes(o);
 	} while (!atomic_compare_exchange_weak(&o->state, &s, ns));
 	atomic_fetch_add(&m->pinned, pin ? 1 : (uint64_t)-1);
 	/* Pinned bytes count sealed objects only; unsealed ones still grow. */
 	if (s & OBJ_SEALED)
-		atomic_fetch_add(&m->pinned_bytes,
-				 pin ? tier_dram_bytes(o) : (uint64_t)-tier_dram_bytes(o));
+		atomic_fetch_add(&m->pinned_bytes, pin ? bytes : (uint64_t)-bytes);
 	return 0;
 }

@@ -157,8 +157,10 @@ void tier_touch(tier_obj *o);
 int tier_pin(tier_obj *o, bool pin);
 
 /*
- * Drop the object's bytes now (the owner deleted the file). Idempotent; a
- * no-op on an object already dead.
+ * Drop the object (the owner deleted the file): it is dead at once (no new
+ * lease, reads fail with -ENOENT); its bytes are released now, or by the
+ * last tier_unlease() if it is leased, so memory a lease holder was handed
+ * stays valid. Idempotent; a no-op on an object already dead.
  */
 void tier_drop(tier_obj *o);
 
