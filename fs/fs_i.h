@@ -192,6 +192,10 @@ struct kvfs_fs {
 
 	struct kvfs_counters ctr;
 
+	/* open handles, freed at shutdown if the kernel never released them */
+	pthread_mutex_t handles_lock;
+	struct cds_list_head handles;
+
 	/* wakes opens and renames waiting for a closed file's release (ops.c) */
 	pthread_mutex_t seal_lock;
 	pthread_cond_t seal_cond;

@@ -797,15 +797,16 @@ static int load_tree(struct kvfs_fs *fs, char *err, size_t errlen)
 	rc = cat_scan_dentries(fs->cat, 0, load_dentry, &ld, &bad);
 	if (rc)
 		goto out;
+	/* Before pruning frees some: numbers of dropped files are not reused either. */
+	for (size_t i = 0; i < ld.n; i++)
+		if (ld.inodes[i]->ino > max_ino)
+			max_ino = ld.inodes[i]->ino;
 	loader_prune(&ld);
 	rc = cat_commit(fs->cat, ld.fix, true);
 	if (rc) {
 		snprintf(err, errlen, "catalog: cannot write repairs (%s)", strerror(-rc));
 		goto out;
 	}
-	for (size_t i = 0; i < ld.n; i++)
-		if (ld.inodes[i]->ino > max_ino)
-			max_ino = ld.inodes[i]->ino;
 	fs->next_ino = max_ino + 1;
 	atomic_store(&fs->ctr.restart_dropped, ld.dropped);
 	if (ld.dropped || ld.repaired || bad)
@@ -830,6 +831,8 @@ int ns_open(struct kvfs_fs *fs, char *err, size_t errlen)
 	pthread_cond_init(&fs->work_cond, NULL);
 	pthread_cond_init(&fs->inval_cond, NULL);
 	pthread_mutex_init(&fs->seal_lock, NULL);
+	pthread_mutex_init(&fs->handles_lock, NULL);
+	CDS_INIT_LIST_HEAD(&fs->handles);
 	pthread_cond_init(&fs->seal_cond, NULL);
 	cds_lfs_init(&fs->dirty);
 	fs->next_generation = 1;

@@ -52,6 +52,7 @@
 #define SEAL_WAIT_NS (2ull * 1000000000ull)
 
 struct handle {
+	struct cds_list_head link; /* in fs->handles */
 	struct kvfs_inode *in;
 	bool writer;  /* counted in in->writers */
 	bool flushed; /* counted in in->flushed: closed, not written since */
@@ -376,7 +377,7 @@ out:
 
 /* --- creating ---------------------------------------------------------------- */
 
-static struct handle *handle_new(struct kvfs_inode *in)
+static struct handle *handle_new(struct kvfs_fs *fs, struct kvfs_inode *in)
 {
 	struct handle *h = calloc(1, sizeof(*h));
 
@@ -384,8 +385,20 @@ static struct handle *handle_new(struct kvfs_inode *in)
 		h->in = in;
 		CDS_INIT_LIST_HEAD(&h->cursor.link);
 		h->cursor.is_cursor = true;
+		pthread_mutex_lock(&fs->handles_lock);
+		cds_list_add(&h->link, &fs->handles);
+		pthread_mutex_unlock(&fs->handles_lock);
 	}
 	return h;
+}
+
+static void handle_free(struct kvfs_fs *fs, struct handle *h)
+{
+	pthread_mutex_lock(&fs->handles_lock);
+	cds_list_del(&h->link);
+	pthread_mutex_unlock(&fs->handles_lock);
+	free(h->buf);
+	free(h);
 }
 
 /* Every writer closed its descriptors: the release (and the seal) is on its way. */
@@ -434,7 +447,7 @@ static int open_file(struct kvfs_fs *fs, struct kvfs_inode *in, struct fuse_file
 	int acc = fi->flags & O_ACCMODE;
 	bool write = acc != O_RDONLY || (fi->flags & O_TRUNC);
 	bool trunc = (fi->flags & O_TRUNC) && acc != O_RDONLY;
-	struct handle *h = handle_new(in);
+	struct handle *h = handle_new(fs, in);
 	tier_obj *data = NULL;
 	int rc = 0;
 
@@ -462,7 +475,7 @@ static int open_file(struct kvfs_fs *fs, struct kvfs_inode *in, struct fuse_file
 		pthread_mutex_unlock(&in->lock);
 		if (rc == -EBUSY)
 			atomic_fetch_add(&fs->ctr.busy_opens, 1);
-		free(h);
+		handle_free(fs, h);
 		return rc;
 	}
 	h->leased = true;
@@ -930,7 +943,7 @@ static void kvfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fuse_reply_err(req, EACCES);
 			return;
 		}
-		h = handle_new(in);
+		h = handle_new(fs, in);
 		if (!h) {
 			fuse_reply_err(req, ENOMEM);
 			return;
@@ -938,7 +951,7 @@ static void kvfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		if (!write) {
 			rc = ctl_render(fs, in->ctl_id, &h->buf, &h->len);
 			if (rc) {
-				free(h);
+				handle_free(fs, h);
 				fuse_reply_err(req, -rc);
 				return;
 			}
@@ -975,10 +988,22 @@ static void kvfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	char *buf;
 
 	if (in->kind == KIND_CTL_FILE) {
-		if ((size_t)off >= h->len)
-			fuse_reply_buf(req, NULL, 0);
-		else
-			fuse_reply_buf(req, h->buf + off, KVFS_MIN(size, h->len - (size_t)off));
+		/*
+		 * Reply from a copy: once the reader has its bytes it may close
+		 * the file, and release (on another thread) frees h->buf while
+		 * this thread may still be inside the reply.
+		 */
+		size_t len = (size_t)off >= h->len ? 0 : KVFS_MIN(size, h->len - (size_t)off);
+
+		buf = len ? malloc(len) : NULL;
+		if (len && !buf) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		if (len)
+			memcpy(buf, h->buf + off, len);
+		fuse_reply_buf(req, buf, len);
+		free(buf);
 		return;
 	}
 	data = in->data; /* stable: this handle's lease keeps it */
@@ -1076,7 +1101,7 @@ static ssize_t obj_read(void *ctx, uint64_t off, void *buf, size_t len)
 static int seal_file(struct kvfs_fs *fs, struct handle *h)
 {
 	struct kvfs_inode *in = h->in;
-	static _Thread_local uint8_t *hdr;
+	uint8_t *hdr = NULL;
 	struct kvfs_block_info bi;
 	const char *why = NULL;
 	char magic[KVFS_BLOCK_MAGIC_BYTES];
@@ -1108,8 +1133,7 @@ static int seal_file(struct kvfs_fs *fs, struct handle *h)
 	if (tier_read(data, 0, magic, sizeof(magic)) == (ssize_t)sizeof(magic) &&
 	    kvfs_block_is_native(magic, sizeof(magic))) {
 		native = true;
-		if (!hdr)
-			hdr = malloc(KVFS_BLOCK_MAX_HEADER);
+		hdr = malloc(KVFS_BLOCK_MAX_HEADER);
 		valid = hdr ? kvfs_block_validate(obj_read, data, tier_size(data), hdr,
 						  KVFS_BLOCK_MAX_HEADER, &bi, &why)
 			    : -ENOMEM;
@@ -1119,11 +1143,23 @@ static int seal_file(struct kvfs_fs *fs, struct handle *h)
 			valid = -EBADMSG;
 	}
 	tier_seal(data);
+	/* Counted before the seal is visible: whoever waits for it sees the counts. */
+	atomic_fetch_add(&fs->ctr.sealed, 1);
 
 	pthread_mutex_lock(&fs->lock);
+	/* Published under a 64-hex name before it was closed: it must be its key. */
+	if (native && !valid && in->linked && is_hex64(in->name->s)) {
+		kvfs_key named;
+
+		if (kvfs_key_from_hex(in->name->s, &named) || memcmp(&named, &bi.key, sizeof(named))) {
+			valid = -EBADMSG;
+			why = "named by a key that is not its own";
+		}
+	}
+	if (native)
+		atomic_fetch_add(valid ? &fs->ctr.native_invalid : &fs->ctr.native_valid, 1);
 	pthread_mutex_lock(&in->lock);
 	in->sealing = false;
-	atomic_store(&in->sealed, true);
 	in->invalid = native && valid;
 	if (native && !valid) {
 		in->native = true;
@@ -1131,6 +1167,7 @@ static int seal_file(struct kvfs_fs *fs, struct handle *h)
 		in->parent_key = bi.parent;
 		in->ntokens = bi.num_tokens;
 	}
+	atomic_store(&in->sealed, true);
 	pthread_mutex_unlock(&in->lock);
 	if (in->linked && !in->invalid) {
 		cat_batch *b = cat_batch_new();
@@ -1150,15 +1187,8 @@ static int seal_file(struct kvfs_fs *fs, struct handle *h)
 	pthread_cond_broadcast(&fs->seal_cond);
 	pthread_mutex_unlock(&fs->seal_lock);
 	tier_obj_put(data);
-
-	atomic_fetch_add(&fs->ctr.sealed, 1);
-	if (native && valid) {
-		atomic_fetch_add(&fs->ctr.native_invalid, 1);
-		return -EBADMSG;
-	}
-	if (native)
-		atomic_fetch_add(&fs->ctr.native_valid, 1);
-	return 0;
+	free(hdr);
+	return native && valid ? -EBADMSG : 0;
 }
 
 static void kvfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -1204,8 +1234,7 @@ static void kvfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 		atomic_fetch_sub(&fs->ctr.open_handles, 1);
 		ns_put(fs, in, 1);
 	}
-	free(h->buf);
-	free(h);
+	handle_free(fs, h);
 	if (req)
 		fuse_reply_err(req, 0);
 }
@@ -1225,7 +1254,7 @@ static void kvfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 {
 	struct kvfs_fs *fs = req_fs(req);
 	struct kvfs_inode *in = ino_to_inode(fs, ino);
-	struct handle *h = handle_new(in);
+	struct handle *h = handle_new(fs, in);
 
 	if (!h) {
 		fuse_reply_err(req, ENOMEM);
@@ -1235,7 +1264,7 @@ static void kvfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 	fi->fh = (uintptr_t)h;
 	if (fuse_reply_open(req, fi) != 0) {
 		ns_put(fs, in, 1);
-		free(h);
+		handle_free(fs, h);
 	}
 }
 
@@ -1411,7 +1440,7 @@ static void kvfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_inf
 	cds_list_del_init(&h->cursor.link);
 	pthread_mutex_unlock(&fs->lock);
 	ns_put(fs, h->in, 1);
-	free(h);
+	handle_free(fs, h);
 	fuse_reply_err(req, 0);
 }
 
@@ -1654,7 +1683,16 @@ static void kvfs_init(void *userdata, struct fuse_conn_info *conn)
 
 static void kvfs_destroy(void *userdata)
 {
-	ns_close(userdata);
+	struct kvfs_fs *fs = userdata;
+	struct handle *h, *tmp;
+
+	ns_close(fs);
+	/*
+	 * An unmount by signal or `fusermount3 -u -z` with files still open
+	 * never sends their RELEASE: free what is left.
+	 */
+	cds_list_for_each_entry_safe(h, tmp, &fs->handles, link)
+		handle_free(fs, h);
 }
 
 const struct fuse_lowlevel_ops kvfs_ops = {

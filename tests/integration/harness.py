@@ -39,7 +39,12 @@ class Mount:
         os.makedirs(self.mnt, exist_ok=True)
         self.dram = dram
         self.args = list(args)
-        self.env = dict(os.environ, **(env or {}))
+        # Sanitized builds report into files next to the mount (the daemon's
+        # stderr is /dev/null once it runs in the background).
+        san = "log_path=%s" % os.path.join(self.base, "sanitizer")
+        self.env = dict(os.environ, ASAN_OPTIONS=san + ":detect_leaks=1",
+                        UBSAN_OPTIONS=san + ":print_stacktrace=1:halt_on_error=1",
+                        TSAN_OPTIONS=san, **(env or {}))
         self.pid = None
 
     # --- lifecycle ---------------------------------------------------------
@@ -87,22 +92,36 @@ class Mount:
             time.sleep(0.01)
         raise RuntimeError("kvfs pid %d did not exit" % self.pid)
 
+    def sanitizer_reports(self):
+        """What a sanitized daemon reported (empty for a plain build)."""
+        out = []
+        for name in sorted(os.listdir(self.base)) if os.path.isdir(self.base) else []:
+            if name.startswith("sanitizer"):
+                with open(os.path.join(self.base, name), errors="replace") as f:
+                    out.append(f.read())
+        return "\n".join(out)
+
     def close(self):
+        """Unmount and remove everything. @return the sanitizer reports, if any."""
         try:
             if self.pid is not None:
                 self.stop()
         except Exception:
             self.kill()
         subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True)
+        reports = self.sanitizer_reports()
         shutil.rmtree(self.base, ignore_errors=True)
+        return reports
 
     def __enter__(self):
         if self.pid is None:
             self.start()
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        reports = self.close()
+        if reports and exc_type is None:
+            raise AssertionError("the sanitizer reported:\n" + reports)
 
     # --- helpers -------------------------------------------------------------
     def path(self, *parts):
@@ -134,10 +153,14 @@ class Mount:
 
 
 def _running(pid):
-    """True while @pid runs; a zombie (exited, not yet reaped by init) has exited."""
+    """True while any thread of @pid runs. A zombie (exited, not yet reaped by
+    init) whose other threads are gone has exited; until they are, they may
+    still hold the state directory's lock."""
     try:
         with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                return True
+        return len(os.listdir("/proc/%d/task" % pid)) > 1
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
 
@@ -178,6 +201,9 @@ class MountTest(unittest.TestCase):
     def tearDown(self):
         m = self.m
         alive = m.alive()
-        m.close()
+        log = m.log()
+        reports = m.close()
+        if reports:
+            self.fail("the sanitizer reported:\n" + reports)
         if not alive and not getattr(self, "_expect_dead", False):
-            self.fail("the daemon died during the test; log:\n" + m.log())
+            self.fail("the daemon died during the test; log:\n" + log)
