@@ -125,7 +125,7 @@ demo: deps
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
 	  $(DESTDIR)$(PREFIX)/include/kvfs
-	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 755 $(BINS) $(ENG_BINS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(LIBKVFS_A) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(LIBKVFS_SO) $(DESTDIR)$(PREFIX)/lib/libkvfs.so.$(VERSION)
 	ln -sf libkvfs.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libkvfs.so.0
@@ -141,3 +141,38 @@ clean:
 	rm -rf build
 
 -include $(shell find $(B)/obj -name '*.d' 2>/dev/null)
+
+# --- the reference engine (engine/llm/, issue 5) -------------------------------
+# kvfs-llm: a Llama-family model on the CPU (OpenBLAS) that reuses KV caches
+# through libkvfs; kvfs-genmodel writes models for it. llm_test links the
+# engine's objects (all but main.c) and OpenBLAS.
+BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)
+BLAS_LIBS   := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)
+ENG_SRC     := $(wildcard engine/llm/*.c)
+ENG_OBJ     := $(call obj,$(filter-out engine/llm/main.c,$(ENG_SRC)))
+ENG_BINS    := $(if $(ENG_SRC),$(B)/bin/kvfs-llm) \
+               $(if $(wildcard tools/genmodel.c),$(B)/bin/kvfs-genmodel)
+
+all: $(ENG_BINS)
+integration: $(ENG_BINS)
+
+$(B)/obj/engine/llm/%.o $(B)/obj/tests/unit/llm_test.o: KCFLAGS += $(BLAS_CFLAGS)
+# -O3 vectorizes the softmax and dot-product lanes; no -ffast-math, so the
+# order of float operations stays the one the source writes.
+$(B)/obj/engine/llm/%.o: CFLAGS += -O3
+
+$(B)/bin/kvfs-llm: $(call obj,engine/llm/main.c) $(ENG_OBJ) $(LIBKVFS_A)
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(BLAS_LIBS) $(LDLIBS)
+
+$(B)/bin/kvfs-genmodel: $(call obj,tools/genmodel.c)
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/tests/llm_test: $(call obj,tests/unit/llm_test.c) $(ENG_OBJ) $(TIER_LIB) $(CORE_LIB) \
+                     $(LIBKVFS_A)
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(BLAS_LIBS) $(LDLIBS) -lcmocka

@@ -34,6 +34,7 @@
 #define MAX_MATCH          65536
 #define HEADER_PROBE       4096u
 #define MAX_EXTRA          1024u /* extra-keys bytes a saved block may carry */
+#define KVFS_ALIGN_UP(x, a) (((x) + (a)-1) / (a) * (a))
 
 static _Atomic uint64_t tmp_counter;
 
@@ -181,8 +182,6 @@ int kvfs_ns_open(const struct kvfs_ns_options *opt, kvfs_ns **out)
 		return -EINVAL;
 	if (kvfs_layout_check(&opt->layout, &why))
 		return -EINVAL;
-	if (opt->path == KVFS_PATH_FAST)
-		return -ENOTSUP; /* the fast path comes with the daemon's ring server */
 	ns = calloc(1, sizeof(*ns));
 	if (!ns)
 		return -ENOMEM;
@@ -213,6 +212,11 @@ int kvfs_ns_open(const struct kvfs_ns_options *opt, kvfs_ns **out)
 	ns->header_bytes = kvfs_layout_header_bytes(&ns->layout, 0);
 	ns->block_bytes = kvfs_layout_file_bytes(&ns->layout, 0);
 	ns->slots_max = opt->save_queue ? opt->save_queue : DEFAULT_SAVE_QUEUE;
+	if (opt->path != KVFS_PATH_POSIX) {
+		rc = fast_open(ns, opt->path == KVFS_PATH_FAST);
+		if (rc)
+			goto out_free;
+	}
 	pthread_mutex_init(&ns->save_lock, NULL);
 	pthread_cond_init(&ns->save_cond, NULL);
 	rc = pthread_create(&ns->saver, NULL, saver_main, ns);
@@ -231,8 +235,6 @@ out_free:
 
 void kvfs_ns_close(kvfs_ns *ns)
 {
-	struct save_slot *s, *next;
-
 	if (!ns)
 		return;
 	if (ns->saver_started) {
@@ -245,11 +247,10 @@ void kvfs_ns_close(kvfs_ns *ns)
 		pthread_mutex_destroy(&ns->save_lock);
 		pthread_cond_destroy(&ns->save_cond);
 	}
-	for (s = ns->free_slots; s; s = next) {
-		next = s->next;
-		free(s->buf);
-		free(s);
-	}
+	if (ns->slot_region)
+		kvfs_free(ns, ns->slot_region, ns->slot_region_bytes);
+	free(ns->slots);
+	fast_close(ns);
 	if (ns->dirfd >= 0)
 		close(ns->dirfd);
 	free(ns->dir);
@@ -268,8 +269,7 @@ uint64_t kvfs_ns_block_bytes(const kvfs_ns *ns)
 
 int kvfs_ns_is_fast(const kvfs_ns *ns)
 {
-	(void)ns;
-	return 0;
+	return fast_up((kvfs_ns *)ns);
 }
 
 long kvfs_ns_keys(kvfs_ns *ns, const uint32_t *tokens, size_t ntokens,
@@ -310,14 +310,16 @@ void *kvfs_alloc(kvfs_ns *ns, size_t bytes)
 		errno = EINVAL;
 		return NULL;
 	}
+	/* On the fast path: shared memory the daemon copies blocks straight into. */
+	if (ns->fast && (p = fast_alloc(ns, bytes)))
+		return p;
 	p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	return p == MAP_FAILED ? NULL : p;
 }
 
 void kvfs_free(kvfs_ns *ns, void *mem, size_t bytes)
 {
-	(void)ns;
-	if (mem)
+	if (mem && !fast_free(ns, mem))
 		munmap(mem, bytes);
 }
 
@@ -341,6 +343,20 @@ long kvfs_match_prefix(kvfs_ns *ns, const kvfs_key *keys, size_t n, kvfs_match *
 		kvfs_match_release(m);
 		return -ENOMEM;
 	}
+	if (n)
+		memcpy(m->keys, keys, sizeof(*keys) * n);
+	for (i = 0; i < n; i++)
+		m->fds[i] = -1;
+	if (fast_up(ns)) {
+		long got = fast_match(ns, keys, n, &m->fast_id, &m->gen);
+
+		if (got >= 0) {
+			m->fast = true;
+			i = (size_t)got;
+			goto out;
+		}
+		/* the daemon went away: carry on through the mount */
+	}
 	/* An open file is a held one: the daemon never evicts open files. */
 	for (i = 0; i < n; i++) {
 		int fd;
@@ -349,9 +365,9 @@ long kvfs_match_prefix(kvfs_ns *ns, const kvfs_key *keys, size_t n, kvfs_match *
 		fd = openat(ns->dirfd, hex, O_RDONLY | O_CLOEXEC);
 		if (fd < 0)
 			break;
-		m->keys[i] = keys[i];
 		m->fds[i] = fd;
 	}
+out:
 	m->n = i;
 	atomic_fetch_add(&ns->st.matches, 1);
 	atomic_fetch_add(&ns->st.keys_asked, n);
@@ -369,8 +385,11 @@ void kvfs_match_release(kvfs_match *m)
 {
 	if (!m)
 		return;
+	if (m->fast)
+		fast_release(m->ns, m->fast_id, m->gen);
 	for (size_t i = 0; i < m->n; i++)
-		close(m->fds[i]);
+		if (m->fds[i] >= 0)
+			close(m->fds[i]);
 	free(m->keys);
 	free(m->fds);
 	free(m);
@@ -420,6 +439,18 @@ static int load_header(kvfs_load *ld, size_t i, uint8_t *hdr, uint8_t *table)
 	return 0;
 }
 
+/*
+ * A block that failed its checks is removed (best effort), so the next save
+ * of that key can replace it instead of finding it present forever.
+ */
+static void drop_block(kvfs_load *ld, size_t i)
+{
+	char hex[KVFS_KEY_HEX + 1];
+
+	kvfs_key_to_hex(&ld->m->keys[ld->first + i], hex);
+	unlinkat(ld->m->ns->dirfd, hex, 0);
+}
+
 static void *load_main(void *arg)
 {
 	kvfs_load *ld = arg;
@@ -437,6 +468,8 @@ static void *load_main(void *arg)
 	for (size_t i = 0; i < ld->n && !rc; i++) {
 		tables[i] = malloc((size_t)L * 16);
 		rc = tables[i] ? load_header(ld, i, hdr, tables[i]) : -ENOMEM;
+		if (rc == -EBADMSG)
+			drop_block(ld, i);
 	}
 	for (uint32_t l = 0; l < L && !rc; l++) {
 		for (size_t i = 0; i < ld->n && !rc; i++) {
@@ -448,8 +481,10 @@ static void *load_main(void *arg)
 				sum = (sum << 8) | e[8 + b];
 			}
 			rc = pread_full(ld->m->fds[ld->first + i], seg, ns->layer_bytes, off);
-			if (!rc && kvfs_block_layer_checksum(seg, ns->layer_bytes) != sum)
+			if (!rc && kvfs_block_layer_checksum(seg, ns->layer_bytes) != sum) {
 				rc = -EBADMSG;
+				drop_block(ld, i);
+			}
 			if (!rc)
 				scatter(ns, &ld->layers[l], ld->block_ids[i], seg);
 		}
@@ -507,15 +542,45 @@ int kvfs_load_start(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_
 		memcpy(ld->block_ids, block_ids, sizeof(*ld->block_ids) * n);
 	pthread_mutex_init(&ld->lock, NULL);
 	pthread_cond_init(&ld->cond, NULL);
+	atomic_fetch_add(&ns->st.loads, 1);
+	*out = ld;
+	if (m->fast) {
+		rc = fast_load_start(ld);
+		if (rc == 0 || ld->fast_submitted) {
+			ld->fast = true;
+			ld->error = rc;
+			return 0;
+		}
+		if (rc != -ENOTSUP) {
+			/* the daemon went away: the load is a miss */
+			ld->error = rc;
+			ld->finished = true;
+			atomic_fetch_add(&ns->st.load_errors, 1);
+			return 0;
+		}
+		/* engine memory the daemon cannot see: load through the mount */
+		for (size_t i = 0; i < n; i++) {
+			char hex[KVFS_KEY_HEX + 1];
+
+			kvfs_key_to_hex(&m->keys[first + i], hex);
+			m->fds[first + i] = openat(ns->dirfd, hex, O_RDONLY | O_CLOEXEC);
+			if (m->fds[first + i] < 0) {
+				ld->error = -errno;
+				ld->finished = true;
+				atomic_fetch_add(&ns->st.load_errors, 1);
+				return 0;
+			}
+		}
+	}
 	rc = pthread_create(&ld->thread, NULL, load_main, ld);
 	if (rc) {
+		*out = NULL;
 		rc = -rc;
 		pthread_mutex_destroy(&ld->lock);
 		pthread_cond_destroy(&ld->cond);
 		goto out_free;
 	}
-	atomic_fetch_add(&ns->st.loads, 1);
-	*out = ld;
+	ld->threaded = true;
 	return 0;
 
 out_free:
@@ -531,6 +596,10 @@ int kvfs_load_wait(kvfs_load *ld, unsigned layer)
 
 	if (!ld)
 		return -EINVAL;
+	if (ld->fast) {
+		rc = fast_load_wait(ld, layer);
+		return rc;
+	}
 	pthread_mutex_lock(&ld->lock);
 	while (!ld->error && !ld->finished && ld->layers_done <= layer)
 		pthread_cond_wait(&ld->cond, &ld->lock);
@@ -545,7 +614,20 @@ int kvfs_load_end(kvfs_load *ld)
 
 	if (!ld)
 		return 0;
-	pthread_join(ld->thread, NULL);
+	if (ld->fast) {
+		kvfs_ns *ns = ld->m->ns;
+
+		fast_load_wait(ld, ns->layout.num_layers - 1);
+		fast_load_drain(ld);
+		if (ld->error) {
+			atomic_fetch_add(&ns->st.load_errors, 1);
+		} else {
+			atomic_fetch_add(&ns->st.blocks_loaded, ld->n);
+			atomic_fetch_add(&ns->st.bytes_loaded, ld->n * ns->block_bytes);
+		}
+	} else if (ld->threaded) {
+		pthread_join(ld->thread, NULL);
+	}
 	rc = ld->error;
 	pthread_mutex_destroy(&ld->lock);
 	pthread_cond_destroy(&ld->cond);
@@ -558,29 +640,45 @@ int kvfs_load_end(kvfs_load *ld)
 /* --- save --------------------------------------------------------------------- */
 
 /* A slot to encode into, or NULL if the queue is full (never waits). */
+/*
+ * Make the slots: one region of slots_max block buffers (shared memory on
+ * the fast path, so the daemon copies saves straight out of it; committed
+ * only as slots are used). save_lock held. @return 0 or -ENOMEM.
+ */
+static int slots_make_locked(kvfs_ns *ns)
+{
+	size_t bytes = KVFS_ALIGN_UP(kvfs_layout_file_bytes(&ns->layout, MAX_EXTRA), 4096);
+	size_t total = bytes * ns->slots_max;
+	struct save_slot *slots = calloc(ns->slots_max, sizeof(*slots));
+	uint8_t *region = slots ? kvfs_alloc(ns, total) : NULL;
+
+	if (!region) {
+		free(slots);
+		return -ENOMEM;
+	}
+	ns->slot_region = region;
+	ns->slot_region_bytes = total;
+	ns->slots = slots;
+	for (unsigned i = ns->slots_max; i-- > 0;) {
+		slots[i].buf = region + (size_t)i * bytes;
+		slots[i].next = ns->free_slots;
+		ns->free_slots = &slots[i];
+	}
+	return 0;
+}
+
+/* A slot to encode into, or NULL if the queue is full (never waits). */
 static struct save_slot *slot_get(kvfs_ns *ns)
 {
 	struct save_slot *s = NULL;
 
 	pthread_mutex_lock(&ns->save_lock);
-	if (ns->free_slots) {
-		s = ns->free_slots;
+	if (!ns->slots && slots_make_locked(ns))
+		goto out;
+	s = ns->free_slots;
+	if (s)
 		ns->free_slots = s->next;
-	} else if (ns->slots_made < ns->slots_max) {
-		ns->slots_made++;
-		pthread_mutex_unlock(&ns->save_lock);
-		s = calloc(1, sizeof(*s));
-		if (s)
-			s->buf = malloc(kvfs_layout_file_bytes(&ns->layout, MAX_EXTRA));
-		if (!s || !s->buf) {
-			free(s);
-			pthread_mutex_lock(&ns->save_lock);
-			ns->slots_made--;
-			pthread_mutex_unlock(&ns->save_lock);
-			return NULL;
-		}
-		return s;
-	}
+out:
 	pthread_mutex_unlock(&ns->save_lock);
 	return s;
 }
@@ -651,7 +749,8 @@ long kvfs_save(kvfs_ns *ns, const kvfs_key *parent, size_t first_index, const ui
 		if (kvfs_key_block(&prev, tok, T, xlen ? xbuf : NULL, (size_t)xlen, &key))
 			return done ? done : -EINVAL;
 		kvfs_key_to_hex(&key, hex);
-		if (faccessat(ns->dirfd, hex, F_OK, 0) == 0) {
+		/* The fast path's SAVE finds existing blocks itself. */
+		if (!ns->fast && faccessat(ns->dirfd, hex, F_OK, 0) == 0) {
 			atomic_fetch_add(&ns->st.saves_present, 1);
 			done++;
 			prev = key;
@@ -729,8 +828,15 @@ static void *saver_main(void *arg)
 		if (!ns->queue_head)
 			ns->queue_tail = NULL;
 		pthread_mutex_unlock(&ns->save_lock);
-		rc = write_block(ns, s);
-		atomic_fetch_add(rc ? &ns->st.save_errors : &ns->st.saves_written, 1);
+		rc = -ENOTCONN;
+		if (fast_up(ns))
+			rc = fast_save(ns, s);
+		if (rc == -ENOTCONN || rc == -ENOTSUP)
+			rc = write_block(ns, s);
+		if (rc == -EEXIST)
+			atomic_fetch_add(&ns->st.saves_present, 1);
+		else
+			atomic_fetch_add(rc ? &ns->st.save_errors : &ns->st.saves_written, 1);
 		pthread_mutex_lock(&ns->save_lock);
 		slot_put_locked(ns, s);
 		ns->in_flight--;

@@ -18,9 +18,12 @@ struct save_slot {
 	uint64_t len;
 };
 
+struct fast;
+
 struct kvfs_ns {
 	char *dir;
 	int dirfd;
+	struct fast *fast; /* NULL: POSIX only */
 	struct kvfs_layout layout;
 	kvfs_key root;
 
@@ -35,8 +38,11 @@ struct kvfs_ns {
 	/* saves: a bounded queue drained by one writer thread */
 	pthread_mutex_t save_lock;
 	pthread_cond_t save_cond;      /* work for the saver, or it finished some */
-	struct save_slot *free_slots;  /* with buffers, ready for reuse */
-	unsigned slots_made, slots_max;
+	struct save_slot *free_slots;  /* ready for reuse */
+	struct save_slot *slots;       /* all of them, made at the first save */
+	uint8_t *slot_region;          /* their buffers, from kvfs_alloc() */
+	size_t slot_region_bytes;
+	unsigned slots_max;
 	struct save_slot *queue_head, *queue_tail;
 	unsigned in_flight; /* queued or being written */
 	bool stopping;
@@ -55,7 +61,10 @@ struct kvfs_match {
 	kvfs_ns *ns;
 	size_t n;
 	kvfs_key *keys;
-	int *fds; /* held open: an open file is never evicted */
+	int *fds;      /* POSIX: held open (an open file is never evicted); else -1 */
+	bool fast;     /* held by the daemon through the ring */
+	uint64_t fast_id;
+	uint64_t gen;  /* the daemon generation that holds them */
 };
 
 struct kvfs_load {
@@ -69,6 +78,23 @@ struct kvfs_load {
 	unsigned layers_done; /* layers [0, layers_done) are in place */
 	int error;            /* first error, sticky */
 	bool finished;
+	bool threaded;        /* a POSIX loader thread runs */
+	bool fast;            /* requests on the ring instead */
+	int *fast_req;        /* request per READ: headers, then each layer */
+	unsigned fast_submitted, fast_waited;
 };
+
+/* libkvfs_fast.c */
+int fast_open(kvfs_ns *ns, bool required);
+void fast_close(kvfs_ns *ns);
+bool fast_up(kvfs_ns *ns);
+long fast_match(kvfs_ns *ns, const kvfs_key *keys, size_t n, uint64_t *match_id, uint64_t *gen);
+void fast_release(kvfs_ns *ns, uint64_t match_id, uint64_t gen);
+void *fast_alloc(kvfs_ns *ns, size_t bytes);
+bool fast_free(kvfs_ns *ns, void *mem);
+int fast_load_start(kvfs_load *ld);
+int fast_load_wait(kvfs_load *ld, unsigned layer);
+void fast_load_drain(kvfs_load *ld);
+int fast_save(kvfs_ns *ns, const struct save_slot *s);
 
 #endif

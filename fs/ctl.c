@@ -20,10 +20,12 @@
 #include <unistd.h>
 
 #include "core/fault.h"
+#include "core/ring.h"
 #include "core/util.h"
 #include "fs/fs_i.h"
 
-static struct kvfs_inode ctl_inodes[1 + CTL_NR];
+/* [0] .kvfs, [1 .. CTL_NR] its files, [CTL_NR + 1] .kvfs/iovs */
+static struct kvfs_inode ctl_inodes[2 + CTL_NR];
 
 static const char *const ctl_names[CTL_NR] = {
 	[CTL_STATS] = "stats",
@@ -38,7 +40,7 @@ void ctl_init(struct kvfs_fs *fs)
 {
 	int64_t now = (int64_t)kvfs_now_ns();
 
-	for (unsigned i = 0; i <= CTL_NR; i++) {
+	for (unsigned i = 0; i <= CTL_NR + 1; i++) {
 		struct kvfs_inode *in = &ctl_inodes[i];
 
 		memset(in, 0, sizeof(*in));
@@ -48,10 +50,11 @@ void ctl_init(struct kvfs_fs *fs)
 		in->uid = getuid();
 		in->gid = getgid();
 		in->generation = 1;
-		if (i == 0) {
+		if (i == 0 || i == CTL_NR + 1) {
+			/* iovs: anyone may register (a symlink), the daemon checks who */
 			in->kind = KIND_CTL_DIR;
-			in->mode = S_IFDIR | 0555;
-			in->ino = CTL_INO_BASE;
+			in->mode = i == 0 ? S_IFDIR | 0555 : S_IFDIR | 01777;
+			in->ino = CTL_INO_BASE + i;
 		} else {
 			in->kind = KIND_CTL_FILE;
 			in->ctl_id = (uint8_t)(i - 1);
@@ -67,6 +70,11 @@ struct kvfs_inode *ctl_dir(void)
 	return &ctl_inodes[0];
 }
 
+struct kvfs_inode *ctl_iovs_dir(void)
+{
+	return &ctl_inodes[CTL_NR + 1];
+}
+
 const char *ctl_name(unsigned id)
 {
 	return id < CTL_NR ? ctl_names[id] : NULL;
@@ -77,6 +85,8 @@ struct kvfs_inode *ctl_lookup(const char *name)
 	for (unsigned i = 0; i < CTL_NR; i++)
 		if (strcmp(name, ctl_names[i]) == 0)
 			return &ctl_inodes[1 + i];
+	if (strcmp(name, KVFS_IOVS_DIR) == 0)
+		return ctl_iovs_dir();
 	return NULL;
 }
 
@@ -216,6 +226,20 @@ static const struct figure figures[] = {
 	 CTR(catalog_commits), NULL},
 	{"catalog.errors", "kvfs_catalog_errors_total", COUNTER, "Catalog commits that failed",
 	 CTR(catalog_errors), NULL},
+	{"fast_path.registrations", "kvfs_fast_path_registrations_total", COUNTER,
+	 "Rings and buffers registered under .kvfs/iovs", CTR(fp_registrations), NULL},
+	{"fast_path.requests", "kvfs_fast_path_requests_total", COUNTER,
+	 "Requests served from engine rings", CTR(fp_requests), NULL},
+	{"fast_path.errors", "kvfs_fast_path_errors_total", COUNTER,
+	 "Ring requests refused or failed", CTR(fp_errors), NULL},
+	{"fast_path.matched_blocks", "kvfs_fast_path_matched_blocks_total", COUNTER,
+	 "Blocks matched and held through rings", CTR(fp_matched), NULL},
+	{"fast_path.partial_matches", "kvfs_fast_path_partial_matches_total", COUNTER,
+	 "Ring matches that stopped before the last key", CTR(fp_missed), NULL},
+	{"fast_path.read_bytes", "kvfs_fast_path_read_bytes_total", COUNTER,
+	 "Bytes copied into engine buffers", CTR(fp_read_bytes), NULL},
+	{"fast_path.saved_blocks", "kvfs_fast_path_saved_blocks_total", COUNTER,
+	 "Blocks stored through rings", CTR(fp_saved), NULL},
 };
 
 static void take_snapshot(struct kvfs_fs *fs, struct snapshot *s)

@@ -54,8 +54,9 @@
 enum inode_kind {
 	KIND_DIR = 1,
 	KIND_FILE,
-	KIND_CTL_DIR,
-	KIND_CTL_FILE,
+	KIND_CTL_DIR,  /* .kvfs and .kvfs/iovs (static) */
+	KIND_CTL_FILE, /* .kvfs/stats, ... (static) */
+	KIND_CTL_LINK, /* a fast-path registration under .kvfs/iovs */
 };
 
 /* A name, freed after a grace period so lock-free lookups can read it. */
@@ -155,6 +156,13 @@ struct kvfs_counters {
 	_Atomic uint64_t files;
 	_Atomic uint64_t dirs;
 	_Atomic uint64_t open_handles;
+	_Atomic uint64_t fp_registrations;
+	_Atomic uint64_t fp_requests;
+	_Atomic uint64_t fp_errors;
+	_Atomic uint64_t fp_matched;
+	_Atomic uint64_t fp_missed;
+	_Atomic uint64_t fp_read_bytes;
+	_Atomic uint64_t fp_saved;
 };
 
 struct kvfs_config {
@@ -291,6 +299,7 @@ enum ctl_file {
 
 void ctl_init(struct kvfs_fs *fs);
 struct kvfs_inode *ctl_dir(void);
+struct kvfs_inode *ctl_iovs_dir(void);
 struct kvfs_inode *ctl_lookup(const char *name);
 const char *ctl_name(unsigned id);
 /* Build a control file's contents (malloc'd) for an open. @return 0 or -errno. */
@@ -298,9 +307,28 @@ int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len);
 /* A write to a control file. @return 0 or -errno. */
 int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len);
 
+/* --- fastpath.c: rings and buffers registered under .kvfs/iovs ------------------ */
+
+/* Register @target ("/proc/self/fd/N") as @name; *link gets a referenced inode. */
+int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name,
+		const char *target, struct kvfs_inode **link);
+int fp_unregister(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name);
+/* The registration named @name, referenced, or NULL. */
+struct kvfs_inode *fp_lookup(struct kvfs_fs *fs, const char *name);
+/* The @index-th registration (for readdir). @return 0 or -ENOENT past the end. */
+int fp_entry(struct kvfs_fs *fs, uint64_t index, char *name, size_t len, struct kvfs_inode **in);
+/* Stop every ring and unmap everything (at unmount). */
+void fp_shutdown(struct kvfs_fs *fs);
+
 /* --- ops.c ------------------------------------------------------------------ */
 
 extern const struct fuse_lowlevel_ops kvfs_ops;
+
+/* Create an empty, unsealed file under @dir (fs->lock held). @return 0 or -errno. */
+int ops_new_file_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+			mode_t mode, uid_t uid, gid_t gid, struct kvfs_inode **out);
+/* Seal a file its last writer left, marked `sealing` by the caller. @return 0 or -EBADMSG. */
+int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data);
 
 static inline struct kvfs_inode *ino_to_inode(struct kvfs_fs *fs, fuse_ino_t ino)
 {

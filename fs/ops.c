@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/ring.h"
 #include "core/util.h"
 #include "fs/fs_i.h"
 #include "kvfs/format.h"
@@ -86,7 +87,7 @@ static void set_ts(struct timespec *ts, int64_t ns)
 
 static bool is_ctl(const struct kvfs_inode *in)
 {
-	return in->kind == KIND_CTL_DIR || in->kind == KIND_CTL_FILE;
+	return in->kind == KIND_CTL_DIR || in->kind == KIND_CTL_FILE || in->kind == KIND_CTL_LINK;
 }
 
 static bool is_ctl_name(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name)
@@ -112,6 +113,10 @@ static void fill_attr(struct kvfs_fs *fs, struct kvfs_inode *in, struct stat *st
 		st->st_nlink = 2 + in->nsubdirs;
 		st->st_size = 4096;
 		st->st_blocks = 8;
+		break;
+	case KIND_CTL_LINK:
+		st->st_nlink = 1;
+		st->st_size = in->name ? in->name->len : 0;
 		break;
 	case KIND_FILE:
 		st->st_nlink = in->linked ? 1 : 0;
@@ -231,12 +236,17 @@ static void kvfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		return;
 	}
 	if (dir->kind == KIND_CTL_DIR) {
-		in = ctl_lookup(name);
+		if (dir == ctl_iovs_dir()) {
+			in = fp_lookup(fs, name); /* referenced */
+		} else {
+			in = ctl_lookup(name);
+			if (in)
+				ns_get(in, 1);
+		}
 		if (!in) {
 			fuse_reply_err(req, ENOENT);
 			return;
 		}
-		ns_get(in, 1);
 		reply_entry(req, fs, in);
 		return;
 	}
@@ -512,12 +522,10 @@ static int open_file(struct kvfs_fs *fs, struct kvfs_inode *in, struct fuse_file
 }
 
 /* Make a new file inode with bytes in the tiers, linked under @dir (fs->lock held). */
-static int new_file_locked(struct kvfs_fs *fs, fuse_req_t req, struct kvfs_inode *dir,
-			   const char *name, mode_t mode, struct kvfs_inode **out)
+int ops_new_file_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+			mode_t mode, uid_t uid, gid_t gid, struct kvfs_inode **out)
 {
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	struct kvfs_inode *in = ns_inode_new(fs, KIND_FILE, S_IFREG | (mode & 07777), ctx->uid,
-					     ctx->gid);
+	struct kvfs_inode *in = ns_inode_new(fs, KIND_FILE, S_IFREG | (mode & 07777), uid, gid);
 	int rc;
 
 	if (!in)
@@ -565,7 +573,8 @@ static void kvfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mod
 		}
 		ns_get(in, 2); /* the kernel's lookup and the handle */
 	} else {
-		rc = new_file_locked(fs, req, dir, name, mode, &in);
+		rc = ops_new_file_locked(fs, dir, name, mode, fuse_req_ctx(req)->uid,
+					 fuse_req_ctx(req)->gid, &in);
 		if (rc) {
 			pthread_mutex_unlock(&fs->lock);
 			goto out_err;
@@ -613,7 +622,8 @@ static void kvfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 	if (ns_find_locked(fs, dir, name, strlen(name)))
 		rc = -EEXIST;
 	else
-		rc = new_file_locked(fs, req, dir, name, mode, &in);
+		rc = ops_new_file_locked(fs, dir, name, mode, fuse_req_ctx(req)->uid,
+					 fuse_req_ctx(req)->gid, &in);
 	if (!rc) {
 		/* No writer: an empty file, sealed at once. */
 		tier_seal(in->data);
@@ -690,9 +700,33 @@ out_err:
 	fuse_reply_err(req, -rc);
 }
 
+/* Symlinks exist only as fast-path registrations under .kvfs/iovs. */
 static void kvfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
 {
-	fuse_reply_err(req, EPERM);
+	struct kvfs_fs *fs = req_fs(req);
+	struct kvfs_inode *in;
+	int rc;
+
+	if (ino_to_inode(fs, parent) != ctl_iovs_dir()) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	rc = fp_register(fs, fuse_req_ctx(req), name, link, &in);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	reply_entry(req, fs, in);
+}
+
+static void kvfs_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct kvfs_inode *in = ino_to_inode(req_fs(req), ino);
+
+	if (in->kind != KIND_CTL_LINK || !in->name)
+		fuse_reply_err(req, EINVAL);
+	else
+		fuse_reply_readlink(req, in->name->s);
 }
 
 static void kvfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
@@ -733,6 +767,10 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 	cat_batch *b;
 	int rc = 0;
 
+	if (dir == ctl_iovs_dir() && !want_dir) {
+		fuse_reply_err(req, -fp_unregister(fs, fuse_req_ctx(req), name));
+		return;
+	}
 	if (is_ctl(dir) || is_ctl_name(fs, dir, name)) {
 		fuse_reply_err(req, EPERM);
 		return;
@@ -1094,22 +1132,12 @@ static ssize_t obj_read(void *ctx, uint64_t off, void *buf, size_t len)
 	return tier_read(ctx, off, buf, len);
 }
 
-/*
- * A writable handle is released; if it was the last, validate a native
- * block, seal the bytes, record the file in the catalog, and wake anyone
- * waiting for the seal. @return 0, or -EBADMSG for an invalid native block
- * (which stays, unreadable, until it is deleted).
- */
+/* A writable handle is released; if it was the last, seal the file (ops_seal). */
 static int seal_file(struct kvfs_fs *fs, struct handle *h)
 {
 	struct kvfs_inode *in = h->in;
-	uint8_t *hdr = NULL;
-	struct kvfs_block_info bi;
-	const char *why = NULL;
-	char magic[KVFS_BLOCK_MAGIC_BYTES];
 	tier_obj *data;
-	bool native = false;
-	int valid = 0;
+	int rc;
 
 	pthread_mutex_lock(&in->lock);
 	if (!h->writer) {
@@ -1130,6 +1158,26 @@ static int seal_file(struct kvfs_fs *fs, struct handle *h)
 	data = in->data;
 	tier_obj_get(data); /* an unlinked file's last release may drop it meanwhile */
 	pthread_mutex_unlock(&in->lock);
+	rc = ops_seal(fs, in, data);
+	tier_obj_put(data);
+	return rc;
+}
+
+/*
+ * Seal a file whose last writer is gone and which the caller marked
+ * `sealing` (holding a reference on @data): validate a native block, seal
+ * the bytes, record the file in the catalog, and wake anyone waiting.
+ * @return 0, or -EBADMSG for an invalid native block (which stays,
+ * unreadable, until it is deleted).
+ */
+int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
+{
+	uint8_t *hdr = NULL;
+	struct kvfs_block_info bi;
+	const char *why = NULL;
+	char magic[KVFS_BLOCK_MAGIC_BYTES];
+	bool native = false;
+	int valid = 0;
 
 	/* No writer is left and new ones wait on `sealing`: the bytes are stable. */
 	if (tier_read(data, 0, magic, sizeof(magic)) == (ssize_t)sizeof(magic) &&
@@ -1188,7 +1236,6 @@ static int seal_file(struct kvfs_fs *fs, struct handle *h)
 	pthread_mutex_lock(&fs->seal_lock);
 	pthread_cond_broadcast(&fs->seal_cond);
 	pthread_mutex_unlock(&fs->seal_lock);
-	tier_obj_put(data);
 	free(hdr);
 	return native && valid ? -EBADMSG : 0;
 }
@@ -1360,14 +1407,34 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		return;
 	}
 	if (dir->kind == KIND_CTL_DIR) {
-		/* A fixed list: offsets 1, 2, then one per control file. */
-		for (; pos < 2 + CTL_NR; pos++) {
-			struct kvfs_inode *in = pos == 0   ? dir
-						: pos == 1 ? fs->root
-							   : ctl_lookup(ctl_name((unsigned)pos - 2));
-			const char *name = pos == 0 ? "." : pos == 1 ? ".." : ctl_name((unsigned)pos - 2);
+		/*
+		 * Offsets 1, 2, then one per entry: the control files and iovs in
+		 * .kvfs, the registrations in .kvfs/iovs.
+		 */
+		bool iovs = dir == ctl_iovs_dir();
 
-			if (!emit(req, fs, plus, buf, size, &used, name, in, pos + 1, false))
+		for (;; pos++) {
+			struct kvfs_inode *in = NULL;
+			char name[KVFS_NAME_MAX + 1];
+			bool ok;
+
+			if (pos == 0 || pos == 1) {
+				in = pos == 0 ? dir : iovs ? ctl_dir() : fs->root;
+				snprintf(name, sizeof(name), "%s", pos == 0 ? "." : "..");
+			} else if (!iovs && pos - 2 < CTL_NR) {
+				snprintf(name, sizeof(name), "%s", ctl_name((unsigned)pos - 2));
+				in = ctl_lookup(name);
+			} else if (!iovs && pos - 2 == CTL_NR) {
+				snprintf(name, sizeof(name), "%s", KVFS_IOVS_DIR);
+				in = ctl_iovs_dir();
+			} else if (!iovs || fp_entry(fs, pos - 2, name, sizeof(name), &in)) {
+				break;
+			}
+			ok = emit(req, fs, plus, buf, size, &used, name, in, pos + 1,
+				  in->kind == KIND_CTL_LINK);
+			if (in->kind == KIND_CTL_LINK)
+				ns_put(fs, in, 1); /* fp_entry's; emit took the kernel's */
+			if (!ok)
 				break;
 		}
 		fuse_reply_buf(req, buf, used);
@@ -1688,6 +1755,7 @@ static void kvfs_destroy(void *userdata)
 	struct kvfs_fs *fs = userdata;
 	struct handle *h, *tmp;
 
+	fp_shutdown(fs);
 	ns_close(fs);
 	/*
 	 * An unmount by signal or `fusermount3 -u -z` with files still open
@@ -1710,6 +1778,7 @@ const struct fuse_lowlevel_ops kvfs_ops = {
 	.unlink = kvfs_unlink,
 	.rmdir = kvfs_rmdir,
 	.symlink = kvfs_symlink,
+	.readlink = kvfs_readlink,
 	.rename = kvfs_rename,
 	.link = kvfs_link,
 	.open = kvfs_open,

@@ -1221,7 +1221,7 @@ class Control(NsTest):
         self.assertIn(".kvfs", os.listdir(self.m.mnt))
         self.assertTrue(os.path.isdir(self.m.path(".kvfs")))
         self.assertEqual(sorted(os.listdir(self.m.path(".kvfs"))),
-                         ["config", "fault", "metrics", "stats"])
+                         ["config", "fault", "iovs", "metrics", "stats"])
         create_sealed(self.m.path("f"), pattern(1000, 1))
         read_file(self.m.path("f"))
         st = self.m.stats()
@@ -1300,7 +1300,7 @@ class Control(NsTest):
         os.mkdir(self.m.path("d", ".kvfs"))
         create_sealed(self.m.path("d", ".kvfs", "stats"), b"mine")
         self.assertEqual(read_file(self.m.path("d", ".kvfs", "stats")), b"mine")
-        self.assertEqual(sorted(os.listdir(kv)), ["config", "fault", "metrics", "stats"])
+        self.assertEqual(sorted(os.listdir(kv)), ["config", "fault", "iovs", "metrics", "stats"])
         json.loads(read_file(self.m.path(".kvfs", "stats")))
         self.assertUsable()
 

@@ -1,0 +1,144 @@
+/*
+ * core/ring.h — the fast path's shared-memory ring and request format,
+ * spoken by the daemon (fs/fastpath.c) and libkvfs (engine/libkvfs_fast.c).
+ *
+ * An engine process creates two kinds of shared memory, each a memfd, and
+ * registers them with the daemon through the namespace, the way 3FS's
+ * USRBIO registers its buffers: symlink("/proc/self/fd/N",
+ * "<mount>/.kvfs/iovs/<kind>.<name>"). The daemon learns the caller's
+ * credentials from that FUSE request and maps the memfd it names in the
+ * caller's own descriptor table:
+ *
+ *   ring.<name>  one ring: a header, a submission queue (SQ), a completion
+ *                queue (CQ) and a scratch area for request payloads
+ *   buf.<name>   a data buffer the daemon copies blocks into and out of
+ *
+ * Queues are single-producer single-consumer: the engine produces SQEs and
+ * consumes CQEs, the daemon the reverse. Indices are free-running u32s
+ * (entry = index & (entries - 1)); stores of a tail are releases, loads of
+ * the other side's tail acquires. Neither side makes a system call while
+ * the other is busy: the daemon polls for a short while after its last
+ * request, then sets `server_sleeping` and waits on it as a futex; an
+ * engine that queues work while it is set wakes it. The engine likewise
+ * sets `client_waiting` before sleeping on `cq_tail`.
+ *
+ * Everything in shared memory is untrusted by the daemon: it copies an SQE
+ * before using it and checks every index, offset and length.
+ */
+#ifndef KVFS_CORE_RING_H
+#define KVFS_CORE_RING_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "kvfs/keys.h"
+
+#define KVFS_RING_MAGIC   0x6b766672u /* "kvfr" */
+#define KVFS_RING_VERSION 1u
+#define KVFS_IOVS_DIR     "iovs"      /* under .kvfs/ */
+
+/* Limits the daemon enforces. */
+#define KVFS_RING_MAX_ENTRIES   4096u
+#define KVFS_RING_MAX_BYTES     (64u << 20)
+#define KVFS_RING_MAX_MATCH     65536u   /* keys in one MATCH */
+#define KVFS_RING_MAX_DESCS     65536u   /* descriptors in one READ */
+#define KVFS_RING_MAX_MATCHES   1024u    /* matches one ring may hold */
+#define KVFS_RING_MAX_NS        64u      /* namespaces one ring may open */
+
+enum kvfs_ring_op {
+	KVFS_OP_NOP = 0,
+	/*
+	 * Open a namespace directory. Payload: the path relative to the mount
+	 * root (no leading '/'), args[0] = payload offset, args[1] = length.
+	 * res = namespace id (>= 0) or -errno.
+	 */
+	KVFS_OP_OPEN_NS = 1,
+	/*
+	 * Match and hold a prefix. ns = namespace id; payload: n keys of 32
+	 * bytes, args[0] = payload offset, args[1] = n. res = matched count
+	 * (>= 0), aux = match id; or -errno.
+	 */
+	KVFS_OP_MATCH = 2,
+	/*
+	 * Copy bytes of held blocks into registered buffers. args[0] = match
+	 * id, args[1] = payload offset, args[2] = descriptor count; payload:
+	 * struct kvfs_ring_desc[]. res = bytes copied, or -errno (nothing is
+	 * guaranteed about the destination then).
+	 */
+	KVFS_OP_READ = 3,
+	/* Let a match go. args[0] = match id. res = 0 or -errno. */
+	KVFS_OP_RELEASE = 4,
+	/*
+	 * Store a block: create `<namespace>/<key hex>` from bytes in a
+	 * registered buffer. ns = namespace id, args[0] = buffer id, args[1] =
+	 * offset, args[2] = length; payload: the 32-byte key at args[3].
+	 * res = 0, -EEXIST if the file exists (a hit), or -errno (-EBADMSG
+	 * for an invalid native block).
+	 */
+	KVFS_OP_SAVE = 5,
+};
+
+/* A copy from a held block to a registered buffer. 32 bytes. */
+struct kvfs_ring_desc {
+	uint32_t block;   /* index into the match */
+	uint32_t buf;     /* registered buffer id */
+	uint64_t src_off; /* offset in the block file */
+	uint64_t dst_off; /* offset in the buffer */
+	uint64_t len;
+};
+
+/* A submission. 64 bytes. */
+struct kvfs_ring_sqe {
+	uint8_t op;
+	uint8_t pad[3];
+	uint32_t ns;
+	uint64_t user_data;
+	uint64_t args[6];
+};
+
+/* A completion. 32 bytes. */
+struct kvfs_ring_cqe {
+	uint64_t user_data;
+	int64_t res;
+	uint64_t aux;
+	uint64_t pad;
+};
+
+/* The ring header at offset 0 of a ring's memory. Written by the engine
+ * before registration except the fields the daemon owns. */
+struct kvfs_ring_hdr {
+	uint32_t magic;
+	uint32_t version;
+	uint32_t sq_entries; /* power of two */
+	uint32_t cq_entries; /* power of two, >= sq_entries */
+	uint64_t sq_off;     /* offsets from the start of the ring memory */
+	uint64_t cq_off;
+	uint64_t data_off;   /* the payload area */
+	uint64_t data_bytes;
+	uint32_t server_pid; /* set by the daemon at registration */
+	uint32_t pad0;
+	uint64_t server_gen; /* set by the daemon: changes with every daemon start */
+	uint8_t pad1[64 - 56];
+
+	_Alignas(64) _Atomic uint32_t sq_head; /* daemon */
+	_Alignas(64) _Atomic uint32_t sq_tail; /* engine */
+	_Alignas(64) _Atomic uint32_t cq_head; /* engine */
+	_Alignas(64) _Atomic uint32_t cq_tail; /* daemon */
+	_Alignas(64) _Atomic uint32_t server_sleeping;
+	_Alignas(64) _Atomic uint32_t client_waiting;
+	_Alignas(64) _Atomic uint32_t closed; /* either side gave up on the ring */
+};
+
+static inline struct kvfs_ring_sqe *kvfs_ring_sq(void *mem)
+{
+	const struct kvfs_ring_hdr *h = mem;
+	return (struct kvfs_ring_sqe *)((char *)mem + h->sq_off);
+}
+
+static inline struct kvfs_ring_cqe *kvfs_ring_cq(void *mem)
+{
+	const struct kvfs_ring_hdr *h = mem;
+	return (struct kvfs_ring_cqe *)((char *)mem + h->cq_off);
+}
+
+#endif

@@ -1,0 +1,964 @@
+/*
+ * fs/fastpath.c — the daemon's side of the engine fast path (core/ring.h).
+ *
+ * Owns the registrations under `.kvfs/iovs/`: shared-memory rings and data
+ * buffers of engine processes, each mapped here from the memfd the engine
+ * named in its own descriptor table, and one server thread per ring.
+ *
+ * Credentials. A registration records the registering process (its thread
+ * group and start time, so a recycled pid is not mistaken for it) and its
+ * uid, gid and supplementary groups, read from /proc when the FUSE request
+ * arrived. Every request on a ring is checked against them the way the
+ * kernel checks the same access through the mount (default_permissions):
+ * search permission on every directory of a namespace path, read permission
+ * on each block matched, write and search permission on a directory to save
+ * into it. A ring may use only buffers its own process registered.
+ *
+ * Trust. Ring memory is shared with the engine: an SQE is copied before use,
+ * and every id, offset and length is checked against what the daemon owns;
+ * a bad request fails alone with -EINVAL/-EBADF/-EFAULT/-E2BIG and the ring
+ * goes on.
+ *
+ * Blocks. MATCH leases the matched files (tier_lease), so they are not
+ * evicted until RELEASE (or until the ring goes away); READ copies their
+ * bytes from the arena straight into an engine buffer, one copy. SAVE
+ * creates `<namespace>/<key hex>`, copies the block in from an engine
+ * buffer, and seals it through the same path as a close (native blocks are
+ * validated; an invalid one is removed and the request fails with EBADMSG).
+ *
+ * Locking: fp_lock guards the registration list; a buffer in use by a ring
+ * thread is referenced, and its mapping outlives its unregistration until
+ * the last reference goes. A ring's tables (namespaces, matches) belong to
+ * its thread alone.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/futex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/ring.h"
+#include "core/util.h"
+#include "fs/fs_i.h"
+
+#define SPIN_NS       (50ull * 1000)   /* poll this long after the last request */
+#define SLEEP_MS      500              /* then sleep, waking to check the owner */
+#define CQ_WAIT_NS    (5ull * 1000000000ull)
+#define MAX_GROUPS    64
+#define MAX_IOV       64
+
+enum reg_kind { REG_RING, REG_BUF };
+
+struct fp_match {
+	bool used;
+	uint32_t n;
+	struct kvfs_inode **inodes;
+	tier_obj **objs;
+	uint64_t *sizes;
+};
+
+struct fp_reg {
+	struct cds_list_head link;
+	char name[KVFS_NAME_MAX + 1];
+	enum reg_kind kind;
+	uint32_t id;
+	pid_t tgid;
+	uint64_t start_time; /* of tgid, from /proc/<tgid>/stat */
+	uid_t uid;
+	gid_t gid;
+	gid_t groups[MAX_GROUPS];
+	int ngroups;
+	uint8_t *mem;
+	size_t size;
+	_Atomic int refs;       /* the list's, and each user's */
+	struct kvfs_inode *inode; /* the symlink the kernel sees */
+
+	/* rings: the geometry as checked at registration (never reread) */
+	struct kvfs_fs *fs;
+	uint32_t sq_entries, cq_entries;
+	uint64_t sq_off, cq_off, data_off, data_bytes;
+	bool listed; /* on fp_regs; whoever takes it off joins or detaches the thread */
+	pthread_t thread;
+	bool thread_started;
+	_Atomic bool stop;
+	struct kvfs_inode *ns[KVFS_RING_MAX_NS];
+	struct fp_match *matches; /* KVFS_RING_MAX_MATCHES */
+};
+
+static pthread_mutex_t fp_lock = PTHREAD_MUTEX_INITIALIZER;
+static CDS_LIST_HEAD(fp_regs);
+
+static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts)
+{
+	return syscall(SYS_futex, (uint32_t *)addr, op, val, ts, NULL, 0);
+}
+
+/* --- processes and credentials -------------------------------------------------- */
+
+/* Read Tgid, Uid, Gid and Groups of @pid from /proc. */
+static int read_creds(pid_t pid, struct fp_reg *r)
+{
+	char path[64], line[1024];
+	FILE *f;
+	int found = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return -ESRCH;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "Tgid: %d", &r->tgid) == 1) {
+			found |= 1;
+		} else if (strncmp(line, "Groups:", 7) == 0) {
+			char *p = line + 7, *end;
+
+			r->ngroups = 0;
+			for (long g = strtol(p, &end, 10); end != p && r->ngroups < MAX_GROUPS;
+			     g = strtol(p, &end, 10)) {
+				r->groups[r->ngroups++] = (gid_t)g;
+				p = end;
+			}
+			found |= 2;
+		}
+	}
+	fclose(f);
+	return found == 3 ? 0 : -ESRCH;
+}
+
+static uint64_t start_time(pid_t pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long t = 0;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	p = strrchr(buf, ')');
+	/* field 22, starttime: the 20th after the closing parenthesis */
+	for (int i = 0; p && i < 20; i++)
+		p = strchr(p + 1, ' ');
+	if (p)
+		sscanf(p + 1, "%llu", &t);
+	return t;
+}
+
+static bool owner_alive(const struct fp_reg *r)
+{
+	return start_time(r->tgid) == r->start_time;
+}
+
+/* Would the kernel let @r's process access @in with @mask (4 r, 2 w, 1 x)? */
+static bool may(const struct fp_reg *r, struct kvfs_inode *in, unsigned mask)
+{
+	unsigned mode, bits;
+	bool group = false;
+
+	pthread_mutex_lock(&in->lock);
+	mode = in->mode;
+	if (r->uid == 0) {
+		pthread_mutex_unlock(&in->lock);
+		return !(mask & 1) || S_ISDIR(mode) || (mode & 0111);
+	}
+	if (in->uid == r->uid) {
+		bits = (mode >> 6) & 7;
+	} else {
+		group = in->gid == r->gid;
+		for (int i = 0; !group && i < r->ngroups; i++)
+			group = in->gid == r->groups[i];
+		bits = group ? (mode >> 3) & 7 : mode & 7;
+	}
+	pthread_mutex_unlock(&in->lock);
+	return (bits & mask) == mask;
+}
+
+/* --- registrations ---------------------------------------------------------------- */
+
+static void reg_put(struct fp_reg *r)
+{
+	if (atomic_fetch_sub(&r->refs, 1) != 1)
+		return;
+	if (r->mem)
+		munmap(r->mem, r->size);
+	free(r->matches);
+	free(r);
+}
+
+/* A buffer of the process @tgid, referenced; NULL if there is none. */
+static struct fp_reg *buf_get(pid_t tgid, uint32_t id)
+{
+	struct fp_reg *r, *found = NULL;
+
+	pthread_mutex_lock(&fp_lock);
+	cds_list_for_each_entry(r, &fp_regs, link)
+		if (r->kind == REG_BUF && r->tgid == tgid && r->id == id) {
+			found = r;
+			atomic_fetch_add(&r->refs, 1);
+			break;
+		}
+	pthread_mutex_unlock(&fp_lock);
+	return found;
+}
+
+/* "ring.<tgid>.<id>" or "buf.<tgid>.<id>". */
+static int parse_name(const char *name, enum reg_kind *kind, pid_t *tgid, uint32_t *id)
+{
+	unsigned long t, i;
+	char rest;
+
+	if (sscanf(name, "ring.%lu.%lu%c", &t, &i, &rest) == 2)
+		*kind = REG_RING;
+	else if (sscanf(name, "buf.%lu.%lu%c", &t, &i, &rest) == 2)
+		*kind = REG_BUF;
+	else
+		return -EINVAL;
+	if (t == 0 || t > INT32_MAX || i > UINT32_MAX)
+		return -EINVAL;
+	*tgid = (pid_t)t;
+	*id = (uint32_t)i;
+	return 0;
+}
+
+/* --- the ring server --------------------------------------------------------------- */
+
+static void *ring_main(void *arg);
+
+static void match_free(struct kvfs_fs *fs, struct fp_match *m)
+{
+	for (uint32_t i = 0; i < m->n; i++) {
+		tier_unlease(m->objs[i]);
+		tier_obj_put(m->objs[i]);
+		ns_put(fs, m->inodes[i], 1);
+	}
+	free(m->inodes);
+	free(m->objs);
+	free(m->sizes);
+	memset(m, 0, sizeof(*m));
+}
+
+static void ring_cleanup(struct fp_reg *r)
+{
+	for (unsigned i = 0; r->matches && i < KVFS_RING_MAX_MATCHES; i++)
+		if (r->matches[i].used)
+			match_free(r->fs, &r->matches[i]);
+	for (unsigned i = 0; i < KVFS_RING_MAX_NS; i++)
+		if (r->ns[i]) {
+			ns_put(r->fs, r->ns[i], 1);
+			r->ns[i] = NULL;
+		}
+}
+
+/* Check a ring's header as the engine wrote it. */
+static int ring_check(struct fp_reg *r)
+{
+	struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
+	uint32_t sq = h->sq_entries, cq = h->cq_entries;
+
+	if (r->size < sizeof(*h) || h->magic != KVFS_RING_MAGIC || h->version != KVFS_RING_VERSION)
+		return -EPROTO;
+	if (!sq || !cq || (sq & (sq - 1)) || (cq & (cq - 1)) || sq > KVFS_RING_MAX_ENTRIES ||
+	    cq > KVFS_RING_MAX_ENTRIES || cq < sq)
+		return -EINVAL;
+	if (h->sq_off < sizeof(*h) || h->sq_off % 64 || h->cq_off % 64 || h->data_off % 64 ||
+	    h->sq_off > r->size || h->cq_off > r->size || h->data_off > r->size ||
+	    h->sq_off + (uint64_t)sq * sizeof(struct kvfs_ring_sqe) > r->size ||
+	    h->cq_off + (uint64_t)cq * sizeof(struct kvfs_ring_cqe) > r->size ||
+	    h->data_bytes > r->size - h->data_off)
+		return -EINVAL;
+	r->sq_entries = sq;
+	r->cq_entries = cq;
+	r->sq_off = h->sq_off;
+	r->cq_off = h->cq_off;
+	r->data_off = h->data_off;
+	r->data_bytes = h->data_bytes;
+	return 0;
+}
+
+int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name,
+		const char *target, struct kvfs_inode **link)
+{
+	struct fp_reg *r = NULL, *other;
+	char path[64];
+	unsigned long fdno;
+	struct stat st;
+	char rest;
+	int fd = -1, rc;
+
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	atomic_init(&r->refs, 1);
+	r->fs = fs;
+	snprintf(r->name, sizeof(r->name), "%s", name);
+	rc = parse_name(name, &r->kind, &r->tgid, &r->id);
+	if (rc)
+		goto out_free;
+	/* The target names a memfd in the caller's own table: /proc/self/fd/N. */
+	if (sscanf(target, "/proc/self/fd/%lu%c", &fdno, &rest) != 1 || fdno > INT32_MAX) {
+		rc = -EINVAL;
+		goto out_free;
+	}
+	{
+		pid_t named = r->tgid;
+
+		rc = read_creds(ctx->pid, r);
+		if (rc)
+			goto out_free;
+		if (named != r->tgid) {
+			rc = -EPERM; /* a name must carry the registering process's id */
+			goto out_free;
+		}
+	}
+	r->uid = ctx->uid;
+	r->gid = ctx->gid;
+	r->start_time = start_time(r->tgid);
+	snprintf(path, sizeof(path), "/proc/%d/fd/%lu", (int)ctx->pid, fdno);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		rc = -errno == -ENOENT ? -EBADF : -errno;
+		goto out_free;
+	}
+	/* Only memory: a memfd (or shm file), owned by the caller. */
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_nlink != 0 ||
+	    (st.st_uid != r->uid && r->uid != 0) || st.st_size <= 0 ||
+	    (uint64_t)st.st_size > (r->kind == REG_RING ? KVFS_RING_MAX_BYTES : (1ull << 40))) {
+		rc = -EINVAL;
+		goto out_close;
+	}
+	r->size = (size_t)st.st_size;
+	r->mem = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (r->mem == MAP_FAILED) {
+		r->mem = NULL;
+		rc = -errno;
+		goto out_close;
+	}
+	close(fd);
+	fd = -1;
+	if (r->kind == REG_RING) {
+		struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
+
+		rc = ring_check(r);
+		if (rc)
+			goto out_free;
+		r->matches = calloc(KVFS_RING_MAX_MATCHES, sizeof(*r->matches));
+		if (!r->matches) {
+			rc = -ENOMEM;
+			goto out_free;
+		}
+		h->server_pid = (uint32_t)getpid();
+		h->server_gen = fs->started_ns;
+	}
+	r->inode = ns_inode_new(fs, KIND_CTL_LINK, S_IFLNK | 0777, r->uid, r->gid);
+	if (!r->inode) {
+		rc = -ENOMEM;
+		goto out_free;
+	}
+	r->inode->ino = (uint64_t)atomic_fetch_add(&fs->next_generation, 1) | (1ull << 62);
+	r->inode->name = malloc(sizeof(struct kvfs_name) + strlen(target) + 1);
+	if (!r->inode->name) {
+		rc = -ENOMEM;
+		goto out_inode;
+	}
+	r->inode->name->len = (uint32_t)strlen(target);
+	strcpy(r->inode->name->s, target);
+	ns_get(r->inode, 1); /* the registration's */
+
+	pthread_mutex_lock(&fp_lock);
+	cds_list_for_each_entry(other, &fp_regs, link)
+		if (strcmp(other->name, name) == 0) {
+			pthread_mutex_unlock(&fp_lock);
+			rc = -EEXIST;
+			goto out_inode;
+		}
+	cds_list_add_tail(&r->link, &fp_regs);
+	r->listed = true;
+	if (r->kind == REG_RING) {
+		atomic_fetch_add(&r->refs, 1); /* the thread's */
+		if (pthread_create(&r->thread, NULL, ring_main, r)) {
+			cds_list_del(&r->link);
+			r->listed = false;
+			pthread_mutex_unlock(&fp_lock);
+			atomic_fetch_sub(&r->refs, 1);
+			rc = -EAGAIN;
+			goto out_inode;
+		}
+		r->thread_started = true;
+	}
+	pthread_mutex_unlock(&fp_lock);
+	atomic_fetch_add(&fs->ctr.fp_registrations, 1);
+	log_debug("fast path: %s registered by pid %d (uid %u), %zu bytes", name, (int)r->tgid,
+		  (unsigned)r->uid, r->size);
+	ns_get(r->inode, 1); /* the kernel's, for the entry reply */
+	*link = r->inode;
+	return 0;
+
+out_inode:
+	ns_put(fs, r->inode, atomic_load(&r->inode->refs));
+out_close:
+	if (fd >= 0)
+		close(fd);
+out_free:
+	reg_put(r);
+	return rc;
+}
+
+/*
+ * Take @r off the list (fp_lock held) and tell its thread to stop. The
+ * caller then calls reg_finish() without the lock.
+ */
+static void reg_unlist(struct fp_reg *r)
+{
+	cds_list_del_init(&r->link);
+	r->listed = false;
+	if (r->kind == REG_RING) {
+		struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
+
+		atomic_store(&r->stop, true);
+		atomic_store(&h->closed, 1);
+		futex(&h->server_sleeping, FUTEX_WAKE, 1, NULL);
+		futex(&h->cq_tail, FUTEX_WAKE, INT32_MAX, NULL);
+	}
+}
+
+static void reg_finish(struct kvfs_fs *fs, struct fp_reg *r, bool join)
+{
+	if (r->kind == REG_RING && r->thread_started) {
+		if (join)
+			pthread_join(r->thread, NULL);
+		else
+			pthread_detach(r->thread);
+	}
+	ns_put(fs, r->inode, 1);
+	reg_put(r);
+}
+
+int fp_unregister(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name)
+{
+	struct fp_reg *r;
+	int rc = -ENOENT;
+
+	struct fp_reg *found = NULL;
+
+	pthread_mutex_lock(&fp_lock);
+	cds_list_for_each_entry(r, &fp_regs, link) {
+		if (strcmp(r->name, name) != 0)
+			continue;
+		if (ctx->uid != 0 && ctx->uid != r->uid) {
+			rc = -EPERM;
+			break;
+		}
+		reg_unlist(r);
+		found = r;
+		rc = 0;
+		break;
+	}
+	pthread_mutex_unlock(&fp_lock);
+	if (found)
+		reg_finish(fs, found, false);
+	return rc;
+}
+
+struct kvfs_inode *fp_lookup(struct kvfs_fs *fs, const char *name)
+{
+	struct fp_reg *r;
+	struct kvfs_inode *in = NULL;
+
+	pthread_mutex_lock(&fp_lock);
+	cds_list_for_each_entry(r, &fp_regs, link)
+		if (strcmp(r->name, name) == 0) {
+			in = r->inode;
+			ns_get(in, 1);
+			break;
+		}
+	pthread_mutex_unlock(&fp_lock);
+	(void)fs;
+	return in;
+}
+
+int fp_entry(struct kvfs_fs *fs, uint64_t index, char *name, size_t len, struct kvfs_inode **in)
+{
+	struct fp_reg *r;
+	uint64_t i = 0;
+	int rc = -ENOENT;
+
+	pthread_mutex_lock(&fp_lock);
+	cds_list_for_each_entry(r, &fp_regs, link)
+		if (i++ == index) {
+			snprintf(name, len, "%s", r->name);
+			*in = r->inode;
+			ns_get(*in, 1);
+			rc = 0;
+			break;
+		}
+	pthread_mutex_unlock(&fp_lock);
+	(void)fs;
+	return rc;
+}
+
+void fp_shutdown(struct kvfs_fs *fs)
+{
+	struct fp_reg *r;
+
+	for (;;) {
+		pthread_mutex_lock(&fp_lock);
+		r = cds_list_empty(&fp_regs) ? NULL : cds_list_first_entry(&fp_regs, struct fp_reg, link);
+		if (r)
+			reg_unlist(r);
+		pthread_mutex_unlock(&fp_lock);
+		if (!r)
+			break;
+		reg_finish(fs, r, true);
+	}
+}
+
+/* --- requests ----------------------------------------------------------------------- */
+
+/* Payload bytes [off, off + len) of the ring's scratch area, or NULL. */
+static const uint8_t *payload(struct fp_reg *r, uint64_t off, uint64_t len)
+{
+	if (off > r->data_bytes || len > r->data_bytes - off)
+		return NULL;
+	return r->mem + r->data_off + off;
+}
+
+static int64_t op_open_ns(struct fp_reg *r, const struct kvfs_ring_sqe *e)
+{
+	struct kvfs_fs *fs = r->fs;
+	const uint8_t *p = payload(r, e->args[0], e->args[1]);
+	char path[4096], *comp, *save = NULL;
+	struct kvfs_inode *dir, *next;
+	unsigned slot;
+	int64_t rc = 0;
+
+	if (!p || e->args[1] == 0 || e->args[1] >= sizeof(path))
+		return -EINVAL;
+	for (slot = 0; slot < KVFS_RING_MAX_NS && r->ns[slot]; slot++)
+		;
+	if (slot == KVFS_RING_MAX_NS)
+		return -EMFILE;
+	memcpy(path, p, e->args[1]);
+	path[e->args[1]] = '\0';
+	if (strlen(path) != e->args[1] || path[0] == '/')
+		return -EINVAL;
+	dir = fs->root;
+	ns_get(dir, 1);
+	for (comp = strtok_r(path, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
+		if (!may(r, dir, 1)) {
+			rc = -EACCES;
+			break;
+		}
+		if (strcmp(comp, ".") == 0 || strcmp(comp, "..") == 0 || strlen(comp) > KVFS_NAME_MAX ||
+		    (dir == fs->root && strcmp(comp, KVFS_CTL_NAME) == 0)) {
+			rc = -EINVAL;
+			break;
+		}
+		next = ns_lookup(fs, dir, comp, strlen(comp));
+		ns_put(fs, dir, 1);
+		dir = next;
+		if (!dir) {
+			rc = -ENOENT;
+			break;
+		}
+		if (dir->kind != KIND_DIR) {
+			rc = -ENOTDIR;
+			break;
+		}
+	}
+	if (!rc && !may(r, dir, 1))
+		rc = -EACCES;
+	if (rc) {
+		if (dir)
+			ns_put(fs, dir, 1);
+		return rc;
+	}
+	r->ns[slot] = dir;
+	return slot;
+}
+
+static struct kvfs_inode *ns_of(struct fp_reg *r, uint32_t id)
+{
+	return id < KVFS_RING_MAX_NS ? r->ns[id] : NULL;
+}
+
+static int64_t op_match(struct fp_reg *r, const struct kvfs_ring_sqe *e, uint64_t *aux)
+{
+	struct kvfs_fs *fs = r->fs;
+	struct kvfs_inode *dir = ns_of(r, e->ns);
+	uint64_t n = e->args[1];
+	const uint8_t *keys = payload(r, e->args[0], n * KVFS_KEY_BYTES);
+	struct fp_match *m = NULL;
+	char hex[KVFS_KEY_HEX + 1];
+	unsigned slot;
+	uint32_t i;
+
+	if (!dir)
+		return -EBADF;
+	if (n > KVFS_RING_MAX_MATCH)
+		return -E2BIG;
+	if (!keys)
+		return -EINVAL;
+	for (slot = 0; slot < KVFS_RING_MAX_MATCHES && r->matches[slot].used; slot++)
+		;
+	if (slot == KVFS_RING_MAX_MATCHES)
+		return -EMFILE;
+	m = &r->matches[slot];
+	m->inodes = malloc(sizeof(*m->inodes) * (n ? n : 1));
+	m->objs = malloc(sizeof(*m->objs) * (n ? n : 1));
+	m->sizes = malloc(sizeof(*m->sizes) * (n ? n : 1));
+	if (!m->inodes || !m->objs || !m->sizes) {
+		match_free(fs, m);
+		return -ENOMEM;
+	}
+	m->used = true;
+	for (i = 0; i < n; i++) {
+		kvfs_key k;
+		struct kvfs_inode *in;
+		tier_obj *o = NULL;
+
+		memcpy(&k, keys + (size_t)i * KVFS_KEY_BYTES, sizeof(k));
+		kvfs_key_to_hex(&k, hex);
+		in = ns_lookup(fs, dir, hex, KVFS_KEY_HEX);
+		if (!in)
+			break;
+		if (in->kind == KIND_FILE && may(r, in, 4)) {
+			pthread_mutex_lock(&in->lock);
+			if (atomic_load(&in->sealed) && !in->invalid && in->data &&
+			    tier_lease(in->data) == 0) {
+				o = in->data;
+				tier_obj_get(o);
+				in->hits++;
+				in->atime = (int64_t)kvfs_now_ns();
+			}
+			pthread_mutex_unlock(&in->lock);
+		}
+		if (!o) {
+			ns_put(fs, in, 1);
+			break;
+		}
+		tier_touch(o);
+		ns_mark_dirty(fs, in);
+		m->inodes[i] = in;
+		m->objs[i] = o;
+		m->sizes[i] = tier_size(o);
+		m->n = i + 1;
+	}
+	atomic_fetch_add(&fs->ctr.hits, m->n);
+	atomic_fetch_add(&fs->ctr.fp_matched, m->n);
+	if (m->n < n)
+		atomic_fetch_add(&fs->ctr.fp_missed, 1);
+	*aux = slot;
+	return m->n;
+}
+
+static struct fp_match *match_of(struct fp_reg *r, uint64_t id)
+{
+	return id < KVFS_RING_MAX_MATCHES && r->matches[id].used ? &r->matches[id] : NULL;
+}
+
+static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
+{
+	struct fp_match *m = match_of(r, e->args[0]);
+	uint64_t n = e->args[2], total = 0;
+	const uint8_t *p = payload(r, e->args[1], n * sizeof(struct kvfs_ring_desc));
+	struct fp_reg *buf = NULL;
+	struct iovec iov[MAX_IOV];
+	int64_t rc = 0;
+
+	if (!m)
+		return -EBADF;
+	if (n > KVFS_RING_MAX_DESCS)
+		return -E2BIG;
+	if (!p)
+		return -EINVAL;
+	for (uint64_t i = 0; i < n && !rc; i++) {
+		struct kvfs_ring_desc d;
+		uint64_t done = 0;
+
+		memcpy(&d, p + i * sizeof(d), sizeof(d));
+		if (d.block >= m->n || d.src_off > m->sizes[d.block] ||
+		    d.len > m->sizes[d.block] - d.src_off) {
+			rc = -EINVAL;
+			break;
+		}
+		if (!buf || buf->id != d.buf) {
+			if (buf)
+				reg_put(buf);
+			buf = buf_get(r->tgid, d.buf);
+			if (!buf) {
+				rc = -EBADF;
+				break;
+			}
+		}
+		if (d.dst_off > buf->size || d.len > buf->size - d.dst_off) {
+			rc = -EFAULT;
+			break;
+		}
+		while (done < d.len && !rc) {
+			int k = tier_read_iov(m->objs[d.block], d.src_off + done, d.len - done, iov,
+					      MAX_IOV);
+
+			if (k <= 0) {
+				rc = k < 0 ? k : -EIO;
+				break;
+			}
+			for (int j = 0; j < k; j++) {
+				memcpy(buf->mem + d.dst_off + done, iov[j].iov_base, iov[j].iov_len);
+				done += iov[j].iov_len;
+			}
+		}
+		total += done;
+	}
+	if (buf)
+		reg_put(buf);
+	atomic_fetch_add(&r->fs->ctr.read_bytes, total);
+	atomic_fetch_add(&r->fs->ctr.fp_read_bytes, total);
+	return rc ? rc : (int64_t)total;
+}
+
+static int64_t op_release(struct fp_reg *r, const struct kvfs_ring_sqe *e)
+{
+	struct fp_match *m = match_of(r, e->args[0]);
+
+	if (!m)
+		return -EBADF;
+	match_free(r->fs, m);
+	return 0;
+}
+
+/* Remove a file the fast path created and failed to fill. */
+static void unlink_failed(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	tier_obj *o = NULL;
+
+	pthread_mutex_lock(&fs->lock);
+	if (in->linked) {
+		pthread_mutex_lock(&in->lock);
+		if (in->opens == 0 && in->data) {
+			o = in->data;
+			in->data = NULL;
+			tier_obj_set_owner(o, NULL);
+		}
+		pthread_mutex_unlock(&in->lock);
+		ns_unlink_locked(fs, in);
+	}
+	pthread_mutex_unlock(&fs->lock);
+	if (o) {
+		tier_drop(o);
+		tier_obj_put(o);
+	}
+}
+
+static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
+{
+	struct kvfs_fs *fs = r->fs;
+	struct kvfs_inode *dir = ns_of(r, e->ns), *in = NULL;
+	const uint8_t *keyp = payload(r, e->args[3], KVFS_KEY_BYTES);
+	struct fp_reg *buf;
+	char hex[KVFS_KEY_HEX + 1];
+	tier_obj *data;
+	kvfs_key key;
+	int64_t rc;
+
+	if (!dir)
+		return -EBADF;
+	if (!keyp)
+		return -EINVAL;
+	if (!may(r, dir, 2 | 1))
+		return -EACCES;
+	buf = buf_get(r->tgid, (uint32_t)e->args[0]);
+	if (!buf)
+		return -EBADF;
+	if (e->args[1] > buf->size || e->args[2] > buf->size - e->args[1] || e->args[2] == 0) {
+		rc = -EFAULT;
+		goto out;
+	}
+	memcpy(&key, keyp, sizeof(key));
+	kvfs_key_to_hex(&key, hex);
+
+	pthread_mutex_lock(&fs->lock);
+	if (!dir->linked && dir != fs->root) {
+		rc = -ENOENT;
+	} else if (ns_find_locked(fs, dir, hex, KVFS_KEY_HEX)) {
+		rc = -EEXIST; /* already cached: a hit, not an error */
+	} else {
+		rc = ops_new_file_locked(fs, dir, hex, 0644, r->uid, r->gid, &in);
+		if (!rc) {
+			ns_get(in, 1);
+			pthread_mutex_lock(&in->lock);
+			in->writers = 1; /* readers through the mount get EBUSY meanwhile */
+			pthread_mutex_unlock(&in->lock);
+			/* a negative entry the kernel cached for this name is stale now */
+			ns_queue_inval(fs, in, true);
+		}
+	}
+	pthread_mutex_unlock(&fs->lock);
+	if (rc)
+		goto out;
+
+	rc = tier_write(in->data, 0, buf->mem + e->args[1], e->args[2]);
+	pthread_mutex_lock(&in->lock);
+	in->writers--;
+	data = in->writers == 0 && !atomic_load(&in->sealed) ? in->data : NULL;
+	if (data) {
+		in->sealing = true;
+		tier_obj_get(data);
+	}
+	pthread_mutex_unlock(&in->lock);
+	if (data) {
+		int sealed = ops_seal(fs, in, data);
+
+		tier_obj_put(data);
+		if (!rc)
+			rc = sealed;
+	}
+	if (rc)
+		unlink_failed(fs, in);
+	else
+		atomic_fetch_add(&fs->ctr.fp_saved, 1);
+	ns_put(fs, in, 1);
+out:
+	reg_put(buf);
+	return rc;
+}
+
+/* Post a completion; waits while the engine's CQ is full. @return false if the ring is gone. */
+static bool post(struct fp_reg *r, uint64_t user_data, int64_t res, uint64_t aux)
+{
+	struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
+	uint32_t tail = atomic_load_explicit(&h->cq_tail, memory_order_relaxed);
+	uint64_t deadline = kvfs_mono_ns() + CQ_WAIT_NS;
+	struct kvfs_ring_cqe *cqe;
+
+	while (tail - atomic_load_explicit(&h->cq_head, memory_order_acquire) >= r->cq_entries) {
+		if (atomic_load(&r->stop) || kvfs_mono_ns() > deadline)
+			return false;
+		sched_yield();
+	}
+	cqe = (struct kvfs_ring_cqe *)(r->mem + r->cq_off) + (tail & (r->cq_entries - 1));
+	cqe->user_data = user_data;
+	cqe->res = res;
+	cqe->aux = aux;
+	atomic_store_explicit(&h->cq_tail, tail + 1, memory_order_release);
+	if (atomic_load(&h->client_waiting))
+		futex(&h->cq_tail, FUTEX_WAKE, INT32_MAX, NULL);
+	return true;
+}
+
+static void serve(struct fp_reg *r, const struct kvfs_ring_sqe *e)
+{
+	uint64_t aux = 0;
+	int64_t res;
+
+	switch (e->op) {
+	case KVFS_OP_NOP:
+		res = 0;
+		break;
+	case KVFS_OP_OPEN_NS:
+		res = op_open_ns(r, e);
+		break;
+	case KVFS_OP_MATCH:
+		res = op_match(r, e, &aux);
+		break;
+	case KVFS_OP_READ:
+		res = op_read(r, e);
+		break;
+	case KVFS_OP_RELEASE:
+		res = op_release(r, e);
+		break;
+	case KVFS_OP_SAVE:
+		res = op_save(r, e);
+		break;
+	default:
+		res = -EOPNOTSUPP;
+		break;
+	}
+	if (res < 0 && res != -EEXIST)
+		atomic_fetch_add(&r->fs->ctr.fp_errors, 1);
+	atomic_fetch_add(&r->fs->ctr.fp_requests, 1);
+	if (!post(r, e->user_data, res, aux))
+		atomic_store(&r->stop, true);
+}
+
+static void *ring_main(void *arg)
+{
+	struct fp_reg *r = arg;
+	struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
+	struct kvfs_ring_sqe *sq = (struct kvfs_ring_sqe *)(r->mem + r->sq_off);
+	uint32_t head = atomic_load(&h->sq_head), entries = r->sq_entries;
+	uint64_t idle_since = kvfs_mono_ns();
+
+	urcu_bp_register_thread();
+	while (!atomic_load(&r->stop) && !atomic_load(&h->closed)) {
+		uint32_t tail = atomic_load_explicit(&h->sq_tail, memory_order_acquire);
+		struct timespec ts = {0, SLEEP_MS * 1000000L};
+
+		if (tail - head > entries) {
+			atomic_store(&r->stop, true); /* a tail no engine could have written */
+			break;
+		}
+		if (head != tail) {
+			struct kvfs_ring_sqe e = sq[head & (entries - 1)];
+
+			atomic_store_explicit(&h->sq_head, ++head, memory_order_release);
+			serve(r, &e);
+			idle_since = kvfs_mono_ns();
+			continue;
+		}
+		if (kvfs_mono_ns() - idle_since < SPIN_NS) {
+			sched_yield();
+			continue;
+		}
+		atomic_store(&h->server_sleeping, 1);
+		if (atomic_load(&h->sq_tail) == head)
+			futex(&h->server_sleeping, FUTEX_WAIT, 1, &ts);
+		atomic_store(&h->server_sleeping, 0);
+		idle_since = kvfs_mono_ns();
+		if (!owner_alive(r))
+			break;
+	}
+	ring_cleanup(r);
+	/*
+	 * An owner that died never unregisters: take its ring and buffers off
+	 * the list. Whoever takes a ring off the list owns its thread; here
+	 * that is the thread itself, so it detaches.
+	 */
+	{
+		struct fp_reg *b, *tmp, *gone[64];
+		int ngone = 0;
+		bool self = false;
+
+		pthread_mutex_lock(&fp_lock);
+		if (r->listed) {
+			reg_unlist(r);
+			self = true;
+			cds_list_for_each_entry_safe(b, tmp, &fp_regs, link)
+				if (b->kind == REG_BUF && b->tgid == r->tgid && ngone < 64 &&
+				    !owner_alive(b)) {
+					reg_unlist(b);
+					gone[ngone++] = b;
+				}
+		}
+		pthread_mutex_unlock(&fp_lock);
+		for (int i = 0; i < ngone; i++)
+			reg_finish(r->fs, gone[i], false);
+		if (self)
+			reg_finish(r->fs, r, false);
+	}
+	urcu_bp_unregister_thread();
+	reg_put(r); /* the thread's */
+	return NULL;
+}
