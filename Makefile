@@ -60,7 +60,7 @@ UNIT_SRC   := $(wildcard tests/unit/*_test.c)
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
 .PHONY: all deps test unit integration bench demo install clean format check-deps
-all: check-deps $(BINS) $(LIBKVFS_A) $(LIBKVFS_SO) $(UNIT_BINS)
+all: check-deps $(BINS) $(LIBKVFS_A) $(LIBKVFS_SO) $(UNIT_BINS) $(B)/tests/fpdrv
 
 check-deps:
 	@pkg-config --exists $(PKGS) && test -e /usr/include/rocksdb/c.h \
@@ -111,8 +111,14 @@ test: deps
 unit: $(UNIT_BINS)
 	$(Q)sh tests/run-unit.sh $(UNIT_BINS)
 
-integration: $(BINS)
+integration: $(BINS) $(B)/tests/fpdrv
 	$(Q)KVFS_BUILD=$(B) $(PYTHON) tests/integration/run.py $(TESTS)
+
+# A libkvfs client the fast-path suite drives.
+$(B)/tests/fpdrv: $(call obj,tests/integration/fpdrv.c) $(LIBKVFS_A)
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 bench: all
 	$(Q)KVFS_BUILD=$(B) sh tools/bench.sh

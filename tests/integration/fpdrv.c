@@ -1,0 +1,487 @@
+/*
+ * tests/integration/fpdrv.c — a libkvfs client for test_fastpath.py.
+ *
+ *   fpdrv save DIR PATH SEED N          save N blocks of a sequence (PATH: fast|posix)
+ *   fpdrv load DIR PATH SEED N          match and load them; check every byte; print JSON
+ *   fpdrv hold DIR SEED N               match N blocks on the fast path, print "held",
+ *                                       wait for a line on stdin, then load and check
+ *   fpdrv attach DIR SEED N ROUNDS      load every round, reading a line between rounds
+ *   fpdrv abuse MOUNT NSREL             raw ring requests that must be refused
+ *
+ * Block contents are a function of (seed, block, layer, K/V, element), so any
+ * process can check what another saved. Exit status 0 means every check held.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/ring.h"
+#include "kvfs/kvfs.h"
+
+#define LAYERS 4
+#define HEADS  2
+#define DIM    32
+#define TOKENS 16
+
+static size_t row_bytes(void)
+{
+	return HEADS * DIM * sizeof(float);
+}
+
+static size_t blk_bytes(void)
+{
+	return row_bytes() * TOKENS;
+}
+
+static int fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fprintf(stderr, "fpdrv: ");
+	vfprintf(stderr, fmt, ap);
+	fprintf(stderr, "\n");
+	va_end(ap);
+	return 1;
+}
+
+static float value(unsigned seed, unsigned b, unsigned l, unsigned kv, size_t i)
+{
+	uint32_t x = seed * 2654435761u ^ b * 40503u ^ l * 97u ^ kv * 13u ^ (uint32_t)i * 7919u;
+
+	x ^= x >> 13;
+	x *= 0x5bd1e995u;
+	x ^= x >> 15;
+	return (float)(x & 0xffffff) / 1024.0f;
+}
+
+struct pool {
+	kvfs_ns *ns;
+	float *k, *v;
+	size_t nblocks;
+	struct kvfs_kv_layer layers[LAYERS];
+	struct kvfs_kv_pages pages;
+};
+
+static int open_ns(const char *dir, const char *path, kvfs_ns **ns)
+{
+	struct kvfs_ns_options o = {0};
+
+	snprintf(o.layout.model_id, sizeof(o.layout.model_id), "fpdrv");
+	o.layout.num_layers = LAYERS;
+	o.layout.num_kv_heads = HEADS;
+	o.layout.head_dim = DIM;
+	o.layout.tokens_per_block = TOKENS;
+	o.layout.dtype = KVFS_DTYPE_F32;
+	o.layout.kind = KVFS_KIND_KV;
+	o.dir = dir;
+	o.seed = "0";
+	o.save_queue = 1024;
+	o.path = strcmp(path, "posix") == 0 ? KVFS_PATH_POSIX
+		 : strcmp(path, "fast") == 0 ? KVFS_PATH_FAST
+					      : KVFS_PATH_AUTO;
+	return kvfs_ns_open(&o, ns);
+}
+
+static int pool_init(struct pool *p, kvfs_ns *ns, size_t nblocks)
+{
+	size_t per = blk_bytes() * nblocks;
+
+	p->ns = ns;
+	p->nblocks = nblocks;
+	p->k = kvfs_alloc(ns, per * LAYERS);
+	p->v = kvfs_alloc(ns, per * LAYERS);
+	if (!p->k || !p->v)
+		return -ENOMEM;
+	for (int l = 0; l < LAYERS; l++) {
+		p->layers[l].k = (char *)p->k + l * per;
+		p->layers[l].v = (char *)p->v + l * per;
+		p->layers[l].block_stride = blk_bytes();
+		p->layers[l].token_stride = row_bytes();
+	}
+	p->pages.layers = p->layers;
+	return 0;
+}
+
+static void tokens(unsigned seed, size_t n, uint32_t *t)
+{
+	for (size_t i = 0; i < n * TOKENS; i++)
+		t[i] = seed * 1000003u + (uint32_t)i;
+}
+
+static void fill(struct pool *p, unsigned seed, size_t n)
+{
+	for (unsigned l = 0; l < LAYERS; l++)
+		for (size_t b = 0; b < n; b++)
+			for (size_t i = 0; i < blk_bytes() / sizeof(float); i++) {
+				((float *)p->layers[l].k)[b * blk_bytes() / 4 + i] = value(seed, (unsigned)b, l, 0, i);
+				((float *)p->layers[l].v)[b * blk_bytes() / 4 + i] = value(seed, (unsigned)b, l, 1, i);
+			}
+}
+
+/* Blocks [0, n) of engine block ids base + b hold sequence block b? */
+static size_t check(struct pool *p, unsigned seed, size_t n, size_t base)
+{
+	size_t bad = 0;
+
+	for (unsigned l = 0; l < LAYERS; l++)
+		for (size_t b = 0; b < n; b++)
+			for (size_t i = 0; i < blk_bytes() / sizeof(float); i++)
+				if (((float *)p->layers[l].k)[(base + b) * blk_bytes() / 4 + i] !=
+					    value(seed, (unsigned)b, l, 0, i) ||
+				    ((float *)p->layers[l].v)[(base + b) * blk_bytes() / 4 + i] !=
+					    value(seed, (unsigned)b, l, 1, i)) {
+					bad++;
+					break;
+				}
+	return bad;
+}
+
+static int cmd_save(const char *dir, const char *path, unsigned seed, size_t n)
+{
+	struct kvfs_ns_stats st;
+	struct pool p;
+	kvfs_ns *ns;
+	uint32_t *t = malloc(sizeof(uint32_t) * n * TOKENS), *ids = malloc(sizeof(uint32_t) * n);
+	long q;
+	int rc = open_ns(dir, path, &ns);
+
+	if (rc)
+		return fail("open %s: %s", dir, strerror(-rc));
+	if (pool_init(&p, ns, n))
+		return fail("alloc");
+	fill(&p, seed, n);
+	tokens(seed, n, t);
+	for (size_t i = 0; i < n; i++)
+		ids[i] = (uint32_t)i;
+	q = kvfs_save(ns, kvfs_ns_root(ns), 0, t, n, NULL, &p.pages, ids);
+	kvfs_save_flush(ns);
+	kvfs_ns_get_stats(ns, &st);
+	printf("{\"queued\": %ld, \"written\": %llu, \"present\": %llu, \"errors\": %llu, "
+	       "\"dropped\": %llu, \"fast\": %d}\n",
+	       q, (unsigned long long)st.saves_written, (unsigned long long)st.saves_present,
+	       (unsigned long long)st.save_errors, (unsigned long long)st.saves_dropped,
+	       kvfs_ns_is_fast(ns));
+	kvfs_ns_close(ns);
+	return st.save_errors ? 1 : 0;
+}
+
+/* Match, load into the second half of the pool, check. @return blocks matched or -errno. */
+static long match_load(struct pool *p, unsigned seed, size_t n, size_t *bad, int *err)
+{
+	uint32_t *t = malloc(sizeof(uint32_t) * n * TOKENS), *ids = malloc(sizeof(uint32_t) * n);
+	kvfs_key *keys = malloc(sizeof(kvfs_key) * n);
+	kvfs_match *m;
+	kvfs_load *ld;
+	long got;
+
+	tokens(seed, n, t);
+	kvfs_ns_keys(p->ns, t, n * TOKENS, NULL, keys, n);
+	got = kvfs_match_prefix(p->ns, keys, n, &m);
+	*err = 0;
+	*bad = 0;
+	if (got > 0) {
+		for (long i = 0; i < got; i++)
+			ids[i] = (uint32_t)(n + (size_t)i);
+		*err = kvfs_load_start(m, 0, (size_t)got, &p->pages, ids, &ld);
+		if (!*err) {
+			for (unsigned l = 0; l < LAYERS && !*err; l++)
+				*err = kvfs_load_wait(ld, l);
+			*err = kvfs_load_end(ld);
+		}
+		if (!*err)
+			*bad = check(p, seed, (size_t)got, n);
+	}
+	kvfs_match_release(m);
+	free(t);
+	free(ids);
+	free(keys);
+	return got;
+}
+
+static int cmd_load(const char *dir, const char *path, unsigned seed, size_t n)
+{
+	struct pool p;
+	kvfs_ns *ns;
+	size_t bad;
+	long got;
+	int err, rc = open_ns(dir, path, &ns);
+
+	if (rc)
+		return fail("open %s: %s", dir, strerror(-rc));
+	if (pool_init(&p, ns, 2 * n))
+		return fail("alloc");
+	got = match_load(&p, seed, n, &bad, &err);
+	printf("{\"matched\": %ld, \"load_error\": %d, \"bad_blocks\": %zu, \"fast\": %d}\n", got,
+	       err, bad, kvfs_ns_is_fast(ns));
+	kvfs_ns_close(ns);
+	return got < 0 || err || bad ? 1 : 0;
+}
+
+static int cmd_hold(const char *dir, unsigned seed, size_t n)
+{
+	uint32_t *t = malloc(sizeof(uint32_t) * n * TOKENS), *ids = malloc(sizeof(uint32_t) * n);
+	kvfs_key *keys = malloc(sizeof(kvfs_key) * n);
+	char line[64];
+	struct pool p;
+	kvfs_match *m;
+	kvfs_load *ld;
+	kvfs_ns *ns;
+	long got;
+	size_t bad = 0;
+	int rc = open_ns(dir, "fast", &ns);
+
+	if (rc)
+		return fail("open %s: %s", dir, strerror(-rc));
+	if (pool_init(&p, ns, 2 * n))
+		return fail("alloc");
+	tokens(seed, n, t);
+	kvfs_ns_keys(ns, t, n * TOKENS, NULL, keys, n);
+	got = kvfs_match_prefix(ns, keys, n, &m);
+	printf("held %ld\n", got);
+	fflush(stdout);
+	if (!fgets(line, sizeof(line), stdin))
+		return fail("stdin closed");
+	for (long i = 0; i < got; i++)
+		ids[i] = (uint32_t)(n + (size_t)i);
+	rc = kvfs_load_start(m, 0, (size_t)got, &p.pages, ids, &ld);
+	if (!rc)
+		rc = kvfs_load_end(ld);
+	if (!rc)
+		bad = check(&p, seed, (size_t)got, n);
+	kvfs_match_release(m);
+	printf("{\"matched\": %ld, \"load_error\": %d, \"bad_blocks\": %zu}\n", got, rc, bad);
+	kvfs_ns_close(ns);
+	return rc || bad || got != (long)n ? 1 : 0;
+}
+
+/* Load every round; between rounds the test may restart the daemon. */
+static int cmd_attach(const char *dir, unsigned seed, size_t n, int rounds)
+{
+	struct kvfs_ns_stats st;
+	struct pool p;
+	kvfs_ns *ns;
+	char line[64];
+	int rc = open_ns(dir, "auto", &ns), wrong = 0;
+
+	if (rc)
+		return fail("open %s: %s", dir, strerror(-rc));
+	if (pool_init(&p, ns, 2 * n))
+		return fail("alloc");
+	for (int r = 0; r < rounds; r++) {
+		size_t bad;
+		int err;
+		long got = match_load(&p, seed, n, &bad, &err);
+
+		/* a miss is fine after a restart; wrong bytes never are */
+		wrong += bad != 0;
+		printf("{\"round\": %d, \"matched\": %ld, \"load_error\": %d, \"bad_blocks\": %zu, "
+		       "\"fast\": %d}\n",
+		       r, got, err, bad, kvfs_ns_is_fast(ns));
+		fflush(stdout);
+		if (r + 1 < rounds && !fgets(line, sizeof(line), stdin))
+			break;
+	}
+	kvfs_ns_get_stats(ns, &st);
+	printf("{\"reconnects\": %llu}\n", (unsigned long long)st.reconnects);
+	kvfs_ns_close(ns);
+	return wrong ? 1 : 0;
+}
+
+/* --- raw ring requests ----------------------------------------------------------------- */
+
+struct raw {
+	uint8_t *mem;
+	struct kvfs_ring_hdr *h;
+	uint32_t tail, head;
+	char mnt[512];
+	int fd;
+};
+
+static int raw_register(struct raw *r, const char *kind, uint32_t id, int fd)
+{
+	char link[1024], target[64];
+
+	snprintf(link, sizeof(link), "%s/.kvfs/iovs/%s.%d.%u", r->mnt, kind, (int)getpid(), id);
+	snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
+	return symlink(target, link) ? -errno : 0;
+}
+
+static int raw_open(struct raw *r, const char *mnt)
+{
+	size_t bytes = 1 << 20;
+
+	snprintf(r->mnt, sizeof(r->mnt), "%s", mnt);
+	r->fd = memfd_create("raw", 0);
+	if (r->fd < 0 || ftruncate(r->fd, (off_t)bytes))
+		return -errno;
+	r->mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, 0);
+	r->h = (struct kvfs_ring_hdr *)r->mem;
+	r->h->magic = KVFS_RING_MAGIC;
+	r->h->version = KVFS_RING_VERSION;
+	r->h->sq_entries = r->h->cq_entries = 64;
+	r->h->sq_off = 4096;
+	r->h->cq_off = 4096 + 64 * sizeof(struct kvfs_ring_sqe);
+	r->h->data_off = 65536;
+	r->h->data_bytes = bytes - 65536;
+	return raw_register(r, "ring", 900, r->fd);
+}
+
+static int64_t raw_call(struct raw *r, struct kvfs_ring_sqe *e, uint64_t *aux)
+{
+	struct kvfs_ring_cqe *cq = kvfs_ring_cq(r->mem);
+	struct timespec ts = {0, 10 * 1000000L};
+
+	e->user_data = r->tail;
+	kvfs_ring_sq(r->mem)[r->tail & 63] = *e;
+	atomic_store(&r->h->sq_tail, ++r->tail);
+	syscall(SYS_futex, &r->h->server_sleeping, FUTEX_WAKE, 1, NULL, NULL, 0);
+	for (int i = 0; i < 500 && atomic_load(&r->h->cq_tail) == r->head; i++)
+		nanosleep(&ts, NULL);
+	if (atomic_load(&r->h->cq_tail) == r->head)
+		return -ETIMEDOUT;
+	{
+		struct kvfs_ring_cqe c = cq[r->head & 63];
+
+		atomic_store(&r->h->cq_head, ++r->head);
+		if (aux)
+			*aux = c.aux;
+		return c.res;
+	}
+}
+
+static int expect(const char *what, int64_t got, int64_t want)
+{
+	if (got == want)
+		return 0;
+	fprintf(stderr, "fpdrv: %s: got %lld, want %lld\n", what, (long long)got, (long long)want);
+	return 1;
+}
+
+static int cmd_abuse(const char *mnt, const char *nsrel)
+{
+	struct raw r = {0};
+	struct kvfs_ring_sqe e;
+	uint64_t match = 0;
+	int bad = 0, rc = raw_open(&r, mnt), bfd;
+	int64_t ns;
+	uint8_t *data;
+
+	if (rc)
+		return fail("register ring: %s", strerror(-rc));
+	data = r.mem + r.h->data_off;
+	/* a buffer of 64 KiB, id 7 */
+	bfd = memfd_create("rawbuf", 0);
+	if (bfd < 0 || ftruncate(bfd, 65536) || raw_register(&r, "buf", 7, bfd))
+		return fail("register buffer");
+	/* bogus paths */
+	memset(&e, 0, sizeof(e));
+	e.op = KVFS_OP_OPEN_NS;
+	strcpy((char *)data, "no/such/dir");
+	e.args[0] = 0;
+	e.args[1] = strlen("no/such/dir");
+	bad |= expect("open missing path", raw_call(&r, &e, NULL), -ENOENT);
+	strcpy((char *)data, "../etc");
+	e.args[1] = 6;
+	bad |= expect("open ..", raw_call(&r, &e, NULL), -EINVAL);
+	strcpy((char *)data, ".kvfs");
+	e.args[1] = 5;
+	bad |= expect("open .kvfs", raw_call(&r, &e, NULL), -EINVAL);
+	e.args[0] = r.h->data_bytes; /* payload outside the scratch area */
+	bad |= expect("open, payload out of bounds", raw_call(&r, &e, NULL), -EINVAL);
+	/* the real namespace */
+	strcpy((char *)data, nsrel);
+	e.args[0] = 0;
+	e.args[1] = strlen(nsrel);
+	ns = raw_call(&r, &e, NULL);
+	bad |= expect("open namespace", ns < 0 ? ns : 0, 0);
+	/* oversized and malformed batches */
+	memset(&e, 0, sizeof(e));
+	e.op = KVFS_OP_MATCH;
+	e.ns = (uint32_t)ns;
+	e.args[1] = KVFS_RING_MAX_MATCH + 1;
+	bad |= expect("oversized match", raw_call(&r, &e, NULL), -E2BIG);
+	e.args[1] = 1u << 30; /* keys beyond the scratch area */
+	bad |= expect("match keys out of bounds", raw_call(&r, &e, NULL), -E2BIG);
+	e.ns = 63;
+	e.args[1] = 1;
+	bad |= expect("match on an unopened namespace", raw_call(&r, &e, NULL), -EBADF);
+	/* a real match of one key that is not there */
+	e.ns = (uint32_t)ns;
+	memset(data, 0xab, 32);
+	bad |= expect("match absent key", raw_call(&r, &e, &match), 0);
+	/* reads: bad match id, unregistered buffer, out-of-bounds destination */
+	memset(&e, 0, sizeof(e));
+	e.op = KVFS_OP_READ;
+	e.args[0] = 999;
+	e.args[2] = 1;
+	bad |= expect("read, bad match", raw_call(&r, &e, NULL), -EBADF);
+	e.args[0] = match;
+	e.args[2] = KVFS_RING_MAX_DESCS + 1;
+	bad |= expect("read, oversized", raw_call(&r, &e, NULL), -E2BIG);
+	{
+		struct kvfs_ring_desc d = {.block = 0, .buf = 7, .src_off = 0, .dst_off = 0, .len = 16};
+
+		memcpy(data, &d, sizeof(d));
+		e.args[1] = 0;
+		e.args[2] = 1;
+		bad |= expect("read a block the match does not hold", raw_call(&r, &e, NULL),
+			      -EINVAL);
+	}
+	/* saves: unregistered buffer, out of bounds, garbage that is not a block */
+	memset(&e, 0, sizeof(e));
+	e.op = KVFS_OP_SAVE;
+	e.ns = (uint32_t)ns;
+	e.args[0] = 8; /* never registered */
+	e.args[1] = 0;
+	e.args[2] = 4096;
+	e.args[3] = 0;
+	memset(data, 0x11, 32);
+	bad |= expect("save from an unregistered buffer", raw_call(&r, &e, NULL), -EBADF);
+	e.args[0] = 7;
+	e.args[1] = 65536 - 100;
+	e.args[2] = 4096;
+	bad |= expect("save out of bounds", raw_call(&r, &e, NULL), -EFAULT);
+	{
+		uint8_t *b = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, bfd, 0);
+
+		memcpy(b, KVFS_BLOCK_MAGIC, KVFS_BLOCK_MAGIC_BYTES); /* a block that is not valid */
+		e.args[1] = 0;
+		bad |= expect("save an invalid native block", raw_call(&r, &e, NULL), -EBADMSG);
+		munmap(b, 65536);
+	}
+	memset(&e, 0, sizeof(e));
+	e.op = 200;
+	bad |= expect("unknown op", raw_call(&r, &e, NULL), -EOPNOTSUPP);
+	/* and the ring still works */
+	memset(&e, 0, sizeof(e));
+	e.op = KVFS_OP_NOP;
+	bad |= expect("nop after all that", raw_call(&r, &e, NULL), 0);
+	printf("{\"abuse_failures\": %d}\n", bad);
+	return bad;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 6 && strcmp(argv[1], "save") == 0)
+		return cmd_save(argv[2], argv[3], (unsigned)atoi(argv[4]), (size_t)atoi(argv[5]));
+	if (argc == 6 && strcmp(argv[1], "load") == 0)
+		return cmd_load(argv[2], argv[3], (unsigned)atoi(argv[4]), (size_t)atoi(argv[5]));
+	if (argc == 5 && strcmp(argv[1], "hold") == 0)
+		return cmd_hold(argv[2], (unsigned)atoi(argv[3]), (size_t)atoi(argv[4]));
+	if (argc == 6 && strcmp(argv[1], "attach") == 0)
+		return cmd_attach(argv[2], (unsigned)atoi(argv[3]), (size_t)atoi(argv[4]),
+				  atoi(argv[5]));
+	if (argc == 4 && strcmp(argv[1], "abuse") == 0)
+		return cmd_abuse(argv[2], argv[3]);
+	fprintf(stderr, "usage: see the comment at the top of tests/integration/fpdrv.c\n");
+	return 2;
+}
