@@ -85,11 +85,12 @@ struct fast {
 	uint32_t seq;
 
 	struct fast_buf *bufs;
-	uint32_t next_buf_id;
 	struct fast_buf *staging;
 };
 
+/* Process-wide: registration names (kind.pid.id) are unique per process. */
 static _Atomic uint32_t ring_ids;
+static _Atomic uint32_t buf_ids;
 
 static uint64_t mono_ns(void)
 {
@@ -177,7 +178,7 @@ static struct fast_buf *buf_new(struct fast *f, size_t bytes)
 	if (b->base == MAP_FAILED)
 		goto out_err;
 	b->size = bytes;
-	b->id = f->next_buf_id++;
+	b->id = atomic_fetch_add(&buf_ids, 1);
 	return b;
 out_err:
 	if (b->fd >= 0)

@@ -340,7 +340,12 @@ int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name
 		goto out_close;
 	}
 	r->size = (size_t)st.st_size;
-	r->mem = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	/*
+	 * Populate the mapping now: an engine registers memory it is about to
+	 * hand us, and faulting it in page by page during the first loads
+	 * measured at a quarter of their speed.
+	 */
+	r->mem = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
 	if (r->mem == MAP_FAILED) {
 		r->mem = NULL;
 		rc = -errno;

@@ -860,8 +860,11 @@ static void usage(FILE *out)
 		     "  replay [--trace FILE] [--block-size 16K] [--fractions 0.1,0.25,0.5]\n"
 		     "         [--policies mq,lru] [--limit N]\n"
 		     "      Mooncake trace replay: prefix hit ratio of kvfs vs simulated LRU\n"
+		     "  libkvfs [--blocks 256] [--layers 32] [--rounds 3]\n"
+		     "      engine loads, saves and prefix matches: fast path vs POSIX on the\n"
+		     "      mount vs POSIX on tmpfs vs memcpy\n"
 		     "  all\n"
-		     "      all three with their defaults (replay: --limit 4000)\n"
+		     "      all four with their defaults (replay: --limit 4000)\n"
 		     "\n"
 		     "  --json FILE   also write the results as JSON to FILE\n"
 		     "\n"
@@ -879,6 +882,7 @@ static int run_all(json_t *results)
 	 * minutes. `kvfs-bench replay` alone replays the whole trace.
 	 */
 	char *rp[] = {"replay", "--limit", "4000", NULL};
+	char *lp[] = {"libkvfs", NULL};
 	int rc;
 
 	rc = bench_throughput(1, tp, results);
@@ -886,6 +890,8 @@ static int run_all(json_t *results)
 		rc = bench_fuse_settings(1, fs, results);
 	if (!rc)
 		rc = bench_replay(3, rp, results);
+	if (!rc)
+		rc = bench_libkvfs(1, lp, results);
 	return rc;
 }
 
@@ -924,7 +930,7 @@ int main(int argc, char **argv)
 	}
 	cmd = args[0];
 	if (strcmp(cmd, "throughput") && strcmp(cmd, "fuse-settings") && strcmp(cmd, "replay") &&
-	    strcmp(cmd, "all")) {
+	    strcmp(cmd, "libkvfs") && strcmp(cmd, "all")) {
 		bench_err("unknown command '%s' (see kvfs-bench --help)", cmd);
 		free(args);
 		return 2;
@@ -951,6 +957,8 @@ int main(int argc, char **argv)
 		rc = bench_fuse_settings(nargs, args, results);
 	else if (!strcmp(cmd, "replay"))
 		rc = bench_replay(nargs, args, results);
+	else if (!strcmp(cmd, "libkvfs"))
+		rc = bench_libkvfs(nargs, args, results);
 	else
 		rc = run_all(results);
 	cleanup_all();

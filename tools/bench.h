@@ -111,5 +111,6 @@ void bench_buf_free(void *buf, size_t len);
 int bench_throughput(int argc, char **argv, json_t *out);
 int bench_fuse_settings(int argc, char **argv, json_t *out);
 int bench_replay(int argc, char **argv, json_t *out);
+int bench_libkvfs(int argc, char **argv, json_t *out);
 
 #endif
