@@ -116,12 +116,39 @@ struct figure {
 
 static uint64_t g_capacity(const struct snapshot *s)
 {
-	return s->ts.dram_capacity;
+	return s->ts.dram_capacity + s->ts.nvme_capacity;
 }
 static uint64_t g_used(const struct snapshot *s)
 {
+	return s->ts.dram_used + s->ts.nvme_used;
+}
+static uint64_t g_dram_capacity(const struct snapshot *s)
+{
+	return s->ts.dram_capacity;
+}
+static uint64_t g_dram_used(const struct snapshot *s)
+{
 	return s->ts.dram_used;
 }
+#define TS(field)                                                 \
+	static uint64_t g_##field(const struct snapshot *s)       \
+	{                                                         \
+		return s->ts.field;                               \
+	}
+TS(nvme_capacity)
+TS(nvme_used)
+TS(nvme_files)
+TS(nvme_reads)
+TS(nvme_read_bytes)
+TS(nvme_writes)
+TS(nvme_write_bytes)
+TS(nvme_write_errors)
+TS(nvme_read_errors)
+TS(nvme_csum_errors)
+TS(nvme_evictions)
+TS(demotions)
+TS(promotions)
+TS(lost)
 static uint64_t g_free(const struct snapshot *s)
 {
 	return s->ts.dram_capacity - s->ts.dram_used;
@@ -167,9 +194,9 @@ static const struct figure figures[] = {
 	 NULL},
 	{"open_handles", "kvfs_open_handles", GAUGE, "Open file handles", CTR(open_handles), NULL},
 	{"tiers.dram.capacity_bytes", "kvfs_dram_capacity_bytes", GAUGE, "DRAM arena size", -1,
-	 g_capacity},
+	 g_dram_capacity},
 	{"tiers.dram.used_bytes", "kvfs_dram_used_bytes", GAUGE, "DRAM pages in use, in bytes", -1,
-	 g_used},
+	 g_dram_used},
 	{"tiers.dram.free_bytes", "kvfs_dram_free_bytes", GAUGE, "DRAM pages free, in bytes", -1,
 	 g_free},
 	{"tiers.dram.pinned_bytes", "kvfs_dram_pinned_bytes", GAUGE,
@@ -180,6 +207,35 @@ static const struct figure figures[] = {
 	 g_objects},
 	{"tiers.dram.pinned_files", "kvfs_dram_pinned_files", GAUGE, "Pinned files in DRAM", -1,
 	 g_pinned},
+	{"tiers.nvme.capacity_bytes", "kvfs_nvme_capacity_bytes", GAUGE,
+	 "NVMe tier size (0 without one)", -1, g_nvme_capacity},
+	{"tiers.nvme.used_bytes", "kvfs_nvme_used_bytes", GAUGE, "NVMe pages in use, in bytes", -1,
+	 g_nvme_used},
+	{"tiers.nvme.files", "kvfs_nvme_files", GAUGE, "Files with a copy on NVMe", -1,
+	 g_nvme_files},
+	{"tiers.nvme.reads", "kvfs_nvme_reads_total", COUNTER, "NVMe extent reads", -1,
+	 g_nvme_reads},
+	{"tiers.nvme.read_bytes", "kvfs_nvme_read_bytes_total", COUNTER, "Bytes read from NVMe",
+	 -1, g_nvme_read_bytes},
+	{"tiers.nvme.writes", "kvfs_nvme_writes_total", COUNTER, "NVMe extent writes", -1,
+	 g_nvme_writes},
+	{"tiers.nvme.write_bytes", "kvfs_nvme_write_bytes_total", COUNTER, "Bytes written to NVMe",
+	 -1, g_nvme_write_bytes},
+	{"tiers.nvme.write_errors", "kvfs_nvme_write_errors_total", COUNTER,
+	 "Files that could not be written to NVMe (they stayed in DRAM)", -1,
+	 g_nvme_write_errors},
+	{"tiers.nvme.read_errors", "kvfs_nvme_read_errors_total", COUNTER,
+	 "NVMe reads that failed (I/O error or checksum)", -1, g_nvme_read_errors},
+	{"tiers.nvme.checksum_errors", "kvfs_nvme_checksum_errors_total", COUNTER,
+	 "NVMe extents whose bytes did not match their checksum", -1, g_nvme_csum_errors},
+	{"tiers.nvme.evictions", "kvfs_nvme_evictions_total", COUNTER,
+	 "NVMe copies dropped to make room on NVMe", -1, g_nvme_evictions},
+	{"demotions", "kvfs_demotions_total", COUNTER,
+	 "Files whose DRAM copy was dropped once on NVMe", -1, g_demotions},
+	{"promotions", "kvfs_promotions_total", COUNTER, "Files brought back from NVMe into DRAM",
+	 -1, g_promotions},
+	{"lost", "kvfs_lost_total", COUNTER, "Files dropped because their only copy failed", -1,
+	 g_lost},
 	{"hits", "kvfs_hits_total", COUNTER, "Opens for reading that found a sealed file",
 	 CTR(hits), NULL},
 	{"misses", "kvfs_misses_total", COUNTER,
@@ -220,6 +276,8 @@ static const struct figure figures[] = {
 	{"restart_dropped", "kvfs_restart_dropped", GAUGE,
 	 "Files dropped at start because their bytes were in DRAM only", CTR(restart_dropped),
 	 NULL},
+	{"restart_recovered", "kvfs_restart_recovered", GAUGE,
+	 "Files that came back at start from NVMe", CTR(restart_recovered), NULL},
 	{"readdir_scanned", "kvfs_readdir_scanned_total", COUNTER,
 	 "Directory entries visited by readdir", CTR(readdir_scanned), NULL},
 	{"catalog.commits", "kvfs_catalog_commits_total", COUNTER, "Catalog batches committed",
@@ -398,6 +456,15 @@ static char *render_config(struct kvfs_fs *fs)
 	json_object_set_new(root, "negative_timeout", json_real(c->negative_timeout));
 	json_object_set_new(root, "read_ahead_kb", json_integer(c->read_ahead_kb));
 	json_object_set_new(root, "keep_cache", json_boolean(!c->no_keep_cache));
+	{
+		json_t *nv = json_array();
+
+		for (unsigned i = 0; i < c->nvme_count; i++)
+			json_array_append_new(nv, json_pack("{s:s,s:I}", "dir", c->nvme[i].dir, "bytes",
+							    (json_int_t)c->nvme[i].bytes));
+		json_object_set_new(root, "nvme", nv);
+	}
+	json_object_set_new(root, "persist", json_string(c->persist_through ? "through" : "back"));
 	json_object_set_new(root, "fuse_options", json_string(c->fuse_opts));
 	json_object_set_new(root, "log", c->log_path ? json_string(c->log_path) : json_null());
 	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);

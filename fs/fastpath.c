@@ -716,6 +716,17 @@ static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 			int k = tier_read_iov(m->objs[d.block], d.src_off + done, d.len - done, iov,
 					      MAX_IOV);
 
+			if (k == -ENODATA) {
+				/* on NVMe: read (checksummed) straight into the buffer */
+				ssize_t got = tier_read(m->objs[d.block], d.src_off + done,
+							buf->mem + d.dst_off + done, d.len - done);
+
+				if (got <= 0)
+					rc = got < 0 ? (int)got : -EIO;
+				else
+					done += (uint64_t)got;
+				continue;
+			}
 			if (k <= 0) {
 				rc = k < 0 ? k : -EIO;
 				break;

@@ -150,6 +150,7 @@ struct kvfs_counters {
 	_Atomic uint64_t evict_races;
 	_Atomic uint64_t operator_evictions;
 	_Atomic uint64_t restart_dropped;
+	_Atomic uint64_t restart_recovered;
 	_Atomic uint64_t catalog_commits;
 	_Atomic uint64_t catalog_errors;
 	_Atomic uint64_t readdir_scanned;
@@ -178,6 +179,9 @@ struct kvfs_config {
 	double negative_timeout;
 	unsigned read_ahead_kb;
 	bool no_keep_cache; /* drop the page cache at every open (for measurement) */
+	struct tier_nvme_dev nvme[16];
+	unsigned nvme_count;
+	bool persist_through;
 	bool foreground;
 	bool debug;
 	const char *log_path;

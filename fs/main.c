@@ -50,6 +50,9 @@ static void usage(FILE *out)
 		"  --entry-timeout SEC    kernel name cache timeout (default 30)\n"
 		"  --attr-timeout SEC     kernel attribute cache timeout (default 30)\n"
 		"  --negative-timeout SEC kernel cache of misses (default 1)\n"
+		"  --nvme DIR:SIZE        an NVMe tier of SIZE in DIR (repeatable: striped)\n"
+		"  --persist MODE         back (default): write files to NVMe when DRAM needs\n"
+		"                         room; through: as soon as they are sealed\n"
 		"  --read-ahead SIZE      kernel read-ahead for the mount (default 1M)\n"
 		"  --no-keep-cache        drop a file's kernel page cache at each open (for\n"
 		"                         measuring what the cache buys; default keeps it)\n"
@@ -102,6 +105,8 @@ enum {
 	OPT_LOG,
 	OPT_LOG_LEVEL,
 	OPT_NO_KEEP_CACHE,
+	OPT_NVME,
+	OPT_PERSIST,
 };
 
 static int parse_args(int argc, char **argv, struct kvfs_config *c)
@@ -119,6 +124,8 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"log", required_argument, NULL, OPT_LOG},
 		{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
 		{"no-keep-cache", no_argument, NULL, OPT_NO_KEEP_CACHE},
+		{"nvme", required_argument, NULL, OPT_NVME},
+		{"persist", required_argument, NULL, OPT_PERSIST},
 		{"foreground", no_argument, NULL, 'f'},
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
@@ -191,6 +198,24 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			break;
 		case OPT_NO_KEEP_CACHE:
 			c->no_keep_cache = true;
+			break;
+		case OPT_NVME: {
+			char *colon = strrchr(optarg, ':');
+
+			if (c->nvme_count == KVFS_ARRAY_SIZE(c->nvme))
+				return fail("at most %zu --nvme directories", KVFS_ARRAY_SIZE(c->nvme));
+			if (!colon || colon == optarg || kvfs_parse_size(colon + 1, &v) || v == 0)
+				return fail("invalid --nvme '%s' (use DIR:SIZE, e.g. /nvme0/kvfs:200G)",
+					    optarg);
+			*colon = '\0';
+			c->nvme[c->nvme_count].dir = optarg;
+			c->nvme[c->nvme_count++].bytes = v;
+			break;
+		}
+		case OPT_PERSIST:
+			if (strcmp(optarg, "back") && strcmp(optarg, "through"))
+				return fail("unknown --persist '%s' (use back or through)", optarg);
+			c->persist_through = strcmp(optarg, "through") == 0;
 			break;
 		case OPT_LOG_LEVEL: {
 			int l = kvfs_log_level_parse(optarg);
@@ -366,6 +391,10 @@ static int run(struct kvfs_fs *fs)
 	tc.dram_bytes = c->dram_bytes;
 	tc.page_size = c->page_size;
 	tc.policy = c->policy;
+	tc.nvme = c->nvme;
+	tc.nvme_count = c->nvme_count;
+	tc.persist_through = c->persist_through;
+	tc.cat = fs->cat;
 	rc = tier_open(&tc, &cb, &fs->tier, err, sizeof(err));
 	if (rc)
 		goto out;
@@ -423,6 +452,8 @@ static int run(struct kvfs_fs *fs)
 	fuse_loop_cfg_destroy(lc);
 	log_info("unmounting %s", c->mountpoint);
 	fuse_session_unmount(fs->se);
+	/* A planned restart loses nothing: DRAM-only files go to NVMe now. */
+	tier_flush(fs->tier);
 	rc = rc ? 1 : 0;
 out_signals:
 	fuse_remove_signal_handlers(fs->se);

@@ -282,6 +282,8 @@ void ns_forget_record(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in)
 	if (in->parent)
 		cat_del_dentry(b, in->parent->ino, in->name->s, in->name->len);
 	cat_del_inode(b, in->ino);
+	if (in->kind == KIND_FILE)
+		tier_forget_record(b, in->ino); /* its NVMe extents go with it */
 	in->persisted = false;
 }
 
@@ -643,9 +645,11 @@ static void *worker_main(void *arg)
 struct loader {
 	struct kvfs_fs *fs;
 	struct kvfs_inode **inodes; /* sorted by ino: the scan's order */
+	uint64_t *sizes;            /* from each file's record */
+	uint32_t *flags;
 	size_t n, cap;
 	cat_batch *fix; /* records to delete */
-	uint64_t dropped, repaired;
+	uint64_t dropped, repaired, recovered;
 };
 
 static struct kvfs_inode *loader_find(struct loader *ld, uint64_t ino)
@@ -681,10 +685,17 @@ static int load_inode(void *arg, const struct cat_inode *rec)
 	if (ld->n == ld->cap) {
 		size_t nc = ld->cap ? ld->cap * 2 : 1024;
 		struct kvfs_inode **p = realloc(ld->inodes, nc * sizeof(*p));
+		uint64_t *sz = p ? realloc(ld->sizes, nc * sizeof(*sz)) : NULL;
+		uint32_t *fl = sz ? realloc(ld->flags, nc * sizeof(*fl)) : NULL;
 
-		if (!p)
+		if (p)
+			ld->inodes = p;
+		if (sz)
+			ld->sizes = sz;
+		if (fl)
+			ld->flags = fl;
+		if (!p || !sz || !fl)
 			return -ENOMEM;
-		ld->inodes = p;
 		ld->cap = nc;
 	}
 	in = ns_inode_new(ld->fs, kind, rec->mode, rec->uid, rec->gid);
@@ -696,6 +707,14 @@ static int load_inode(void *arg, const struct cat_inode *rec)
 	in->ctime = rec->ctime_ns;
 	in->hits = rec->hits;
 	in->persisted = true;
+	if (rec->flags & CAT_F_NATIVE) {
+		in->native = true;
+		in->key = rec->key;
+		in->parent_key = rec->parent;
+		in->ntokens = rec->ntokens;
+	}
+	ld->sizes[ld->n] = rec->size;
+	ld->flags[ld->n] = rec->flags;
 	ld->inodes[ld->n++] = in;
 	return 0;
 }
@@ -736,11 +755,20 @@ static void loader_prune(struct loader *ld)
 			ns_put(fs, in, 1);
 			continue;
 		}
-		if (in->kind == KIND_FILE) {
-			ns_forget_record(fs, ld->fix, in);
-			ns_unlink_locked(fs, in);
-			ld->dropped++;
+		if (in->kind != KIND_FILE)
+			continue;
+		/* A file comes back if a persistent tier holds its bytes. */
+		if (tier_recover(fs->tier, in->ino, ld->sizes[i], (uint32_t)in->hits, in,
+				 &in->data) == 0) {
+			atomic_store(&in->sealed, true);
+			if (ld->flags[i] & CAT_F_PINNED)
+				tier_pin(in->data, true);
+			ld->recovered++;
+			continue;
 		}
+		ns_forget_record(fs, ld->fix, in);
+		ns_unlink_locked(fs, in);
+		ld->dropped++;
 	}
 }
 
@@ -753,6 +781,11 @@ static int load_tree(struct kvfs_fs *fs, char *err, size_t errlen)
 	int rc;
 
 	ld.fix = cat_batch_new();
+	rc = tier_recover_begin(fs->tier);
+	if (rc) {
+		snprintf(err, errlen, "catalog: cannot read the NVMe records (%s)", strerror(-rc));
+		goto out;
+	}
 	rc = cat_scan_inodes(fs->cat, load_inode, &ld, &bad);
 	if (rc)
 		goto out;
@@ -802,6 +835,7 @@ static int load_tree(struct kvfs_fs *fs, char *err, size_t errlen)
 		if (ld.inodes[i]->ino > max_ino)
 			max_ino = ld.inodes[i]->ino;
 	loader_prune(&ld);
+	tier_recover_end(fs->tier, ld.fix);
 	rc = cat_commit(fs->cat, ld.fix, true);
 	if (rc) {
 		snprintf(err, errlen, "catalog: cannot write repairs (%s)", strerror(-rc));
@@ -809,13 +843,15 @@ static int load_tree(struct kvfs_fs *fs, char *err, size_t errlen)
 	}
 	fs->next_ino = max_ino + 1;
 	atomic_store(&fs->ctr.restart_dropped, ld.dropped);
-	if (ld.dropped || ld.repaired || bad)
-		log_info("catalog: %llu files dropped (bytes were in DRAM only), %llu records "
-			 "repaired, %llu undecodable",
-			 (unsigned long long)ld.dropped, (unsigned long long)ld.repaired,
-			 (unsigned long long)bad);
+	atomic_store(&fs->ctr.restart_recovered, ld.recovered);
+	log_info("catalog: %llu files back from NVMe, %llu dropped (bytes in DRAM only), %llu "
+		 "records repaired, %llu undecodable",
+		 (unsigned long long)ld.recovered, (unsigned long long)ld.dropped,
+		 (unsigned long long)ld.repaired, (unsigned long long)bad);
 out:
 	free(ld.inodes);
+	free(ld.sizes);
+	free(ld.flags);
 	cat_batch_free(ld.fix);
 	return rc;
 }

@@ -531,7 +531,7 @@ int ops_new_file_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *
 	if (!in)
 		return -ENOMEM;
 	in->ino = fs->next_ino++;
-	rc = tier_obj_new(fs->tier, in, &in->data);
+	rc = tier_obj_new(fs->tier, in, in->ino, &in->data);
 	if (!rc)
 		rc = ns_link_locked(fs, dir, in, name, strlen(name));
 	if (rc) {
@@ -1055,6 +1055,8 @@ static void kvfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (tier_is_sealed(data)) {
 		int k = tier_read_iov(data, (uint64_t)off, size, iov, MAX_READ_IOV);
 
+		if (k == -ENODATA)
+			goto copy; /* not in DRAM: read from NVMe */
 		if (k < 0) {
 			fuse_reply_err(req, -k);
 			return;
@@ -1069,7 +1071,8 @@ static void kvfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			fuse_reply_iov(req, iov, k); /* splicing from the memfd measured 2x slower */
 		return;
 	}
-	/* The writer reading its own unsealed file: copy under the object lock. */
+	/* The writer reading its own unsealed file, or bytes on NVMe: a copy. */
+copy:
 	buf = malloc(size ? size : 1);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
@@ -1529,8 +1532,9 @@ static void kvfs_statfs(fuse_req_t req, fuse_ino_t ino)
 	memset(&st, 0, sizeof(st));
 	st.f_bsize = 4096;
 	st.f_frsize = 4096;
-	st.f_blocks = ts.dram_capacity / 4096;
-	st.f_bfree = st.f_bavail = (ts.dram_capacity - ts.dram_used) / 4096;
+	st.f_blocks = (ts.dram_capacity + ts.nvme_capacity) / 4096;
+	st.f_bfree = st.f_bavail =
+		(ts.dram_capacity - ts.dram_used + ts.nvme_capacity - ts.nvme_used) / 4096;
 	st.f_files = 1ull << 32;
 	st.f_ffree = st.f_favail = st.f_files > inodes ? st.f_files - inodes : 0;
 	st.f_namemax = KVFS_NAME_MAX;

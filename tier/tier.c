@@ -2,7 +2,8 @@
  * tier/tier.c — the tier manager and its objects.
  *
  * Owns every tier object: its page table in the DRAM arena, its state word
- * and its place in the eviction policy.
+ * and its places in the eviction policies (one for DRAM, one for NVMe).
+ * Moving bytes to and from NVMe is in place.c.
  *
  * State word (tier_obj.state, atomic): the lease count in the low 32 bits,
  * then SEALED, PINNED and DEAD. Leasing, pinning and the decision to evict
@@ -12,10 +13,15 @@
  * opener sees a miss). Whoever sets DEAD releases the bytes.
  *
  * Invariants:
- *  - an object in the policy lists is sealed and not dead;
- *  - a sealed object's page table never changes until it dies, so readers
- *    holding a lease use it without a lock;
- *  - a dead object holds no pages.
+ *  - an object in the DRAM list is sealed, in DRAM and not dead; one in the
+ *    NVMe list has an NVMe copy. Each list holds a reference;
+ *  - a sealed object's page table changes only while no lease is held: a
+ *    demotion clears OBJ_DRAM by compare-and-swap with zero leases before it
+ *    frees the pages, and a lease taken after that sees no DRAM and reads
+ *    NVMe. A promotion fills pages first and sets OBJ_DRAM last. So readers
+ *    holding a lease use the page table without a lock;
+ *  - OBJ_BUSY marks the one thread moving an object between tiers;
+ *  - a dead object holds no pages and no extents (after its last lease).
  *
  * Locking order: obj->lock (writers of unsealed objects) → policy.lock →
  * dram.lock. The owner's `evicted` callback runs with none of them held
@@ -27,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/log.h"
 #include "core/util.h"
 #include "tier/tier_i.h"
 
@@ -57,15 +64,43 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 		snprintf(err, errlen, "unknown eviction policy '%s' (use mq or lru)", policy);
 		goto out_dram;
 	}
-	m->zero_page = calloc(1, ps);
-	if (!m->zero_page) {
+	policy_init(&m->nvme_policy, policy, m->dram.npages);
+	if (posix_memalign((void **)&m->zero_page, 4096, ps)) {
 		rc = -ENOMEM;
 		goto out_policy;
+	}
+	memset(m->zero_page, 0, ps);
+	if (cfg->nvme_count) {
+		struct nvme_dev_config devs[16];
+		uint32_t extent_pages = ps >= (1u << 20) ? 1 : (1u << 20) / ps;
+
+		if (cfg->nvme_count > KVFS_ARRAY_SIZE(devs) || !cfg->cat) {
+			snprintf(err, errlen, "at most %zu NVMe directories", KVFS_ARRAY_SIZE(devs));
+			rc = -EINVAL;
+			goto out_zero;
+		}
+		for (unsigned i = 0; i < cfg->nvme_count; i++) {
+			devs[i].dir = cfg->nvme[i].dir;
+			devs[i].bytes = cfg->nvme[i].bytes;
+		}
+		rc = nvme_open(devs, cfg->nvme_count, ps, extent_pages, &m->nvme, err, errlen);
+		if (rc)
+			goto out_zero;
+		/* Plain I/O still works if the kernel refuses to pin the arena. */
+		rc = nvme_register_memory(m->nvme, m->dram.base, m->dram.bytes);
+		if (rc)
+			log_warn("NVMe: DRAM arena not registered with io_uring (%s): plain I/O",
+				 strerror(-rc));
+		m->cat = cfg->cat;
+		m->persist_through = cfg->persist_through;
 	}
 	*out = m;
 	return 0;
 
+out_zero:
+	free(m->zero_page);
 out_policy:
+	policy_destroy(&m->nvme_policy);
 	policy_destroy(&m->policy);
 out_dram:
 	dram_close(&m->dram);
@@ -78,7 +113,13 @@ void tier_close(tier_mgr *m)
 {
 	if (!m)
 		return;
+	if (m->nvme)
+		nvme_close(m->nvme);
+	for (size_t i = 0; i < m->nrecs; i++)
+		free(m->recs[i].ext);
+	free(m->recs);
 	free(m->zero_page);
+	policy_destroy(&m->nvme_policy);
 	policy_destroy(&m->policy);
 	dram_close(&m->dram);
 	free(m);
@@ -96,7 +137,7 @@ uint32_t tier_page_size(const tier_mgr *m)
 
 uint64_t tier_max_size(const tier_mgr *m)
 {
-	return m->dram.bytes;
+	return m->dram.bytes; /* every file is written into DRAM first */
 }
 
 void tier_get_stats(tier_mgr *m, struct tier_stats *st)
@@ -115,19 +156,41 @@ void tier_get_stats(tier_mgr *m, struct tier_stats *st)
 	st->evicted_bytes = atomic_load(&m->evicted_bytes);
 	st->enospc = atomic_load(&m->enospc);
 	st->policy = m->policy.name;
+	st->demotions = atomic_load(&m->demotions);
+	st->promotions = atomic_load(&m->promotions);
+	st->nvme_write_errors = atomic_load(&m->nvme_write_errors);
+	st->nvme_read_errors = atomic_load(&m->nvme_read_errors);
+	st->nvme_evictions = atomic_load(&m->nvme_evictions);
+	st->lost = atomic_load(&m->lost);
+	st->nvme_files = atomic_load(&m->nvme_files);
+	if (m->nvme) {
+		struct nvme_stats ns;
+
+		nvme_get_stats(m->nvme, &ns);
+		st->nvme_capacity = ns.capacity;
+		st->nvme_used = ns.used;
+		st->nvme_reads = ns.reads;
+		st->nvme_read_bytes = ns.read_bytes;
+		st->nvme_writes = ns.writes;
+		st->nvme_write_bytes = ns.write_bytes;
+		st->nvme_csum_errors = ns.csum_errors;
+		st->nvme_full = nvme_full(m->nvme);
+	}
 }
 
 /* --- object lifetime ---------------------------------------------------- */
 
 static void obj_died(tier_obj *o, uint64_t old_state);
 
-int tier_obj_new(tier_mgr *m, void *owner, tier_obj **out)
+int tier_obj_new(tier_mgr *m, void *owner, uint64_t id, tier_obj **out)
 {
 	tier_obj *o = calloc(1, sizeof(*o));
 
 	if (!o)
 		return -ENOMEM;
 	atomic_init(&o->refs, 1);
+	atomic_init(&o->state, OBJ_DRAM);
+	o->id = id;
 	o->mgr = m;
 	o->owner = owner;
 	pthread_mutex_init(&o->lock, NULL);
@@ -181,7 +244,11 @@ uint64_t tier_dram_bytes(const tier_obj *o)
 
 unsigned tier_where(const tier_obj *o)
 {
-	return (atomic_load(&o->state) & OBJ_DEAD) ? 0 : TIER_DRAM;
+	uint64_t s = atomic_load(&o->state);
+
+	if (s & OBJ_DEAD)
+		return 0;
+	return ((s & OBJ_DRAM) ? TIER_DRAM : 0) | ((s & OBJ_NVME) ? TIER_NVME : 0);
 }
 
 bool tier_is_sealed(const tier_obj *o)
@@ -199,8 +266,8 @@ bool tier_is_pinned(const tier_obj *o)
 	return atomic_load(&o->state) & OBJ_PINNED;
 }
 
-/* Return the pages of a dead object to the arena. Only its killer calls this. */
-static void release_pages(tier_obj *o)
+/* Return an object's pages to the arena (it is dead, or demoted and unleased). */
+void obj_release_pages(tier_obj *o)
 {
 	tier_mgr *m = o->mgr;
 	uint32_t n = 0;
@@ -230,21 +297,29 @@ static void obj_died(tier_obj *o, uint64_t old_state)
 			atomic_fetch_sub(&m->pinned_bytes, tier_dram_bytes(o));
 	}
 	atomic_fetch_sub(&m->objects, 1);
-	release_pages(o);
+	obj_release_pages(o);
+	if (old_state & OBJ_NVME)
+		place_free(o);
 }
 
-/* Take @o out of the policy lists; drop the lists' reference if it had one. */
-static void policy_forget(tier_obj *o)
+/* Take @o out of one policy list; drop the list's reference if it had one. */
+static void list_remove(struct policy *p, tier_obj *o, struct policy_node *n)
 {
-	struct policy *p = &o->mgr->policy;
 	bool linked;
 
 	pthread_mutex_lock(&p->lock);
-	linked = o->pn.linked;
-	policy_remove_locked(p, &o->pn);
+	linked = n->linked;
+	policy_remove_locked(p, n);
 	pthread_mutex_unlock(&p->lock);
 	if (linked)
 		tier_obj_put(o);
+}
+
+/* Out of both lists. */
+static void policy_forget(tier_obj *o)
+{
+	list_remove(&o->mgr->policy, o, &o->pn);
+	list_remove(&o->mgr->nvme_policy, o, &o->npn);
 }
 
 void tier_drop(tier_obj *o)
@@ -255,59 +330,151 @@ void tier_drop(tier_obj *o)
 		return;
 	tier_obj_get(o); /* the lists' reference may be the last one */
 	policy_forget(o);
-	/* A leased object keeps its pages until the last lease goes (tier_unlease). */
-	if (!(old & OBJ_LEASES))
+	/*
+	 * A leased object keeps its bytes until the last lease goes
+	 * (tier_unlease), one being moved until the mover lets go (obj_unclaim).
+	 */
+	if (!(old & (OBJ_LEASES | OBJ_BUSY)))
 		obj_died(o, old);
 	tier_obj_put(o);
 }
 
-/* Mark @o dead if it may be evicted now. @return the old state, or 0 if not. */
-static uint64_t try_kill(tier_obj *o)
+/*
+ * Claim @o for a move or an eviction: set OBJ_BUSY if it is sealed, has
+ * every bit of @need and none of @forbid (pass OBJ_LEASES to require no
+ * lease), and is neither dead nor busy.
+ * @return the state with OBJ_BUSY, or 0 if it cannot be claimed.
+ */
+uint64_t obj_try_claim(tier_obj *o, uint64_t need, uint64_t forbid)
 {
 	uint64_t s = atomic_load(&o->state);
 
-	while ((s & OBJ_SEALED) && !(s & (OBJ_DEAD | OBJ_PINNED | OBJ_LEASES)))
-		if (atomic_compare_exchange_weak(&o->state, &s, s | OBJ_DEAD))
-			return s;
+	while ((s & (need | OBJ_SEALED)) == (need | OBJ_SEALED) &&
+	       !(s & (forbid | OBJ_DEAD | OBJ_BUSY)))
+		if (atomic_compare_exchange_weak(&o->state, &s, s | OBJ_BUSY))
+			return s | OBJ_BUSY;
 	return 0;
 }
 
+void obj_unclaim(tier_obj *o)
+{
+	uint64_t old = atomic_fetch_and(&o->state, ~OBJ_BUSY);
+
+	/* dropped while we moved it, and nobody reads it: release it now */
+	if ((old & OBJ_DEAD) && !(old & OBJ_LEASES))
+		obj_died(o, old & ~OBJ_BUSY);
+}
+
+/*
+ * Kill claimed objects that are still unleased: they are dead, out of the
+ * lists, their bytes released; with @tell_owner the owner's `evicted`
+ * callback runs first, once for the batch. A leased one is left alone
+ * (unclaimed). @return how many were killed; @v is compacted to them.
+ */
+static size_t kill_claimed_batch(tier_obj **v, size_t n, bool tell_owner)
+{
+	uint64_t one, *old = n > 1 ? malloc(n * sizeof(*old)) : &one;
+	tier_mgr *m;
+	size_t k = 0;
+
+	if (!n)
+		return 0;
+	if (!old) {
+		/* no memory for a batch: one at a time */
+		for (size_t i = 0; i < n; i++)
+			k += kill_claimed_batch(&v[i], 1, tell_owner);
+		return k;
+	}
+	m = v[0]->mgr;
+	for (size_t i = 0; i < n; i++) {
+		tier_obj *o = v[i];
+		uint64_t s = atomic_load(&o->state);
+		bool leased;
+
+		while (!(leased = s & OBJ_LEASES) &&
+		       !atomic_compare_exchange_weak(&o->state, &s, (s | OBJ_DEAD) & ~OBJ_BUSY))
+			;
+		if (leased) {
+			obj_unclaim(o);
+			continue;
+		}
+		old[k] = s;
+		v[k++] = o;
+	}
+	if (k && tell_owner && m->cb.evicted)
+		m->cb.evicted(m->cb.ctx, v, k);
+	for (size_t i = 0; i < k; i++) {
+		tier_obj *o = v[i];
+
+		atomic_fetch_add(&m->evictions, 1);
+		atomic_fetch_add(&m->evicted_bytes, tier_size(o));
+		tier_obj_get(o);
+		obj_died(o, old[i]);
+		policy_forget(o);
+		tier_obj_put(o);
+	}
+	if (old != &one)
+		free(old);
+	return k;
+}
+
+int obj_kill_claimed(tier_obj *o, bool tell_owner)
+{
+	return kill_claimed_batch(&o, 1, tell_owner) == 1 ? 0 : -EBUSY;
+}
+
+/* Could the DRAM eviction path take @o now (demote or kill it)? */
 static bool evictable(const tier_obj *o)
 {
 	uint64_t s = atomic_load(&o->state);
 
-	return (s & OBJ_SEALED) && !(s & (OBJ_DEAD | OBJ_PINNED | OBJ_LEASES));
+	return (s & OBJ_SEALED) && (s & OBJ_DRAM) &&
+	       !(s & (OBJ_DEAD | OBJ_PINNED | OBJ_BUSY | OBJ_LEASES));
 }
 
 int tier_evict(tier_obj *o)
 {
-	tier_mgr *m = o->mgr;
-	uint64_t s = atomic_load(&o->state), old;
+	uint64_t s = atomic_load(&o->state);
 
 	if (s & OBJ_DEAD)
 		return -ENOENT;
 	if (s & OBJ_PINNED)
 		return -EPERM;
-	old = try_kill(o);
-	if (!old)
+	if (!obj_try_claim(o, 0, OBJ_PINNED | OBJ_LEASES))
 		return (atomic_load(&o->state) & OBJ_DEAD) ? -ENOENT : -EBUSY;
-	atomic_fetch_add(&m->evictions, 1);
-	atomic_fetch_add(&m->evicted_bytes, tier_size(o));
-	tier_obj_get(o);
-	obj_died(o, old);
-	policy_forget(o);
-	tier_obj_put(o);
-	return 0;
+	/* the caller removes the name: no callback */
+	return obj_kill_claimed(o, false);
 }
 
 /* --- making room ---------------------------------------------------------- */
 
 /*
- * Evict enough objects that @need pages can be allocated, then allocate
- * them into @ids. Victims are chosen in policy order; if even evicting every
- * evictable object could not make room, nothing is evicted.
+ * Free a claimed victim's DRAM pages by demoting it, if it has (or can be
+ * given) an NVMe copy. @return true if it was dealt with (demoted, or lost
+ * to a lease), false if it must be evicted.
  */
-static int alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
+static bool demote_victim(tier_obj *o, uint32_t *freed)
+{
+	tier_mgr *m = o->mgr;
+	uint32_t pages = __atomic_load_n(&o->npages, __ATOMIC_RELAXED);
+	uint64_t s = atomic_load(&o->state);
+
+	if (!(s & OBJ_NVME) && m->nvme && place_store(o, true) == 0)
+		s = atomic_load(&o->state);
+	if (!(s & OBJ_NVME))
+		return false;
+	if (place_demote(o) == 0)
+		*freed += pages;
+	return true;
+}
+
+/*
+ * Make room for @need pages and allocate them into @ids. Victims are taken
+ * in DRAM policy order: each is written to NVMe and its DRAM copy dropped
+ * when there is NVMe, or evicted. If even every evictable object could not
+ * make room, nothing is touched.
+ */
+int dram_alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 {
 	struct policy *p = &m->policy;
 
@@ -315,7 +482,6 @@ static int alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 		struct policy_iter it;
 		struct policy_node *n;
 		tier_obj **victims = NULL;
-		uint64_t *old = NULL;
 		size_t nv = 0, cap = 0;
 		uint64_t avail, freed = 0, deficit;
 		uint32_t free_now;
@@ -340,42 +506,50 @@ static int alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 		policy_iter_init(p, &it);
 		while (freed < deficit && (n = policy_iter_next(p, &it))) {
 			tier_obj *o = container_of(n, tier_obj, pn);
-			uint64_t s;
 
 			if (nv == cap) {
 				size_t nc = cap ? cap * 2 : 16;
 				void *a = realloc(victims, nc * sizeof(*victims));
-				void *b = a ? realloc(old, nc * sizeof(*old)) : NULL;
 
-				if (a)
-					victims = a;
-				if (b)
-					old = b;
-				if (!a || !b)
+				if (!a)
 					break;
+				victims = a;
 				cap = nc;
 			}
-			s = try_kill(o);
-			if (!s)
+			if (!__atomic_load_n(&o->npages, __ATOMIC_RELAXED) ||
+			    !obj_try_claim(o, OBJ_DRAM, OBJ_PINNED | OBJ_LEASES))
 				continue;
-			policy_remove_locked(p, n);
-			victims[nv] = o;
-			old[nv++] = s;
+			tier_obj_get(o); /* ours, while we move it */
+			victims[nv++] = o;
 			freed += __atomic_load_n(&o->npages, __ATOMIC_RELAXED);
 		}
 		pthread_mutex_unlock(&p->lock);
 
-		if (nv && m->cb.evicted)
-			m->cb.evicted(m->cb.ctx, victims, nv);
-		for (size_t i = 0; i < nv; i++) {
-			atomic_fetch_add(&m->evictions, 1);
-			atomic_fetch_add(&m->evicted_bytes, tier_size(victims[i]));
-			obj_died(victims[i], old[i]);
-			tier_obj_put(victims[i]); /* the policy's reference */
+		/*
+		 * Without the lock: writing to NVMe takes time, eviction calls out.
+		 * Victims NVMe cannot take are evicted together, in one callback.
+		 * victims[0, nv) keep our references; kill[] lists those to evict.
+		 */
+		{
+			uint32_t got = 0;
+			size_t nk = 0;
+			tier_obj **kill = malloc((nv ? nv : 1) * sizeof(*kill));
+
+			for (size_t i = 0; i < nv; i++) {
+				if (demote_victim(victims[i], &got))
+					continue;
+				if (kill)
+					kill[nk++] = victims[i];
+				else
+					kill_claimed_batch(&victims[i], 1, true);
+			}
+			kill_claimed_batch(kill, nk, true);
+			free(kill);
+			for (size_t i = 0; i < nv; i++)
+				tier_obj_put(victims[i]);
 		}
 		free(victims);
-		free(old);
-		if (nv == 0 && !freed) {
+		if (nv == 0) {
 			/* Out of memory for the victim list, or every candidate got leased. */
 			atomic_fetch_add(&m->enospc, 1);
 			return -ENOSPC;
@@ -442,7 +616,7 @@ int tier_write(tier_obj *o, uint64_t off, const void *buf, size_t len)
 		}
 	}
 	if (missing) {
-		rc = alloc_pages(m, (uint32_t)missing, ids);
+		rc = dram_alloc_pages(m, (uint32_t)missing, ids);
 		if (rc)
 			goto out_free;
 	}
@@ -530,12 +704,17 @@ int tier_seal(tier_obj *o)
 			atomic_fetch_add(&m->pinned_bytes, tier_dram_bytes(o));
 		pthread_mutex_lock(&m->policy.lock);
 		if (!(atomic_load(&o->state) & OBJ_DEAD)) {
-			tier_obj_get(o); /* the policy's reference */
+			tier_obj_get(o); /* the list's reference */
 			policy_insert_locked(&m->policy, &o->pn, o->npages);
 		}
 		pthread_mutex_unlock(&m->policy.lock);
 	}
 	pthread_mutex_unlock(&o->lock);
+	/* Write-through: on NVMe before the owner records the file. */
+	if (!rc && m->nvme && m->persist_through && obj_try_claim(o, OBJ_DRAM, OBJ_NVME)) {
+		place_store(o, true);
+		obj_unclaim(o);
+	}
 	return rc;
 }
 
@@ -556,6 +735,10 @@ ssize_t tier_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 	if (off >= o->size) {
 		rc = 0;
 		goto out_unlock;
+	}
+	if (!(atomic_load(&o->state) & OBJ_DRAM)) {
+		pthread_mutex_unlock(&o->lock);
+		return place_read(o, off, buf, len);
 	}
 	len = KVFS_MIN(len, o->size - off);
 	while (done < len) {
@@ -587,6 +770,8 @@ int tier_read_iov(tier_obj *o, uint64_t off, size_t len, struct iovec *iov, int 
 		return -ENOENT;
 	if (!(s & OBJ_SEALED))
 		return -EINVAL;
+	if (!(s & OBJ_DRAM))
+		return -ENODATA;
 	if (off >= size)
 		return 0;
 	len = KVFS_MIN(len, size - off);
@@ -630,19 +815,38 @@ void tier_unlease(tier_obj *o)
 {
 	uint64_t old = atomic_fetch_sub(&o->state, 1);
 
-	/* The last lease of an object dropped while leased releases its pages. */
-	if ((old & OBJ_LEASES) == 1 && (old & OBJ_DEAD))
+	/* The last lease of an object dropped while leased releases its bytes. */
+	if ((old & OBJ_LEASES) == 1 && (old & OBJ_DEAD) && !(old & OBJ_BUSY))
 		obj_died(o, old - 1);
 }
 
+/* A file read this many times from NVMe comes back into DRAM. */
+#define PROMOTE_HITS 2
+
 void tier_touch(tier_obj *o)
 {
-	struct policy *p = &o->mgr->policy;
+	tier_mgr *m = o->mgr;
+	struct policy *p = &m->policy, *np = &m->nvme_policy;
+	uint32_t pages = (uint32_t)((tier_size(o) + m->dram.page_size - 1) >> m->dram.page_shift);
+	uint32_t hits;
 
 	pthread_mutex_lock(&p->lock);
 	if (!(atomic_load(&o->state) & OBJ_DEAD))
-		policy_hit_locked(p, &o->pn, __atomic_load_n(&o->npages, __ATOMIC_RELAXED));
+		policy_hit_locked(p, &o->pn, pages);
+	hits = o->pn.hits;
 	pthread_mutex_unlock(&p->lock);
+	if (!m->nvme)
+		return;
+	pthread_mutex_lock(&np->lock);
+	if (!(atomic_load(&o->state) & OBJ_DEAD))
+		policy_hit_locked(np, &o->npn, pages);
+	pthread_mutex_unlock(&np->lock);
+	if (hits >= PROMOTE_HITS && !(atomic_load(&o->state) & OBJ_DRAM) &&
+	    obj_try_claim(o, OBJ_NVME, OBJ_DRAM)) {
+		/* the opener holds a lease: claiming ignores it, promotion copes */
+		place_promote(o);
+		obj_unclaim(o);
+	}
 }
 
 int tier_pin(tier_obj *o, bool pin)

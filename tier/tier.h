@@ -4,11 +4,22 @@
  *
  * A tier object holds the bytes of one file. Its owner (the filesystem)
  * creates it, writes it, seals it, and leases it while it is open; the tier
- * manager places the bytes (today: pages of the DRAM arena) and, when a
- * write needs room, evicts sealed objects that are not leased and not
- * pinned, least valuable first. An evicted object is handed to the owner's
- * `evicted` callback so the owner can forget its name; after that its bytes
- * are gone.
+ * manager places the bytes and moves them:
+ *
+ *   - new files are written into pages of the DRAM arena;
+ *   - with NVMe, a sealed file is written to NVMe when DRAM must make room
+ *     (persist "back", the default) or as soon as it is sealed ("through"),
+ *     and its DRAM pages are then dropped; a file read from NVMe often
+ *     enough is promoted back into DRAM;
+ *   - when the last tier must make room, sealed objects that are not
+ *     leased and not pinned are evicted, least valuable first, and handed
+ *     to the owner's `evicted` callback so the owner can forget the name;
+ *     the same happens to a file whose only copy fails its checksum.
+ *
+ * Persistence: the tier keeps its own catalog records (NVMe extents, under
+ * CAT_NS_NVME, keyed by the owner's id) and writes them only after the data
+ * they point to is on the device. The owner deletes them with its own
+ * records (tier_forget_record()).
  *
  * Lifetime: an object is reference counted. tier_obj_new() returns one
  * reference for the owner; tier_obj_put() drops it. The bytes are released
@@ -30,6 +41,8 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+struct cat;
+struct cat_batch;
 typedef struct tier_mgr tier_mgr;
 typedef struct tier_obj tier_obj;
 
@@ -41,10 +54,19 @@ enum tier_kind {
 	TIER_REMOTE = 1u << 3,
 };
 
+struct tier_nvme_dev {
+	const char *dir;
+	uint64_t bytes;
+};
+
 struct tier_config {
 	uint64_t dram_bytes; /* arena size, rounded down to whole pages */
 	uint32_t page_size;  /* power of two, 4 KiB .. 16 MiB; 0 = 64 KiB */
 	const char *policy;  /* "mq" (default) or "lru" */
+	const struct tier_nvme_dev *nvme; /* NVMe devices (striped), or NULL */
+	unsigned nvme_count;
+	bool persist_through; /* write every sealed file to NVMe at once */
+	struct cat *cat;      /* where tier records go (required with NVMe) */
 };
 
 struct tier_callbacks {
@@ -58,6 +80,18 @@ struct tier_callbacks {
 };
 
 struct tier_stats {
+	uint64_t nvme_capacity; /* 0 without NVMe */
+	uint64_t nvme_used;
+	uint64_t nvme_files;    /* objects with an NVMe copy */
+	uint64_t nvme_reads, nvme_read_bytes, nvme_writes, nvme_write_bytes;
+	uint64_t nvme_write_errors; /* files that stayed in DRAM only */
+	uint64_t nvme_read_errors;  /* I/O errors and checksum mismatches */
+	uint64_t nvme_csum_errors;
+	uint64_t nvme_evictions;    /* NVMe copies dropped to make room */
+	uint64_t demotions;         /* DRAM copies dropped after writing NVMe */
+	uint64_t promotions;        /* NVMe files brought back into DRAM */
+	uint64_t lost;              /* files dropped: their only copy failed */
+	bool nvme_full;             /* the segment filesystem said ENOSPC */
 	uint64_t page_size;
 	uint64_t dram_capacity; /* bytes */
 	uint64_t dram_used;     /* bytes in allocated pages */
@@ -82,6 +116,30 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 /* Release everything. Every object must be dead or unreferenced by now. */
 void tier_close(tier_mgr *m);
 
+/*
+ * Clean shutdown: write every sealed file that is only in DRAM to NVMe (as
+ * far as its free space goes, evicting nothing), record it, and sync, so a
+ * planned restart loses nothing. A no-op without NVMe.
+ */
+void tier_flush(tier_mgr *m);
+
+/* Add to @b the deletion of the tier records of object @id (the owner deletes the file). */
+void tier_forget_record(struct cat_batch *b, uint64_t id);
+
+/*
+ * Recovery at start, between tier_recover_begin() and tier_recover_end():
+ * tier_recover() gives the object of @id back if a persistent tier holds
+ * all @size bytes of it (sealed, not in DRAM), reserving its space.
+ * tier_recover_end() deletes the records nobody claimed into @b.
+ * @return 0; -ENOENT if no persistent copy exists (the owner drops the
+ * file); -EUCLEAN if the record is damaged (extents overlapping others or
+ * outside a device, or not adding up to @size: it is deleted into @b).
+ */
+int tier_recover_begin(tier_mgr *m);
+int tier_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *owner,
+		 tier_obj **out);
+void tier_recover_end(tier_mgr *m, struct cat_batch *b);
+
 /* The arena's memfd (for mapping it elsewhere) and the page size. */
 int tier_dram_fd(const tier_mgr *m);
 uint32_t tier_page_size(const tier_mgr *m);
@@ -92,8 +150,11 @@ void tier_get_stats(tier_mgr *m, struct tier_stats *st);
 
 /* --- objects ---------------------------------------------------------- */
 
-/* A new, empty, writable object. @owner is the owner's cookie. @return 0, -ENOMEM. */
-int tier_obj_new(tier_mgr *m, void *owner, tier_obj **out);
+/*
+ * A new, empty, writable object. @owner is the owner's cookie, @id its
+ * stable id (the key of the object's tier records). @return 0, -ENOMEM.
+ */
+int tier_obj_new(tier_mgr *m, void *owner, uint64_t id, tier_obj **out);
 void tier_obj_get(tier_obj *o);
 void tier_obj_put(tier_obj *o);
 
@@ -129,17 +190,20 @@ int tier_truncate(tier_obj *o, uint64_t size);
 int tier_seal(tier_obj *o);
 
 /*
- * Copy up to @len bytes at @off into @buf (any object state).
- * @return bytes copied (0 at or past the end); -ENOENT if dead.
+ * Copy up to @len bytes at @off into @buf (any object state), from DRAM or,
+ * for a sealed object only on NVMe, from NVMe with every extent's checksum
+ * checked.
+ * @return bytes copied (0 at or past the end); -ENOENT if dead; -EIO if
+ * its only copy failed (the object is then dropped and the owner told).
  */
 ssize_t tier_read(tier_obj *o, uint64_t off, void *buf, size_t len);
 
 /*
- * Zero-copy view of up to @len bytes at @off of a sealed, leased object: up
- * to @max iovecs pointing into the arena (holes point at a zero page). The
- * memory stays valid while the lease is held.
+ * Zero-copy view of up to @len bytes at @off of a sealed, leased object in
+ * DRAM: up to @max iovecs pointing into the arena (holes point at a zero
+ * page). The memory stays valid while the lease is held.
  * @return the number of iovecs (0 at the end); -EINVAL if not sealed;
- * -ENOENT if dead.
+ * -ENODATA if the bytes are not in DRAM (use tier_read()); -ENOENT if dead.
  */
 int tier_read_iov(tier_obj *o, uint64_t off, size_t len, struct iovec *iov, int max);
 
@@ -150,7 +214,11 @@ int tier_read_iov(tier_obj *o, uint64_t off, size_t len, struct iovec *iov, int 
 int tier_lease(tier_obj *o);
 void tier_unlease(tier_obj *o);
 
-/* Record an access (an open that found the file) for the eviction policy. */
+/*
+ * Record an access (an open that found the file) for the eviction policy;
+ * a file only on NVMe that is hot is promoted into DRAM, synchronously
+ * (call it with no lock held: it may evict).
+ */
 void tier_touch(tier_obj *o);
 
 /* Pin or unpin: a pinned object is never evicted. @return 0, -ENOENT if dead. */

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "tier/nvme.h"
 #include "tier/tier.h"
 
 #define TIER_NO_PAGE UINT32_MAX
@@ -49,6 +50,9 @@ static inline uint8_t *dram_page(const struct dram_arena *a, uint32_t id)
 #define OBJ_SEALED (1ull << 32)
 #define OBJ_PINNED (1ull << 33)
 #define OBJ_DEAD   (1ull << 34)
+#define OBJ_DRAM   (1ull << 35) /* its bytes are in DRAM pages */
+#define OBJ_NVME   (1ull << 36) /* a complete copy is on NVMe (ext) */
+#define OBJ_BUSY   (1ull << 37) /* one thread is moving it between tiers */
 #define OBJ_LEASES 0xffffffffull
 
 struct policy_node {
@@ -65,13 +69,18 @@ struct tier_obj {
 	tier_mgr *mgr;
 	void *owner;
 
-	pthread_mutex_t lock; /* guards the fields below while unsealed */
+	uint64_t id;          /* the owner's id: key of the tier's catalog records */
+
+	pthread_mutex_t lock; /* guards the fields below while unsealed, and moves */
 	uint64_t size;
 	uint32_t nslots;   /* capacity of pages[] */
 	uint32_t npages;   /* allocated pages (not holes) */
 	uint32_t *pages;   /* page id per page-sized slot, TIER_NO_PAGE = hole */
+	struct nvme_extent *ext; /* the NVMe copy while OBJ_NVME */
+	unsigned next;
 
-	struct policy_node pn; /* guarded by the policy lock */
+	struct policy_node pn;  /* DRAM policy: sealed and in DRAM (its lock) */
+	struct policy_node npn; /* NVMe policy: has an NVMe copy (its lock) */
 };
 
 /* --- eviction policy ------------------------------------------------------ */
@@ -109,11 +118,28 @@ struct policy_node *policy_iter_next(struct policy *p, struct policy_iter *it);
 
 /* --- the manager ---------------------------------------------------------- */
 
+struct nvme_rec {
+	uint64_t id;
+	struct nvme_extent *ext;
+	unsigned n;
+	bool claimed;
+};
+
 struct tier_mgr {
 	struct dram_arena dram;
-	struct policy policy;
+	struct policy policy;      /* objects in DRAM */
+	struct policy nvme_policy; /* objects with an NVMe copy */
 	struct tier_callbacks cb;
-	uint8_t *zero_page;
+	uint8_t *zero_page;        /* page-aligned (O_DIRECT writes of holes) */
+
+	struct nvme_store *nvme;   /* NULL: DRAM only */
+	struct cat *cat;
+	bool persist_through;
+	struct nvme_rec *recs;     /* recovery: records scanned at start */
+	size_t nrecs;
+
+	_Atomic uint64_t demotions, promotions, nvme_write_errors, nvme_read_errors;
+	_Atomic uint64_t nvme_evictions, lost, nvme_files;
 
 	_Atomic uint64_t objects;
 	_Atomic uint64_t sealed;
@@ -123,5 +149,31 @@ struct tier_mgr {
 	_Atomic uint64_t evicted_bytes;
 	_Atomic uint64_t enospc;
 };
+
+/* --- tier.c internals place.c uses ---------------------------------------- */
+
+uint64_t obj_try_claim(tier_obj *o, uint64_t need, uint64_t forbid);
+void obj_unclaim(tier_obj *o);
+/* Kill a claimed object unless leased (then -EBUSY, unclaimed); see tier.c. */
+int obj_kill_claimed(tier_obj *o, bool tell_owner);
+void obj_release_pages(tier_obj *o);
+int dram_alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids);
+
+/* --- place.c: moving bytes between DRAM and NVMe ----------------------------- */
+
+/*
+ * Write a sealed object in DRAM to NVMe and record it (the caller claimed
+ * it with OBJ_BUSY). Makes room on NVMe by evicting if @evict.
+ * @return 0; -ENOSPC; -EIO (it stays in DRAM only, counted).
+ */
+int place_store(tier_obj *o, bool evict);
+/* Drop the DRAM copy of a claimed object that has an NVMe copy. @return 0 or -EBUSY. */
+int place_demote(tier_obj *o);
+/* Bring a claimed NVMe-only object into DRAM. @return 0 or -errno. */
+int place_promote(tier_obj *o);
+/* Read [off, off + len) of an object from its NVMe copy. */
+ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len);
+/* Free an object's NVMe copy (it died). */
+void place_free(tier_obj *o);
 
 #endif

@@ -119,7 +119,7 @@ static tier_obj *new_obj(tier_mgr *m)
 {
 	tier_obj *o = NULL;
 
-	assert_int_equal(tier_obj_new(m, NULL, &o), 0);
+	assert_int_equal(tier_obj_new(m, NULL, 0, &o), 0);
 	assert_non_null(o);
 	return o;
 }
@@ -1057,7 +1057,7 @@ static void test_owner_cookie(void **state)
 	tier_obj *o = NULL;
 
 	(void)state;
-	assert_int_equal(tier_obj_new(m, &x, &o), 0);
+	assert_int_equal(tier_obj_new(m, &x, 0, &o), 0);
 	assert_ptr_equal(tier_obj_owner(o), &x);
 	tier_obj_set_owner(o, &y);
 	assert_ptr_equal(tier_obj_owner(o), &y);
@@ -1648,7 +1648,7 @@ static void smoke_create(struct smoke *s, uint64_t r, uint8_t *buf)
 	bool drop_old = false;
 	int rc;
 
-	if (!own || tier_obj_new(s->m, own, &o))
+	if (!own || tier_obj_new(s->m, own, 0, &o))
 		abort();
 	own->slot = (int)((r >> 8) % SLOTS);
 	own->opens = 1; /* the writer */
