@@ -149,6 +149,10 @@ TS(nvme_evictions)
 TS(demotions)
 TS(promotions)
 TS(lost)
+static uint64_t g_nvme_full(const struct snapshot *s)
+{
+	return s->ts.nvme_full;
+}
 static uint64_t g_free(const struct snapshot *s)
 {
 	return s->ts.dram_capacity - s->ts.dram_used;
@@ -230,6 +234,8 @@ static const struct figure figures[] = {
 	 "NVMe extents whose bytes did not match their checksum", -1, g_nvme_csum_errors},
 	{"tiers.nvme.evictions", "kvfs_nvme_evictions_total", COUNTER,
 	 "NVMe copies dropped to make room on NVMe", -1, g_nvme_evictions},
+	{"tiers.nvme.full", "kvfs_nvme_full", GAUGE,
+	 "1 once the segment filesystem said ENOSPC: NVMe takes no new files", -1, g_nvme_full},
 	{"demotions", "kvfs_demotions_total", COUNTER,
 	 "Files whose DRAM copy was dropped once on NVMe", -1, g_demotions},
 	{"promotions", "kvfs_promotions_total", COUNTER, "Files brought back from NVMe into DRAM",
@@ -278,6 +284,10 @@ static const struct figure figures[] = {
 	 NULL},
 	{"restart_recovered", "kvfs_restart_recovered", GAUGE,
 	 "Files that came back at start from NVMe", CTR(restart_recovered), NULL},
+	{"verified", "kvfs_verified_total", COUNTER, "Files checked by user.kvfs.verify", CTR(verified),
+	 NULL},
+	{"verify_failed", "kvfs_verify_failed_total", COUNTER,
+	 "Files whose check found a bad copy", CTR(verify_failed), NULL},
 	{"readdir_scanned", "kvfs_readdir_scanned_total", COUNTER,
 	 "Directory entries visited by readdir", CTR(readdir_scanned), NULL},
 	{"catalog.commits", "kvfs_catalog_commits_total", COUNTER, "Catalog batches committed",

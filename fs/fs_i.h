@@ -151,6 +151,8 @@ struct kvfs_counters {
 	_Atomic uint64_t operator_evictions;
 	_Atomic uint64_t restart_dropped;
 	_Atomic uint64_t restart_recovered;
+	_Atomic uint64_t verified;
+	_Atomic uint64_t verify_failed;
 	_Atomic uint64_t catalog_commits;
 	_Atomic uint64_t catalog_errors;
 	_Atomic uint64_t readdir_scanned;

@@ -57,7 +57,8 @@ struct handle {
 	struct kvfs_inode *in;
 	bool writer;  /* counted in in->writers */
 	bool flushed; /* counted in in->flushed: closed, not written since */
-	bool leased;
+	tier_obj *data; /* leased and referenced: the file's bytes, even if
+			 * evicted or lost meanwhile (reads then fail) */
 	/* control files */
 	char *buf;
 	size_t len;
@@ -488,7 +489,8 @@ static int open_file(struct kvfs_fs *fs, struct kvfs_inode *in, struct fuse_file
 		handle_free(fs, h);
 		return rc;
 	}
-	h->leased = true;
+	h->data = in->data;
+	tier_obj_get(h->data);
 	in->opens++;
 	if (write) {
 		in->writers++;
@@ -507,7 +509,7 @@ static int open_file(struct kvfs_fs *fs, struct kvfs_inode *in, struct fuse_file
 	}
 	pthread_mutex_unlock(&in->lock);
 	if (!write) {
-		tier_touch(in->data);
+		tier_touch(h->data);
 		ns_mark_dirty(fs, in);
 		atomic_fetch_add(&fs->ctr.hits, 1);
 	}
@@ -1046,9 +1048,9 @@ static void kvfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		free(buf);
 		return;
 	}
-	data = in->data; /* stable: this handle's lease keeps it */
-	if (!data) {
-		fuse_reply_err(req, EIO);
+	data = h->data; /* this handle's lease keeps it */
+	if (tier_is_dead(data)) {
+		fuse_reply_err(req, EIO); /* evicted by an operator, or its only copy failed */
 		return;
 	}
 	atomic_fetch_add(&fs->ctr.reads, 1);
@@ -1118,7 +1120,7 @@ static void kvfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
 		pthread_mutex_unlock(&in->lock);
 	}
 	/* No fs lock is held: the write may evict other files. */
-	rc = tier_write(in->data, (uint64_t)off, buf, size);
+	rc = tier_write(h->data, (uint64_t)off, buf, size);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -1272,12 +1274,13 @@ static void kvfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 		 * when the file seals (an evict, a reader) must find it closed.
 		 */
 		pthread_mutex_lock(&in->lock);
-		if (h->leased)
-			tier_unlease(in->data);
-		h->leased = false;
 		in->opens--;
 		pthread_mutex_unlock(&in->lock);
+		if (h->data)
+			tier_unlease(h->data);
 		seal_file(fs, h);
+		tier_obj_put(h->data);
+		h->data = NULL;
 		pthread_mutex_lock(&in->lock);
 		unlinked = !in->linked;
 		pthread_mutex_unlock(&in->lock);
@@ -1670,6 +1673,51 @@ static int set_pin(struct kvfs_fs *fs, struct kvfs_inode *in, bool pin)
 	return rc;
 }
 
+/*
+ * user.kvfs.verify: re-read the file's copies and check them (NVMe
+ * checksums; a native block is validated again). A bad copy is dropped.
+ * @return 0; -EBADMSG (a bad copy was dropped; the file lives on);
+ * -EIO (the file was lost); -EISDIR; -ENOENT.
+ */
+static int verify_file(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	struct kvfs_block_info bi;
+	char magic[KVFS_BLOCK_MAGIC_BYTES];
+	const char *why;
+	uint8_t *hdr;
+	tier_obj *data;
+	int rc;
+
+	if (in->kind != KIND_FILE)
+		return -EISDIR;
+	pthread_mutex_lock(&in->lock);
+	data = atomic_load(&in->sealed) && in->data && !in->invalid && tier_lease(in->data) == 0
+		       ? in->data
+		       : NULL;
+	if (data)
+		tier_obj_get(data);
+	pthread_mutex_unlock(&in->lock);
+	if (!data)
+		return in->invalid ? -EBADMSG : -ENOENT;
+	rc = tier_verify(data);
+	if (!rc && in->native && tier_read(data, 0, magic, sizeof(magic)) == sizeof(magic) &&
+	    kvfs_block_is_native(magic, sizeof(magic))) {
+		hdr = malloc(KVFS_BLOCK_MAX_HEADER);
+		rc = hdr ? kvfs_block_validate(obj_read, data, tier_size(data), hdr,
+					       KVFS_BLOCK_MAX_HEADER, &bi, &why)
+			 : -ENOMEM;
+		free(hdr);
+		if (rc && rc != -ENOMEM && rc != -EIO)
+			rc = -EBADMSG;
+	}
+	atomic_fetch_add(&fs->ctr.verified, 1);
+	if (rc)
+		atomic_fetch_add(&fs->ctr.verify_failed, 1);
+	tier_unlease(data);
+	tier_obj_put(data);
+	return rc;
+}
+
 static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
 			  size_t size, int flags)
 {
@@ -1713,6 +1761,12 @@ static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, cons
 			 */
 			ns_evict_tree(fs, in, &res);
 		}
+	} else if (strcmp(name, "user.kvfs.verify") == 0) {
+		rc = parse_bool(value, size, &on);
+		if (!rc && !on)
+			rc = -EINVAL;
+		if (!rc)
+			rc = verify_file(fs, in);
 	} else if (strncmp(name, "user.kvfs.", 10) == 0) {
 		rc = -EPERM; /* read-only attributes */
 	} else {

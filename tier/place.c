@@ -498,6 +498,56 @@ ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 	return (ssize_t)done;
 }
 
+/*
+ * Check an object's NVMe copy: read every extent, verify its checksum. A
+ * bad copy is dropped: the object keeps its DRAM copy if it has one, else
+ * it is lost (and the owner told). The caller holds a lease.
+ * @return 0; -EBADMSG (bad copy dropped, the file lives on in DRAM); -EIO
+ * (the file is lost).
+ */
+int tier_verify(tier_obj *o)
+{
+	tier_mgr *m = o->mgr;
+	uint8_t *buf = NULL;
+	int rc = 0;
+
+	if (!(atomic_load(&o->state) & OBJ_NVME))
+		return 0;
+	for (unsigned i = 0; i < o->next && !rc; i++) {
+		const struct nvme_extent *e = &o->ext[i];
+		size_t need = (size_t)e->npages * m->dram.page_size;
+		struct iovec v;
+
+		free(buf);
+		buf = NULL;
+		if (posix_memalign((void **)&buf, 4096, need)) {
+			buf = NULL;
+			rc = -ENOMEM;
+			break;
+		}
+		v.iov_base = buf;
+		v.iov_len = e->len;
+		rc = nvme_read(m->nvme, e, 1, &v, 1);
+	}
+	free(buf);
+	if (!rc || rc == -ENOMEM)
+		return rc;
+	if (atomic_load(&o->state) & OBJ_DRAM) {
+		atomic_fetch_add(&m->nvme_read_errors, 1);
+		if (obj_try_claim(o, OBJ_NVME, 0)) {
+			/* not drop_nvme_copy(): our own lease is on it */
+			rec_commit(m, o->id, NULL, 0);
+			atomic_fetch_and(&o->state, ~OBJ_NVME);
+			nvme_list_del(o);
+			place_free(o);
+			obj_unclaim(o);
+		}
+		return -EBADMSG;
+	}
+	lose(o, rc);
+	return -EIO;
+}
+
 /* --- recovery and shutdown ------------------------------------------------------------ */
 
 struct scan {

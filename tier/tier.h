@@ -215,6 +215,14 @@ int tier_lease(tier_obj *o);
 void tier_unlease(tier_obj *o);
 
 /*
+ * Re-read the object's NVMe copy and check every checksum (the caller holds
+ * a lease). A bad copy is dropped; if it was the only one the object is
+ * lost and the owner told. @return 0; -EBADMSG (bad NVMe copy dropped, the
+ * DRAM copy remains); -EIO (the file is lost).
+ */
+int tier_verify(tier_obj *o);
+
+/*
  * Record an access (an open that found the file) for the eviction policy;
  * a file only on NVMe that is hot is promoted into DRAM, synchronously
  * (call it with no lock held: it may evict).

@@ -921,6 +921,96 @@ static int cmd_evict(char **args, int nargs)
 	return rc;
 }
 
+/* --- verify ----------------------------------------------------------------------------------- */
+
+struct verify_sum {
+	uint64_t total, done, bad, lost;
+	bool tty;
+};
+
+static void count_fn(const char *path, const char *rel, const struct stat *st, void *ctx)
+{
+	if (S_ISREG(st->st_mode))
+		((struct verify_sum *)ctx)->total++;
+}
+
+/*
+ * One file: the daemon re-reads its copies and checks them (NVMe checksums,
+ * native block validation) and drops a bad one.
+ */
+static void verify_fn(const char *path, const char *rel, const struct stat *st, void *ctx)
+{
+	struct verify_sum *s = ctx;
+	int e;
+
+	if (!S_ISREG(st->st_mode))
+		return;
+	e = set_attr(path, "user.kvfs.verify", "1");
+	s->done++;
+	if (e == -EBADMSG) {
+		s->bad++;
+		if (s->tty)
+			fprintf(stderr, "\r\033[K");
+		printf("%s: a bad copy was found and dropped (the file remains)\n", path);
+	} else if (e == -EIO) {
+		s->bad++;
+		s->lost++;
+		if (s->tty)
+			fprintf(stderr, "\r\033[K");
+		printf("%s: its only copy was bad: dropped (a miss from now on)\n", path);
+	} else if (e && e != -ENOENT && e != -EBUSY) {
+		err_errno(path, -e);
+		s->bad++;
+	}
+	if (s->tty && (s->done % 64 == 0 || s->done == s->total)) {
+		int w = s->total ? (int)(40 * s->done / s->total) : 40;
+
+		fprintf(stderr, "\rverify [%-40.*s] %" PRIu64 "/%" PRIu64, w,
+			"########################################", s->done, s->total);
+		fflush(stderr);
+	}
+}
+
+static int cmd_verify(char **args, int nargs)
+{
+	struct verify_sum s = {.tty = isatty(2)};
+	int rc = 0;
+
+	if (nargs == 0) {
+		err("verify", "missing PATH");
+		return EXIT_USAGE;
+	}
+	for (int i = 0; i < nargs; i++) {
+		struct stat st;
+
+		if (lstat(args[i], &st)) {
+			err_errno(args[i], errno);
+			rc = 1;
+			continue;
+		}
+		if (!on_kvfs(args[i])) {
+			err(args[i], "not on a kvfs mount");
+			rc = 1;
+			continue;
+		}
+		if (s.tty)
+			walk_tree(args[i], count_fn, &s);
+		if (S_ISDIR(st.st_mode))
+			walk_tree(args[i], verify_fn, &s);
+		else
+			verify_fn(args[i], args[i], &st, &s);
+	}
+	if (s.tty)
+		fprintf(stderr, "\n");
+	if (opt.json)
+		printf("{\"verified\": %" PRIu64 ", \"bad\": %" PRIu64 ", \"lost\": %" PRIu64 "}\n",
+		       s.done, s.bad, s.lost);
+	else
+		printf("%" PRIu64 " files verified, %" PRIu64 " with a bad copy (%" PRIu64 " lost)\n",
+		       s.done, s.bad, s.lost);
+	return rc || s.bad ? 1 : 0;
+}
+
 /* --- show ----------------------------------------------------------------------------------- */
 
 static ssize_t pread_cb(void *ctx, uint64_t off, void *buf, size_t len)
@@ -1238,6 +1328,7 @@ static void usage(FILE *f)
 		   "  pin FILE...        keep files from being evicted\n"
 		   "  unpin FILE...      let them be evicted again\n"
 		   "  evict PATH...      evict files, or every evictable file under a directory\n"
+		   "  verify PATH...     re-read every file under PATH, check every copy, drop bad ones\n"
 		   "  help               this text\n"
 		   "\n"
 		   "options:\n"
@@ -1321,6 +1412,8 @@ static int run(int argc, char **argv)
 		rc = cmd_pin(pos + 1, n - 1, false);
 	else if (!strcmp(cmd, "evict"))
 		rc = cmd_evict(pos + 1, n - 1);
+	else if (!strcmp(cmd, "verify"))
+		rc = cmd_verify(pos + 1, n - 1);
 	else {
 		rc = usage_error(cmd, "unknown command");
 		goto out;
