@@ -68,15 +68,20 @@ class Mount:
         subprocess.run(["fusermount3", "-u", self.mnt], capture_output=True, timeout=30)
         self._wait_exit(timeout)
 
-    def kill(self, sig=signal.SIGKILL):
-        """Kill the daemon and detach the dead mount."""
-        if self.pid is None:
-            return
-        try:
-            os.kill(self.pid, sig)
-        except ProcessLookupError:
-            pass
-        self._wait_exit(30)
+    def kill(self, sig=signal.SIGKILL, detach=True):
+        """Kill the daemon and (unless told not to) detach the dead mount. Until
+        it is detached, every access to the mount fails with ENOTCONN; after,
+        the path is a plain directory again."""
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            self._wait_exit(30)
+        if detach:
+            self.detach()
+
+    def detach(self):
         subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True, timeout=30)
 
     def restart(self, extra=()):
