@@ -77,9 +77,33 @@ class Mount:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
-            self._wait_exit(30)
+            try:
+                self._wait_exit(3)
+            except RuntimeError:
+                # A daemon thread can be stuck in the kernel (a cache
+                # invalidation waiting for a directory lock that a process
+                # blocked on this very mount holds): abort the connection,
+                # as an operator would, and the process can exit.
+                self.abort()
+                self._wait_exit(30)
         if detach:
             self.detach()
+
+    def abort(self):
+        """Abort the FUSE connection (/sys/fs/fuse/connections/N/abort)."""
+        conns = "/sys/fs/fuse/connections"
+        if os.path.isdir(conns) and not os.listdir(conns):
+            subprocess.run(["mount", "-t", "fusectl", "none", conns], capture_output=True)
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields[4] == self.mnt:
+                    minor = fields[2].split(":")[1]
+                    try:
+                        with open("/sys/fs/fuse/connections/%s/abort" % minor, "w") as a:
+                            a.write("1")
+                    except OSError:
+                        pass
 
     def detach(self):
         subprocess.run(["fusermount3", "-u", "-z", self.mnt], capture_output=True, timeout=30)
