@@ -654,6 +654,8 @@ static int64_t op_match(struct fp_reg *r, const struct kvfs_ring_sqe *e, uint64_
 			ns_put(fs, in, 1);
 			break;
 		}
+		atomic_fetch_add(tier_where(o) & TIER_DRAM ? &fs->ctr.hits_dram : &fs->ctr.hits_nvme,
+				 1);
 		tier_touch(o);
 		ns_mark_dirty(fs, in);
 		m->inodes[i] = in;

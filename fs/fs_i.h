@@ -135,6 +135,8 @@ struct kvfs_counters {
 	_Atomic uint64_t lookup_misses;
 	_Atomic uint64_t misses_created; /* negative lookups followed by a create */
 	_Atomic uint64_t hits;
+	_Atomic uint64_t hits_dram; /* of which found in DRAM */
+	_Atomic uint64_t hits_nvme; /* of which found on NVMe only */
 	_Atomic uint64_t opens;
 	_Atomic uint64_t reads;
 	_Atomic uint64_t read_bytes;

@@ -509,6 +509,9 @@ static int open_file(struct kvfs_fs *fs, struct kvfs_inode *in, struct fuse_file
 	}
 	pthread_mutex_unlock(&in->lock);
 	if (!write) {
+		atomic_fetch_add(tier_where(h->data) & TIER_DRAM ? &fs->ctr.hits_dram
+								 : &fs->ctr.hits_nvme,
+				 1);
 		tier_touch(h->data);
 		ns_mark_dirty(fs, in);
 		atomic_fetch_add(&fs->ctr.hits, 1);
@@ -1073,9 +1076,13 @@ static void kvfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			fuse_reply_iov(req, iov, k); /* splicing from the memfd measured 2x slower */
 		return;
 	}
-	/* The writer reading its own unsealed file, or bytes on NVMe: a copy. */
+	/*
+	 * The writer reading its own unsealed file, or bytes on NVMe: a copy
+	 * (page-aligned, so whole NVMe extents are read straight into it).
+	 */
 copy:
-	buf = malloc(size ? size : 1);
+	if (posix_memalign((void **)&buf, 4096, size ? size : 1))
+		buf = NULL;
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;

@@ -185,6 +185,8 @@ void place_free(tier_obj *o)
 	n = o->next;
 	o->ext = NULL;
 	o->next = 0;
+	free(o->rcache);
+	o->rcache = NULL;
 	pthread_mutex_unlock(&o->lock);
 	if (ext)
 		nvme_free(o->mgr->nvme, ext, n);
@@ -444,12 +446,22 @@ out:
 
 /* --- reads from NVMe --------------------------------------------------------------- */
 
-static _Thread_local uint8_t *bounce;
-static _Thread_local size_t bounce_len;
+/* A thread's spare extent buffer, traded with an object's cache. */
+static _Thread_local uint8_t *spare;
 
+/*
+ * Read [off, off + len) from the NVMe copy. Whole extents are read (a
+ * checksum covers an extent). The object's read cache keeps the extent read
+ * last: the kernel's first read-ahead requests of a file are smaller than an
+ * extent and would read it again for each piece. Reads of different
+ * extents run in parallel: the I/O goes into the thread's spare buffer,
+ * which then trades places with the cache. The caller holds a lease, so the
+ * extents stay; o->lock guards the cache.
+ */
 ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 {
 	tier_mgr *m = o->mgr;
+	size_t cache_bytes = (size_t)m->nvme_extent_pages * m->dram.page_size;
 	uint64_t pos = 0, end;
 	size_t done = 0;
 	int rc = 0;
@@ -459,43 +471,83 @@ ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 	if (off >= o->size)
 		return 0;
 	end = KVFS_MIN(o->size, off + len);
-	/* A reader holds a lease: the extents stay until it goes. */
 	for (unsigned i = 0; i < o->next && pos < end && !rc; i++) {
 		const struct nvme_extent *e = &o->ext[i];
-		uint64_t e_end = pos + e->len;
-		size_t need = (size_t)e->npages * m->dram.page_size;
-		struct iovec v;
+		uint64_t e_end = pos + e->len, from, to;
+		bool hit;
 
 		if (e_end <= off) {
 			pos = e_end;
 			continue;
 		}
-		if (bounce_len < need) {
-			free(bounce);
-			bounce = NULL;
-			bounce_len = 0;
-			if (posix_memalign((void **)&bounce, 4096, need))
-				return -ENOMEM;
-			bounce_len = need;
-		}
-		/* whole extents: the checksum covers all of one */
-		v.iov_base = bounce;
-		v.iov_len = e->len;
-		rc = nvme_read(m->nvme, e, 1, &v, 1);
-		if (!rc) {
-			uint64_t from = KVFS_MAX(off, pos), to = KVFS_MIN(end, e_end);
+		from = KVFS_MAX(off, pos);
+		to = KVFS_MIN(end, e_end);
+		/* A whole extent into an aligned buffer: straight there, no copy. */
+		if (from == pos && to == e_end && !(((uintptr_t)buf + (from - off)) & 4095)) {
+			struct iovec v = {(uint8_t *)buf + (from - off), e->len};
 
-			memcpy((uint8_t *)buf + (from - off), bounce + (from - pos), to - from);
+			rc = nvme_read(m->nvme, e, 1, &v, 1);
+			if (rc)
+				break;
 			done += to - from;
+			pos = e_end;
+			continue;
 		}
+		pthread_mutex_lock(&o->lock);
+		hit = o->rcache && o->rcache_ext == (int)i;
+		if (hit)
+			memcpy((uint8_t *)buf + (from - off), o->rcache + (from - pos), to - from);
+		pthread_mutex_unlock(&o->lock);
+		if (!hit) {
+			struct iovec v;
+
+			if (!spare && posix_memalign((void **)&spare, 4096, cache_bytes)) {
+				spare = NULL;
+				rc = -ENOMEM;
+				break;
+			}
+			v.iov_base = spare;
+			v.iov_len = e->len;
+			rc = nvme_read(m->nvme, e, 1, &v, 1);
+			if (rc)
+				break;
+			memcpy((uint8_t *)buf + (from - off), spare + (from - pos), to - from);
+			pthread_mutex_lock(&o->lock);
+			{
+				uint8_t *old = o->rcache;
+
+				o->rcache = spare;
+				o->rcache_ext = (int)i;
+				spare = old; /* NULL: allocated again next time */
+			}
+			pthread_mutex_unlock(&o->lock);
+		}
+		done += to - from;
 		pos = e_end;
 	}
+	if (rc == -ENOMEM)
+		return rc;
 	if (rc) {
 		/* EIO or a bad checksum: no other copy (it is not in DRAM) */
 		lose(o, rc);
 		return -EIO;
 	}
 	return (ssize_t)done;
+}
+
+/* The last lease went: let the read cache go (tier.c calls this). */
+void place_unleased(tier_obj *o)
+{
+	uint8_t *c = NULL;
+
+	pthread_mutex_lock(&o->lock);
+	if (!(atomic_load(&o->state) & OBJ_LEASES)) {
+		c = o->rcache;
+		o->rcache = NULL;
+		o->rcache_ext = -1;
+	}
+	pthread_mutex_unlock(&o->lock);
+	free(c);
 }
 
 /*

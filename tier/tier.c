@@ -83,6 +83,7 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 			devs[i].dir = cfg->nvme[i].dir;
 			devs[i].bytes = cfg->nvme[i].bytes;
 		}
+		m->nvme_extent_pages = extent_pages;
 		rc = nvme_open(devs, cfg->nvme_count, ps, extent_pages, &m->nvme, err, errlen);
 		if (rc)
 			goto out_zero;
@@ -218,6 +219,7 @@ void tier_obj_put(tier_obj *o)
 	if (!(old & OBJ_DEAD))
 		obj_died(o, old);
 	pthread_mutex_destroy(&o->lock);
+	free(o->rcache);
 	free(o->pages);
 	free(o);
 }
@@ -818,6 +820,8 @@ void tier_unlease(tier_obj *o)
 	/* The last lease of an object dropped while leased releases its bytes. */
 	if ((old & OBJ_LEASES) == 1 && (old & OBJ_DEAD) && !(old & OBJ_BUSY))
 		obj_died(o, old - 1);
+	else if ((old & OBJ_LEASES) == 1 && o->rcache)
+		place_unleased(o);
 }
 
 /* A file read this many times from NVMe comes back into DRAM. */

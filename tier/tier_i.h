@@ -78,6 +78,9 @@ struct tier_obj {
 	uint32_t *pages;   /* page id per page-sized slot, TIER_NO_PAGE = hole */
 	struct nvme_extent *ext; /* the NVMe copy while OBJ_NVME */
 	unsigned next;
+	uint8_t *rcache;  /* the NVMe extent read last (reads in smaller pieces reuse
+			   * it), freed when the last lease goes */
+	int rcache_ext;   /* which one, -1 for none */
 
 	struct policy_node pn;  /* DRAM policy: sealed and in DRAM (its lock) */
 	struct policy_node npn; /* NVMe policy: has an NVMe copy (its lock) */
@@ -133,6 +136,7 @@ struct tier_mgr {
 	uint8_t *zero_page;        /* page-aligned (O_DIRECT writes of holes) */
 
 	struct nvme_store *nvme;   /* NULL: DRAM only */
+	uint32_t nvme_extent_pages;
 	struct cat *cat;
 	bool persist_through;
 	struct nvme_rec *recs;     /* recovery: records scanned at start */
@@ -175,5 +179,7 @@ int place_promote(tier_obj *o);
 ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len);
 /* Free an object's NVMe copy (it died). */
 void place_free(tier_obj *o);
+/* The last lease of @o went. */
+void place_unleased(tier_obj *o);
 
 #endif

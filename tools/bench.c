@@ -454,14 +454,64 @@ static void print_log_tail(const char *path)
 			buf[n - 1] == '\n' ? "" : "\n");
 }
 
+/* Start the daemon on @m's directories (made by bench_mount_start). */
+static int spawn_daemon(struct bench_mount *m, uint64_t dram_bytes, const char *const *extra)
+{
+	const char *argv[40];
+	char state[PATH_MAX], dram[32];
+	int argc = 0, status;
+	json_t *cfg;
+	pid_t pid;
+
+	bench_path(state, sizeof(state), "%s/state", m->base);
+	snprintf(dram, sizeof(dram), "%llu", (unsigned long long)dram_bytes);
+	argv[argc++] = kvfs_bin;
+	argv[argc++] = "--state";
+	argv[argc++] = state;
+	argv[argc++] = "--dram";
+	argv[argc++] = dram;
+	argv[argc++] = "--log";
+	argv[argc++] = m->log;
+	for (int i = 0; extra && extra[i] && argc < 36; i++)
+		argv[argc++] = extra[i];
+	argv[argc++] = m->mnt;
+	argv[argc] = NULL;
+
+	register_mount(m);
+	pid = fork();
+	if (pid < 0) {
+		bench_err("fork: %s", strerror(errno));
+		return -errno;
+	}
+	if (pid == 0) {
+		dup2(2, 1);
+		execv(kvfs_bin, (char *const *)argv);
+		fprintf(stderr, "kvfs-bench: cannot run %s: %s\n", kvfs_bin, strerror(errno));
+		_exit(127);
+	}
+	/* The daemon's parent returns once the mount is ready: wait even if interrupted. */
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	m->mounted = find_mount(m->mnt, NULL, 0);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !m->mounted) {
+		bench_err("kvfs (%s) failed to start (its message is above)", m->label);
+		print_log_tail(m->log);
+		return -EIO;
+	}
+	cfg = bench_mount_json(m, "config");
+	if (!cfg)
+		return -EIO;
+	m->pid = (pid_t)bench_json_int(cfg, "pid");
+	json_decref(cfg);
+	settle(m, dram_bytes);
+	return 0;
+}
+
 int bench_mount_start(struct bench_mount *m, const char *label, uint64_t dram_bytes,
 		      const char *const *extra)
 {
-	const char *argv[40];
-	char tmpl[] = "/tmp/kvfs-bench-XXXXXX", state[PATH_MAX], dram[32];
-	int argc = 0, rc, status;
-	json_t *cfg;
-	pid_t pid;
+	char tmpl[] = "/tmp/kvfs-bench-XXXXXX";
+	int rc;
 
 	memset(m, 0, sizeof(*m));
 	snprintf(m->label, sizeof(m->label), "%s", label);
@@ -479,77 +529,26 @@ int bench_mount_start(struct bench_mount *m, const char *label, uint64_t dram_by
 	}
 	bench_path(m->mnt, sizeof(m->mnt), "%s/mnt", m->base);
 	bench_path(m->log, sizeof(m->log), "%s/kvfs.log", m->base);
-	bench_path(state, sizeof(state), "%s/state", m->base);
-	snprintf(dram, sizeof(dram), "%llu", (unsigned long long)dram_bytes);
 	if (mkdir(m->mnt, 0755)) {
 		rc = -errno;
 		bench_err("mkdir %s: %s", m->mnt, strerror(errno));
-		goto out_rm;
+		bench_rmtree(m->base);
+		m->base[0] = '\0';
+		return rc;
 	}
-	argv[argc++] = kvfs_bin;
-	argv[argc++] = "--state";
-	argv[argc++] = state;
-	argv[argc++] = "--dram";
-	argv[argc++] = dram;
-	argv[argc++] = "--log";
-	argv[argc++] = m->log;
-	for (int i = 0; extra && extra[i] && argc < 36; i++)
-		argv[argc++] = extra[i];
-	argv[argc++] = m->mnt;
-	argv[argc] = NULL;
-
-	register_mount(m);
-	pid = fork();
-	if (pid < 0) {
-		rc = -errno;
-		bench_err("fork: %s", strerror(errno));
-		goto out_unregister;
-	}
-	if (pid == 0) {
-		dup2(2, 1);
-		execv(kvfs_bin, (char *const *)argv);
-		fprintf(stderr, "kvfs-bench: cannot run %s: %s\n", kvfs_bin, strerror(errno));
-		_exit(127);
-	}
-	/* The daemon's parent returns once the mount is ready: wait even if interrupted. */
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-	m->mounted = find_mount(m->mnt, NULL, 0);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !m->mounted) {
-		bench_err("kvfs (%s) failed to start (its message is above)", label);
-		print_log_tail(m->log);
-		rc = -EIO;
-		goto out_stop;
-	}
-	cfg = bench_mount_json(m, "config");
-	if (!cfg) {
-		rc = -EIO;
-		goto out_stop;
-	}
-	m->pid = (pid_t)bench_json_int(cfg, "pid");
-	json_decref(cfg);
-	settle(m, dram_bytes);
-	return 0;
-
-out_stop:
-	bench_mount_stop(m);
-	return rc;
-out_unregister:
-	unregister_mount(m);
-out_rm:
-	bench_rmtree(m->base);
-	m->base[0] = '\0';
+	rc = spawn_daemon(m, dram_bytes, extra);
+	if (rc)
+		bench_mount_stop(m);
 	return rc;
 }
 
-int bench_mount_stop(struct bench_mount *m)
+/* Unmount and wait for the daemon to exit; keep its directories. */
+static int unmount_daemon(struct bench_mount *m)
 {
 	const char *argv[] = {fusermount_bin, "-u", m->mnt, NULL};
 	const char *lazy[] = {fusermount_bin, "-u", "-z", m->mnt, NULL};
 	double deadline;
 
-	if (!m->base[0])
-		return 0;
 	/* Unmount: a reader that just closed may still hold the mount briefly. */
 	for (int i = 0; i < 50 && find_mount(m->mnt, NULL, 0); i++) {
 		run_cmd(argv, i < 49);
@@ -574,10 +573,30 @@ int bench_mount_stop(struct bench_mount *m)
 		return -EBUSY;
 	}
 	m->mounted = false;
+	m->pid = 0;
 	unregister_mount(m);
+	return 0;
+}
+
+int bench_mount_stop(struct bench_mount *m)
+{
+	int rc;
+
+	if (!m->base[0])
+		return 0;
+	rc = unmount_daemon(m);
+	if (rc)
+		return rc;
 	bench_rmtree(m->base);
 	m->base[0] = '\0';
 	return 0;
+}
+
+int bench_mount_restart(struct bench_mount *m, uint64_t dram_bytes, const char *const *extra)
+{
+	int rc = unmount_daemon(m);
+
+	return rc ? rc : spawn_daemon(m, dram_bytes, extra);
 }
 
 /* --- tmpfs scratch ---------------------------------------------------------------------- */
@@ -863,8 +882,10 @@ static void usage(FILE *out)
 		     "  libkvfs [--blocks 256] [--layers 32] [--rounds 3]\n"
 		     "      engine loads, saves and prefix matches: fast path vs POSIX on the\n"
 		     "      mount vs POSIX on tmpfs vs memcpy\n"
+		     "  nvme [--sizes 2M,32M] [--total 512M]\n"
+		     "      NVMe tier write and cold read throughput vs fio on the same disk\n"
 		     "  all\n"
-		     "      all four with their defaults (replay: --limit 4000)\n"
+		     "      everything with its defaults (replay: --limit 4000)\n"
 		     "\n"
 		     "  --json FILE   also write the results as JSON to FILE\n"
 		     "\n"
@@ -883,6 +904,10 @@ static int run_all(json_t *results)
 	 */
 	char *rp[] = {"replay", "--limit", "4000", NULL};
 	char *lp[] = {"libkvfs", NULL};
+	char *np[] = {"nvme", NULL};
+	/* the NVMe issue's replay: DRAM 5% and NVMe 50% of the footprint */
+	char *rnp[] = {"replay", "--limit", "4000", "--fractions", "0.05", "--nvme-fraction", "0.5",
+		       NULL};
 	int rc;
 
 	rc = bench_throughput(1, tp, results);
@@ -892,6 +917,10 @@ static int run_all(json_t *results)
 		rc = bench_replay(3, rp, results);
 	if (!rc)
 		rc = bench_libkvfs(1, lp, results);
+	if (!rc)
+		rc = bench_nvme(1, np, results);
+	if (!rc)
+		rc = bench_replay(7, rnp, results);
 	return rc;
 }
 
@@ -930,7 +959,7 @@ int main(int argc, char **argv)
 	}
 	cmd = args[0];
 	if (strcmp(cmd, "throughput") && strcmp(cmd, "fuse-settings") && strcmp(cmd, "replay") &&
-	    strcmp(cmd, "libkvfs") && strcmp(cmd, "all")) {
+	    strcmp(cmd, "libkvfs") && strcmp(cmd, "nvme") && strcmp(cmd, "all")) {
 		bench_err("unknown command '%s' (see kvfs-bench --help)", cmd);
 		free(args);
 		return 2;
@@ -959,6 +988,8 @@ int main(int argc, char **argv)
 		rc = bench_replay(nargs, args, results);
 	else if (!strcmp(cmd, "libkvfs"))
 		rc = bench_libkvfs(nargs, args, results);
+	else if (!strcmp(cmd, "nvme"))
+		rc = bench_nvme(nargs, args, results);
 	else
 		rc = run_all(results);
 	cleanup_all();

@@ -65,6 +65,9 @@ int bench_mount_start(struct bench_mount *m, const char *label, uint64_t dram_by
  */
 int bench_mount_stop(struct bench_mount *m);
 
+/* Unmount cleanly and start the daemon again on the same state. @return 0 or -errno. */
+int bench_mount_restart(struct bench_mount *m, uint64_t dram_bytes, const char *const *extra);
+
 /*
  * Parse MOUNT/.kvfs/@name (stats or config).
  * @return a new reference, or NULL after printing why.
@@ -112,5 +115,6 @@ int bench_throughput(int argc, char **argv, json_t *out);
 int bench_fuse_settings(int argc, char **argv, json_t *out);
 int bench_replay(int argc, char **argv, json_t *out);
 int bench_libkvfs(int argc, char **argv, json_t *out);
+int bench_nvme(int argc, char **argv, json_t *out);
 
 #endif

@@ -303,8 +303,12 @@ static int sim_lru(const struct trace *t, uint64_t cap, uint64_t *hits, uint64_t
 
 struct replay_result {
 	uint64_t hits, writes, skipped, enospc, evictions, daemon_hits, evict_races;
+	uint64_t hits_dram, hits_nvme;
 	double wall;
 };
+
+/* --nvme-fraction: an NVMe tier of this fraction of the footprint (0: none). */
+static double nvme_fraction;
 
 static void block_path(const char *mnt, uint64_t id, const char *suffix, char *out, size_t len)
 {
@@ -380,11 +384,12 @@ static int block_write(const char *mnt, uint64_t id, const uint8_t *buf, uint64_
 	return rc;
 }
 
-static int replay_daemon(const struct trace *t, const char *policy, uint64_t dram, uint64_t page,
-			 uint64_t bsize, struct replay_result *res)
+static int replay_daemon(const struct trace *t, const char *policy, uint64_t dram, uint64_t nvme,
+			 uint64_t page, uint64_t bsize, struct replay_result *res)
 {
 	const char *extra[8];
-	char pagebuf[32], path[PATH_MAX];
+	char pagebuf[32], path[PATH_MAX], nvdir[64] = "", nvarg[PATH_MAX];
+	int64_t hd0 = 0, hn0 = 0;
 	uint8_t *rbuf = NULL, *wbuf = NULL, *ebuf = NULL;
 	struct bench_mount m;
 	int64_t ev0 = 0, ev1 = 0, h0 = 0, h1 = 0, er0 = 0, er1 = 0;
@@ -400,6 +405,18 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 	extra[2] = "--policy";
 	extra[3] = policy;
 	extra[4] = NULL;
+	if (nvme) {
+		/* O_DIRECT needs a disk filesystem: /var/tmp, not tmpfs */
+		snprintf(nvdir, sizeof(nvdir), "/var/tmp/kvfs-bench-nvme-XXXXXX");
+		if (!mkdtemp(nvdir)) {
+			bench_err("mkdtemp %s: %s", nvdir, strerror(errno));
+			return -errno;
+		}
+		bench_path(nvarg, sizeof(nvarg), "%s/d0:%llu", nvdir, (unsigned long long)nvme);
+		extra[4] = "--nvme";
+		extra[5] = nvarg;
+		extra[6] = NULL;
+	}
 	rbuf = bench_buf_alloc(bsize + 1);
 	wbuf = bench_buf_alloc(bsize);
 	ebuf = bench_buf_alloc(bsize);
@@ -431,6 +448,8 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 	}
 	ev0 = bench_json_int(st, "evictions");
 	h0 = bench_json_int(st, "hits");
+	hd0 = bench_json_int(st, "hits_dram");
+	hn0 = bench_json_int(st, "hits_nvme");
 	er0 = bench_json_int(st, "evict_races");
 	json_decref(st);
 
@@ -504,6 +523,8 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 	}
 	ev1 = bench_json_int(st, "evictions");
 	h1 = bench_json_int(st, "hits");
+	res->hits_dram = (uint64_t)(bench_json_int(st, "hits_dram") - hd0);
+	res->hits_nvme = (uint64_t)(bench_json_int(st, "hits_nvme") - hn0);
 	er1 = bench_json_int(st, "evict_races");
 	json_decref(st);
 	res->evictions = (uint64_t)(ev1 - ev0);
@@ -512,6 +533,8 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 	rc = bench_mount_stop(&m);
 out:
 	bench_mount_stop(&m);
+	if (nvdir[0])
+		bench_rmtree(nvdir);
 	bench_buf_free(rbuf, bsize + 1);
 	bench_buf_free(wbuf, bsize);
 	bench_buf_free(ebuf, bsize);
@@ -559,6 +582,7 @@ int bench_replay(int argc, char **argv, json_t *out)
 		{"fractions", required_argument, NULL, 'f'},
 		{"policies", required_argument, NULL, 'p'},
 		{"limit", required_argument, NULL, 'l'},
+		{"nvme-fraction", required_argument, NULL, 'n'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -616,9 +640,20 @@ int bench_replay(int argc, char **argv, json_t *out)
 			}
 			break;
 		}
+		case 'n': {
+			char *end;
+
+			nvme_fraction = strtod(optarg, &end);
+			if (!*optarg || *end || !(nvme_fraction > 0 && nvme_fraction <= 4)) {
+				bench_err("invalid --nvme-fraction '%s' (e.g. 0.5)", optarg);
+				return -EINVAL;
+			}
+			break;
+		}
 		case 'h':
 			printf("usage: kvfs-bench replay [--trace FILE] [--block-size 16K] "
-			       "[--fractions 0.1,0.25,0.5] [--policies mq,lru] [--limit N]\n");
+			       "[--fractions 0.1,0.25,0.5] [--policies mq,lru] [--limit N] "
+			       "[--nvme-fraction F]\n");
 			return 0;
 		default:
 			bench_err("replay: unknown or incomplete option '%s'", argv[optind - 1]);
@@ -695,6 +730,9 @@ int bench_replay(int argc, char **argv, json_t *out)
 	for (int f = 0; f < nfrac && !rc; f++) {
 		uint64_t cap_pages = (uint64_t)(fractions[f] * (double)footprint) / page;
 		uint64_t cap_blocks = cap_pages / pages_per_block, lhits, lev;
+		/* with NVMe the simulated LRU gets both tiers' room */
+		uint64_t nv_blocks = (uint64_t)(nvme_fraction * (double)footprint) / page /
+				     pages_per_block;
 		double lru;
 
 		if (cap_blocks == 0) {
@@ -702,7 +740,7 @@ int bench_replay(int argc, char **argv, json_t *out)
 			rc = -EINVAL;
 			break;
 		}
-		rc = sim_lru(&t, cap_blocks, &lhits, &lev);
+		rc = sim_lru(&t, cap_blocks + nv_blocks, &lhits, &lev);
 		if (rc)
 			break;
 		lru = (double)lhits / (double)t.nblocks;
@@ -714,7 +752,7 @@ int bench_replay(int argc, char **argv, json_t *out)
 			bench_note("replay: fraction %.2f (%llu blocks), policy %s", fractions[f],
 				   (unsigned long long)cap_blocks, policies[p]);
 			rc = replay_daemon(&t, policies[p], cap_blocks * pages_per_block * page,
-					   page, bsize, &res);
+					   nv_blocks * pages_per_block * page, page, bsize, &res);
 			if (rc)
 				break;
 			nrows++;
@@ -731,6 +769,12 @@ int bench_replay(int argc, char **argv, json_t *out)
 			snprintf(r->policy, sizeof(r->policy), "%s", policies[p]);
 			bench_note("  hit ratio %.4f (LRU-sim %.4f), %.1f s", r->kvfs, lru,
 				   res.wall);
+			if (nv_blocks)
+				printf("fraction %.2f + NVMe %.2f, %s: %llu hits served from DRAM, %llu "
+				       "from NVMe\n",
+				       fractions[f], nvme_fraction, policies[p],
+				       (unsigned long long)res.hits_dram,
+				       (unsigned long long)res.hits_nvme);
 			if (res.daemon_hits != res.hits)
 				bench_note("  note: the daemon counted %llu hits, the replay %llu",
 					   (unsigned long long)res.daemon_hits,
@@ -743,6 +787,9 @@ int bench_replay(int argc, char **argv, json_t *out)
 				o, "dram_bytes",
 				json_integer((json_int_t)(cap_blocks * pages_per_block * page)));
 			json_object_set_new(o, "policy", json_string(policies[p]));
+			json_object_set_new(o, "nvme_blocks", json_integer((json_int_t)nv_blocks));
+			json_object_set_new(o, "hits_dram", json_integer((json_int_t)res.hits_dram));
+			json_object_set_new(o, "hits_nvme", json_integer((json_int_t)res.hits_nvme));
 			json_object_set_new(o, "kvfs_hit_ratio", json_real(r->kvfs));
 			json_object_set_new(o, "lru_sim_hit_ratio", json_real(lru));
 			json_object_set_new(o, "unlimited_hit_ratio", json_real(unlimited));
