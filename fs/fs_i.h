@@ -186,6 +186,7 @@ struct kvfs_config {
 	struct tier_nvme_dev nvme[16];
 	unsigned nvme_count;
 	bool persist_through;
+	bool fsck, fsck_repair, fsck_no_verify;
 	bool foreground;
 	bool debug;
 	const char *log_path;
@@ -327,6 +328,13 @@ struct kvfs_inode *fp_lookup(struct kvfs_fs *fs, const char *name);
 int fp_entry(struct kvfs_fs *fs, uint64_t index, char *name, size_t len, struct kvfs_inode **in);
 /* Stop every ring and unmap everything (at unmount). */
 void fp_shutdown(struct kvfs_fs *fs);
+
+/* --- fsck.c: the offline checker ------------------------------------------------- */
+
+/* Check (and with @repair fix) the state directory. @return the exit status. */
+int fsck_run(const char *state, bool repair, bool verify);
+/* Record the tiers' layout in the catalog, for fsck (at every start). */
+void fsck_record_tiers(cat *c, const struct kvfs_config *cfg, uint32_t page_size);
 
 /* --- ops.c ------------------------------------------------------------------ */
 

@@ -59,6 +59,9 @@ static void usage(FILE *out)
 		"  --log FILE             log file (default: stderr with -f, else STATE/kvfs.log)\n"
 		"  --log-level LEVEL      err, warn, info (default) or debug\n"
 		"  -o OPT[,OPT...]        FUSE mount options (allow_other, ...); repeatable\n"
+		"  --fsck --state DIR     check a state directory offline (no MOUNTPOINT);\n"
+		"         [--repair]      delete the bad records; [--no-verify] skip reading\n"
+		"         [--no-verify]   every NVMe extent back\n"
 		"  -f, --foreground       stay in the foreground\n"
 		"  -d, --debug            print every FUSE request (implies -f)\n"
 		"  -h, --help             this help\n"
@@ -107,6 +110,9 @@ enum {
 	OPT_NO_KEEP_CACHE,
 	OPT_NVME,
 	OPT_PERSIST,
+	OPT_FSCK,
+	OPT_REPAIR,
+	OPT_NO_VERIFY,
 };
 
 static int parse_args(int argc, char **argv, struct kvfs_config *c)
@@ -126,6 +132,9 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"no-keep-cache", no_argument, NULL, OPT_NO_KEEP_CACHE},
 		{"nvme", required_argument, NULL, OPT_NVME},
 		{"persist", required_argument, NULL, OPT_PERSIST},
+		{"fsck", no_argument, NULL, OPT_FSCK},
+		{"repair", no_argument, NULL, OPT_REPAIR},
+		{"no-verify", no_argument, NULL, OPT_NO_VERIFY},
 		{"foreground", no_argument, NULL, 'f'},
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
@@ -212,6 +221,15 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			c->nvme[c->nvme_count++].bytes = v;
 			break;
 		}
+		case OPT_FSCK:
+			c->fsck = true;
+			break;
+		case OPT_REPAIR:
+			c->fsck_repair = true;
+			break;
+		case OPT_NO_VERIFY:
+			c->fsck_no_verify = true;
+			break;
 		case OPT_PERSIST:
 			if (strcmp(optarg, "back") && strcmp(optarg, "through"))
 				return fail("unknown --persist '%s' (use back or through)", optarg);
@@ -253,6 +271,15 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			return fail("unknown option '%s' (see kvfs --help)", argv[optind - 1]);
 		}
 	}
+	if (c->fsck) {
+		if (optind != argc)
+			return fail("--fsck takes no MOUNTPOINT");
+		if (!c->state_dir)
+			return fail("--fsck needs --state DIR");
+		return 0;
+	}
+	if (c->fsck_repair || c->fsck_no_verify)
+		return fail("--repair and --no-verify go with --fsck");
 	if (optind != argc - 1)
 		return fail(optind == argc ? "missing MOUNTPOINT (see kvfs --help)"
 					   : "too many arguments (see kvfs --help)");
@@ -398,6 +425,7 @@ static int run(struct kvfs_fs *fs)
 	rc = tier_open(&tc, &cb, &fs->tier, err, sizeof(err));
 	if (rc)
 		goto out;
+	fsck_record_tiers(fs->cat, c, tier_page_size(fs->tier));
 	rc = ns_open(fs, err, sizeof(err));
 	if (rc)
 		goto out;
@@ -487,6 +515,8 @@ int main(int argc, char **argv)
 	rc = parse_args(argc, argv, c);
 	if (rc)
 		return rc;
+	if (c->fsck)
+		return fsck_run(c->state_dir, c->fsck_repair, !c->fsck_no_verify);
 	if (!realpath(c->mountpoint, mnt))
 		return fail("mountpoint %s: %s", c->mountpoint, strerror(errno));
 	if (stat(mnt, &st) || !S_ISDIR(st.st_mode))

@@ -721,6 +721,104 @@ void tier_recover_end(tier_mgr *m, struct cat_batch *b)
 	m->nrecs = 0;
 }
 
+struct fsck_scan {
+	struct nvme_store *nv;
+	uint32_t page_size;
+	int64_t (*size_of)(void *, uint64_t);
+	void (*bad)(void *, uint64_t);
+	void *ctx;
+	bool verify;
+	struct cat_batch *fix;
+	struct tier_fsck *rep;
+	uint8_t *buf;
+};
+
+static int fsck_rec(void *arg, const void *key, size_t klen, const void *val, size_t vlen)
+{
+	struct fsck_scan *f = arg;
+	struct tier_fsck *r = f->rep;
+	struct nvme_extent *ext = NULL;
+	uint64_t id = klen == 8 ? cat_get_be64(key) : 0, total = 0;
+	int64_t size;
+	unsigned n = 0;
+	bool ok = true;
+
+	r->records++;
+	if (klen != 8 || rec_decode(val, vlen, &ext, &n)) {
+		r->undecodable++;
+		cat_del(f->fix, CAT_NS_NVME, key, klen);
+		if (klen == 8)
+			f->bad(f->ctx, id);
+		return 0;
+	}
+	size = f->size_of(f->ctx, id);
+	for (unsigned i = 0; i < n; i++)
+		total += ext[i].len;
+	if (size < 0) {
+		r->orphans++;
+		ok = false;
+	} else if ((uint64_t)size != total) {
+		r->size_mismatch++;
+		ok = false;
+	} else if (nvme_reserve(f->nv, ext, n)) {
+		r->overlaps++;
+		ok = false;
+	}
+	for (unsigned i = 0; ok && f->verify && i < n; i++) {
+		struct iovec v = {f->buf, ext[i].len};
+		int rc = nvme_read(f->nv, &ext[i], 1, &v, 1);
+
+		if (rc == -EBADMSG)
+			r->bad_checksums++;
+		else if (rc)
+			r->read_errors++;
+		ok = rc == 0;
+	}
+	if (ok) {
+		r->extents += n;
+		r->bytes += total;
+	} else {
+		cat_del(f->fix, CAT_NS_NVME, key, klen);
+		if (size >= 0)
+			f->bad(f->ctx, id);
+	}
+	free(ext);
+	return 0;
+}
+
+int tier_fsck(const struct tier_config *cfg, struct cat *c, int64_t (*size_of)(void *, uint64_t),
+	      void (*bad)(void *, uint64_t), void *ctx, bool verify, struct cat_batch *fix,
+	      struct tier_fsck *rep, char *err, size_t errlen)
+{
+	uint32_t ps = cfg->page_size ? cfg->page_size : (64u << 10);
+	uint32_t extent_pages = ps >= (1u << 20) ? 1 : (1u << 20) / ps;
+	struct nvme_dev_config devs[16];
+	struct fsck_scan f = {.page_size = ps, .size_of = size_of, .bad = bad, .ctx = ctx,
+			      .verify = verify, .fix = fix, .rep = rep};
+	int rc;
+
+	memset(rep, 0, sizeof(*rep));
+	if (!cfg->nvme_count)
+		return 0;
+	if (cfg->nvme_count > KVFS_ARRAY_SIZE(devs))
+		return -EINVAL;
+	for (unsigned i = 0; i < cfg->nvme_count; i++) {
+		devs[i].dir = cfg->nvme[i].dir;
+		devs[i].bytes = cfg->nvme[i].bytes;
+	}
+	rc = nvme_open(devs, cfg->nvme_count, ps, extent_pages, &f.nv, err, errlen);
+	if (rc)
+		return rc;
+	if (posix_memalign((void **)&f.buf, 4096, (size_t)extent_pages * ps)) {
+		nvme_close(f.nv);
+		return -ENOMEM;
+	}
+	rc = cat_scan(c, CAT_NS_NVME, NULL, 0, fsck_rec, &f);
+	free(f.buf);
+	nvme_close(f.nv);
+	return rc;
+}
+
 void tier_flush(tier_mgr *m)
 {
 	struct policy *p = &m->policy;

@@ -136,6 +136,33 @@ void tier_forget_record(struct cat_batch *b, uint64_t id);
  * outside a device, or not adding up to @size: it is deleted into @b).
  */
 int tier_recover_begin(tier_mgr *m);
+
+/* What tier_fsck() found. */
+struct tier_fsck {
+	uint64_t records;     /* NVMe records examined */
+	uint64_t extents;
+	uint64_t bytes;
+	uint64_t undecodable; /* records that do not parse */
+	uint64_t orphans;     /* records of ids that name no file */
+	uint64_t size_mismatch; /* extents not adding up to the file's size */
+	uint64_t overlaps;    /* extents outside a device or on pages another holds */
+	uint64_t bad_checksums; /* extents whose bytes fail their checksum (with verify) */
+	uint64_t read_errors;
+};
+
+/*
+ * Offline check of the NVMe records in @c against the segments of
+ * @cfg->nvme (the daemon must not be running): every record must decode,
+ * belong to a file (@size_of returns its size, or -1 if @id is no file),
+ * add up to its size, and reserve without overlapping; with @verify every
+ * extent is read and its checksum checked. The deletions that would repair
+ * the catalog go into @fix (the caller commits them or not), and @bad is
+ * called for every file whose record is bad (the file cannot come back).
+ * @return 0 (problems are in @rep); -errno if the segments cannot be opened.
+ */
+int tier_fsck(const struct tier_config *cfg, struct cat *c, int64_t (*size_of)(void *, uint64_t),
+	      void (*bad)(void *, uint64_t), void *ctx, bool verify, struct cat_batch *fix,
+	      struct tier_fsck *rep, char *err, size_t errlen);
 int tier_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *owner,
 		 tier_obj **out);
 void tier_recover_end(tier_mgr *m, struct cat_batch *b);

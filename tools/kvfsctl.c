@@ -58,6 +58,8 @@
 static struct {
 	bool json;
 	bool recursive;
+	bool repair;
+	bool no_verify;
 } opt;
 
 /* --- small helpers -------------------------------------------------------------------------- */
@@ -1011,6 +1013,46 @@ static int cmd_verify(char **args, int nargs)
 	return rc || s.bad ? 1 : 0;
 }
 
+/* --- fsck ----------------------------------------------------------------------------------- */
+
+/*
+ * The offline check belongs to the daemon binary (it reads the catalog and
+ * the segments, which only kvfs knows): run `kvfs --fsck`, found beside
+ * kvfsctl or on PATH, and pass its report and exit status through.
+ */
+static int cmd_fsck(char **args, int nargs)
+{
+	char self[PATH_MAX], kvfs[PATH_MAX + 8], *slash;
+	const char *argv[8];
+	ssize_t n;
+	int argc = 0;
+
+	if (nargs != 1) {
+		err("fsck", nargs ? "one STATE_DIR" : "missing STATE_DIR");
+		return EXIT_USAGE;
+	}
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	self[n > 0 ? n : 0] = '\0';
+	slash = strrchr(self, '/');
+	if (slash) {
+		slash[1] = '\0';
+		snprintf(kvfs, sizeof(kvfs), "%skvfs", self);
+	}
+	argv[argc++] = slash && access(kvfs, X_OK) == 0 ? kvfs : "kvfs";
+	argv[argc++] = "--fsck";
+	argv[argc++] = "--state";
+	argv[argc++] = args[0];
+	if (opt.repair)
+		argv[argc++] = "--repair";
+	if (opt.no_verify)
+		argv[argc++] = "--no-verify";
+	argv[argc] = NULL;
+	fflush(stdout);
+	execvp(argv[0], (char *const *)argv);
+	err("fsck", "cannot run kvfs (it does the check): install it beside kvfsctl or on PATH");
+	return 1;
+}
+
 /* --- show ----------------------------------------------------------------------------------- */
 
 static ssize_t pread_cb(void *ctx, uint64_t off, void *buf, size_t len)
@@ -1329,6 +1371,8 @@ static void usage(FILE *f)
 		   "  unpin FILE...      let them be evicted again\n"
 		   "  evict PATH...      evict files, or every evictable file under a directory\n"
 		   "  verify PATH...     re-read every file under PATH, check every copy, drop bad ones\n"
+		   "  fsck STATE_DIR     check an unmounted cache's catalog and NVMe segments\n"
+		   "                     (--repair deletes bad records, --no-verify skips reading data)\n"
 		   "  help               this text\n"
 		   "\n"
 		   "options:\n"
@@ -1370,6 +1414,10 @@ static int run(int argc, char **argv)
 			opt.json = true;
 		else if (!strcmp(a, "-R") || !strcmp(a, "--recursive"))
 			opt.recursive = true;
+		else if (!strcmp(a, "--repair"))
+			opt.repair = true;
+		else if (!strcmp(a, "--no-verify"))
+			opt.no_verify = true;
 		else if (!strcmp(a, "-h") || !strcmp(a, "--help"))
 			help = true;
 		else if (!strcmp(a, "-V") || !strcmp(a, "--version"))
@@ -1398,6 +1446,10 @@ static int run(int argc, char **argv)
 		rc = usage_error("-R", "only ls takes it");
 		goto out;
 	}
+	if ((opt.repair || opt.no_verify) && strcmp(cmd, "fsck")) {
+		rc = usage_error(opt.repair ? "--repair" : "--no-verify", "only fsck takes it");
+		goto out;
+	}
 	if (!strcmp(cmd, "status"))
 		rc = cmd_status(pos + 1, n - 1);
 	else if (!strcmp(cmd, "ls"))
@@ -1414,6 +1466,8 @@ static int run(int argc, char **argv)
 		rc = cmd_evict(pos + 1, n - 1);
 	else if (!strcmp(cmd, "verify"))
 		rc = cmd_verify(pos + 1, n - 1);
+	else if (!strcmp(cmd, "fsck"))
+		rc = cmd_fsck(pos + 1, n - 1);
 	else {
 		rc = usage_error(cmd, "unknown command");
 		goto out;

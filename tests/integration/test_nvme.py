@@ -267,3 +267,44 @@ class Verify(NvmeMount):
         self.assertEqual(r.returncode, 1)
         self.assertIn(victim, r.stdout + r.stderr)
         self.assertFalse(os.path.exists(self.m.path(victim)))
+
+
+class Fsck(NvmeMount):
+    def fsck(self, *args):
+        return subprocess.run([KVFSCTL, "fsck", *args, self.m.state], capture_output=True,
+                              text=True, timeout=120)
+
+    def test_fsck_clean_corrupt_repair(self):
+        names = self.fill(10)
+        r = self.fsck()
+        self.assertEqual(r.returncode, 2)  # the daemon holds the state directory
+        self.assertIn("in use", r.stderr)
+        self.m.stop()
+        r = self.fsck()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("clean", r.stdout)
+        self.assertIn("10 NVMe records", r.stdout)
+        # flip a byte of the first file's bytes on disk
+        needle = content(names[0], 4 * MiB)[4096:4096 + 64]
+        for root, _, files in os.walk(self.disk):
+            for f in files:
+                if f.startswith("seg-"):
+                    p = os.path.join(root, f)
+                    data = open(p, "rb").read()
+                    at = data.find(needle)
+                    if at >= 0:
+                        with open(p, "r+b") as fh:
+                            fh.seek(at + 3)
+                            fh.write(bytes([data[at + 3] ^ 1]))
+        r = self.fsck()
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("failing their checksum", r.stdout)
+        r = self.fsck("--no-verify")
+        self.assertEqual(r.returncode, 0, r.stdout)  # the records themselves are fine
+        r = self.fsck("--repair")
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn("repaired", r.stdout)
+        self.assertEqual(self.fsck().returncode, 0)
+        self.m.start()
+        self.assertFalse(os.path.exists(self.m.path(names[0])))
+        self.check(names[1:])
