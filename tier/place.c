@@ -446,8 +446,17 @@ out:
 
 /* --- reads from NVMe --------------------------------------------------------------- */
 
-/* A thread's spare extent buffer, traded with an object's cache. */
-static _Thread_local uint8_t *spare;
+/*
+ * A thread's spare extent buffer, traded with an object's cache. Kept in a
+ * thread-specific slot so the buffer is freed when a FUSE worker exits.
+ */
+static pthread_key_t spare_key;
+static pthread_once_t spare_once = PTHREAD_ONCE_INIT;
+
+static void spare_key_init(void)
+{
+	(void)pthread_key_create(&spare_key, free);
+}
 
 /*
  * Read [off, off + len) from the NVMe copy. Whole extents are read (a
@@ -464,8 +473,11 @@ ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 	size_t cache_bytes = (size_t)m->nvme_extent_pages * m->dram.page_size;
 	uint64_t pos = 0, end;
 	size_t done = 0;
+	uint8_t *spare;
 	int rc = 0;
 
+	pthread_once(&spare_once, spare_key_init);
+	spare = pthread_getspecific(spare_key);
 	if (!(atomic_load(&o->state) & OBJ_NVME))
 		return (atomic_load(&o->state) & OBJ_DEAD) ? -ENOENT : 0;
 	if (off >= o->size)
@@ -501,10 +513,12 @@ ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 		if (!hit) {
 			struct iovec v;
 
-			if (!spare && posix_memalign((void **)&spare, 4096, cache_bytes)) {
-				spare = NULL;
-				rc = -ENOMEM;
-				break;
+			if (!spare) {
+				if (posix_memalign((void **)&spare, 4096, cache_bytes)) {
+					rc = -ENOMEM;
+					break;
+				}
+				(void)pthread_setspecific(spare_key, spare);
 			}
 			v.iov_base = spare;
 			v.iov_len = e->len;
@@ -521,6 +535,7 @@ ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 				spare = old; /* NULL: allocated again next time */
 			}
 			pthread_mutex_unlock(&o->lock);
+			(void)pthread_setspecific(spare_key, spare);
 		}
 		done += to - from;
 		pos = e_end;
