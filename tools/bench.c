@@ -18,6 +18,7 @@
  * to stdout, progress to stderr. Speed targets are printed (PASS/BELOW),
  * never asserted: a slow machine is not a failure, wrong bytes are.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -270,13 +271,14 @@ static int run_cmd(const char *const *argv, bool quiet)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static bool pid_running(pid_t pid)
+/* Is thread @tid of @pid alive (not a zombie)? */
+static bool task_alive(pid_t pid, const char *tid)
 {
-	char path[64], buf[512], *p;
+	char path[320], buf[512], *p;
 	ssize_t n;
 	int fd;
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	snprintf(path, sizeof(path), "/proc/%d/task/%s/stat", (int)pid, tid);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return false;
@@ -287,6 +289,29 @@ static bool pid_running(pid_t pid)
 	buf[n] = '\0';
 	p = strrchr(buf, ')');
 	return p && p[1] == ' ' && p[2] != 'Z';
+}
+
+/*
+ * Is any thread of @pid alive? The leader of a killed daemon turns zombie
+ * before its other threads are gone, and their files (the state lock) are
+ * only closed with the last.
+ */
+static bool pid_running(pid_t pid)
+{
+	char path[64];
+	struct dirent *d;
+	bool alive = false;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	dir = opendir(path);
+	if (!dir)
+		return false;
+	while (!alive && (d = readdir(dir)))
+		if (d->d_name[0] != '.')
+			alive = task_alive(pid, d->d_name);
+	closedir(dir);
+	return alive;
 }
 
 /* Find the mount at @path in /proc/self/mountinfo; @devno gets "major:minor". */
@@ -460,6 +485,7 @@ static int spawn_daemon(struct bench_mount *m, uint64_t dram_bytes, const char *
 	const char *argv[40];
 	char state[PATH_MAX], dram[32];
 	int argc = 0, status;
+	double t0;
 	json_t *cfg;
 	pid_t pid;
 
@@ -478,6 +504,7 @@ static int spawn_daemon(struct bench_mount *m, uint64_t dram_bytes, const char *
 	argv[argc] = NULL;
 
 	register_mount(m);
+	t0 = bench_now();
 	pid = fork();
 	if (pid < 0) {
 		bench_err("fork: %s", strerror(errno));
@@ -492,6 +519,7 @@ static int spawn_daemon(struct bench_mount *m, uint64_t dram_bytes, const char *
 	/* The daemon's parent returns once the mount is ready: wait even if interrupted. */
 	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 		;
+	m->ready_s = bench_now() - t0;
 	m->mounted = find_mount(m->mnt, NULL, 0);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !m->mounted) {
 		bench_err("kvfs (%s) failed to start (its message is above)", m->label);
@@ -543,7 +571,7 @@ int bench_mount_start(struct bench_mount *m, const char *label, uint64_t dram_by
 }
 
 /* Unmount and wait for the daemon to exit; keep its directories. */
-static int unmount_daemon(struct bench_mount *m)
+int bench_mount_unmount(struct bench_mount *m)
 {
 	const char *argv[] = {fusermount_bin, "-u", m->mnt, NULL};
 	const char *lazy[] = {fusermount_bin, "-u", "-z", m->mnt, NULL};
@@ -584,7 +612,7 @@ int bench_mount_stop(struct bench_mount *m)
 
 	if (!m->base[0])
 		return 0;
-	rc = unmount_daemon(m);
+	rc = bench_mount_unmount(m);
 	if (rc)
 		return rc;
 	bench_rmtree(m->base);
@@ -594,7 +622,7 @@ int bench_mount_stop(struct bench_mount *m)
 
 int bench_mount_restart(struct bench_mount *m, uint64_t dram_bytes, const char *const *extra)
 {
-	int rc = unmount_daemon(m);
+	int rc = bench_mount_unmount(m);
 
 	return rc ? rc : spawn_daemon(m, dram_bytes, extra);
 }
@@ -884,6 +912,9 @@ static void usage(FILE *out)
 		     "      mount vs POSIX on tmpfs vs memcpy\n"
 		     "  nvme [--sizes 2M,32M] [--total 512M]\n"
 		     "      NVMe tier write and cold read throughput vs fio on the same disk\n"
+		     "  restart [--files 1000000] [--threads 4]\n"
+		     "      daemon start time with N files in the catalog, after a clean\n"
+		     "      unmount and after kill -9\n"
 		     "  all\n"
 		     "      everything with its defaults (replay: --limit 4000)\n"
 		     "\n"
@@ -905,6 +936,7 @@ static int run_all(json_t *results)
 	char *rp[] = {"replay", "--limit", "4000", NULL};
 	char *lp[] = {"libkvfs", NULL};
 	char *np[] = {"nvme", NULL};
+	char *sp[] = {"restart", NULL};
 	/* the NVMe issue's replay: DRAM 5% and NVMe 50% of the footprint */
 	char *rnp[] = {"replay", "--limit", "4000", "--fractions", "0.05", "--nvme-fraction", "0.5",
 		       NULL};
@@ -921,6 +953,8 @@ static int run_all(json_t *results)
 		rc = bench_nvme(1, np, results);
 	if (!rc)
 		rc = bench_replay(7, rnp, results);
+	if (!rc)
+		rc = bench_restart(1, sp, results);
 	return rc;
 }
 
@@ -959,7 +993,8 @@ int main(int argc, char **argv)
 	}
 	cmd = args[0];
 	if (strcmp(cmd, "throughput") && strcmp(cmd, "fuse-settings") && strcmp(cmd, "replay") &&
-	    strcmp(cmd, "libkvfs") && strcmp(cmd, "nvme") && strcmp(cmd, "all")) {
+	    strcmp(cmd, "libkvfs") && strcmp(cmd, "nvme") && strcmp(cmd, "restart") &&
+	    strcmp(cmd, "all")) {
 		bench_err("unknown command '%s' (see kvfs-bench --help)", cmd);
 		free(args);
 		return 2;
@@ -990,6 +1025,8 @@ int main(int argc, char **argv)
 		rc = bench_libkvfs(nargs, args, results);
 	else if (!strcmp(cmd, "nvme"))
 		rc = bench_nvme(nargs, args, results);
+	else if (!strcmp(cmd, "restart"))
+		rc = bench_restart(nargs, args, results);
 	else
 		rc = run_all(results);
 	cleanup_all();

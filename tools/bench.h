@@ -32,6 +32,7 @@ struct bench_mount {
 	char label[64];
 	pid_t pid;
 	bool mounted;
+	double ready_s; /* the last start: exec until the mount was ready */
 };
 
 /* Set by SIGINT/SIGTERM/SIGHUP; long loops check it and return -EINTR. */
@@ -64,6 +65,10 @@ int bench_mount_start(struct bench_mount *m, const char *label, uint64_t dram_by
  * registered for the exit handler).
  */
 int bench_mount_stop(struct bench_mount *m);
+
+/* Unmount (also a dead daemon's mount) and wait for the daemon to exit; keep
+ * the directories for a restart. @return 0 or -EBUSY. */
+int bench_mount_unmount(struct bench_mount *m);
 
 /* Unmount cleanly and start the daemon again on the same state. @return 0 or -errno. */
 int bench_mount_restart(struct bench_mount *m, uint64_t dram_bytes, const char *const *extra);
@@ -116,5 +121,6 @@ int bench_fuse_settings(int argc, char **argv, json_t *out);
 int bench_replay(int argc, char **argv, json_t *out);
 int bench_libkvfs(int argc, char **argv, json_t *out);
 int bench_nvme(int argc, char **argv, json_t *out);
+int bench_restart(int argc, char **argv, json_t *out);
 
 #endif
