@@ -503,6 +503,21 @@ out:
 	return rc;
 }
 
+/*
+ * @path made absolute against the working directory (the daemon moves to /
+ * when it goes to the background). A new string, kept for the process's life.
+ */
+static const char *absolute(const char *path)
+{
+	char cwd[PATH_MAX], *out;
+
+	if (path[0] == '/')
+		return path;
+	if (!getcwd(cwd, sizeof(cwd)) || asprintf(&out, "%s/%s", cwd, path) < 0)
+		return NULL;
+	return out;
+}
+
 int main(int argc, char **argv)
 {
 	static struct kvfs_fs fs;
@@ -535,6 +550,11 @@ int main(int argc, char **argv)
 		c->state_dir = tmp_state;
 		c->state_is_temp = true;
 	}
+	for (unsigned i = 0; i < c->nvme_count; i++)
+		if (!(c->nvme[i].dir = absolute(c->nvme[i].dir)))
+			return fail("cannot resolve --nvme directory: %s", strerror(errno));
+	if (c->log_path && !(c->log_path = absolute(c->log_path)))
+		return fail("cannot resolve --log path: %s", strerror(errno));
 	kvfs_fs_global = &fs;
 
 	if (!c->foreground) {

@@ -29,6 +29,7 @@
  * never a victim and which the owner's callback never takes).
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +39,7 @@
 #include "tier/tier_i.h"
 
 #define DEFAULT_PAGE_SIZE (64u << 10)
-#define EVICT_RETRIES     16
+#define EVICT_RETRIES     64
 
 int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, tier_mgr **out,
 	      char *err, size_t errlen)
@@ -551,11 +552,13 @@ int dram_alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 				tier_obj_put(victims[i]);
 		}
 		free(victims);
-		if (nv == 0) {
-			/* Out of memory for the victim list, or every candidate got leased. */
-			atomic_fetch_add(&m->enospc, 1);
-			return -ENOSPC;
-		}
+		/*
+		 * Nothing claimed: pages were freed since our allocation failed
+		 * (no deficit), or racing threads claimed or leased every
+		 * candidate first; their moves free pages. Try again.
+		 */
+		if (nv == 0 && deficit)
+			sched_yield();
 	}
 	atomic_fetch_add(&m->enospc, 1);
 	return -ENOSPC;

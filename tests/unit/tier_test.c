@@ -1774,6 +1774,76 @@ static void *smoke_thread(void *arg)
 	return NULL;
 }
 
+/*
+ * Writers racing for a full arena: as long as sealed, unleased objects can
+ * be evicted, a write never fails with ENOSPC, even when the pages one
+ * thread freed are taken by another first.
+ */
+struct racer {
+	tier_mgr *m;
+	tier_obj *objs[3000];
+	int enospc, bad;
+};
+
+static void count_only(void *ctx, tier_obj *const *objs, size_t n)
+{
+	(void)ctx, (void)objs, (void)n; /* the racers keep their references */
+}
+
+static void *racer_thread(void *arg)
+{
+	struct racer *r = arg;
+	uint8_t page[PS];
+
+	memset(page, 0x5a, sizeof(page));
+	for (size_t i = 0; i < KVFS_ARRAY_SIZE(r->objs); i++) {
+		int rc;
+
+		if (tier_obj_new(r->m, NULL, 0, &r->objs[i])) {
+			r->bad++;
+			break;
+		}
+		rc = tier_write(r->objs[i], 0, page, sizeof(page));
+		if (rc == -ENOSPC)
+			r->enospc++;
+		else if (rc)
+			r->bad++;
+		tier_seal(r->objs[i]);
+	}
+	return NULL;
+}
+
+static void test_racing_writers_never_starve(void **state)
+{
+	struct tier_config cfg = {.dram_bytes = 16 * PS, .page_size = PS, .policy = "lru"};
+	struct tier_callbacks cb = {.evicted = count_only};
+	struct racer *r = calloc(4, sizeof(*r));
+	pthread_t th[4];
+	tier_mgr *m;
+	char err[128];
+
+	(void)state;
+	assert_non_null(r);
+	assert_int_equal(tier_open(&cfg, &cb, &m, err, sizeof(err)), 0);
+	for (int i = 0; i < 4; i++) {
+		r[i].m = m;
+		assert_int_equal(pthread_create(&th[i], NULL, racer_thread, &r[i]), 0);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(r[i].bad, 0);
+		assert_int_equal(r[i].enospc, 0);
+		for (size_t j = 0; j < KVFS_ARRAY_SIZE(r[i].objs); j++) {
+			tier_drop(r[i].objs[j]);
+			tier_obj_put(r[i].objs[j]);
+		}
+	}
+	assert_int_equal(stats(m).enospc, 0);
+	tier_close(m);
+	free(r);
+}
+
 static void test_concurrency_smoke(void **state)
 {
 	struct tier_config cfg = {.dram_bytes = 24 * PS, .page_size = PS, .policy = "mq"};
@@ -1881,6 +1951,7 @@ int main(void)
 		cmocka_unit_test(test_evicts_only_what_is_missing),
 		cmocka_unit_test(test_callback_puts_references),
 		cmocka_unit_test(test_empty_objects_not_evicted_for_room),
+		cmocka_unit_test(test_racing_writers_never_starve),
 		cmocka_unit_test(test_concurrency_smoke),
 	};
 
