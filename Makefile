@@ -22,7 +22,7 @@ else
 Q := @
 endif
 
-PKGS      := fuse3 liburing jansson libcbor libxxhash liburcu-bp liburcu-cds
+PKGS      := fuse3 liburing jansson libcbor libxxhash liburcu-bp liburcu-cds libfabric hiredis
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -44,6 +44,7 @@ endif
 CORE_SRC   := $(wildcard core/*.c)
 TIER_SRC   := $(wildcard tier/*.c)
 FS_SRC     := $(wildcard fs/*.c)
+RDMA_SRC   := $(wildcard rdma/*.c)
 # The public library: what include/kvfs/ declares.
 LIBKVFS_SRC := core/keys.c core/format.c $(wildcard engine/lib*.c)
 
@@ -51,6 +52,7 @@ obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
 
 CORE_LIB   := $(B)/lib/libkvfs-core.a
 TIER_LIB   := $(B)/lib/libkvfs-tier.a
+RDMA_LIB   := $(B)/lib/libkvfs-rdma.a
 LIBKVFS_A  := $(B)/lib/libkvfs.a
 LIBKVFS_SO := $(B)/lib/libkvfs.so
 BINS       := $(B)/bin/kvfs $(if $(wildcard tools/kvfsctl.c),$(B)/bin/kvfsctl) \
@@ -77,8 +79,9 @@ $(B)/obj/%.o: %.c
 
 $(CORE_LIB): $(call obj,$(CORE_SRC))
 $(TIER_LIB): $(call obj,$(TIER_SRC))
+$(RDMA_LIB): $(call obj,$(RDMA_SRC))
 $(LIBKVFS_A): $(call obj,$(LIBKVFS_SRC))
-$(CORE_LIB) $(TIER_LIB) $(LIBKVFS_A):
+$(CORE_LIB) $(TIER_LIB) $(RDMA_LIB) $(LIBKVFS_A):
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  AR      $@"
 	$(Q)rm -f $@ && ar rcs $@ $^
@@ -88,7 +91,7 @@ $(LIBKVFS_SO): $(call obj,$(LIBKVFS_SRC))
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
 	$(Q)$(CC) -shared -Wl,-soname,libkvfs.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(B)/bin/kvfs: $(call obj,$(FS_SRC)) $(TIER_LIB) $(CORE_LIB)
+$(B)/bin/kvfs: $(call obj,$(FS_SRC)) $(TIER_LIB) $(RDMA_LIB) $(CORE_LIB)
 $(B)/bin/kvfsctl: $(call obj,tools/kvfsctl.c) $(LIBKVFS_A)
 $(B)/bin/kvfs-bench: $(call obj,$(wildcard tools/bench*.c)) $(LIBKVFS_A)
 $(BINS):
@@ -182,3 +185,25 @@ $(B)/tests/llm_test: $(call obj,tests/unit/llm_test.c) $(ENG_OBJ) $(TIER_LIB) $(
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(BLAS_LIBS) $(LDLIBS) -lcmocka
+
+# --- the remote tier (rdma/, DESIGN §5) -------------------------------------------
+# libkvfs-rdma.a: fabric transport (libfabric), peer server and client, cluster
+# index (hiredis); the daemon links it. rdma_peerd (a peer process for the
+# kill tests) and rdma_bench (loopback measurements) are second mains in
+# tests/unit/, not suites.
+RDMA_AUX := $(B)/tests/rdma_peerd $(B)/tests/rdma_bench
+
+all: $(RDMA_AUX)
+.SECONDARY: $(patsubst %.c,$(B)/obj/%.o,$(wildcard tests/unit/rdma_*.c))
+
+# Overrides the generic suite rule (make prefers the pattern with the shorter
+# stem): the rdma suites need rdma_peerd beside them.
+$(B)/tests/rdma_%_test: $(call obj,tests/unit/rdma_%_test.c) $(RDMA_LIB) $(CORE_LIB) | $(RDMA_AUX)
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(filter %.o %.a,$^) $(LDLIBS) -lcmocka
+
+$(RDMA_AUX): $(B)/tests/rdma_%: $(B)/obj/tests/unit/rdma_%.o $(RDMA_LIB) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
