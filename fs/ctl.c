@@ -32,6 +32,7 @@ static const char *const ctl_names[CTL_NR] = {
 	[CTL_METRICS] = "metrics",
 	[CTL_CONFIG] = "config",
 	[CTL_FAULT] = "fault",
+	[CTL_WHERE] = "where",
 };
 
 #define CTL_INO_BASE (UINT64_MAX - 16)
@@ -58,7 +59,9 @@ void ctl_init(struct kvfs_fs *fs)
 		} else {
 			in->kind = KIND_CTL_FILE;
 			in->ctl_id = (uint8_t)(i - 1);
-			in->mode = S_IFREG | (in->ctl_id == CTL_FAULT ? 0200 : 0444);
+			in->mode = S_IFREG | (in->ctl_id == CTL_FAULT   ? 0200
+					      : in->ctl_id == CTL_WHERE ? 0666
+									: 0444);
 			in->ino = CTL_INO_BASE + i;
 		}
 	}
@@ -383,6 +386,12 @@ static char *render_stats(struct kvfs_fs *fs)
 						    &kvfs_fault_slots[op].hits)));
 		json_object_set_new(root, "faults_injected", faults);
 	}
+	{
+		json_t *r = rmt_stats_json(fs);
+
+		if (r)
+			json_object_set_new(root, "remote", r);
+	}
 	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(root);
 	return out;
@@ -522,10 +531,32 @@ int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len)
 	return 0;
 }
 
-int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len)
+bool ctl_writable(unsigned id)
+{
+	return id == CTL_FAULT || id == CTL_WHERE;
+}
+
+bool ctl_readable(unsigned id)
+{
+	return id != CTL_FAULT;
+}
+
+int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len, char **out,
+	      size_t *outlen)
 {
 	char spec[512];
 
+	if (id == CTL_WHERE) {
+		char *ans = NULL;
+		size_t n = 0;
+		int rc = rmt_where(fs, buf, len, &ans, &n);
+
+		if (rc)
+			return rc;
+		*out = ans;
+		*outlen = n;
+		return 0;
+	}
 	if (id != CTL_FAULT)
 		return -EACCES;
 	if (len == 0 || len >= sizeof(spec))

@@ -122,6 +122,10 @@ struct kvfs_inode {
 	kvfs_key key;
 	kvfs_key parent_key;
 	uint32_t ntokens;
+	/* the remote tier (fs/remote.c) */
+	bool published;	 /* in the cluster index under its path (fs->lock) */
+	bool xxh_ok;	 /* xxh is the XXH3-64 of the sealed bytes (inode lock) */
+	uint64_t xxh;
 
 	/* stats flush queue */
 	_Atomic bool dirty;
@@ -187,6 +191,15 @@ struct kvfs_config {
 	unsigned nvme_count;
 	bool persist_through;
 	bool fsck, fsck_repair, fsck_no_verify;
+	/* the remote tier: on with --cluster or --listen */
+	const char *fabric;
+	const char *listen;
+	const char *cluster;
+	const char *cluster_name;
+	const char *node_id;
+	const char *token_file;
+	uint64_t lend_bytes;
+	unsigned remote_timeout_ms;
 	bool foreground;
 	bool debug;
 	const char *log_path;
@@ -199,6 +212,10 @@ struct kvfs_fs {
 	struct fuse_session *se;
 	cat *cat;
 	tier_mgr *tier;
+	/* the remote tier (remote.c): set while it runs; rmt_lock is read-held
+	 * by its users and write-held to start and stop it */
+	struct rmt *rmt;
+	pthread_rwlock_t rmt_lock;
 
 	pthread_mutex_t lock;
 	struct cds_lfht *ht;
@@ -257,6 +274,13 @@ int ns_link_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, struct kvfs_inode
 /* Remove @in from its directory (fs->lock held); drops the link reference. */
 void ns_unlink_locked(struct kvfs_fs *fs, struct kvfs_inode *in);
 
+/*
+ * The path of @in below the mount root, without a leading '/' ("a/b/c"; ""
+ * for the root), into @buf (fs->lock held).
+ * @return its length; -ENOENT if @in is not linked; -ENAMETOOLONG.
+ */
+int ns_path_locked(struct kvfs_fs *fs, const struct kvfs_inode *in, char *buf, size_t len);
+
 /* Add catalog operations that persist @in's record (and its name). */
 void ns_persist(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in);
 /* Add catalog operations that forget @in. */
@@ -303,6 +327,7 @@ enum ctl_file {
 	CTL_METRICS,
 	CTL_CONFIG,
 	CTL_FAULT,
+	CTL_WHERE, /* write a path, read back its holders in the cluster */
 	CTL_NR,
 };
 
@@ -313,8 +338,13 @@ struct kvfs_inode *ctl_lookup(const char *name);
 const char *ctl_name(unsigned id);
 /* Build a control file's contents (malloc'd) for an open. @return 0 or -errno. */
 int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len);
-/* A write to a control file. @return 0 or -errno. */
-int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len);
+/* A write to a control file; an answer to read back, if any, goes to @out
+ * (malloc'd). @return 0 or -errno. */
+int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len, char **out,
+	      size_t *outlen);
+/* May the control file be opened for writing? for reading? */
+bool ctl_writable(unsigned id);
+bool ctl_readable(unsigned id);
 
 /* --- fastpath.c: rings and buffers registered under .kvfs/iovs ------------------ */
 
@@ -328,6 +358,31 @@ struct kvfs_inode *fp_lookup(struct kvfs_fs *fs, const char *name);
 int fp_entry(struct kvfs_fs *fs, uint64_t index, char *name, size_t len, struct kvfs_inode **in);
 /* Stop every ring and unmap everything (at unmount). */
 void fp_shutdown(struct kvfs_fs *fs);
+
+/* --- remote.c: the remote tier (rdma/remote.h) ------------------------------------ */
+
+struct json_t;
+bool rmt_configured(const struct kvfs_config *c);
+/* After the tree is loaded, in the daemon process. @return 0 or -errno (@err says why). */
+int rmt_start(struct kvfs_fs *fs, char *err, size_t errlen);
+/* After the FUSE session ends, before the tiers close. */
+void rmt_stop(struct kvfs_fs *fs);
+/* @in (a file, or a directory: every file below) got its name: publish what is sealed. */
+void rmt_link_locked(struct kvfs_fs *fs, struct kvfs_inode *in);
+/* @in is about to lose its name: unpublish. */
+void rmt_unlink_locked(struct kvfs_fs *fs, struct kvfs_inode *in);
+/* @in is being deleted by a user: free lent copies of it in the cluster (queued). */
+void rmt_deleted_locked(struct kvfs_fs *fs, struct kvfs_inode *in);
+/* A lookup of @name under @dir missed: fetch it from a peer. @return 0 and a
+ * referenced inode in @out, or -ENOENT (a miss, whatever the reason). */
+int rmt_fetch(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+	      struct kvfs_inode **out);
+/* Tier callback: offload a file about to be evicted to a peer. */
+void rmt_spill(void *ctx, tier_obj *o);
+/* The "remote" section of .kvfs/stats; NULL when the tier is off. */
+struct json_t *rmt_stats_json(struct kvfs_fs *fs);
+/* .kvfs/where: the holders of the path in @req, as JSON (malloc'd). */
+int rmt_where(struct kvfs_fs *fs, const char *req, size_t len, char **out, size_t *outlen);
 
 /* --- fsck.c: the offline checker ------------------------------------------------- */
 
@@ -343,6 +398,9 @@ extern const struct fuse_lowlevel_ops kvfs_ops;
 /* Create an empty, unsealed file under @dir (fs->lock held). @return 0 or -errno. */
 int ops_new_file_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
 			mode_t mode, uid_t uid, gid_t gid, struct kvfs_inode **out);
+/* Create a directory under @dir and record it (fs->lock held). @return 0 or -errno. */
+int ops_new_dir_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+		       mode_t mode, uid_t uid, gid_t gid, struct kvfs_inode **out);
 /* Seal a file its last writer left, marked `sealing` by the caller. @return 0 or -EBADMSG. */
 int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data);
 

@@ -59,6 +59,17 @@ static void usage(FILE *out)
 		"  --log FILE             log file (default: stderr with -f, else STATE/kvfs.log)\n"
 		"  --log-level LEVEL      err, warn, info (default) or debug\n"
 		"  -o OPT[,OPT...]        FUSE mount options (allow_other, ...); repeatable\n"
+		"  --cluster URL          join a cluster: its index in Redis, redis://HOST:PORT\n"
+		"                         or unix:PATH (needs --cluster-token)\n"
+		"  --cluster-token FILE   the cluster's shared secret (16+ bytes); peers\n"
+		"                         without it are refused\n"
+		"  --listen HOST:PORT     where peers reach this node (default: any port)\n"
+		"  --node-id NAME         this node's name in the cluster (default: hostname)\n"
+		"  --lend SIZE            DRAM this node offers peers for their files (default 0)\n"
+		"  --fabric NAME          auto (default), verbs, efa or tcp\n"
+		"  --cluster-name NAME    key prefix in Redis (default kvfs)\n"
+		"  --remote-timeout MS    a peer that makes no progress for this long fails the\n"
+		"                         transfer: a miss (default 2000)\n"
 		"  --fsck --state DIR     check a state directory offline (no MOUNTPOINT);\n"
 		"         [--repair]      delete the bad records; [--no-verify] skip reading\n"
 		"         [--no-verify]   every NVMe extent back\n"
@@ -113,6 +124,14 @@ enum {
 	OPT_FSCK,
 	OPT_REPAIR,
 	OPT_NO_VERIFY,
+	OPT_FABRIC,
+	OPT_LISTEN,
+	OPT_CLUSTER,
+	OPT_CLUSTER_NAME,
+	OPT_NODE_ID,
+	OPT_LEND,
+	OPT_TOKEN,
+	OPT_REMOTE_TIMEOUT,
 };
 
 static int parse_args(int argc, char **argv, struct kvfs_config *c)
@@ -135,6 +154,14 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"fsck", no_argument, NULL, OPT_FSCK},
 		{"repair", no_argument, NULL, OPT_REPAIR},
 		{"no-verify", no_argument, NULL, OPT_NO_VERIFY},
+		{"fabric", required_argument, NULL, OPT_FABRIC},
+		{"listen", required_argument, NULL, OPT_LISTEN},
+		{"cluster", required_argument, NULL, OPT_CLUSTER},
+		{"cluster-name", required_argument, NULL, OPT_CLUSTER_NAME},
+		{"node-id", required_argument, NULL, OPT_NODE_ID},
+		{"lend", required_argument, NULL, OPT_LEND},
+		{"cluster-token", required_argument, NULL, OPT_TOKEN},
+		{"remote-timeout", required_argument, NULL, OPT_REMOTE_TIMEOUT},
 		{"foreground", no_argument, NULL, 'f'},
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
@@ -221,6 +248,45 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			c->nvme[c->nvme_count++].bytes = v;
 			break;
 		}
+		case OPT_FABRIC:
+			if (strcmp(optarg, "auto") && strcmp(optarg, "verbs") && strcmp(optarg, "efa") &&
+			    strcmp(optarg, "tcp"))
+				return fail("invalid --fabric '%s' (auto, verbs, efa or tcp)", optarg);
+			c->fabric = optarg;
+			break;
+		case OPT_LISTEN:
+			c->listen = optarg;
+			break;
+		case OPT_CLUSTER:
+			if (strncmp(optarg, "redis://", 8) && strncmp(optarg, "unix:", 5))
+				return fail("invalid --cluster '%s' (redis://HOST:PORT or unix:PATH)",
+					    optarg);
+			c->cluster = optarg;
+			break;
+		case OPT_CLUSTER_NAME:
+			c->cluster_name = optarg;
+			break;
+		case OPT_NODE_ID:
+			c->node_id = optarg;
+			break;
+		case OPT_LEND:
+			if (kvfs_parse_size(optarg, &v))
+				return fail("invalid --lend '%s' (e.g. 4G)", optarg);
+			c->lend_bytes = v;
+			break;
+		case OPT_TOKEN:
+			c->token_file = optarg;
+			break;
+		case OPT_REMOTE_TIMEOUT: {
+			char *end;
+			unsigned long ms = strtoul(optarg, &end, 10);
+
+			if (*end || ms < 10 || ms > 600000)
+				return fail("invalid --remote-timeout '%s' (milliseconds, 10..600000)",
+					    optarg);
+			c->remote_timeout_ms = (unsigned)ms;
+			break;
+		}
 		case OPT_FSCK:
 			c->fsck = true;
 			break;
@@ -280,6 +346,11 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 	}
 	if (c->fsck_repair || c->fsck_no_verify)
 		return fail("--repair and --no-verify go with --fsck");
+	if (rmt_configured(c) && !c->token_file)
+		return fail("--cluster and --listen need --cluster-token FILE (the shared secret)");
+	if (!rmt_configured(c) && (c->token_file || c->node_id || c->lend_bytes || c->fabric ||
+				   c->cluster_name || c->remote_timeout_ms))
+		return fail("remote tier options need --cluster URL or --listen HOST:PORT");
 	if (optind != argc - 1)
 		return fail(optind == argc ? "missing MOUNTPOINT (see kvfs --help)"
 					   : "too many arguments (see kvfs --help)");
@@ -422,11 +493,16 @@ static int run(struct kvfs_fs *fs)
 	tc.nvme_count = c->nvme_count;
 	tc.persist_through = c->persist_through;
 	tc.cat = fs->cat;
+	if (rmt_configured(c))
+		cb.spill = rmt_spill;
 	rc = tier_open(&tc, &cb, &fs->tier, err, sizeof(err));
 	if (rc)
 		goto out;
 	fsck_record_tiers(fs->cat, c, tier_page_size(fs->tier));
 	rc = ns_open(fs, err, sizeof(err));
+	if (rc)
+		goto out;
+	rc = rmt_start(fs, err, sizeof(err));
 	if (rc)
 		goto out;
 
@@ -444,6 +520,14 @@ static int run(struct kvfs_fs *fs)
 		rc = -EINVAL;
 		goto out;
 	}
+	/*
+	 * libfuse installs its handlers only over SIG_DFL, and a library the
+	 * fabric pulls in (PSM, under libfabric) sets its own for SIGTERM and
+	 * SIGINT when loaded, which exit without unmounting.
+	 */
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
 	if (fuse_set_signal_handlers(fs->se)) {
 		snprintf(err, sizeof(err), "cannot install signal handlers");
 		rc = -EINVAL;
@@ -480,6 +564,7 @@ static int run(struct kvfs_fs *fs)
 	fuse_loop_cfg_destroy(lc);
 	log_info("unmounting %s", c->mountpoint);
 	fuse_session_unmount(fs->se);
+	rmt_stop(fs); /* leaves the cluster; peers' leases end */
 	/* A planned restart loses nothing: DRAM-only files go to NVMe now. */
 	tier_flush(fs->tier);
 	rc = rc ? 1 : 0;
@@ -495,6 +580,7 @@ out:
 		report(0, err);
 		rc = 1;
 	}
+	rmt_stop(fs);
 	ns_close(fs);
 	cat_close(fs->cat);
 	tier_close(fs->tier);
@@ -553,9 +639,12 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < c->nvme_count; i++)
 		if (!(c->nvme[i].dir = absolute(c->nvme[i].dir)))
 			return fail("cannot resolve --nvme directory: %s", strerror(errno));
+	if (c->token_file && !(c->token_file = absolute(c->token_file)))
+		return fail("cannot resolve --cluster-token path: %s", strerror(errno));
 	if (c->log_path && !(c->log_path = absolute(c->log_path)))
 		return fail("cannot resolve --log path: %s", strerror(errno));
 	kvfs_fs_global = &fs;
+	pthread_rwlock_init(&fs.rmt_lock, NULL);
 
 	if (!c->foreground) {
 		if (pipe2(pfd, O_CLOEXEC))

@@ -205,6 +205,7 @@ int ns_link_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, struct kvfs_inode
 	} else {
 		atomic_fetch_add(&fs->ctr.files, 1);
 	}
+	rmt_link_locked(fs, in);
 	return 0;
 }
 
@@ -214,6 +215,7 @@ void ns_unlink_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
 
 	if (!in->linked)
 		return;
+	rmt_unlink_locked(fs, in);
 	urcu_bp_read_lock();
 	cds_lfht_del(fs->ht, &in->hnode);
 	urcu_bp_read_unlock();
@@ -234,6 +236,30 @@ void ns_unlink_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
 	CMM_STORE_SHARED(in->parent, NULL);
 	ns_put(fs, dir, 1);
 	ns_put(fs, in, 1);
+}
+
+int ns_path_locked(struct kvfs_fs *fs, const struct kvfs_inode *in, char *buf, size_t len)
+{
+	size_t pos = len - 1;
+
+	if (len == 0)
+		return -ENAMETOOLONG;
+	buf[pos] = '\0';
+	for (const struct kvfs_inode *p = in; p != fs->root; p = p->parent) {
+		size_t n;
+
+		if (!p->linked || !p->parent)
+			return -ENOENT;
+		n = p->name->len;
+		if (pos < n + (p != in))
+			return -ENAMETOOLONG;
+		if (p != in)
+			buf[--pos] = '/';
+		pos -= n;
+		memcpy(buf + pos, p->name->s, n);
+	}
+	memmove(buf, buf + pos, len - pos);
+	return (int)(len - 1 - pos);
 }
 
 /* --- catalog records --------------------------------------------------------- */

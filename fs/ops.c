@@ -208,6 +208,17 @@ static void miss_note(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *na
 			      memory_order_relaxed);
 }
 
+/* Did a lookup of this name miss a moment ago (the kernel looks up again before a create)? */
+static bool miss_recent(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name)
+{
+	uint64_t k = miss_key(dir, name);
+	uint64_t v = atomic_load_explicit(&fs->recent_miss[k & 255], memory_order_relaxed);
+	uint64_t now = kvfs_mono_ns() >> 20;
+
+	return (v & ~0xffffffull) == (k & ~0xffffffull) &&
+	       ((now - v) & 0xffffff) <= (MISS_WINDOW_NS >> 20);
+}
+
 static void miss_consume(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name)
 {
 	uint64_t k = miss_key(dir, name);
@@ -263,6 +274,12 @@ static void kvfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	in = ns_lookup(fs, dir, name, strlen(name));
 	if (in) {
+		reply_entry(req, fs, in);
+		return;
+	}
+	/* Not here: a peer may have it (a slower hit), unless it just missed there too. */
+	if (__atomic_load_n(&fs->rmt, __ATOMIC_RELAXED) && !miss_recent(fs, dir, name) &&
+	    rmt_fetch(fs, dir, name, &in) == 0) {
 		reply_entry(req, fs, in);
 		return;
 	}
@@ -654,12 +671,44 @@ out_err:
 	fuse_reply_err(req, -rc);
 }
 
+int ops_new_dir_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+		       mode_t mode, uid_t uid, gid_t gid, struct kvfs_inode **out)
+{
+	struct kvfs_inode *in;
+	cat_batch *b;
+	int rc;
+
+	if (ns_find_locked(fs, dir, name, strlen(name)))
+		return -EEXIST;
+	in = ns_inode_new(fs, KIND_DIR, S_IFDIR | (mode & 07777), uid, gid);
+	if (!in)
+		return -ENOMEM;
+	in->ino = fs->next_ino++;
+	rc = ns_link_locked(fs, dir, in, name, strlen(name));
+	if (rc) {
+		ns_get(in, 1);
+		ns_put(fs, in, 1);
+		return rc;
+	}
+	b = cat_batch_new();
+	ns_persist(fs, b, in);
+	rc = ns_commit(fs, b);
+	cat_batch_free(b);
+	if (rc) {
+		in->persisted = false;
+		ns_unlink_locked(fs, in); /* frees it */
+		return rc;
+	}
+	touch_dir_locked(fs, dir);
+	*out = in;
+	return 0;
+}
+
 static void kvfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
 	struct kvfs_fs *fs = req_fs(req);
 	struct kvfs_inode *dir = ino_to_inode(fs, parent), *in = NULL;
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	cat_batch *b = NULL;
 	int rc = writable_dir(dir, name);
 
 	if (!rc && is_ctl_name(fs, dir, name))
@@ -667,36 +716,12 @@ static void kvfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 	if (rc)
 		goto out_err;
 	pthread_mutex_lock(&fs->lock);
-	if (ns_find_locked(fs, dir, name, strlen(name))) {
-		rc = -EEXIST;
-		goto out_unlock;
-	}
-	in = ns_inode_new(fs, KIND_DIR, S_IFDIR | (mode & 07777), ctx->uid, ctx->gid);
-	if (!in) {
-		rc = -ENOMEM;
-		goto out_unlock;
-	}
-	in->ino = fs->next_ino++;
-	rc = ns_link_locked(fs, dir, in, name, strlen(name));
-	if (rc) {
+	rc = ops_new_dir_locked(fs, dir, name, mode, ctx->uid, ctx->gid, &in);
+	if (!rc) {
+		miss_consume(fs, dir, name);
 		ns_get(in, 1);
-		ns_put(fs, in, 1);
-		goto out_unlock;
 	}
-	b = cat_batch_new();
-	ns_persist(fs, b, in);
-	rc = ns_commit(fs, b);
-	if (rc) {
-		in->persisted = false;
-		ns_unlink_locked(fs, in); /* frees it */
-		goto out_unlock;
-	}
-	touch_dir_locked(fs, dir);
-	miss_consume(fs, dir, name);
-	ns_get(in, 1);
-out_unlock:
 	pthread_mutex_unlock(&fs->lock);
-	cat_batch_free(b);
 	if (rc)
 		goto out_err;
 	reply_entry(req, fs, in);
@@ -806,6 +831,7 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 		}
 	}
 	data = take_data_if_closed(in);
+	rmt_deleted_locked(fs, in);
 	ns_unlink_locked(fs, in);
 	touch_dir_locked(fs, dir);
 	atomic_fetch_add(&fs->ctr.unlinks, 1);
@@ -982,9 +1008,10 @@ static void kvfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	int rc;
 
 	if (in->kind == KIND_CTL_FILE) {
-		bool write = (fi->flags & O_ACCMODE) != O_RDONLY;
+		int acc = fi->flags & O_ACCMODE;
+		bool write = acc != O_RDONLY, read = acc != O_WRONLY;
 
-		if (write != (in->ctl_id == CTL_FAULT)) {
+		if ((write && !ctl_writable(in->ctl_id)) || (read && !ctl_readable(in->ctl_id))) {
 			fuse_reply_err(req, EACCES);
 			return;
 		}
@@ -1038,15 +1065,18 @@ static void kvfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		 * the file, and release (on another thread) frees h->buf while
 		 * this thread may still be inside the reply.
 		 */
-		size_t len = (size_t)off >= h->len ? 0 : KVFS_MIN(size, h->len - (size_t)off);
+		size_t len;
 
+		pthread_mutex_lock(&in->lock); /* a write may replace h->buf */
+		len = (size_t)off >= h->len ? 0 : KVFS_MIN(size, h->len - (size_t)off);
 		buf = len ? malloc(len) : NULL;
+		if (len && buf)
+			memcpy(buf, h->buf + off, len);
+		pthread_mutex_unlock(&in->lock);
 		if (len && !buf) {
 			fuse_reply_err(req, ENOMEM);
 			return;
 		}
-		if (len)
-			memcpy(buf, h->buf + off, len);
 		fuse_reply_buf(req, buf, len);
 		free(buf);
 		return;
@@ -1106,7 +1136,17 @@ static void kvfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
 	int rc;
 
 	if (in->kind == KIND_CTL_FILE) {
-		rc = ctl_write(fs, in->ctl_id, buf, size);
+		char *ans = NULL;
+		size_t alen = 0;
+
+		rc = ctl_write(fs, in->ctl_id, buf, size, &ans, &alen);
+		if (ans) { /* the answer replaces what the handle reads */
+			pthread_mutex_lock(&in->lock);
+			free(h->buf);
+			h->buf = ans;
+			h->len = alen;
+			pthread_mutex_unlock(&in->lock);
+		}
 		if (rc)
 			fuse_reply_err(req, -rc);
 		else
@@ -1238,6 +1278,7 @@ int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
 		if (ns_commit(fs, b))
 			in->persisted = false; /* still served from DRAM; the catalog lost nothing */
 		cat_batch_free(b);
+		rmt_link_locked(fs, in); /* offered to the cluster */
 	}
 	if (in->invalid)
 		log_warn("refused native block '%s' (inode %llu): %s",

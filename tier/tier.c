@@ -127,6 +127,12 @@ void tier_close(tier_mgr *m)
 	free(m);
 }
 
+void *tier_dram_base(const tier_mgr *m, uint64_t *bytes)
+{
+	*bytes = m->dram.bytes;
+	return m->dram.base;
+}
+
 int tier_dram_fd(const tier_mgr *m)
 {
 	return m->dram.fd;
@@ -541,6 +547,9 @@ int dram_alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 			for (size_t i = 0; i < nv; i++) {
 				if (demote_victim(victims[i], &got))
 					continue;
+				/* Its last copy here: the owner may place it elsewhere first. */
+				if (m->cb.spill)
+					m->cb.spill(m->cb.ctx, victims[i]);
 				if (kill)
 					kill[nk++] = victims[i];
 				else

@@ -76,6 +76,14 @@ struct tier_callbacks {
 	 * Called with no tier lock held, from the thread that needed room.
 	 */
 	void (*evicted)(void *ctx, tier_obj *const *objs, size_t n);
+	/*
+	 * Optional. @o is about to be evicted and no other tier here holds it:
+	 * the owner may copy it elsewhere (a peer) first. Its bytes stay in
+	 * place during the call (tier_read_iov works on it; no lease is needed
+	 * or possible). Called with no tier lock held, from the thread that
+	 * needed room; it may block, briefly. Eviction follows regardless.
+	 */
+	void (*spill)(void *ctx, tier_obj *o);
 	void *ctx;
 };
 
@@ -169,6 +177,8 @@ void tier_recover_end(tier_mgr *m, struct cat_batch *b);
 
 /* The arena's memfd (for mapping it elsewhere) and the page size. */
 int tier_dram_fd(const tier_mgr *m);
+/* The arena's mapping in this process (what tier_read_iov() points into). */
+void *tier_dram_base(const tier_mgr *m, uint64_t *bytes);
 uint32_t tier_page_size(const tier_mgr *m);
 /* Largest object size the tiers could ever hold. */
 uint64_t tier_max_size(const tier_mgr *m);

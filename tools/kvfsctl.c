@@ -412,8 +412,179 @@ static int cmd_status(char **args, int nargs)
 	       " files dropped at restart\n",
 	       jnum(st, "catalog.commits"), jnum(st, "catalog.errors"),
 	       jnum(st, "restart_dropped"));
+	if (jget(st, "remote")) {
+		json_t *peers = jget(st, "remote.peers"), *p;
+		size_t k;
+
+		printf("\ncluster    node %s on %s, %" PRIu64 " peers alive\n",
+		       jstr(st, "remote.node_id"), jstr(st, "remote.provider"),
+		       jnum(st, "remote.peers_alive"));
+		printf("fetched    %" PRIu64 " files (%s), %" PRIu64 " misses, %" PRIu64
+		       " failed\n",
+		       jnum(st, "remote.fetched"), fmt_size(jnum(st, "remote.fetched_bytes")).s,
+		       jnum(st, "remote.fetch_misses"), jnum(st, "remote.fetch_errors"));
+		printf("served     %" PRIu64 " files (%s), %" PRIu64 " refused\n",
+		       jnum(st, "remote.served"), fmt_size(jnum(st, "remote.served_bytes")).s,
+		       jnum(st, "remote.refused"));
+		printf("offloaded  %" PRIu64 " files (%s), %" PRIu64 " failed; lent %s of %s to "
+		       "peers (%" PRIu64 " files received)\n",
+		       jnum(st, "remote.spilled"), fmt_size(jnum(st, "remote.offload_bytes")).s,
+		       jnum(st, "remote.spill_failed"), fmt_size(jnum(st, "remote.lend_used_bytes")).s,
+		       fmt_size(jnum(st, "remote.lend_capacity_bytes")).s,
+		       jnum(st, "remote.offloads_received"));
+		printf("errors     %" PRIu64 " checksum, %" PRIu64 " timeouts, %" PRIu64
+		       " connection, %" PRIu64 " refused tokens, %" PRIu64 " redis\n",
+		       jnum(st, "remote.checksum_failures"), jnum(st, "remote.timeouts"),
+		       jnum(st, "remote.conn_errors"), jnum(st, "remote.auth_refused"),
+		       jnum(st, "remote.redis_errors"));
+		printf("\n%-24s %-6s %12s %12s\n", "PEER", "STATE", "LENDS", "FREE");
+		json_array_foreach(peers, k, p)
+			printf("%-24s %-6s %12s %12s%s\n", jstr(p, "node"),
+			       json_is_true(json_object_get(p, "alive")) ? "alive" : "dead",
+			       fmt_size(jnum(p, "lend_total")).s, fmt_size(jnum(p, "lend_free")).s,
+			       json_is_true(json_object_get(p, "self")) ? "  (this node)" : "");
+	}
 	json_decref(st);
 	return 0;
+}
+
+/* --- where ------------------------------------------------------------------------------- */
+
+/*
+ * Split @path into the kvfs mount that holds it and the path below the
+ * mount's root: the deepest existing directory of @path is resolved, then
+ * walked up until a directory has .kvfs/where. The file itself need not
+ * exist here (that is the point: it may be on peers only).
+ * @return 0 (@mount and @rel malloc'd), or -errno after saying why.
+ */
+static int split_mount(const char *path, char **mount, char **rel)
+{
+	char *dir = strdup(path), *real = NULL, *rest = NULL, *slash, *probe;
+	struct stat st;
+	size_t len;
+	int rc = -ENOENT;
+
+	if (!dir)
+		return -ENOMEM;
+	len = strlen(dir);
+	while (len > 1 && dir[len - 1] == '/')
+		dir[--len] = '\0';
+	/*
+	 * Never resolve the last component: looking it up would fetch the file
+	 * from a peer. Then climb from the deepest existing directory.
+	 */
+	slash = strrchr(dir, '/');
+	if (!slash) {
+		rest = strdup(dir);
+		real = realpath(".", NULL);
+	} else {
+		rest = strdup(slash + 1);
+		*slash = '\0';
+		real = realpath(slash == dir ? "/" : dir, NULL);
+	}
+	while (!real && rest && (slash = strrchr(dir, '/')) && slash != dir) {
+		char *joined = NULL;
+
+		if (asprintf(&joined, "%s/%s", slash + 1, rest) < 0)
+			joined = NULL;
+		free(rest);
+		rest = joined;
+		*slash = '\0';
+		real = realpath(dir, NULL);
+	}
+	while (real && rest) {
+		probe = path_join(real, ".kvfs/where");
+		if (probe && stat(probe, &st) == 0) {
+			free(probe);
+			rc = 0;
+			break;
+		}
+		free(probe);
+		slash = strrchr(real, '/');
+		if (!slash || slash == real)
+			break;
+		{
+			char *joined = NULL;
+
+			if (asprintf(&joined, "%s/%s", slash + 1, rest) < 0)
+				joined = NULL;
+			free(rest);
+			rest = joined;
+		}
+		*slash = '\0';
+	}
+	free(dir);
+	if (rc || !rest) {
+		free(real);
+		free(rest);
+		err(path, "not inside a kvfs mount");
+		return rc ? rc : -ENOMEM;
+	}
+	*mount = real;
+	*rel = rest;
+	return 0;
+}
+
+static int cmd_where(char **args, int nargs)
+{
+	int rc = 0;
+
+	if (nargs < 1) {
+		err("where", "missing PATH");
+		return EXIT_USAGE;
+	}
+	for (int i = 0; i < nargs; i++) {
+		char *mount = NULL, *rel = NULL, *ctl, buf[65536];
+		json_error_t jerr;
+		json_t *ans, *h;
+		ssize_t n;
+		size_t k;
+		int fd;
+
+		if (split_mount(args[i], &mount, &rel)) {
+			rc = 1;
+			continue;
+		}
+		ctl = path_join(mount, ".kvfs/where");
+		fd = ctl ? open(ctl, O_RDWR | O_CLOEXEC) : -1;
+		if (fd < 0 || write(fd, rel, strlen(rel)) != (ssize_t)strlen(rel) ||
+		    (n = pread(fd, buf, sizeof(buf) - 1, 0)) < 0) {
+			int e = errno;
+
+			err(args[i], e == ENOTCONN ? "this mount is not in a cluster (--cluster)"
+				     : e == EINVAL ? "not a path in the cluster"
+						   : strerror(e));
+			rc = 1;
+			goto next;
+		}
+		buf[n] = '\0';
+		ans = json_loads(buf, 0, &jerr);
+		if (!ans) {
+			err(args[i], jerr.text);
+			rc = 1;
+			goto next;
+		}
+		if (opt.json) {
+			json_dumpf(ans, stdout, JSON_INDENT(2));
+			fputc('\n', stdout);
+		} else {
+			json_t *holders = json_object_get(ans, "holders");
+
+			printf("%s:%s\n", rel, json_array_size(holders) ? "" : " held by no node");
+			json_array_foreach(holders, k, h)
+				printf("  %-24s %-5s %s%s\n", jstr(h, "node"), jstr(h, "tier"),
+				       json_is_true(json_object_get(h, "alive")) ? "alive" : "dead",
+				       json_is_true(json_object_get(h, "self")) ? " (this node)" : "");
+		}
+		json_decref(ans);
+	next:
+		if (fd >= 0)
+			close(fd);
+		free(ctl);
+		free(mount);
+		free(rel);
+	}
+	return rc;
 }
 
 /* --- walking trees ------------------------------------------------------------------------- */
@@ -1363,7 +1534,7 @@ static void usage(FILE *f)
 		   "Inspect and control a kvfs mount.\n"
 		   "\n"
 		   "commands:\n"
-		   "  status MOUNT       capacity, use, hit rate, evictions of a mount\n"
+		   "  status MOUNT       capacity, use, hit rate, evictions; cluster peers and traffic\n"
 		   "  ls [-R] PATH...    files: size, tier, hits, pinned (-R: recursive)\n"
 		   "  du PATH...         bytes and files under each path, by tier\n"
 		   "  show FILE          decode and validate a native KV block (any path)\n"
@@ -1371,6 +1542,7 @@ static void usage(FILE *f)
 		   "  unpin FILE...      let them be evicted again\n"
 		   "  evict PATH...      evict files, or every evictable file under a directory\n"
 		   "  verify PATH...     re-read every file under PATH, check every copy, drop bad ones\n"
+		   "  where PATH...      which nodes of the cluster hold each file, in which tier\n"
 		   "  fsck STATE_DIR     check an unmounted cache's catalog and NVMe segments\n"
 		   "                     (--repair deletes bad records, --no-verify skips reading data)\n"
 		   "  help               this text\n"
@@ -1468,6 +1640,8 @@ static int run(int argc, char **argv)
 		rc = cmd_verify(pos + 1, n - 1);
 	else if (!strcmp(cmd, "fsck"))
 		rc = cmd_fsck(pos + 1, n - 1);
+	else if (!strcmp(cmd, "where"))
+		rc = cmd_where(pos + 1, n - 1);
 	else {
 		rc = usage_error(cmd, "unknown command");
 		goto out;

@@ -21,7 +21,7 @@ import threading
 import time
 import unittest
 
-from harness import MountTest, errno_of, read_file, write_file
+from harness import KVFSCTL, MountTest, errno_of, read_file, write_file
 
 PAGE = 64 << 10  # the daemon's default DRAM page size
 NOBODY = 65534
@@ -1221,7 +1221,7 @@ class Control(NsTest):
         self.assertIn(".kvfs", os.listdir(self.m.mnt))
         self.assertTrue(os.path.isdir(self.m.path(".kvfs")))
         self.assertEqual(sorted(os.listdir(self.m.path(".kvfs"))),
-                         ["config", "fault", "iovs", "metrics", "stats"])
+                         ["config", "fault", "iovs", "metrics", "stats", "where"])
         create_sealed(self.m.path("f"), pattern(1000, 1))
         read_file(self.m.path("f"))
         st = self.m.stats()
@@ -1300,9 +1300,22 @@ class Control(NsTest):
         os.mkdir(self.m.path("d", ".kvfs"))
         create_sealed(self.m.path("d", ".kvfs", "stats"), b"mine")
         self.assertEqual(read_file(self.m.path("d", ".kvfs", "stats")), b"mine")
-        self.assertEqual(sorted(os.listdir(kv)), ["config", "fault", "iovs", "metrics", "stats"])
+        self.assertEqual(sorted(os.listdir(kv)),
+                         ["config", "fault", "iovs", "metrics", "stats", "where"])
         json.loads(read_file(self.m.path(".kvfs", "stats")))
         self.assertUsable()
+
+    def test_where_needs_a_cluster(self):
+        fd = os.open(self.m.path(".kvfs", "where"), os.O_RDWR)
+        try:
+            self.assertEqual(errno_of(os.write, fd, b"a/b"), errno.ENOTCONN)
+            self.assertEqual(os.pread(fd, 100, 0), b"")
+        finally:
+            os.close(fd)
+        self.assertNotIn("remote", self.m.stats())
+        r = subprocess.run([KVFSCTL, "where", self.m.path("a")], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("not in a cluster", r.stderr)
 
     def test_bad_fault_spec_is_refused(self):
         for bad in ("nonsense", "cat_write:x:EIO", "nope:1:EIO", "cat_write:1:EWHAT"):

@@ -1,0 +1,773 @@
+/*
+ * fs/remote.c — the daemon's side of the remote tier (rdma/remote.h).
+ *
+ * What the namespace tells the cluster, and what it asks of it:
+ *
+ *  - Publish. A sealed, named file is published in the cluster index under
+ *    its path (relative to the mount root), with the tier its bytes are in;
+ *    it is unpublished when it loses its name (unlink, rename, eviction).
+ *    Directory renames republish every file below. Publishing only queues
+ *    (the library's index thread writes to Redis): the hot path never waits.
+ *  - Serve. A peer's LOOKUP resolves the path here, leases the file and
+ *    hands out its DRAM pages for one-sided reads. A file not in DRAM (on
+ *    NVMe only) or still being written is refused with -EAGAIN: the peer
+ *    tries another holder. Its XXH3 checksum is computed on first serve and
+ *    kept in the inode (sealed bytes never change).
+ *  - Fetch. A lookup that misses locally asks the cluster (rmt_fetch): a
+ *    live peer's copy is read into a buffer, checked against its checksum,
+ *    and becomes a local file (sealed, recorded, published), so to the
+ *    engine it is a slower hit. A directory that exists only elsewhere is
+ *    created locally.
+ *  - Spill. When DRAM must evict a file no other local tier holds, it is
+ *    first offloaded into a peer's lent memory (consistent hashing on the
+ *    path); the peer publishes the copy, and a later lookup here fetches it
+ *    back.
+ *  - Delete. Unlinking a file also frees lent copies of it in the cluster,
+ *    from a background thread.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "fs/fs_i.h"
+#include "rdma/remote.h"
+
+/* A path queued for remote_free(). */
+struct free_req {
+	struct free_req *next;
+	char path[];
+};
+
+struct rmt {
+	remote *r;
+	struct kvfs_fs *fs;
+	/* deletions: remote_free() runs on its own thread */
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct free_req *head, *tail;
+	bool stop;
+	/* counters of the daemon's side */
+	_Atomic uint64_t fetched, fetched_bytes, fetch_misses, fetch_errors, dirs_created,
+		spilled, spill_failed, refused;
+};
+
+/* A lease handed to a peer (remote_file.cookie). */
+struct served {
+	tier_obj *o;
+	struct iovec iov[];
+};
+
+bool rmt_configured(const struct kvfs_config *c)
+{
+	return c->cluster || c->listen;
+}
+
+/* --- paths ------------------------------------------------------------------------ */
+
+/* @dir's path joined with @name into @buf. @return 0, -ENOENT, -ENAMETOOLONG. */
+static int child_path(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name, char *buf,
+		      size_t len)
+{
+	size_t nl = strlen(name);
+	int n;
+
+	pthread_mutex_lock(&fs->lock);
+	n = ns_path_locked(fs, dir, buf, len);
+	pthread_mutex_unlock(&fs->lock);
+	if (n < 0)
+		return n;
+	if ((size_t)n + 1 + nl + 1 > len)
+		return -ENAMETOOLONG;
+	if (n)
+		buf[n++] = '/';
+	memcpy(buf + n, name, nl + 1);
+	return 0;
+}
+
+/* The inode at @path ("a/b/c"), referenced, or NULL. */
+static struct kvfs_inode *resolve(struct kvfs_fs *fs, const char *path)
+{
+	struct kvfs_inode *cur = fs->root, *next;
+	const char *p = path;
+
+	ns_get(cur, 1);
+	while (*p) {
+		const char *slash = strchr(p, '/');
+		size_t len = slash ? (size_t)(slash - p) : strlen(p);
+
+		if (len == 0 || len > KVFS_NAME_MAX || cur->kind != KIND_DIR) {
+			ns_put(fs, cur, 1);
+			return NULL;
+		}
+		next = ns_lookup(fs, cur, p, len);
+		ns_put(fs, cur, 1);
+		if (!next)
+			return NULL;
+		cur = next;
+		p += len + (slash != NULL);
+	}
+	return cur;
+}
+
+/* --- publishing (fs->lock held) ------------------------------------------------- */
+
+static void publish_one_locked(struct kvfs_fs *fs, struct kvfs_inode *in, bool add)
+{
+	char path[PATH_MAX];
+	tier_obj *o;
+	unsigned where = 0;
+
+	if (add) {
+		pthread_mutex_lock(&in->lock);
+		o = in->data;
+		if (o && atomic_load(&in->sealed) && !in->invalid)
+			where = tier_where(o);
+		pthread_mutex_unlock(&in->lock);
+		if (!where)
+			return;
+	} else if (!in->published) {
+		return;
+	}
+	if (ns_path_locked(fs, in, path, sizeof(path)) <= 0)
+		return;
+	if (add) {
+		remote_publish(fs->rmt->r, path,
+			       where & TIER_DRAM ? REMOTE_TIER_DRAM : REMOTE_TIER_NVME);
+		in->published = true;
+	} else {
+		remote_unpublish(fs->rmt->r, path);
+		in->published = false;
+	}
+}
+
+/* @in and, for a directory, every file below it. */
+static void publish_tree_locked(struct kvfs_fs *fs, struct kvfs_inode *in, bool add)
+{
+	struct dnode *d;
+
+	if (in->kind == KIND_FILE) {
+		publish_one_locked(fs, in, add);
+		return;
+	}
+	if (in->kind != KIND_DIR)
+		return;
+	cds_list_for_each_entry(d, &in->children, link)
+		if (!d->is_cursor)
+			publish_tree_locked(fs, caa_container_of(d, struct kvfs_inode, dn), add);
+}
+
+void rmt_link_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	if (fs->rmt && in->linked)
+		publish_tree_locked(fs, in, true);
+}
+
+void rmt_unlink_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	if (fs->rmt && in->linked)
+		publish_tree_locked(fs, in, false);
+}
+
+void rmt_deleted_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	struct rmt *rt = fs->rmt;
+	struct free_req *q;
+	char path[PATH_MAX];
+	int n;
+
+	if (!rt || in->kind != KIND_FILE || (n = ns_path_locked(fs, in, path, sizeof(path))) <= 0)
+		return;
+	q = malloc(sizeof(*q) + (size_t)n + 1);
+	if (!q)
+		return;
+	memcpy(q->path, path, (size_t)n + 1);
+	q->next = NULL;
+	pthread_mutex_lock(&rt->lock);
+	if (rt->tail)
+		rt->tail->next = q;
+	else
+		rt->head = q;
+	rt->tail = q;
+	pthread_cond_signal(&rt->cond);
+	pthread_mutex_unlock(&rt->lock);
+}
+
+static void *free_thread(void *arg)
+{
+	struct rmt *rt = arg;
+
+	pthread_mutex_lock(&rt->lock);
+	while (!rt->stop || rt->head) {
+		struct free_req *q = rt->head;
+
+		if (!q) {
+			pthread_cond_wait(&rt->cond, &rt->lock);
+			continue;
+		}
+		rt->head = q->next;
+		if (!rt->head)
+			rt->tail = NULL;
+		pthread_mutex_unlock(&rt->lock);
+		if (!rt->stop)
+			remote_free(rt->r, q->path);
+		free(q);
+		pthread_mutex_lock(&rt->lock);
+	}
+	pthread_mutex_unlock(&rt->lock);
+	return NULL;
+}
+
+/* --- serving peers (the library's server thread) ---------------------------------- */
+
+static int serve_lookup(void *ctx, const char *path, struct remote_file *out)
+{
+	struct rmt *rt = ctx;
+	struct kvfs_fs *fs = rt->fs;
+	struct kvfs_inode *in = resolve(fs, path);
+	struct served *sv;
+	uint64_t size, xxh = 0;
+	bool have_xxh = false;
+	size_t max;
+	tier_obj *o;
+	int rc = 0, n;
+
+	if (!in)
+		return -ENOENT;
+	if (in->kind != KIND_FILE) {
+		ns_put(fs, in, 1);
+		return -ENOENT;
+	}
+	pthread_mutex_lock(&in->lock);
+	o = in->data;
+	if (!o || in->invalid)
+		rc = -ENOENT;
+	else if (!atomic_load(&in->sealed))
+		rc = -EAGAIN; /* still being written */
+	else
+		rc = tier_lease(o) ? -ENOENT : 0;
+	if (!rc) {
+		tier_obj_get(o);
+		have_xxh = in->xxh_ok;
+		xxh = in->xxh;
+	}
+	pthread_mutex_unlock(&in->lock);
+	if (rc)
+		goto out;
+	size = tier_size(o);
+	max = size / tier_page_size(fs->tier) + 2;
+	sv = malloc(sizeof(*sv) + max * sizeof(struct iovec));
+	n = sv ? tier_read_iov(o, 0, size, sv->iov, (int)max) : -ENOMEM;
+	if (n < 0) {
+		free(sv);
+		tier_unlease(o);
+		tier_obj_put(o);
+		rc = n == -ENODATA ? -EAGAIN : n == -ENOMEM ? -EAGAIN : -ENOENT;
+		if (rc == -EAGAIN)
+			atomic_fetch_add(&rt->refused, 1);
+		goto out;
+	}
+	if (!have_xxh) {
+		xxh = remote_checksum(sv->iov, n);
+		pthread_mutex_lock(&in->lock);
+		in->xxh = xxh;
+		in->xxh_ok = true;
+		pthread_mutex_unlock(&in->lock);
+	}
+	sv->o = o;
+	out->size = size;
+	out->checksum = xxh;
+	out->iov = sv->iov;
+	out->niov = (uint32_t)n;
+	out->cookie = sv;
+out:
+	ns_put(fs, in, 1);
+	return rc;
+}
+
+static void serve_release(void *ctx, struct remote_file *f)
+{
+	struct served *sv = f->cookie;
+
+	(void)ctx;
+	tier_unlease(sv->o);
+	tier_obj_put(sv->o);
+	free(sv);
+}
+
+static const struct remote_ops serve_ops = {
+	.lookup = serve_lookup,
+	.release = serve_release,
+};
+
+/* --- fetching on a local miss -------------------------------------------------------- */
+
+/* A thread's bounce buffer for fetched bytes, freed when the thread exits. */
+struct bounce {
+	void *p;
+	size_t cap;
+};
+
+static pthread_key_t bounce_key;
+static pthread_once_t bounce_once = PTHREAD_ONCE_INIT;
+
+static void bounce_free(void *arg)
+{
+	struct bounce *b = arg;
+
+	free(b->p);
+	free(b);
+}
+
+static void bounce_init(void)
+{
+	(void)pthread_key_create(&bounce_key, bounce_free);
+}
+
+static int sink_prepare(void *ctx, uint64_t size, uint64_t checksum, struct iovec *iov, int max)
+{
+	struct bounce *b = ctx;
+
+	(void)checksum, (void)max;
+	if (size > b->cap) {
+		void *p = NULL;
+		size_t cap = KVFS_MAX((size_t)size, b->cap * 2);
+
+		if (posix_memalign(&p, 4096, cap))
+			return -ENOMEM;
+		free(b->p);
+		b->p = p;
+		b->cap = cap;
+	}
+	iov[0].iov_base = b->p;
+	iov[0].iov_len = (size_t)size;
+	return 1;
+}
+
+static struct bounce *thread_bounce(void)
+{
+	struct bounce *b;
+
+	pthread_once(&bounce_once, bounce_init);
+	b = pthread_getspecific(bounce_key);
+	if (!b) {
+		b = calloc(1, sizeof(*b));
+		if (b && pthread_setspecific(bounce_key, b)) {
+			free(b);
+			b = NULL;
+		}
+	}
+	return b;
+}
+
+/* A directory only peers have: make it here. */
+static int adopt_dir(struct rmt *rt, struct kvfs_inode *dir, const char *name,
+		     struct kvfs_inode **out)
+{
+	struct kvfs_fs *fs = rt->fs;
+	struct kvfs_inode *in;
+	int rc;
+
+	pthread_mutex_lock(&fs->lock);
+	if (dir != fs->root && !dir->linked) {
+		rc = -ENOENT;
+	} else if ((in = ns_find_locked(fs, dir, name, strlen(name)))) {
+		rc = 0; /* made meanwhile */
+	} else {
+		rc = ops_new_dir_locked(fs, dir, name, 0755, dir->uid, dir->gid, &in);
+		if (!rc)
+			atomic_fetch_add(&rt->dirs_created, 1);
+	}
+	if (!rc) {
+		ns_get(in, 1);
+		*out = in;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+/* Fetched bytes become a local file: created sealing, filled, sealed. */
+static int adopt_file(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+		      const void *buf, uint64_t size, uint64_t xxh, struct kvfs_inode **out)
+{
+	struct kvfs_inode *in;
+	tier_obj *data;
+	int rc;
+
+	pthread_mutex_lock(&fs->lock);
+	if (dir != fs->root && !dir->linked) {
+		pthread_mutex_unlock(&fs->lock);
+		return -ENOENT;
+	}
+	in = ns_find_locked(fs, dir, name, strlen(name));
+	if (in) { /* created or fetched meanwhile: that one wins */
+		ns_get(in, 1);
+		pthread_mutex_unlock(&fs->lock);
+		*out = in;
+		return 0;
+	}
+	rc = ops_new_file_locked(fs, dir, name, 0644, dir->uid, dir->gid, &in);
+	if (rc) {
+		pthread_mutex_unlock(&fs->lock);
+		return rc;
+	}
+	ns_get(in, 1); /* the caller's */
+	pthread_mutex_lock(&in->lock);
+	in->sealing = true; /* readers wait for the seal; no writer may open it */
+	in->xxh = xxh;
+	in->xxh_ok = true;
+	data = in->data;
+	tier_obj_get(data);
+	pthread_mutex_unlock(&in->lock);
+	pthread_mutex_unlock(&fs->lock);
+
+	rc = size ? tier_write(data, 0, buf, (size_t)size) : 0;
+	if (rc) {
+		/* No room here: take the name back (nothing was recorded yet). */
+		pthread_mutex_lock(&fs->lock);
+		pthread_mutex_lock(&in->lock);
+		in->sealing = false;
+		pthread_mutex_unlock(&in->lock);
+		ns_unlink_locked(fs, in);
+		pthread_mutex_unlock(&fs->lock);
+		ns_release_data(fs, in);
+		pthread_mutex_lock(&fs->seal_lock);
+		pthread_cond_broadcast(&fs->seal_cond);
+		pthread_mutex_unlock(&fs->seal_lock);
+		tier_obj_put(data);
+		ns_put(fs, in, 1);
+		return rc;
+	}
+	ops_seal(fs, in, data); /* validates a native block, records, publishes */
+	tier_obj_put(data);
+	*out = in;
+	return 0;
+}
+
+static int fetch(struct rmt *rt, struct kvfs_inode *dir, const char *name,
+		 struct kvfs_inode **out)
+{
+	struct kvfs_fs *fs = rt->fs;
+	struct remote_fetch_info info;
+	struct remote_sink sink = {sink_prepare, NULL};
+	char path[PATH_MAX];
+	int rc;
+
+	rc = child_path(fs, dir, name, path, sizeof(path));
+	if (rc)
+		return -ENOENT;
+	sink.ctx = thread_bounce();
+	if (!sink.ctx)
+		return -ENOMEM;
+	/* A copy a peer offloaded here is ours for the taking, without the network. */
+	rc = remote_take_lent(rt->r, path, &sink, &info);
+	if (rc != 0)
+		rc = remote_fetch(rt->r, path, &sink, &info);
+	if (rc == 0) {
+		const struct bounce *b = sink.ctx;
+
+		rc = adopt_file(fs, dir, name, b->p, info.size, info.checksum, out);
+		if (!rc) {
+			atomic_fetch_add(&rt->fetched, 1);
+			atomic_fetch_add(&rt->fetched_bytes, info.size);
+			log_debug("remote: fetched %s (%llu bytes) from %s", path,
+				  (unsigned long long)info.size, info.node);
+		}
+		return rc;
+	}
+	if (rc == -ENOENT) {
+		if (remote_dir_exists(rt->r, path) == 1)
+			return adopt_dir(rt, dir, name, out);
+		atomic_fetch_add(&rt->fetch_misses, 1);
+		return -ENOENT;
+	}
+	/* Holders failed, the index is down, or bytes were bad: a miss. */
+	atomic_fetch_add(&rt->fetch_errors, 1);
+	log_debug("remote: fetching %s failed: %s", path, strerror(-rc));
+	return -ENOENT;
+}
+
+int rmt_fetch(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+	      struct kvfs_inode **out)
+{
+	int rc = -ENOENT;
+
+	pthread_rwlock_rdlock(&fs->rmt_lock);
+	if (fs->rmt)
+		rc = fetch(fs->rmt, dir, name, out);
+	pthread_rwlock_unlock(&fs->rmt_lock);
+	return rc;
+}
+
+/* --- spilling evicted files to peers -------------------------------------------------- */
+
+static void spill(struct rmt *rt, tier_obj *o)
+{
+	struct kvfs_fs *fs = rt->fs;
+	struct kvfs_inode *in;
+	struct iovec *iov;
+	char path[PATH_MAX];
+	uint64_t size = tier_size(o), xxh = 0;
+	bool have_xxh = false;
+	size_t max;
+	int n, rc;
+
+	if (size == 0)
+		return;
+	pthread_mutex_lock(&fs->lock);
+	in = tier_obj_owner(o);
+	n = in && in->linked && in->kind == KIND_FILE ? ns_path_locked(fs, in, path, sizeof(path))
+						      : -ENOENT;
+	if (n > 0) {
+		pthread_mutex_lock(&in->lock);
+		have_xxh = in->xxh_ok;
+		xxh = in->xxh;
+		pthread_mutex_unlock(&in->lock);
+	}
+	pthread_mutex_unlock(&fs->lock);
+	if (n <= 0)
+		return;
+	max = size / tier_page_size(fs->tier) + 2;
+	iov = malloc(max * sizeof(*iov));
+	n = iov ? tier_read_iov(o, 0, size, iov, (int)max) : -ENOMEM;
+	if (n > 0) {
+		if (!have_xxh)
+			xxh = remote_checksum(iov, n);
+		rc = remote_offload(rt->r, path, iov, n, xxh);
+		if (rc == 0) {
+			atomic_fetch_add(&rt->spilled, 1);
+		} else {
+			atomic_fetch_add(&rt->spill_failed, 1);
+			if (rc != -ENOSPC)
+				log_debug("remote: offloading %s failed: %s", path, strerror(-rc));
+		}
+	}
+	free(iov);
+}
+
+void rmt_spill(void *ctx, tier_obj *o)
+{
+	struct kvfs_fs *fs = ctx;
+
+	pthread_rwlock_rdlock(&fs->rmt_lock);
+	if (fs->rmt)
+		spill(fs->rmt, o);
+	pthread_rwlock_unlock(&fs->rmt_lock);
+}
+
+/* --- start, stop -------------------------------------------------------------------------- */
+
+int rmt_start(struct kvfs_fs *fs, char *err, size_t errlen)
+{
+	const struct kvfs_config *c = &fs->cfg;
+	struct remote_config rc = {0};
+	struct rmt *rt;
+	uint64_t arena_bytes;
+	char host[REMOTE_NODE_ID_MAX];
+	int r;
+
+	if (!rmt_configured(c))
+		return 0;
+	rt = calloc(1, sizeof(*rt));
+	if (!rt)
+		return -ENOMEM;
+	pthread_mutex_init(&rt->lock, NULL);
+	pthread_cond_init(&rt->cond, NULL);
+	rt->fs = fs;
+	if (!c->node_id) {
+		if (gethostname(host, sizeof(host)))
+			snprintf(host, sizeof(host), "kvfs-%d", (int)getpid());
+		host[sizeof(host) - 1] = '\0';
+	}
+	rc.node_id = c->node_id ? c->node_id : host;
+	rc.fabric = c->fabric;
+	rc.listen = c->listen;
+	rc.cluster = c->cluster;
+	rc.cluster_name = c->cluster_name;
+	rc.token_file = c->token_file;
+	rc.arena = tier_dram_base(fs->tier, &arena_bytes);
+	rc.arena_bytes = arena_bytes;
+	rc.lend_bytes = c->lend_bytes;
+	rc.timeout_ms = c->remote_timeout_ms;
+	rc.ops = &serve_ops;
+	rc.ops_ctx = rt;
+	r = remote_open(&rc, &rt->r, err, errlen);
+	if (r) {
+		pthread_cond_destroy(&rt->cond);
+		pthread_mutex_destroy(&rt->lock);
+		free(rt);
+		return r;
+	}
+	r = pthread_create(&rt->thread, NULL, free_thread, rt);
+	if (r) {
+		remote_close(rt->r);
+		free(rt);
+		snprintf(err, errlen, "remote: cannot start a thread");
+		return -r;
+	}
+	/* What came back from NVMe at start is offered to the cluster. */
+	pthread_rwlock_wrlock(&fs->rmt_lock);
+	pthread_mutex_lock(&fs->lock);
+	__atomic_store_n(&fs->rmt, rt, __ATOMIC_RELEASE);
+	publish_tree_locked(fs, fs->root, true);
+	pthread_mutex_unlock(&fs->lock);
+	pthread_rwlock_unlock(&fs->rmt_lock);
+	log_info("remote: node %s on %s, cluster %s, lending %llu bytes", remote_node_id(rt->r),
+		 remote_provider(rt->r), c->cluster ? c->cluster : "(none)",
+		 (unsigned long long)c->lend_bytes);
+	return 0;
+}
+
+void rmt_stop(struct kvfs_fs *fs)
+{
+	struct rmt *rt = fs->rmt;
+
+	if (!rt)
+		return;
+	/* No more publishing, fetching or spilling; those under way finish first. */
+	pthread_rwlock_wrlock(&fs->rmt_lock);
+	pthread_mutex_lock(&fs->lock);
+	__atomic_store_n(&fs->rmt, NULL, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&fs->lock);
+	pthread_rwlock_unlock(&fs->rmt_lock);
+	pthread_mutex_lock(&rt->lock);
+	rt->stop = true;
+	pthread_cond_signal(&rt->cond);
+	pthread_mutex_unlock(&rt->lock);
+	pthread_join(rt->thread, NULL);
+	remote_close(rt->r); /* releases the leases peers held */
+	pthread_cond_destroy(&rt->cond);
+	pthread_mutex_destroy(&rt->lock);
+	free(rt);
+}
+
+/* --- what operators see ---------------------------------------------------------------------- */
+
+static json_t *stats_json(struct rmt *rt)
+{
+	struct remote_stats st;
+	struct remote_peer peers[64];
+	json_t *o, *arr;
+	int n;
+
+	remote_get_stats(rt->r, &st);
+	o = json_object();
+	json_object_set_new(o, "node_id", json_string(remote_node_id(rt->r)));
+	json_object_set_new(o, "provider", json_string(st.provider ? st.provider : ""));
+#define SET(name, v) json_object_set_new(o, name, json_integer((json_int_t)(v)))
+	SET("peers_alive", st.peers_alive);
+	SET("fetched", atomic_load(&rt->fetched));
+	SET("fetched_bytes", atomic_load(&rt->fetched_bytes));
+	SET("fetch_misses", atomic_load(&rt->fetch_misses));
+	SET("fetch_errors", atomic_load(&rt->fetch_errors));
+	SET("dirs_created", atomic_load(&rt->dirs_created));
+	SET("served", st.served);
+	SET("served_bytes", st.served_bytes);
+	SET("refused", atomic_load(&rt->refused));
+	SET("spilled", atomic_load(&rt->spilled));
+	SET("spill_failed", atomic_load(&rt->spill_failed));
+	SET("offload_bytes", st.offload_bytes);
+	SET("offloads_received", st.offloads_received);
+	SET("lend_capacity_bytes", st.lend_capacity);
+	SET("lend_used_bytes", st.lend_used);
+	SET("checksum_failures", st.checksum_failures);
+	SET("timeouts", st.timeouts);
+	SET("conn_errors", st.conn_errors);
+	SET("auth_refused", st.auth_refused);
+	SET("auth_rejected", st.auth_rejected);
+	SET("bad_messages", st.bad_messages);
+	SET("redis_errors", st.redis_errors);
+	SET("redis_reconnects", st.redis_reconnects);
+	SET("resyncs", st.resyncs);
+	SET("index_lookups", st.index_lookups);
+	SET("index_updates", st.index_updates);
+	SET("stale_repaired", st.stale_repaired);
+#undef SET
+	arr = json_array();
+	n = remote_peers(rt->r, peers, (int)KVFS_ARRAY_SIZE(peers));
+	for (int i = 0; i < n && i < (int)KVFS_ARRAY_SIZE(peers); i++)
+		json_array_append_new(arr, json_pack("{s:s,s:b,s:b,s:I,s:I}", "node", peers[i].node,
+						     "alive", peers[i].alive, "self", peers[i].self,
+						     "lend_total", (json_int_t)peers[i].lend_total,
+						     "lend_free", (json_int_t)peers[i].lend_free));
+	json_object_set_new(o, "peers", arr);
+	return o;
+}
+
+json_t *rmt_stats_json(struct kvfs_fs *fs)
+{
+	json_t *o = NULL;
+
+	pthread_rwlock_rdlock(&fs->rmt_lock);
+	if (fs->rmt)
+		o = stats_json(fs->rmt);
+	pthread_rwlock_unlock(&fs->rmt_lock);
+	return o;
+}
+
+static const char *tier_name(enum remote_tier t)
+{
+	switch (t) {
+	case REMOTE_TIER_GPU:
+		return "gpu";
+	case REMOTE_TIER_DRAM:
+		return "dram";
+	case REMOTE_TIER_NVME:
+		return "nvme";
+	case REMOTE_TIER_LENT:
+		return "lent";
+	}
+	return "?";
+}
+
+static int where(struct rmt *rt, const char *req, size_t len, char **out, size_t *outlen)
+{
+	struct remote_holder h[64];
+	char path[PATH_MAX];
+	json_t *root, *arr;
+	int n;
+
+	while (len && (req[len - 1] == '\n' || req[len - 1] == '\0'))
+		len--;
+	while (len && req[0] == '/')
+		req++, len--;
+	if (len == 0 || len >= sizeof(path))
+		return -EINVAL;
+	memcpy(path, req, len);
+	path[len] = '\0';
+	n = remote_where(rt->r, path, h, (int)KVFS_ARRAY_SIZE(h));
+	if (n < 0)
+		return n;
+	root = json_object();
+	json_object_set_new(root, "path", json_string(path));
+	arr = json_array();
+	for (int i = 0; i < n && i < (int)KVFS_ARRAY_SIZE(h); i++)
+		json_array_append_new(arr, json_pack("{s:s,s:s,s:b,s:b}", "node", h[i].node, "tier",
+						     tier_name(h[i].tier), "alive", h[i].alive,
+						     "self", h[i].self));
+	json_object_set_new(root, "holders", arr);
+	*out = json_dumps(root, JSON_INDENT(2));
+	json_decref(root);
+	if (!*out)
+		return -ENOMEM;
+	*outlen = strlen(*out);
+	return 0;
+}
+
+int rmt_where(struct kvfs_fs *fs, const char *req, size_t len, char **out, size_t *outlen)
+{
+	int rc = -ENOTCONN;
+
+	pthread_rwlock_rdlock(&fs->rmt_lock);
+	if (fs->rmt)
+		rc = where(fs->rmt, req, len, out, outlen);
+	pthread_rwlock_unlock(&fs->rmt_lock);
+	return rc;
+}

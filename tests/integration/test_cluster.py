@@ -1,0 +1,372 @@
+"""The remote tier: kvfs nodes as one cache, through a real redis-server on
+127.0.0.1 (the cluster index) and the libfabric tcp provider (the same code
+path as verbs and efa).
+
+Each test gets its own cluster: a fresh key prefix (--cluster-name) in the
+class's Redis, three daemons with their own mounts and state, and a token
+file. Publishing is asynchronous, so a reader on another node polls until a
+file shows up (wait_for).
+"""
+import errno
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from harness import KVFS, KVFSCTL, Mount, errno_of, fuse_available, read_file, write_file
+
+MiB = 1 << 20
+
+
+def content(name, size):
+    seed = hashlib.sha256(name.encode()).digest()
+    return (seed * (size // 32 + 1))[:size]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(fn, timeout=8.0, step=0.1):
+    """Poll fn() until it returns a true value; return it (or the last falsy one)."""
+    deadline = time.time() + timeout
+    while True:
+        v = fn()
+        if v or time.time() > deadline:
+            return v
+        time.sleep(step)
+
+
+class Redis:
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="kvfs-redis-")
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--logfile",
+             os.path.join(self.dir, "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ok = wait_for(lambda: self.cli("PING") == "PONG", timeout=10, step=0.05)
+        if not ok:
+            raise RuntimeError("redis-server did not start")
+        return self
+
+    def stop(self):
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def cli(self, *args):
+        r = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
+                           text=True, timeout=10)
+        return r.stdout.strip()
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d" % self.port
+
+
+def have_redis():
+    return shutil.which("redis-server") and shutil.which("redis-cli")
+
+
+class Cluster(unittest.TestCase):
+    """Three nodes: a and b lend 32 MiB each, c lends nothing and has little DRAM."""
+    timeout_ms = 1000
+
+    @classmethod
+    def setUpClass(cls):
+        if not fuse_available():
+            raise unittest.SkipTest("no /dev/fuse or fusermount3")
+        if not have_redis():
+            raise unittest.SkipTest("redis-server is not installed (make deps)")
+        cls.redis = Redis().start()
+        cls.tmp = tempfile.mkdtemp(prefix="kvfs-cluster-")
+        cls.token = os.path.join(cls.tmp, "token")
+        with open(cls.token, "w") as f:
+            f.write("a-shared-secret-of-enough-length\n")
+        cls.bad_token = os.path.join(cls.tmp, "bad-token")
+        with open(cls.bad_token, "w") as f:
+            f.write("not-the-cluster-secret-at-all!!\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.redis.close()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def node(self, name, dram="64M", lend="32M", token=None, extra=()):
+        args = ["--cluster", self.redis.url, "--cluster-name", self.cname,
+                "--cluster-token", token or self.token, "--node-id", name,
+                "--listen", "127.0.0.1:0", "--remote-timeout", str(self.timeout_ms), *extra]
+        if lend:
+            args += ["--lend", lend]
+        m = Mount(dram=dram, args=args).start()
+        self.mounts.append(m)
+        return m
+
+    def setUp(self):
+        self.cname = "t%d" % (int(time.time() * 1000) % 10**9)
+        self.mounts = []
+        self.a = self.node("a")
+        self.b = self.node("b")
+        self.c = self.node("c", dram="16M", lend=None)
+        # every node sees the others alive
+        for m in self.mounts:
+            self.assertTrue(wait_for(lambda m=m: m.stats()["remote"]["peers_alive"] >= 2),
+                            "peers never saw each other")
+
+    def tearDown(self):
+        reports = []
+        for m in self.mounts:
+            reports.append(m.close())
+        reports = "\n".join(r for r in reports if r)
+        if reports:
+            self.fail("the sanitizer reported:\n" + reports)
+
+    def published(self, path, node):
+        """Is @path in the index for @node?"""
+        return self.redis.cli("HGET", "%s:f:%s" % (self.cname, path), node) != ""
+
+    # --- tests ------------------------------------------------------------------
+    def test_file_written_on_one_node_is_read_on_another(self):
+        data = content("x", 3 * MiB + 123)
+        os.makedirs(self.a.path("model", "layer"))
+        write_file(self.a.path("model", "layer", "blk"), data)
+        self.assertTrue(wait_for(lambda: self.published("model/layer/blk", "a")))
+        # b has neither the directories nor the file: both come from the cluster
+        got = read_file(self.b.path("model", "layer", "blk"))
+        self.assertEqual(got, data)
+        st = self.b.stats()["remote"]
+        self.assertEqual(st["fetched"], 1)
+        self.assertEqual(st["fetched_bytes"], len(data))
+        self.assertEqual(st["dirs_created"], 2)
+        self.assertGreaterEqual(self.a.stats()["remote"]["served"], 1)
+        # now a local file on b: read again without the network
+        self.assertEqual(read_file(self.b.path("model", "layer", "blk")), data)
+        self.assertEqual(self.b.stats()["remote"]["fetched"], 1)
+        self.assertEqual(os.getxattr(self.b.path("model", "layer", "blk"),
+                                     "user.kvfs.tier").decode(), "dram")
+        # and b offers it too
+        self.assertTrue(wait_for(lambda: self.published("model/layer/blk", "b")))
+        r = subprocess.run([KVFSCTL, "where", self.c.path("model", "layer", "blk")],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("a ", r.stdout)
+        self.assertIn("b ", r.stdout)
+        # `where` did not fetch it to c
+        self.assertEqual(self.c.stats()["remote"]["fetched"], 0)
+
+    def test_missing_everywhere_is_a_miss(self):
+        self.assertFalse(os.path.exists(self.b.path("nowhere")))
+        self.assertEqual(errno_of(open, self.b.path("nowhere", "x"), "rb"), errno.ENOENT)
+        self.assertGreaterEqual(self.b.stats()["remote"]["fetch_misses"], 1)
+        # creating it locally works as ever
+        write_file(self.b.path("nowhere"), b"here now")
+        self.assertEqual(read_file(self.b.path("nowhere")), b"here now")
+
+    def test_rename_and_unlink_update_the_index(self):
+        write_file(self.a.path("f.tmp"), content("f", MiB))
+        os.rename(self.a.path("f.tmp"), self.a.path("f"))
+        self.assertTrue(wait_for(lambda: self.published("f", "a")))
+        self.assertFalse(self.published("f.tmp", "a"))
+        self.assertEqual(read_file(self.b.path("f")), content("f", MiB))
+        os.mkdir(self.a.path("d"))
+        write_file(self.a.path("d", "g"), b"g" * 1000)
+        os.rename(self.a.path("d"), self.a.path("e"))
+        self.assertTrue(wait_for(lambda: self.published("e/g", "a")))
+        self.assertTrue(wait_for(lambda: not self.published("d/g", "a")))
+        os.unlink(self.a.path("e", "g"))
+        self.assertTrue(wait_for(lambda: not self.published("e/g", "a")))
+
+    def test_offload_from_a_full_node_and_back(self):
+        # c has 16 MiB of DRAM and no NVMe: what it must evict goes to a or b
+        names = ["blk%02d" % i for i in range(40)]
+        for n in names:
+            write_file(self.c.path(n), content(n, MiB))
+        st = self.c.stats()
+        self.assertGreater(st["evictions"], 0)
+        self.assertEqual(st["remote"]["spilled"], st["evictions"])
+        received = (self.a.stats()["remote"]["offloads_received"] +
+                    self.b.stats()["remote"]["offloads_received"])
+        self.assertEqual(received, st["remote"]["spilled"])
+        # the first files were evicted here; the cluster still has every one
+        self.assertTrue(wait_for(lambda: self.published("blk00", "a") or
+                                 self.published("blk00", "b")))
+        for n in names:
+            self.assertEqual(read_file(self.c.path(n)), content(n, MiB), n)
+        self.assertGreater(self.c.stats()["remote"]["fetched"], 0)
+        # and any node reads them
+        for n in names[:5]:
+            self.assertEqual(read_file(self.a.path(n)), content(n, MiB), n)
+
+    def test_unlink_frees_lent_copies(self):
+        for i in range(30):
+            write_file(self.c.path("u%02d" % i), content("u%d" % i, MiB))
+        lent = lambda: (self.a.stats()["remote"]["lend_used_bytes"] +
+                        self.b.stats()["remote"]["lend_used_bytes"])
+        self.assertGreater(lent(), 0)
+        for i in range(30):
+            os.unlink(self.c.path("u%02d" % i))  # fetched back first if evicted
+        self.assertTrue(wait_for(lambda: lent() == 0), "lent copies stayed: %d" % lent())
+
+    def test_peer_killed_during_transfers(self):
+        names = ["k%d" % i for i in range(6)]
+        for n in names:
+            write_file(self.a.path(n), content(n, 8 * MiB))
+        self.assertTrue(wait_for(lambda: all(self.published(n, "a") for n in names)))
+        results, slowest = {}, [0.0]
+
+        def reader():
+            for n in names:
+                t0 = time.time()
+                try:
+                    results[n] = read_file(self.b.path(n))
+                except OSError as e:
+                    results[n] = e.errno
+                slowest[0] = max(slowest[0], time.time() - t0)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        time.sleep(0.05)
+        self.a.kill(signal.SIGKILL)
+        t.join(60)
+        self.assertFalse(t.is_alive(), "a read hung after the peer died")
+        # each read took at most a couple of timeouts, never a hang
+        self.assertLess(slowest[0], 4 * self.timeout_ms / 1000 + 2, slowest[0])
+        for n, r in results.items():
+            if isinstance(r, bytes):
+                self.assertEqual(r, content(n, 8 * MiB), n)  # whole or nothing
+            else:
+                self.assertIn(r, (errno.ENOENT, errno.EIO), n)
+        self.assertTrue(self.b.alive())
+        # once its heartbeat expires, the dead node's entries are ignored at once
+        time.sleep(3 * self.timeout_ms / 1000 + 0.5)
+        t0 = time.time()
+        self.assertFalse(os.path.exists(self.b.path("k5-never")))
+        for n in names:
+            if not isinstance(results[n], bytes):
+                self.assertFalse(os.path.exists(self.c.path(n)))
+        self.assertLess(time.time() - t0, 2.0)
+        self.assertTrue(wait_for(lambda: self.b.stats()["remote"]["peers_alive"] == 1))
+
+    def test_redis_down_then_back(self):
+        write_file(self.a.path("before"), b"b" * 5000)
+        self.assertTrue(wait_for(lambda: self.published("before", "a")))
+        self.redis.stop()
+        try:
+            # local service goes on; misses are fast; errors are counted
+            write_file(self.a.path("during"), b"d" * 7000)
+            self.assertEqual(read_file(self.a.path("during")), b"d" * 7000)
+            t0 = time.time()
+            self.assertFalse(os.path.exists(self.b.path("during")))
+            self.assertLess(time.time() - t0, 3.0)
+            self.assertTrue(wait_for(lambda: self.a.stats()["remote"]["redis_errors"] > 0))
+        finally:
+            self.redis.start()  # empty: it kept nothing
+        # every node resynchronises its entries
+        self.assertTrue(wait_for(lambda: self.published("before", "a") and
+                                 self.published("during", "a"), timeout=15))
+        self.assertGreater(self.a.stats()["remote"]["resyncs"], 1)
+        time.sleep(1.1)  # b's kernel cached the miss for --negative-timeout
+        self.assertEqual(read_file(self.b.path("during")), b"d" * 7000)
+
+    def test_wrong_token_is_refused(self):
+        write_file(self.a.path("secret"), content("s", 2 * MiB))
+        self.assertTrue(wait_for(lambda: self.published("secret", "a")))
+        d = self.node("d", token=self.bad_token)
+        self.assertFalse(os.path.exists(d.path("secret")))
+        st = d.stats()["remote"]
+        self.assertEqual(st["fetched"], 0)
+        self.assertTrue(wait_for(lambda: self.a.stats()["remote"]["auth_refused"] +
+                                 self.b.stats()["remote"]["auth_refused"] > 0 or
+                                 d.stats()["remote"]["auth_rejected"] > 0))
+        # d's own files are never fetched by the real cluster either
+        write_file(d.path("intruder"), b"i" * 4096)
+        self.assertTrue(wait_for(lambda: self.published("intruder", "d")))
+        self.assertFalse(os.path.exists(self.b.path("intruder")))
+        self.assertEqual(read_file(self.b.path("secret")), content("s", 2 * MiB))
+
+    def test_corruption_on_the_wire_is_caught(self):
+        data = content("c", 4 * MiB)
+        write_file(self.a.path("one"), data)
+        self.assertTrue(wait_for(lambda: self.published("one", "a")))
+        # a single holder whose bytes arrive corrupt: a miss, never wrong bytes
+        with open(self.c.path(".kvfs", "fault"), "w") as f:
+            f.write("net_read:1:5:sticky")
+        self.assertEqual(errno_of(open, self.c.path("one"), "rb"), errno.ENOENT)
+        self.assertGreater(self.c.stats()["remote"]["checksum_failures"], 0)
+        with open(self.c.path(".kvfs", "fault"), "w") as f:
+            f.write("net_read:0:5")  # disarm
+        # two holders: the first transfer is corrupted, the next holder serves it
+        self.assertEqual(read_file(self.b.path("one")), data)
+        self.assertTrue(wait_for(lambda: self.published("one", "b")))
+        time.sleep(1.1)  # c's kernel cached the miss
+        with open(self.c.path(".kvfs", "fault"), "w") as f:
+            f.write("net_read:1:5")
+        self.assertEqual(read_file(self.c.path("one")), data)
+        st = self.c.stats()["remote"]
+        self.assertGreaterEqual(st["checksum_failures"], 2)
+        self.assertEqual(st["fetched"], 1)
+
+    def test_status_and_metrics_show_the_cluster(self):
+        r = subprocess.run([KVFSCTL, "status", self.a.mnt], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("cluster    node a on tcp", r.stdout)
+        for n in ("b", "c"):
+            self.assertRegex(r.stdout, r"\n%s\s+alive" % n)
+        r = subprocess.run([KVFSCTL, "where", self.a.path("nothing")], capture_output=True,
+                           text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("held by no node", r.stdout)
+
+
+class RemoteOptions(unittest.TestCase):
+    """Bad remote-tier options: a one-line error and a non-zero exit."""
+
+    def run_kvfs(self, *args):
+        mnt = tempfile.mkdtemp(prefix="kvfs-opt-")
+        try:
+            return subprocess.run([KVFS, *args, mnt], capture_output=True, text=True, timeout=30)
+        finally:
+            subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
+            shutil.rmtree(mnt, ignore_errors=True)
+
+    def test_bad_options(self):
+        cases = [
+            (["--cluster", "redis://127.0.0.1:1"], "--cluster-token"),
+            (["--cluster", "http://x", "--cluster-token", "/dev/null"], "invalid --cluster"),
+            (["--fabric", "carrier-pigeon", "--listen", "127.0.0.1:0",
+              "--cluster-token", "/dev/null"], "invalid --fabric"),
+            (["--lend", "lots", "--listen", "127.0.0.1:0", "--cluster-token", "/dev/null"],
+             "invalid --lend"),
+            (["--lend", "1G"], "need --cluster"),
+            (["--listen", "127.0.0.1:0", "--cluster-token", "/nonexistent/token"], "token"),
+            (["--listen", "127.0.0.1:0", "--cluster-token", "/dev/null"], "token"),
+            (["--listen", "127.0.0.1:0", "--cluster-token", "/dev/null", "--node-id", "a b"],
+             "node"),
+        ]
+        for args, want in cases:
+            r = self.run_kvfs(*args)
+            self.assertNotEqual(r.returncode, 0, args)
+            self.assertIn(want, r.stderr, args)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
