@@ -398,6 +398,11 @@ extern const struct fuse_lowlevel_ops kvfs_ops;
 /* Create an empty, unsealed file under @dir (fs->lock held). @return 0 or -errno. */
 int ops_new_file_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
 			mode_t mode, uid_t uid, gid_t gid, struct kvfs_inode **out);
+/* Same, with bytes already in @data (unsealed, its id @ino from fs->next_ino,
+ * no owner yet): the inode takes the caller's reference. */
+int ops_adopt_file_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+			  mode_t mode, uid_t uid, gid_t gid, uint64_t ino, tier_obj *data,
+			  struct kvfs_inode **out);
 /* Create a directory under @dir and record it (fs->lock held). @return 0 or -errno. */
 int ops_new_dir_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
 		       mode_t mode, uid_t uid, gid_t gid, struct kvfs_inode **out);

@@ -547,18 +547,33 @@ static int open_file(struct kvfs_fs *fs, struct kvfs_inode *in, struct fuse_file
 int ops_new_file_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
 			mode_t mode, uid_t uid, gid_t gid, struct kvfs_inode **out)
 {
+	return ops_adopt_file_locked(fs, dir, name, mode, uid, gid, 0, NULL, out);
+}
+
+int ops_adopt_file_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
+			  mode_t mode, uid_t uid, gid_t gid, uint64_t ino, tier_obj *data,
+			  struct kvfs_inode **out)
+{
 	struct kvfs_inode *in = ns_inode_new(fs, KIND_FILE, S_IFREG | (mode & 07777), uid, gid);
-	int rc;
+	int rc = 0;
 
 	if (!in)
 		return -ENOMEM;
-	in->ino = fs->next_ino++;
-	rc = tier_obj_new(fs->tier, in, in->ino, &in->data);
+	if (data) {
+		in->ino = ino;
+		in->data = data;
+		tier_obj_set_owner(data, in);
+	} else {
+		in->ino = fs->next_ino++;
+		rc = tier_obj_new(fs->tier, in, in->ino, &in->data);
+	}
 	if (!rc)
 		rc = ns_link_locked(fs, dir, in, name, strlen(name));
 	if (rc) {
-		if (in->data)
+		if (in->data && !data)
 			tier_obj_put(in->data);
+		if (data)
+			tier_obj_set_owner(data, NULL);
 		in->data = NULL;
 		ns_get(in, 1);
 		ns_put(fs, in, 1);

@@ -309,10 +309,22 @@ static const struct remote_ops serve_ops = {
 
 /* --- fetching on a local miss -------------------------------------------------------- */
 
-/* A thread's bounce buffer for fetched bytes, freed when the thread exits. */
+/*
+ * Where fetched bytes land: straight in the DRAM pages of a new, unowned
+ * tier object (the arena is registered with the fabric: no copy, no
+ * registration), or, for a file too fragmented for one transfer, a
+ * thread's bounce buffer that is then copied in.
+ */
 struct bounce {
 	void *p;
 	size_t cap;
+};
+
+struct dest {
+	struct kvfs_fs *fs;
+	tier_obj *o; /* the new file's bytes, or NULL */
+	uint64_t ino;
+	struct bounce *b; /* used when o is NULL */
 };
 
 static pthread_key_t bounce_key;
@@ -331,26 +343,6 @@ static void bounce_init(void)
 	(void)pthread_key_create(&bounce_key, bounce_free);
 }
 
-static int sink_prepare(void *ctx, uint64_t size, uint64_t checksum, struct iovec *iov, int max)
-{
-	struct bounce *b = ctx;
-
-	(void)checksum, (void)max;
-	if (size > b->cap) {
-		void *p = NULL;
-		size_t cap = KVFS_MAX((size_t)size, b->cap * 2);
-
-		if (posix_memalign(&p, 4096, cap))
-			return -ENOMEM;
-		free(b->p);
-		b->p = p;
-		b->cap = cap;
-	}
-	iov[0].iov_base = b->p;
-	iov[0].iov_len = (size_t)size;
-	return 1;
-}
-
 static struct bounce *thread_bounce(void)
 {
 	struct bounce *b;
@@ -365,6 +357,52 @@ static struct bounce *thread_bounce(void)
 		}
 	}
 	return b;
+}
+
+static void dest_drop(struct dest *d)
+{
+	if (d->o) {
+		tier_drop(d->o);
+		tier_obj_put(d->o);
+		d->o = NULL;
+	}
+}
+
+static int sink_prepare(void *ctx, uint64_t size, uint64_t checksum, struct iovec *iov, int max)
+{
+	struct dest *d = ctx;
+	struct kvfs_fs *fs = d->fs;
+	int n;
+
+	(void)checksum;
+	dest_drop(d); /* a retry with another holder starts over */
+	pthread_mutex_lock(&fs->lock);
+	d->ino = fs->next_ino++;
+	pthread_mutex_unlock(&fs->lock);
+	if (tier_obj_new(fs->tier, NULL, d->ino, &d->o))
+		return -ENOMEM;
+	n = tier_write_iov(d->o, size, iov, max);
+	if (n >= 0)
+		return n;
+	dest_drop(d);
+	if (n != -E2BIG)
+		return n; /* no room here: a miss */
+	/* Too fragmented for one transfer: through the bounce buffer. */
+	d->b = d->b ? d->b : thread_bounce();
+	if (!d->b)
+		return -ENOMEM;
+	if (size > d->b->cap) {
+		void *p = NULL;
+
+		if (posix_memalign(&p, 4096, (size_t)size))
+			return -ENOMEM;
+		free(d->b->p);
+		d->b->p = p;
+		d->b->cap = (size_t)size;
+	}
+	iov[0].iov_base = d->b->p;
+	iov[0].iov_len = (size_t)size;
+	return 1;
 }
 
 /* A directory only peers have: make it here. */
@@ -393,58 +431,57 @@ static int adopt_dir(struct rmt *rt, struct kvfs_inode *dir, const char *name,
 	return rc;
 }
 
-/* Fetched bytes become a local file: created sealing, filled, sealed. */
+/* Fetched bytes become a local file: linked sealing (readers wait), then sealed. */
 static int adopt_file(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
-		      const void *buf, uint64_t size, uint64_t xxh, struct kvfs_inode **out)
+		      struct dest *d, uint64_t size, uint64_t xxh, struct kvfs_inode **out)
 {
 	struct kvfs_inode *in;
 	tier_obj *data;
 	int rc;
 
+	/* Bytes in the bounce buffer: into a new object first. */
+	if (!d->o) {
+		pthread_mutex_lock(&fs->lock);
+		d->ino = fs->next_ino++;
+		pthread_mutex_unlock(&fs->lock);
+		if (tier_obj_new(fs->tier, NULL, d->ino, &d->o))
+			return -ENOMEM;
+		rc = size ? tier_write(d->o, 0, d->b->p, (size_t)size) : 0;
+		if (rc) {
+			dest_drop(d);
+			return rc;
+		}
+	}
 	pthread_mutex_lock(&fs->lock);
 	if (dir != fs->root && !dir->linked) {
 		pthread_mutex_unlock(&fs->lock);
+		dest_drop(d);
 		return -ENOENT;
 	}
 	in = ns_find_locked(fs, dir, name, strlen(name));
 	if (in) { /* created or fetched meanwhile: that one wins */
 		ns_get(in, 1);
 		pthread_mutex_unlock(&fs->lock);
+		dest_drop(d);
 		*out = in;
 		return 0;
 	}
-	rc = ops_new_file_locked(fs, dir, name, 0644, dir->uid, dir->gid, &in);
+	data = d->o;
+	rc = ops_adopt_file_locked(fs, dir, name, 0644, dir->uid, dir->gid, d->ino, data, &in);
 	if (rc) {
 		pthread_mutex_unlock(&fs->lock);
+		dest_drop(d);
 		return rc;
 	}
+	d->o = NULL; /* the inode's now */
 	ns_get(in, 1); /* the caller's */
 	pthread_mutex_lock(&in->lock);
 	in->sealing = true; /* readers wait for the seal; no writer may open it */
 	in->xxh = xxh;
 	in->xxh_ok = true;
-	data = in->data;
 	tier_obj_get(data);
 	pthread_mutex_unlock(&in->lock);
 	pthread_mutex_unlock(&fs->lock);
-
-	rc = size ? tier_write(data, 0, buf, (size_t)size) : 0;
-	if (rc) {
-		/* No room here: take the name back (nothing was recorded yet). */
-		pthread_mutex_lock(&fs->lock);
-		pthread_mutex_lock(&in->lock);
-		in->sealing = false;
-		pthread_mutex_unlock(&in->lock);
-		ns_unlink_locked(fs, in);
-		pthread_mutex_unlock(&fs->lock);
-		ns_release_data(fs, in);
-		pthread_mutex_lock(&fs->seal_lock);
-		pthread_cond_broadcast(&fs->seal_cond);
-		pthread_mutex_unlock(&fs->seal_lock);
-		tier_obj_put(data);
-		ns_put(fs, in, 1);
-		return rc;
-	}
 	ops_seal(fs, in, data); /* validates a native block, records, publishes */
 	tier_obj_put(data);
 	*out = in;
@@ -456,24 +493,20 @@ static int fetch(struct rmt *rt, struct kvfs_inode *dir, const char *name,
 {
 	struct kvfs_fs *fs = rt->fs;
 	struct remote_fetch_info info;
-	struct remote_sink sink = {sink_prepare, NULL};
+	struct dest d = {.fs = fs};
+	struct remote_sink sink = {sink_prepare, &d};
 	char path[PATH_MAX];
 	int rc;
 
 	rc = child_path(fs, dir, name, path, sizeof(path));
 	if (rc)
 		return -ENOENT;
-	sink.ctx = thread_bounce();
-	if (!sink.ctx)
-		return -ENOMEM;
 	/* A copy a peer offloaded here is ours for the taking, without the network. */
 	rc = remote_take_lent(rt->r, path, &sink, &info);
 	if (rc != 0)
 		rc = remote_fetch(rt->r, path, &sink, &info);
 	if (rc == 0) {
-		const struct bounce *b = sink.ctx;
-
-		rc = adopt_file(fs, dir, name, b->p, info.size, info.checksum, out);
+		rc = adopt_file(fs, dir, name, &d, info.size, info.checksum, out);
 		if (!rc) {
 			atomic_fetch_add(&rt->fetched, 1);
 			atomic_fetch_add(&rt->fetched_bytes, info.size);
@@ -482,13 +515,14 @@ static int fetch(struct rmt *rt, struct kvfs_inode *dir, const char *name,
 		}
 		return rc;
 	}
+	dest_drop(&d);
 	if (rc == -ENOENT) {
 		if (remote_dir_exists(rt->r, path) == 1)
 			return adopt_dir(rt, dir, name, out);
 		atomic_fetch_add(&rt->fetch_misses, 1);
 		return -ENOENT;
 	}
-	/* Holders failed, the index is down, or bytes were bad: a miss. */
+	/* Holders failed, the index is down, bytes were bad, no room: a miss. */
 	atomic_fetch_add(&rt->fetch_errors, 1);
 	log_debug("remote: fetching %s failed: %s", path, strerror(-rc));
 	return -ENOENT;

@@ -594,7 +594,8 @@ static int grow_slots(tier_obj *o, uint64_t nslots)
 	return 0;
 }
 
-int tier_write(tier_obj *o, uint64_t off, const void *buf, size_t len)
+/* tier_write(); with @buf NULL the pages are allocated but not written. */
+static int write_range(tier_obj *o, uint64_t off, const void *buf, size_t len)
 {
 	tier_mgr *m = o->mgr;
 	const struct dram_arena *a = &m->dram;
@@ -650,7 +651,8 @@ int tier_write(tier_obj *o, uint64_t off, const void *buf, size_t len)
 				memset(page + hi, 0, ps - hi);
 		}
 		page = dram_page(a, o->pages[i]);
-		memcpy(page + lo, (const uint8_t *)buf + (pstart + lo - off), hi - lo);
+		if (buf)
+			memcpy(page + lo, (const uint8_t *)buf + (pstart + lo - off), hi - lo);
 	}
 	__atomic_store_n(&o->npages, o->npages + (uint32_t)missing, __ATOMIC_RELAXED);
 	if (end > o->size)
@@ -661,6 +663,47 @@ out_free:
 out_unlock:
 	pthread_mutex_unlock(&o->lock);
 	return rc;
+}
+
+int tier_write(tier_obj *o, uint64_t off, const void *buf, size_t len)
+{
+	return write_range(o, off, buf, len);
+}
+
+int tier_write_iov(tier_obj *o, uint64_t size, struct iovec *iov, int max)
+{
+	const struct dram_arena *a = &o->mgr->dram;
+	uint32_t ps = a->page_size, shift = a->page_shift;
+	uint64_t npages = (size + ps - 1) >> shift;
+	int n = 0, rc;
+
+	pthread_mutex_lock(&o->lock);
+	rc = o->size || o->npages ? -EINVAL : 0;
+	pthread_mutex_unlock(&o->lock);
+	if (rc || size == 0)
+		return rc;
+	rc = write_range(o, 0, NULL, (size_t)size);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&o->lock);
+	for (uint64_t i = 0; i < npages; i++) {
+		uint8_t *page = dram_page(a, o->pages[i]);
+		size_t k = (size_t)KVFS_MIN((uint64_t)ps, size - (i << shift));
+
+		if (n && (uint8_t *)iov[n - 1].iov_base + iov[n - 1].iov_len == page) {
+			iov[n - 1].iov_len += k;
+			continue;
+		}
+		if (n == max) {
+			n = -E2BIG;
+			break;
+		}
+		iov[n].iov_base = page;
+		iov[n].iov_len = k;
+		n++;
+	}
+	pthread_mutex_unlock(&o->lock);
+	return n;
 }
 
 int tier_truncate(tier_obj *o, uint64_t size)

@@ -217,6 +217,17 @@ bool tier_is_pinned(const tier_obj *o);
 int tier_write(tier_obj *o, uint64_t off, const void *buf, size_t len);
 
 /*
+ * Give an empty, unsealed object @size bytes of DRAM pages (evicting as
+ * tier_write() does) and describe them in @iov, for a writer that fills
+ * them itself (a transfer straight into the arena). Bytes past @size in
+ * the last page are zero; the rest is garbage until written.
+ * @return the number of iovecs; 0 for @size 0; -EINVAL if not empty;
+ * -E2BIG if more than @max iovecs would be needed (the pages stay: use
+ * tier_truncate(o, 0) to give them back); tier_write()'s errors.
+ */
+int tier_write_iov(tier_obj *o, uint64_t size, struct iovec *iov, int max);
+
+/*
  * Set the size of an unsealed object; shrinking frees pages, growing leaves
  * a hole that reads as zeros.
  * @return 0; -EPERM if sealed; -EFBIG; -ENOENT if dead.

@@ -912,6 +912,9 @@ static void usage(FILE *out)
 		     "      mount vs POSIX on tmpfs vs memcpy\n"
 		     "  nvme [--sizes 2M,32M] [--total 512M]\n"
 		     "      NVMe tier write and cold read throughput vs fio on the same disk\n"
+		     "  remote [--sizes 2M,32M] [--total 256M]\n"
+		     "      a file read on one node from another's DRAM, vs raw TCP and\n"
+		     "      Redis GET of the same bytes (starts its own redis-server)\n"
 		     "  restart [--files 1000000] [--threads 4]\n"
 		     "      daemon start time with N files in the catalog, after a clean\n"
 		     "      unmount and after kill -9\n"
@@ -937,6 +940,7 @@ static int run_all(json_t *results)
 	char *lp[] = {"libkvfs", NULL};
 	char *np[] = {"nvme", NULL};
 	char *sp[] = {"restart", NULL};
+	char *mp[] = {"remote", NULL};
 	/* the NVMe issue's replay: DRAM 5% and NVMe 50% of the footprint */
 	char *rnp[] = {"replay", "--limit", "4000", "--fractions", "0.05", "--nvme-fraction", "0.5",
 		       NULL};
@@ -953,6 +957,8 @@ static int run_all(json_t *results)
 		rc = bench_nvme(1, np, results);
 	if (!rc)
 		rc = bench_replay(7, rnp, results);
+	if (!rc)
+		rc = bench_remote(1, mp, results);
 	if (!rc)
 		rc = bench_restart(1, sp, results);
 	return rc;
@@ -994,6 +1000,7 @@ int main(int argc, char **argv)
 	cmd = args[0];
 	if (strcmp(cmd, "throughput") && strcmp(cmd, "fuse-settings") && strcmp(cmd, "replay") &&
 	    strcmp(cmd, "libkvfs") && strcmp(cmd, "nvme") && strcmp(cmd, "restart") &&
+	    strcmp(cmd, "remote") &&
 	    strcmp(cmd, "all")) {
 		bench_err("unknown command '%s' (see kvfs-bench --help)", cmd);
 		free(args);
@@ -1027,6 +1034,8 @@ int main(int argc, char **argv)
 		rc = bench_nvme(nargs, args, results);
 	else if (!strcmp(cmd, "restart"))
 		rc = bench_restart(nargs, args, results);
+	else if (!strcmp(cmd, "remote"))
+		rc = bench_remote(nargs, args, results);
 	else
 		rc = run_all(results);
 	cleanup_all();

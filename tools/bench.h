@@ -122,5 +122,6 @@ int bench_replay(int argc, char **argv, json_t *out);
 int bench_libkvfs(int argc, char **argv, json_t *out);
 int bench_nvme(int argc, char **argv, json_t *out);
 int bench_restart(int argc, char **argv, json_t *out);
+int bench_remote(int argc, char **argv, json_t *out);
 
 #endif
