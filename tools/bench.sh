@@ -34,6 +34,13 @@ rm -f "$rcfile"
 {
 	rc=0
 	"$BIN" all --json "$OUT/results.json" || rc=$?
+	# The remote tier's transport alone (library level, no mounts): fetches
+	# against a raw TCP socket and Redis GET, and a 512-block index lookup.
+	if [ "$rc" = 0 ] && [ -x "$B/tests/rdma_bench" ]; then
+		echo
+		echo "== remote transport: build/tests/rdma_bench 20 (loopback, medians) =="
+		"$B/tests/rdma_bench" 20 2>/dev/null || rc=$?
+	fi
 	echo "$rc" >"$rcfile"
 } | tee "$OUT/results.txt"
 rc=$(cat "$rcfile" 2>/dev/null || echo 1)
