@@ -94,6 +94,14 @@ struct fp_reg {
 
 static pthread_mutex_t fp_lock = PTHREAD_MUTEX_INITIALIZER;
 static CDS_LIST_HEAD(fp_regs);
+/*
+ * Inodes of registrations that are gone while the kernel may still hold a
+ * lookup of them (it forgets when it likes, and not at all at unmount):
+ * each keeps the registration's reference here until only that one is
+ * left, and all are let go at shutdown, when the kernel is gone (fp_lock).
+ */
+static struct kvfs_inode **retired;
+static size_t nretired, cap_retired;
 
 static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct timespec *ts)
 {
@@ -439,6 +447,20 @@ static void reg_unlist(struct fp_reg *r)
 	}
 }
 
+/* Drop retired inodes nobody but us holds any more (fp_lock held). */
+static void prune_retired_locked(struct kvfs_fs *fs)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < nretired; i++) {
+		if (atomic_load(&retired[i]->refs) == 1)
+			ns_put(fs, retired[i], 1);
+		else
+			retired[k++] = retired[i];
+	}
+	nretired = k;
+}
+
 static void reg_finish(struct kvfs_fs *fs, struct fp_reg *r, bool join)
 {
 	if (r->kind == REG_RING && r->thread_started) {
@@ -447,7 +469,22 @@ static void reg_finish(struct kvfs_fs *fs, struct fp_reg *r, bool join)
 		else
 			pthread_detach(r->thread);
 	}
-	ns_put(fs, r->inode, 1);
+	pthread_mutex_lock(&fp_lock);
+	prune_retired_locked(fs);
+	if (nretired == cap_retired) {
+		size_t nc = cap_retired ? 2 * cap_retired : 16;
+		struct kvfs_inode **p = realloc(retired, nc * sizeof(*p));
+
+		if (p) {
+			retired = p;
+			cap_retired = nc;
+		}
+	}
+	if (nretired < cap_retired)
+		retired[nretired++] = r->inode; /* keeps the registration's reference */
+	else
+		ns_put(fs, r->inode, 1);
+	pthread_mutex_unlock(&fp_lock);
 	reg_put(r);
 }
 
@@ -528,6 +565,14 @@ void fp_shutdown(struct kvfs_fs *fs)
 			break;
 		reg_finish(fs, r, true);
 	}
+	/* The kernel is gone: its lookups of registrations will never be forgotten. */
+	pthread_mutex_lock(&fp_lock);
+	for (size_t i = 0; i < nretired; i++)
+		ns_put(fs, retired[i], atomic_load(&retired[i]->refs));
+	free(retired);
+	retired = NULL;
+	nretired = cap_retired = 0;
+	pthread_mutex_unlock(&fp_lock);
 }
 
 /* --- requests ----------------------------------------------------------------------- */

@@ -171,6 +171,8 @@ static int cmd_save(const char *dir, const char *path, unsigned seed, size_t n)
 	       (unsigned long long)st.save_errors, (unsigned long long)st.saves_dropped,
 	       kvfs_ns_is_fast(ns));
 	kvfs_ns_close(ns);
+	free(t);
+	free(ids);
 	return st.save_errors ? 1 : 0;
 }
 
@@ -260,6 +262,9 @@ static int cmd_hold(const char *dir, unsigned seed, size_t n)
 	kvfs_match_release(m);
 	printf("{\"matched\": %ld, \"load_error\": %d, \"bad_blocks\": %zu}\n", got, rc, bad);
 	kvfs_ns_close(ns);
+	free(t);
+	free(ids);
+	free(keys);
 	return rc || bad || got != (long)n ? 1 : 0;
 }
 
