@@ -152,6 +152,10 @@ TS(nvme_evictions)
 TS(demotions)
 TS(promotions)
 TS(lost)
+static uint64_t g_nvme_free(const struct snapshot *s)
+{
+	return s->ts.nvme_capacity - s->ts.nvme_used;
+}
 static uint64_t g_nvme_full(const struct snapshot *s)
 {
 	return s->ts.nvme_full;
@@ -218,6 +222,8 @@ static const struct figure figures[] = {
 	 "NVMe tier size (0 without one)", -1, g_nvme_capacity},
 	{"tiers.nvme.used_bytes", "kvfs_nvme_used_bytes", GAUGE, "NVMe pages in use, in bytes", -1,
 	 g_nvme_used},
+	{"tiers.nvme.free_bytes", "kvfs_nvme_free_bytes", GAUGE, "NVMe pages free, in bytes", -1,
+	 g_nvme_free},
 	{"tiers.nvme.files", "kvfs_nvme_files", GAUGE, "Files with a copy on NVMe", -1,
 	 g_nvme_files},
 	{"tiers.nvme.reads", "kvfs_nvme_reads_total", COUNTER, "NVMe extent reads", -1,

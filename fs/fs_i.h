@@ -102,6 +102,9 @@ struct kvfs_inode {
 	struct dnode dn;
 	bool linked;
 	bool persisted; /* the catalog has a record of it */
+	/* unlinked while still referenced: on fs->orphans (fs->orphan_lock) */
+	bool orphaned;
+	struct cds_list_head orphan;
 
 	/* directories (fs->lock) */
 	struct cds_list_head children;
@@ -225,6 +228,14 @@ struct kvfs_fs {
 	uint64_t started_ns;
 
 	struct kvfs_counters ctr;
+
+	/*
+	 * Unlinked inodes the kernel or a handle still references. The kernel
+	 * sends no FORGET at unmount, so some are never freed; this list keeps
+	 * them accounted for (and reachable) until the process exits.
+	 */
+	pthread_mutex_t orphan_lock;
+	struct cds_list_head orphans;
 
 	/* open handles, freed at shutdown if the kernel never released them */
 	pthread_mutex_t handles_lock;

@@ -123,6 +123,12 @@ void ns_put(struct kvfs_fs *fs, struct kvfs_inode *in, uint64_t n)
 	}
 	if (in->kind == KIND_CTL_DIR || in->kind == KIND_CTL_FILE || in == fs->root)
 		return; /* static, or lives as long as the mount */
+	if (in->orphaned) {
+		pthread_mutex_lock(&fs->orphan_lock);
+		cds_list_del(&in->orphan);
+		in->orphaned = false;
+		pthread_mutex_unlock(&fs->orphan_lock);
+	}
 	/* Unlinked with no handle: ns_release_data() already detached the bytes. */
 	if (in->data) {
 		log_err("inode %llu freed with data attached", (unsigned long long)in->ino);
@@ -191,6 +197,12 @@ int ns_link_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, struct kvfs_inode
 	CMM_STORE_SHARED(in->parent, dir);
 	in->hash = name_hash(dir->ino, name, len);
 	in->linked = true;
+	if (in->orphaned) { /* a rename: unlinked, then linked again */
+		pthread_mutex_lock(&fs->orphan_lock);
+		cds_list_del(&in->orphan);
+		in->orphaned = false;
+		pthread_mutex_unlock(&fs->orphan_lock);
+	}
 	ns_get(in, 1); /* the link */
 	ns_get(dir, 1); /* a child pins its parent */
 	urcu_bp_read_lock();
@@ -234,6 +246,12 @@ void ns_unlink_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
 	 * reference on it — it too is freed only after a grace period.
 	 */
 	CMM_STORE_SHARED(in->parent, NULL);
+	if (in->kind == KIND_FILE || in->kind == KIND_DIR) {
+		pthread_mutex_lock(&fs->orphan_lock);
+		cds_list_add(&in->orphan, &fs->orphans);
+		in->orphaned = true;
+		pthread_mutex_unlock(&fs->orphan_lock);
+	}
 	ns_put(fs, dir, 1);
 	ns_put(fs, in, 1);
 }
@@ -895,6 +913,8 @@ int ns_open(struct kvfs_fs *fs, char *err, size_t errlen)
 	pthread_mutex_init(&fs->seal_lock, NULL);
 	pthread_mutex_init(&fs->handles_lock, NULL);
 	CDS_INIT_LIST_HEAD(&fs->handles);
+	pthread_mutex_init(&fs->orphan_lock, NULL);
+	CDS_INIT_LIST_HEAD(&fs->orphans);
 	pthread_cond_init(&fs->seal_cond, NULL);
 	cds_lfs_init(&fs->dirty);
 	fs->next_generation = 1;

@@ -524,6 +524,18 @@ struct remote {
 	struct rdma_stats st;
 };
 
+/* Append @w to the server's work queue and wake it (r->work_lock held). */
+static inline void rdma_work_append_locked(remote *r, struct rdma_work *w)
+{
+	if (r->work_tail)
+		r->work_tail->next = w;
+	else
+		r->work_head = w;
+	r->work_tail = w;
+	r->work_n++;
+	pthread_cond_signal(&r->work_cond);
+}
+
 /* xfer.c: messaging and transfers */
 int rdma_engine_start(remote *r);
 void rdma_engine_stop(remote *r);

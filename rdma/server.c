@@ -815,13 +815,7 @@ int remote_take_lent(remote *r, const char *path, const struct remote_sink *sink
 		free(w);
 		return -ENOENT;
 	}
-	if (r->work_tail)
-		r->work_tail->next = w;
-	else
-		r->work_head = w;
-	r->work_tail = w;
-	r->work_n++;
-	pthread_cond_signal(&r->work_cond);
+	rdma_work_append_locked(r, w);
 	pthread_mutex_unlock(&r->work_lock);
 	/* The server thread answers every take, also the ones it finds at exit. */
 	pthread_mutex_lock(&t.lock);

@@ -206,13 +206,7 @@ static void queue_work(remote *r, uint8_t kind, const uint8_t *buf, uint32_t len
 	if (len)
 		memcpy(w->buf, buf, len);
 	pthread_mutex_lock(&r->work_lock);
-	if (r->work_tail)
-		r->work_tail->next = w;
-	else
-		r->work_head = w;
-	r->work_tail = w;
-	r->work_n++;
-	pthread_cond_signal(&r->work_cond);
+	rdma_work_append_locked(r, w);
 	pthread_mutex_unlock(&r->work_lock);
 }
 

@@ -412,10 +412,10 @@ long bench_mount_read_ahead_kb(const struct bench_mount *m)
 	return kb;
 }
 
-/* The daemon's resident shared memory (its arena, once faulted in), or -1. */
-static int64_t rss_shmem(pid_t pid)
+int64_t bench_proc_status_bytes(pid_t pid, const char *field)
 {
 	char path[64], line[256];
+	size_t flen = strlen(field);
 	long long kb = -1;
 	FILE *f;
 
@@ -424,7 +424,8 @@ static int64_t rss_shmem(pid_t pid)
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "RssShmem: %lld kB", &kb) == 1)
+		if (!strncmp(line, field, flen) && line[flen] == ':' &&
+		    sscanf(line + flen + 1, "%lld kB", &kb) == 1)
 			break;
 	fclose(f);
 	return kb < 0 ? -1 : kb * 1024;
@@ -443,7 +444,7 @@ static void settle(const struct bench_mount *m, uint64_t dram_bytes)
 	int64_t prev = -1, cur;
 
 	while (!bench_interrupted && bench_now() - t0 < 60) {
-		cur = rss_shmem(m->pid);
+		cur = bench_proc_status_bytes(m->pid, "RssShmem");
 		if (cur < 0 || (uint64_t)cur >= dram_bytes - dram_bytes / 64)
 			break;
 		if (cur != prev) {

@@ -82,6 +82,9 @@ json_t *bench_mount_json(const struct bench_mount *m, const char *name);
 /* Integer at a dotted @path ("tiers.dram.used_bytes") of @obj; 0 if absent. */
 int64_t bench_json_int(json_t *obj, const char *path);
 
+/* A "NAME: N kB" field of /proc/PID/status in bytes ("VmRSS", "RssShmem"), or -1. */
+int64_t bench_proc_status_bytes(pid_t pid, const char *field);
+
 /* The bdi read_ahead_kb of the mount, or -1 if it cannot be read. */
 long bench_mount_read_ahead_kb(const struct bench_mount *m);
 

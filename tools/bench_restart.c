@@ -140,23 +140,6 @@ static int check_sample(const char *mnt, unsigned n)
 	return 0;
 }
 
-static long rss_kib(pid_t pid)
-{
-	char path[64], line[256];
-	long kib = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-			break;
-	fclose(f);
-	return kib;
-}
-
 /* After a start: every file recovered, a sample byte-exact. */
 static int check_start(struct bench_mount *m, unsigned n, const char *how)
 {
@@ -226,7 +209,7 @@ int bench_restart(int argc, char **argv, json_t *out)
 		goto out;
 	rc = bench_mount_restart(&m, dram, extra);
 	t_clean = m.ready_s;
-	rss_clean = rc ? -1 : rss_kib(m.pid);
+	rss_clean = rc ? -1 : bench_proc_status_bytes(m.pid, "VmRSS") / 1024;
 	if (!rc)
 		rc = check_start(&m, n, "clean");
 	if (rc)
@@ -240,7 +223,7 @@ int bench_restart(int argc, char **argv, json_t *out)
 		goto out;
 	rc = bench_mount_restart(&m, dram, extra);
 	t_crash = m.ready_s;
-	rss_crash = rc ? -1 : rss_kib(m.pid);
+	rss_crash = rc ? -1 : bench_proc_status_bytes(m.pid, "VmRSS") / 1024;
 	if (!rc)
 		rc = check_start(&m, n, "crash");
 	if (rc)

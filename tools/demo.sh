@@ -10,6 +10,8 @@ set -eu
 B=${KVFS_BUILD:-build}
 BIN=$(cd "$B/bin" && pwd)
 WORK=$(mktemp -d /tmp/kvfs-demo-XXXXXX)
+# NVMe segments need a disk filesystem (O_DIRECT): /var/tmp, not a tmpfs /tmp
+NV=$(mktemp -d /var/tmp/kvfs-demo-nv-XXXXXX)
 MNT=$WORK/mnt
 STATE=$WORK/state
 DRAM=${KVFS_DEMO_DRAM:-1G}
@@ -18,16 +20,16 @@ cleanup() {
 	if grep -qs " $MNT fuse" /proc/mounts; then
 		fusermount3 -u "$MNT" 2>/dev/null || fusermount3 -u -z "$MNT" 2>/dev/null || true
 	fi
-	rm -rf "$WORK"
+	rm -rf "$WORK" "$NV"
 }
 trap cleanup EXIT INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-say "1. Mount a kvfs cache: $DRAM of DRAM, catalog in $STATE"
+say "1. Mount a kvfs cache: $DRAM of DRAM, 2G of NVMe segments in $NV, catalog in $STATE"
 mkdir -p "$MNT"
-run "$BIN/kvfs" --state "$STATE" --dram "$DRAM" "$MNT"
+run "$BIN/kvfs" --state "$STATE" --dram "$DRAM" --nvme "$NV:2G" "$MNT"
 run df -h "$MNT"
 
 say "2. A model: 8 layers, hidden 384, 6 heads (2 KV heads), seeded random weights"
@@ -76,11 +78,29 @@ printf '$ getfattr: user.kvfs.tier=%s user.kvfs.hits=%s\n' \
 	"$(/usr/bin/python3 -c "import os,sys; print(os.getxattr(sys.argv[1], 'user.kvfs.tier').decode())" "$MNT/llm/$FIRST")" \
 	"$(/usr/bin/python3 -c "import os,sys; print(os.getxattr(sys.argv[1], 'user.kvfs.hits').decode())" "$MNT/llm/$FIRST")"
 
-say "8. Unmount (the catalog is flushed), remount: the tree is back, DRAM-only blocks are gone"
+say "8. Unmount (DRAM-only blocks go to NVMe), remount: every block is back, from NVMe"
 run fusermount3 -u "$MNT"
 while pgrep -f "kvfs --state $STATE" >/dev/null 2>&1; do sleep 0.05; done
-run "$BIN/kvfs" --state "$STATE" --dram "$DRAM" "$MNT"
-printf 'files in llm/: %s (dropped at restart: %s)\n' "$(ls "$MNT/llm" | wc -l)" \
+run "$BIN/kvfs" --state "$STATE" --dram "$DRAM" --nvme "$NV:2G" "$MNT"
+printf 'files in llm/: %s (back from NVMe: %s, dropped: %s)\n' "$(ls "$MNT/llm" | wc -l)" \
+	"$(/usr/bin/python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['restart_recovered'])" "$MNT/.kvfs/stats")" \
 	"$(/usr/bin/python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['restart_dropped'])" "$MNT/.kvfs/stats")"
+
+say "9. Third pass after the restart: the prefixes load from NVMe"
+# shellcheck disable=SC2086
+$ENGINE --json >"$WORK/restarted.json"
+/usr/bin/python3 - "$WORK/cold.json" "$WORK/restarted.json" "$MNT/.kvfs/stats" <<'EOF'
+import json, sys
+cold, again, st = (json.load(open(p)) for p in sys.argv[1:4])
+ct = sum(r["ttft_ms"] for r in cold["requests"]) / len(cold["requests"])
+at = sum(r["ttft_ms"] for r in again["requests"]) / len(again["requests"])
+reused = sum(r["reused_tokens"] for r in again["requests"])
+total = sum(r["prompt_tokens"] for r in again["requests"])
+print("mean time to first token after the restart: %.1f ms (cold %.1f ms), %d/%d prompt tokens "
+      "reused" % (at, ct, reused, total))
+print("hits served from NVMe: %d, promoted back to DRAM: %d" % (st["hits_nvme"], st["promotions"]))
+same = all(c.get("text") == w.get("text") for c, w in zip(cold["requests"], again["requests"]))
+print("answers identical to the cold pass: %s" % ("yes" if same else "NO"))
+EOF
 run fusermount3 -u "$MNT"
 say "Done. Run 'make test' for the test suites, 'make bench' for the benchmarks."
