@@ -1,6 +1,10 @@
 #!/bin/sh
 # Run each cmocka suite; print one line per suite, the full output on failure.
 fail=0
+# Sanitized builds: reports fail the suite; uninstrumented libraries are
+# suppressed (tests/tsan.supp).
+here=$(cd "$(dirname "$0")" && pwd)
+export TSAN_OPTIONS="suppressions=$here/tsan.supp ${TSAN_OPTIONS:-}"
 for t in "$@"; do
 	out=$("$t" 2>&1)
 	rc=$?

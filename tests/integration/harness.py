@@ -44,7 +44,8 @@ class Mount:
         san = "log_path=%s" % os.path.join(self.base, "sanitizer")
         self.env = dict(os.environ, ASAN_OPTIONS=san + ":detect_leaks=1",
                         UBSAN_OPTIONS=san + ":print_stacktrace=1:halt_on_error=1",
-                        TSAN_OPTIONS=san, **(env or {}))
+                        TSAN_OPTIONS=san + ":suppressions=" +
+                        os.path.join(ROOT, "tests", "tsan.supp"), **(env or {}))
         self.pid = None
 
     # --- lifecycle ---------------------------------------------------------

@@ -1147,7 +1147,7 @@ static atomic_bool sig_armed;
 static atomic_long sig_kills;
 static atomic_int sig_mode; /* 0: tier_evict, 1: tier_drop */
 
-static void pin_race_signal(int sig)
+static __attribute__((unused)) void pin_race_signal(int sig)
 {
 	int saved = errno;
 	tier_obj *o = atomic_load(&sig_obj);
