@@ -225,6 +225,8 @@ void tier_obj_put(tier_obj *o)
 	old = atomic_fetch_or(&o->state, OBJ_DEAD);
 	if (!(old & OBJ_DEAD))
 		obj_died(o, old);
+	if (o->ext)
+		place_free(o); /* evicted by tier_evict(): kept until now */
 	pthread_mutex_destroy(&o->lock);
 	free(o->rcache);
 	free(o->pages);
@@ -418,7 +420,13 @@ static size_t kill_claimed_batch(tier_obj **v, size_t n, bool tell_owner)
 		atomic_fetch_add(&m->evictions, 1);
 		atomic_fetch_add(&m->evicted_bytes, tier_size(o));
 		tier_obj_get(o);
-		obj_died(o, old[i]);
+		/*
+		 * Told, the owner has deleted the records already. Otherwise it
+		 * does so after we return: the NVMe extents stay allocated until
+		 * its last reference goes (tier_obj_put), so no new file can be
+		 * written over them while the catalog still names them.
+		 */
+		obj_died(o, tell_owner ? old[i] : old[i] & ~OBJ_NVME);
 		policy_forget(o);
 		tier_obj_put(o);
 	}
@@ -759,20 +767,27 @@ int tier_seal(tier_obj *o)
 		atomic_fetch_add(&m->sealed, 1);
 		if (old & OBJ_PINNED)
 			atomic_fetch_add(&m->pinned_bytes, tier_dram_bytes(o));
-		pthread_mutex_lock(&m->policy.lock);
-		if (!(atomic_load(&o->state) & OBJ_DEAD)) {
-			tier_obj_get(o); /* the list's reference */
-			policy_insert_locked(&m->policy, &o->pn, o->npages);
-		}
-		pthread_mutex_unlock(&m->policy.lock);
 	}
 	pthread_mutex_unlock(&o->lock);
-	/* Write-through: on NVMe before the owner records the file. */
-	if (!rc && m->nvme && m->persist_through && obj_try_claim(o, OBJ_DRAM, OBJ_NVME)) {
+	if (rc || (old & OBJ_SEALED))
+		return rc;
+	/*
+	 * Write-through: on NVMe before the owner records the file, and before
+	 * the object joins the policy list. Once listed, an eviction could claim
+	 * it first and still be writing it when the owner's rename returns.
+	 */
+	if (m->nvme && m->persist_through && obj_try_claim(o, OBJ_DRAM, OBJ_NVME)) {
 		place_store(o, true);
 		obj_unclaim(o);
 	}
-	return rc;
+	pthread_mutex_lock(&m->policy.lock);
+	if (!(atomic_load(&o->state) & OBJ_DEAD)) {
+		tier_obj_get(o); /* the list's reference */
+		policy_insert_locked(&m->policy, &o->pn,
+				     __atomic_load_n(&o->npages, __ATOMIC_RELAXED));
+	}
+	pthread_mutex_unlock(&m->policy.lock);
+	return 0;
 }
 
 /* --- reading ------------------------------------------------------------- */

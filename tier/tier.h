@@ -234,7 +234,11 @@ int tier_write_iov(tier_obj *o, uint64_t size, struct iovec *iov, int max);
  */
 int tier_truncate(tier_obj *o, uint64_t size);
 
-/* No more writes; the object becomes a candidate for eviction. @return 0, -ENOENT. */
+/*
+ * No more writes; the object becomes a candidate for eviction. With
+ * persist-through it is on NVMe (if NVMe could take it) before this returns.
+ * @return 0, -ENOENT.
+ */
 int tier_seal(tier_obj *o);
 
 /*
@@ -291,7 +295,10 @@ void tier_drop(tier_obj *o);
 /*
  * Evict the object now, as the eviction policy would (an operator's
  * request). It must be sealed and unleased; pinned objects are refused.
- * The owner's `evicted` callback is NOT called: the caller removes the name.
+ * The owner's `evicted` callback is NOT called: the caller removes the name
+ * and the catalog records, and only then lets go of its reference; the
+ * object's NVMe extents stay allocated until the last reference goes, so
+ * the catalog never names extents another file was given.
  * @return 0; -EBUSY if leased or not sealed; -EPERM if pinned; -ENOENT if dead.
  */
 int tier_evict(tier_obj *o);
