@@ -46,6 +46,7 @@ struct bopts {
 	unsigned block_tokens, chunk, threads, seed;
 	unsigned convs, turns, docs, questions, doc_tokens, prefix_tokens;
 	bool json;
+	bool progress; /* a progress line on stderr: a terminal, and not --json */
 };
 
 struct mode {
@@ -216,11 +217,11 @@ static int multi_turn(const struct bopts *o, struct wl *w)
 				rc = run_request(w, conv[c].t, conv[c].n, max_new, answer, t > 0);
 			if (!rc)
 				rc = sb_add(&conv[c], answer, max_new);
-			if (!o->json)
+			if (o->progress)
 				fprintf(stderr, "\r  multi-turn: turn %u/%u conversation %u/%u ",
 					t + 1, o->turns, c + 1, o->convs);
 		}
-	if (!o->json)
+	if (o->progress)
 		fprintf(stderr, "\r%60s\r", "");
 	for (unsigned c = 0; conv && c < o->convs; c++)
 		free(conv[c].t);
@@ -247,11 +248,11 @@ static int long_doc(const struct bopts *o, struct wl *w)
 			if (!rc)
 				rc = run_request(w, doc[d].t, doc[d].n, 16, answer, q > 0);
 			doc[d].n = keep; /* each question is asked of the document alone */
-			if (!o->json)
+			if (o->progress)
 				fprintf(stderr, "\r  long-doc: question %u/%u document %u/%u ",
 					q + 1, o->questions, d + 1, o->docs);
 		}
-	if (!o->json)
+	if (o->progress)
 		fprintf(stderr, "\r%60s\r", "");
 	for (unsigned d = 0; doc && d < o->docs; d++)
 		free(doc[d].t);
@@ -707,6 +708,7 @@ int eng_bench_main(int argc, char **argv)
 		return 1;
 	}
 	model = m;
+	o.progress = !o.json && isatty(STDERR_FILENO);
 	{
 		const char *names[MAX_MODES] = {"none", "tmpfs", "kvfs"};
 		const char *dirs[MAX_MODES] = {NULL, o.tmpfs, o.kvfs};
