@@ -9,10 +9,12 @@
  *    Directory renames republish every file below. Publishing only queues
  *    (the library's index thread writes to Redis): the hot path never waits.
  *  - Serve. A peer's LOOKUP resolves the path here, leases the file and
- *    hands out its DRAM pages for one-sided reads. A file not in DRAM (on
- *    NVMe only) or still being written is refused with -EAGAIN: the peer
- *    tries another holder. Its XXH3 checksum is computed on first serve and
- *    kept in the inode (sealed bytes never change).
+ *    hands out its DRAM pages for one-sided reads. A file only on NVMe is
+ *    promoted into DRAM first (the lease keeps it there until the peer is
+ *    done). One still being written, or that DRAM cannot take now, is
+ *    refused with -EAGAIN: the peer tries another holder. Its XXH3 checksum
+ *    is computed on first serve and kept in the inode (sealed bytes never
+ *    change).
  *  - Fetch. A lookup that misses locally asks the cluster (rmt_fetch): a
  *    live peer's copy is read into a buffer, checked against its checksum,
  *    and becomes a local file (sealed, recorded, published), so to the
@@ -265,6 +267,9 @@ static int serve_lookup(void *ctx, const char *path, struct remote_file *out)
 	max = size / tier_page_size(fs->tier) + 2;
 	sv = malloc(sizeof(*sv) + max * sizeof(struct iovec));
 	n = sv ? tier_read_iov(o, 0, size, sv->iov, (int)max) : -ENOMEM;
+	/* On NVMe only: a peer wants it, so it is hot; bring it into DRAM. */
+	if (n == -ENODATA && !tier_promote(o))
+		n = tier_read_iov(o, 0, size, sv->iov, (int)max);
 	if (n < 0) {
 		free(sv);
 		tier_unlease(o);

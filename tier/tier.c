@@ -923,6 +923,26 @@ void tier_touch(tier_obj *o)
 	}
 }
 
+int tier_promote(tier_obj *o)
+{
+	uint64_t s = atomic_load(&o->state);
+	int rc;
+
+	if (s & OBJ_DEAD)
+		return -ENOENT;
+	if (s & OBJ_DRAM)
+		return 0;
+	if (!obj_try_claim(o, OBJ_NVME, OBJ_DRAM)) {
+		s = atomic_load(&o->state);
+		return (s & OBJ_DEAD) ? -ENOENT : (s & OBJ_DRAM) ? 0 : -EBUSY;
+	}
+	rc = place_promote(o); /* lease holders and all: promotion copes */
+	obj_unclaim(o);
+	if (rc == -EBADMSG)
+		rc = -EIO; /* its only copy was bad: it is lost */
+	return rc;
+}
+
 int tier_pin(tier_obj *o, bool pin)
 {
 	tier_mgr *m = o->mgr;

@@ -281,6 +281,16 @@ int tier_verify(tier_obj *o);
  */
 void tier_touch(tier_obj *o);
 
+/*
+ * Bring a sealed object whose bytes are only on NVMe into DRAM now, for a
+ * reader that needs its pages (tier_read_iov: a peer's one-sided reads).
+ * The caller holds a lease, which then keeps it there, and no lock (it may
+ * evict). @return 0 when its bytes are in DRAM; -EBUSY if another thread is
+ * moving it; -ENOSPC if DRAM cannot make room; -EIO if the NVMe copy failed
+ * (the file is lost, the owner told); -ENOENT if dead.
+ */
+int tier_promote(tier_obj *o);
+
 /* Pin or unpin: a pinned object is never evicted. @return 0, -ENOENT if dead. */
 int tier_pin(tier_obj *o, bool pin);
 

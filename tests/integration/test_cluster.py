@@ -215,6 +215,28 @@ class Cluster(unittest.TestCase):
         for n in names[:5]:
             self.assertEqual(read_file(self.a.path(n)), content(n, MiB), n)
 
+    def test_a_file_on_nvme_only_is_served(self):
+        # d's DRAM holds 16 MiB: the first of 24 files are demoted to NVMe
+        disk = tempfile.mkdtemp(prefix="kvfs-cluster-nvme-", dir="/var/tmp")
+        self.addCleanup(shutil.rmtree, disk, True)
+        d = self.node("d", dram="16M", lend=None,
+                      extra=("--nvme", os.path.join(disk, "d0") + ":256M"))
+        for m in self.mounts:
+            self.assertTrue(wait_for(lambda m=m: m.stats()["remote"]["peers_alive"] >= 3))
+        names = ["n%02d" % i for i in range(24)]
+        for n in names:
+            write_file(d.path(n), content(n, MiB))
+        self.assertEqual(os.getxattr(d.path("n00"), "user.kvfs.tier").decode(), "nvme")
+        self.assertTrue(wait_for(lambda: self.published("n00", "d")))
+        promotions = d.stats()["promotions"]
+        # b asks d, the only holder: d brings it into DRAM and serves it
+        self.assertEqual(read_file(self.b.path("n00")), content("n00", MiB))
+        st = d.stats()
+        self.assertEqual(st["remote"]["refused"], 0)
+        self.assertGreaterEqual(st["remote"]["served"], 1)
+        self.assertEqual(st["promotions"], promotions + 1)
+        self.assertIn("dram", os.getxattr(d.path("n00"), "user.kvfs.tier").decode())
+
     def test_unlink_frees_lent_copies(self):
         for i in range(30):
             write_file(self.c.path("u%02d" % i), content("u%d" % i, MiB))

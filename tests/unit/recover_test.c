@@ -243,6 +243,35 @@ static void test_demotion_keeps_bytes(void **state)
 	}
 }
 
+/* tier_promote: an NVMe-only object comes back into DRAM for a reader. */
+static void test_promote_on_demand(void **state)
+{
+	struct env *e = *state;
+	tier_obj *o[8];
+	struct iovec iov[4];
+	struct tier_stats st;
+
+	for (int i = 0; i < 8; i++)
+		o[i] = make(e, 60 + (uint64_t)i, 1u << 20);
+	assert_int_equal(tier_where(o[0]), TIER_NVME);
+	assert_int_equal(tier_lease(o[0]), 0);
+	assert_int_equal(tier_read_iov(o[0], 0, 1u << 20, iov, 4), -ENODATA);
+	assert_int_equal(tier_promote(o[0]), 0);
+	assert_true(tier_where(o[0]) & TIER_DRAM);
+	assert_true(tier_read_iov(o[0], 0, 1u << 20, iov, 4) > 0);
+	assert_int_equal(tier_promote(o[0]), 0); /* already there */
+	tier_unlease(o[0]);
+	check(o[0], 60, 1u << 20);
+	tier_get_stats(e->m, &st);
+	assert_int_equal(st.promotions, 1);
+	for (int i = 0; i < 8; i++)
+		release(o[i]);
+	assert_int_equal(tier_promote(o[0] = make(e, 70, 100)), 0); /* in DRAM */
+	tier_drop(o[0]);
+	assert_int_equal(tier_promote(o[0]), -ENOENT);
+	tier_obj_put(o[0]);
+}
+
 /*
  * An operator's eviction: until the owner has deleted the record and let
  * go, the evicted object's extents are not given to anyone else. A crash in
@@ -348,6 +377,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_evicted_extents_wait_for_owner, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_promote_on_demand, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
