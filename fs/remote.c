@@ -20,8 +20,8 @@
  *    and becomes a local file (sealed, recorded, published), so to the
  *    engine it is a slower hit. A directory that exists only elsewhere is
  *    created locally.
- *  - Spill. When DRAM must evict a file no other local tier holds, it is
- *    first offloaded into a peer's lent memory (consistent hashing on the
+ *  - Spill. When DRAM or NVMe must evict a file no other local tier holds,
+ *    it is first offloaded into a peer's lent memory (consistent hashing on the
  *    path); the peer publishes the copy, and a later lookup here fetches it
  *    back.
  *  - Delete. Unlinking a file also frees lent copies of it in the cluster,
@@ -555,6 +555,7 @@ static void spill(struct rmt *rt, tier_obj *o)
 	char path[PATH_MAX];
 	uint64_t size = tier_size(o), xxh = 0;
 	bool have_xxh = false;
+	void *buf = NULL;
 	size_t max;
 	int n, rc;
 
@@ -576,6 +577,16 @@ static void spill(struct rmt *rt, tier_obj *o)
 	max = size / tier_page_size(fs->tier) + 2;
 	iov = malloc(max * sizeof(*iov));
 	n = iov ? tier_read_iov(o, 0, size, iov, (int)max) : -ENOMEM;
+	if (n == -ENODATA) {
+		/* An NVMe victim: its bytes into a buffer (checked as they are read). */
+		if (posix_memalign(&buf, 4096, size))
+			buf = NULL;
+		if (buf && tier_read(o, 0, buf, size) == (ssize_t)size) {
+			iov[0].iov_base = buf;
+			iov[0].iov_len = size;
+			n = 1;
+		}
+	}
 	if (n > 0) {
 		if (!have_xxh)
 			xxh = remote_checksum(iov, n);
@@ -588,6 +599,7 @@ static void spill(struct rmt *rt, tier_obj *o)
 				log_debug("remote: offloading %s failed: %s", path, strerror(-rc));
 		}
 	}
+	free(buf);
 	free(iov);
 }
 

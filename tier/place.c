@@ -262,6 +262,9 @@ static int nvme_evict(tier_mgr *m, uint64_t bytes, tier_obj *self)
 		} else {
 			uint64_t sz = o->size;
 
+			/* Its last copy here: the owner may place it elsewhere first. */
+			if (m->cb.spill)
+				m->cb.spill(m->cb.ctx, o);
 			if (obj_kill_claimed(o, true) == 0) {
 				freed += sz;
 				atomic_fetch_add(&m->nvme_evictions, 1);

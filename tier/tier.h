@@ -79,9 +79,11 @@ struct tier_callbacks {
 	/*
 	 * Optional. @o is about to be evicted and no other tier here holds it:
 	 * the owner may copy it elsewhere (a peer) first. Its bytes stay in
-	 * place during the call (tier_read_iov works on it; no lease is needed
-	 * or possible). Called with no tier lock held, from the thread that
-	 * needed room; it may block, briefly. Eviction follows regardless.
+	 * place during the call: in DRAM (tier_read_iov works on it) or, for an
+	 * NVMe victim, on NVMe (tier_read works; tier_read_iov says -ENODATA).
+	 * No lease is needed or possible. Called with no tier lock held, from
+	 * the thread that needed room; it may block, briefly. Eviction follows
+	 * regardless.
 	 */
 	void (*spill)(void *ctx, tier_obj *o);
 	void *ctx;

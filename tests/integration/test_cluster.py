@@ -237,6 +237,26 @@ class Cluster(unittest.TestCase):
         self.assertEqual(st["promotions"], promotions + 1)
         self.assertIn("dram", os.getxattr(d.path("n00"), "user.kvfs.tier").decode())
 
+    def test_offload_of_nvme_victims(self):
+        # e holds 8 MiB in DRAM and 16 MiB on NVMe: what NVMe must drop goes to a or b
+        disk = tempfile.mkdtemp(prefix="kvfs-cluster-nvme-", dir="/var/tmp")
+        self.addCleanup(shutil.rmtree, disk, True)
+        e = self.node("e", dram="8M", lend=None,
+                      extra=("--nvme", os.path.join(disk, "d0") + ":16M"))
+        for m in self.mounts:
+            self.assertTrue(wait_for(lambda m=m: m.stats()["remote"]["peers_alive"] >= 3))
+        names = ["v%02d" % i for i in range(40)]
+        for n in names:
+            write_file(e.path(n), content(n, MiB))
+        st = e.stats()
+        self.assertGreater(st["tiers"]["nvme"]["evictions"], 0)
+        self.assertGreater(st["remote"]["spilled"], 0)
+        self.assertEqual(st["remote"]["spill_failed"], 0)
+        # 40 MiB written into 24 MiB of tiers: the cluster still has every file
+        for n in names:
+            self.assertEqual(read_file(e.path(n)), content(n, MiB), n)
+        self.assertGreater(e.stats()["remote"]["fetched"], 0)
+
     def test_unlink_frees_lent_copies(self):
         for i in range(30):
             write_file(self.c.path("u%02d" % i), content("u%d" % i, MiB))
