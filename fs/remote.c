@@ -726,6 +726,7 @@ static json_t *stats_json(struct rmt *rt)
 	SET("spill_failed", atomic_load(&rt->spill_failed));
 	SET("offload_bytes", st.offload_bytes);
 	SET("offloads_received", st.offloads_received);
+	SET("lent_evictions", st.lent_evictions);
 	SET("lend_capacity_bytes", st.lend_capacity);
 	SET("lend_used_bytes", st.lend_used);
 	SET("checksum_failures", st.checksum_failures);

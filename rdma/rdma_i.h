@@ -443,7 +443,7 @@ struct rdma_work {
 
 struct rdma_stats {
 	_Atomic uint64_t reads, read_bytes, read_failures, served, served_bytes, offloads,
-		offload_bytes, offloads_received, lend_used, checksum_failures, timeouts,
+		offload_bytes, offloads_received, lent_evictions, lend_used, checksum_failures, timeouts,
 		conn_errors, auth_refused, auth_rejected, bad_messages, redis_errors,
 		redis_reconnects, resyncs, index_lookups, index_updates, stale_repaired;
 };

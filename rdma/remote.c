@@ -371,6 +371,15 @@ static bool can_take(void *arg, uint32_t node)
 	return peer_usable(p, c->now) && p->lend_free >= c->size;
 }
 
+/* A lender whose memory could hold the file once it drops older copies. */
+static bool can_make_room(void *arg, uint32_t node)
+{
+	struct pick_ctx *c = arg;
+	struct rdma_peer *p = &c->r->peers[c->r->ring_map[node]];
+
+	return peer_usable(p, c->now) && p->lend_total >= c->size;
+}
+
 int remote_offload(remote *r, const char *path, const struct iovec *src, int n, uint64_t checksum)
 {
 	struct pick_ctx pc = {r, 0, kvfs_mono_ns()};
@@ -388,6 +397,8 @@ int remote_offload(remote *r, const char *path, const struct iovec *src, int n, 
 		return -EINVAL;
 	pthread_mutex_lock(&r->peer_lock);
 	got = rdma_chash_pick(&r->ring, path, plen, can_take, &pc, nodes, MAX_TRIES);
+	if (got == 0) /* every lender is full: the one for this path drops old copies */
+		got = rdma_chash_pick(&r->ring, path, plen, can_make_room, &pc, nodes, MAX_TRIES);
 	for (uint32_t i = 0; i < got; i++)
 		cand[i] = &r->peers[r->ring_map[nodes[i]]];
 	pthread_mutex_unlock(&r->peer_lock);
@@ -525,6 +536,7 @@ void remote_get_stats(remote *r, struct remote_stats *s)
 	LOAD(offloads);
 	LOAD(offload_bytes);
 	LOAD(offloads_received);
+	LOAD(lent_evictions);
 	LOAD(lend_used);
 	LOAD(checksum_failures);
 	LOAD(timeouts);

@@ -276,7 +276,10 @@ int remote_fetch_buf(remote *r, const char *path, void *buf, size_t cap, uint64_
 /*
  * Offload: place a copy of @path (the bytes in @src, @checksum as from
  * remote_checksum()) in the lent memory of a live peer chosen by consistent
- * hashing on the path among those with room. Returns once the peer has
+ * hashing on the path among those with room; when every lender is full,
+ * among those whose lent memory is large enough, and the one chosen drops
+ * its least recently used copies (unleased; unpublished) to make room.
+ * Lent memory is a cache like any tier. Returns once the peer has
  * received and verified every byte; the peer then publishes the copy in
  * the index (tier "lent"). The caller may drop its own copy and call
  * remote_unpublish() afterwards.
@@ -306,6 +309,7 @@ struct remote_stats {
 	uint64_t offloads;	/* copies we placed on peers */
 	uint64_t offload_bytes;
 	uint64_t offloads_received; /* copies peers placed here */
+	uint64_t lent_evictions;    /* of those, dropped (least recently used) for newer ones */
 	uint64_t lend_capacity;	    /* bytes */
 	uint64_t lend_used;
 	uint64_t checksum_failures; /* fetched or offloaded bytes that failed verification */

@@ -19,8 +19,9 @@
  * peer that vanished). A lent copy freed or replaced while leased keeps its
  * pages until its last lease ends.
  *
- * Offload. OFFLOAD allocates lent pages and answers with a ticket and the
- * runs to write. The writer sends fi_writedata operations whose 32-bit
+ * Offload. OFFLOAD allocates lent pages (dropping the least recently used
+ * unleased copies if it must: lent memory is a cache) and answers with a
+ * ticket and the runs to write. The writer sends fi_writedata operations whose 32-bit
  * immediate is (ticket << 16 | number of writes); when as many immediates
  * as announced have arrived, every byte has landed (target completions mean
  * the data is visible), the copy is checksummed, committed, published as
@@ -65,6 +66,7 @@ struct rdma_lent {
 	int nruns;
 	uint32_t leases;
 	bool dead; /* out of the tree; freed with its last lease */
+	struct rdma_lent *older, *newer; /* the LRU list while in the tree */
 	char buf[];
 };
 
@@ -99,6 +101,7 @@ struct rdma_srv {
 	uint32_t ticket_gen;
 	struct rdma_lend lend;
 	void *lent; /* tsearch tree of struct rdma_lent by path */
+	struct rdma_lent *oldest, *newest; /* the same copies, least recently used first */
 	_Atomic uint64_t lend_free;
 	uint64_t lease_ttl_ns;
 	uint64_t next_expire_ns;
@@ -144,6 +147,31 @@ static void lent_free(struct rdma_lent *l)
 	free(l);
 }
 
+static void lru_unlink(struct rdma_srv *s, struct rdma_lent *l)
+{
+	if (l->older)
+		l->older->newer = l->newer;
+	else if (s->oldest == l)
+		s->oldest = l->newer;
+	if (l->newer)
+		l->newer->older = l->older;
+	else if (s->newest == l)
+		s->newest = l->older;
+	l->older = l->newer = NULL;
+}
+
+/* @l was just stored or read: it is the last to be dropped for room. */
+static void lru_touch(struct rdma_srv *s, struct rdma_lent *l)
+{
+	lru_unlink(s, l);
+	l->older = s->newest;
+	if (s->newest)
+		s->newest->newer = l;
+	else
+		s->oldest = l;
+	s->newest = l;
+}
+
 /* A dead copy gives its pages back once nobody reads it. */
 static void lent_put_pages(remote *r, struct rdma_lent *l)
 {
@@ -157,6 +185,7 @@ static void lent_put_pages(remote *r, struct rdma_lent *l)
 /* Take @l out of the table; its pages follow when unleased. */
 static void lent_kill(remote *r, struct rdma_lent *l)
 {
+	lru_unlink(r->srv, l);
 	tdelete(l, &r->srv->lent, lent_cmp);
 	l->dead = true;
 	lent_put_pages(r, l);
@@ -450,6 +479,7 @@ static void on_lookup(remote *r, struct rdma_session *se, const struct rdma_msg 
 		l->nruns = (uint32_t)lc->nruns;
 		l->lent = lc;
 		lc->leases++;
+		lru_touch(s, lc);
 		l->size = lc->size;
 		l->checksum = lc->checksum;
 		l->key = r->lend_mr.key;
@@ -520,6 +550,25 @@ static void ticket_free(remote *r, struct rdma_ticket *t, bool pages)
 	memset(t, 0, sizeof(*t));
 }
 
+/*
+ * Lent memory is a cache too: drop the least recently used copy nobody is
+ * reading, and take it out of the index. @return false if none is left.
+ */
+static bool lend_make_room(remote *r)
+{
+	struct rdma_srv *s = r->srv;
+	struct rdma_lent *l = s->oldest;
+
+	while (l && l->leases)
+		l = l->newer;
+	if (!l)
+		return false;
+	remote_unpublish(r, l->path); /* queued: the path is copied */
+	STAT_INC(r, lent_evictions);
+	lent_kill(r, l);
+	return true;
+}
+
 static void on_offload(remote *r, struct rdma_session *se, const struct rdma_msg *in)
 {
 	struct rdma_srv *s = r->srv;
@@ -551,6 +600,8 @@ static void on_offload(remote *r, struct rdma_session *se, const struct rdma_msg
 		return;
 	}
 	n = rdma_lend_alloc(&s->lend, in->u.path.size, lr, RDMA_RUNS_PER_MSG);
+	while (n == -ENOSPC && lend_make_room(r))
+		n = rdma_lend_alloc(&s->lend, in->u.path.size, lr, RDMA_RUNS_PER_MSG);
 	if (n < 0) {
 		free(lr);
 		reply_status(r, se, in->req_id, n, true);
@@ -656,6 +707,7 @@ static void commit(remote *r, struct rdma_ticket *t)
 		goto out_fail;
 	}
 	t->runs = NULL; /* the copy owns the pages now */
+	lru_touch(s, l);
 	STAT_INC(r, offloads_received);
 	remote_publish(r, l->path, REMOTE_TIER_LENT); /* queued before DONE goes */
 	send_done(r, t->sid, t->req_id, t->ticket, 0);

@@ -427,11 +427,11 @@ static int cmd_status(char **args, int nargs)
 		       jnum(st, "remote.served"), fmt_size(jnum(st, "remote.served_bytes")).s,
 		       jnum(st, "remote.refused"));
 		printf("offloaded  %" PRIu64 " files (%s), %" PRIu64 " failed; lent %s of %s to "
-		       "peers (%" PRIu64 " files received)\n",
+		       "peers (%" PRIu64 " files received, %" PRIu64 " dropped for newer)\n",
 		       jnum(st, "remote.spilled"), fmt_size(jnum(st, "remote.offload_bytes")).s,
 		       jnum(st, "remote.spill_failed"), fmt_size(jnum(st, "remote.lend_used_bytes")).s,
 		       fmt_size(jnum(st, "remote.lend_capacity_bytes")).s,
-		       jnum(st, "remote.offloads_received"));
+		       jnum(st, "remote.offloads_received"), jnum(st, "remote.lent_evictions"));
 		printf("errors     %" PRIu64 " checksum, %" PRIu64 " timeouts, %" PRIu64
 		       " connection, %" PRIu64 " refused tokens, %" PRIu64 " redis\n",
 		       jnum(st, "remote.checksum_failures"), jnum(st, "remote.timeouts"),

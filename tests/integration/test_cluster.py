@@ -257,6 +257,25 @@ class Cluster(unittest.TestCase):
             self.assertEqual(read_file(e.path(n)), content(n, MiB), n)
         self.assertGreater(e.stats()["remote"]["fetched"], 0)
 
+    def test_lent_memory_is_a_cache(self):
+        # c spills 100 MiB into the 64 MiB that a and b lend: they drop their
+        # least recently used copies for newer ones instead of refusing
+        names = ["w%03d" % i for i in range(100)]
+        for n in names:
+            write_file(self.c.path(n), content(n, MiB))
+        st = self.c.stats()["remote"]
+        self.assertEqual(st["spill_failed"], 0)
+        self.assertGreater(st["spilled"], 64)
+        dropped = (self.a.stats()["remote"]["lent_evictions"] +
+                   self.b.stats()["remote"]["lent_evictions"])
+        self.assertGreater(dropped, 0)
+        # what was dropped left the index; the newest spills are all there
+        self.assertTrue(wait_for(lambda: not self.published("w000", "a") and
+                                 not self.published("w000", "b")))
+        for n in names[-30:]:
+            self.assertEqual(read_file(self.c.path(n)), content(n, MiB), n)
+        self.assertEqual(errno_of(open, self.c.path("w000"), "rb"), errno.ENOENT)
+
     def test_unlink_frees_lent_copies(self):
         for i in range(30):
             write_file(self.c.path("u%02d" % i), content("u%d" % i, MiB))
