@@ -390,6 +390,8 @@ int rmt_fetch(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
 	      struct kvfs_inode **out);
 /* Tier callback: offload a file about to be evicted to a peer. */
 void rmt_spill(void *ctx, tier_obj *o);
+/* Tier callback: a file was demoted or promoted; the index learns its tier. */
+void rmt_moved(void *ctx, tier_obj *o);
 /* The "remote" section of .kvfs/stats; NULL when the tier is off. */
 struct json_t *rmt_stats_json(struct kvfs_fs *fs);
 /* .kvfs/where: the holders of the path in @req, as JSON (malloc'd). */

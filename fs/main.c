@@ -493,8 +493,10 @@ static int run(struct kvfs_fs *fs)
 	tc.nvme_count = c->nvme_count;
 	tc.persist_through = c->persist_through;
 	tc.cat = fs->cat;
-	if (rmt_configured(c))
+	if (rmt_configured(c)) {
 		cb.spill = rmt_spill;
+		cb.moved = rmt_moved;
+	}
 	rc = tier_open(&tc, &cb, &fs->tier, err, sizeof(err));
 	if (rc)
 		goto out;

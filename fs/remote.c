@@ -4,8 +4,9 @@
  * What the namespace tells the cluster, and what it asks of it:
  *
  *  - Publish. A sealed, named file is published in the cluster index under
- *    its path (relative to the mount root), with the tier its bytes are in;
- *    it is unpublished when it loses its name (unlink, rename, eviction).
+ *    its path (relative to the mount root), with the fastest tier its bytes
+ *    are in, republished when it is demoted or promoted (rmt_moved), and
+ *    unpublished when it loses its name (unlink, rename, eviction).
  *    Directory renames republish every file below. Publishing only queues
  *    (the library's index thread writes to Redis): the hot path never waits.
  *  - Serve. A peer's LOOKUP resolves the path here, leases the file and
@@ -610,6 +611,22 @@ void rmt_spill(void *ctx, tier_obj *o)
 	pthread_rwlock_rdlock(&fs->rmt_lock);
 	if (fs->rmt)
 		spill(fs->rmt, o);
+	pthread_rwlock_unlock(&fs->rmt_lock);
+}
+
+void rmt_moved(void *ctx, tier_obj *o)
+{
+	struct kvfs_fs *fs = ctx;
+	struct kvfs_inode *in;
+
+	pthread_rwlock_rdlock(&fs->rmt_lock);
+	if (fs->rmt) {
+		pthread_mutex_lock(&fs->lock);
+		in = tier_obj_owner(o);
+		if (in && in->kind == KIND_FILE)
+			rmt_link_locked(fs, in); /* republished with its tier now */
+		pthread_mutex_unlock(&fs->lock);
+	}
 	pthread_rwlock_unlock(&fs->rmt_lock);
 }
 

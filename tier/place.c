@@ -371,6 +371,8 @@ int place_demote(tier_obj *o)
 		atomic_fetch_sub(&m->pinned_bytes, tier_dram_bytes(o));
 	obj_release_pages(o);
 	atomic_fetch_add(&m->demotions, 1);
+	if (m->cb.moved)
+		m->cb.moved(m->cb.ctx, o);
 	obj_unclaim(o);
 	return 0;
 }
@@ -441,6 +443,8 @@ int place_promote(tier_obj *o)
 	if (atomic_load(&o->state) & OBJ_PINNED)
 		atomic_fetch_add(&m->pinned_bytes, npages * ps);
 	atomic_fetch_add(&m->promotions, 1);
+	if (m->cb.moved)
+		m->cb.moved(m->cb.ctx, o);
 out:
 	free(ids);
 	free(iov);

@@ -86,6 +86,12 @@ struct tier_callbacks {
 	 * regardless.
 	 */
 	void (*spill)(void *ctx, tier_obj *o);
+	/*
+	 * Optional. The fastest tier holding @o changed: demoted to NVMe, or
+	 * promoted into DRAM (tier_where says which). Called with no tier lock
+	 * held, from the thread that moved it.
+	 */
+	void (*moved)(void *ctx, tier_obj *o);
 	void *ctx;
 };
 

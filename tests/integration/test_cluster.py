@@ -227,7 +227,9 @@ class Cluster(unittest.TestCase):
         for n in names:
             write_file(d.path(n), content(n, MiB))
         self.assertEqual(os.getxattr(d.path("n00"), "user.kvfs.tier").decode(), "nvme")
-        self.assertTrue(wait_for(lambda: self.published("n00", "d")))
+        # the index follows the demotion
+        tier = lambda: self.redis.cli("HGET", "%s:f:n00" % self.cname, "d")
+        self.assertTrue(wait_for(lambda: tier() == "nvme"), tier())
         promotions = d.stats()["promotions"]
         # b asks d, the only holder: d brings it into DRAM and serves it
         self.assertEqual(read_file(self.b.path("n00")), content("n00", MiB))
@@ -236,6 +238,7 @@ class Cluster(unittest.TestCase):
         self.assertGreaterEqual(st["remote"]["served"], 1)
         self.assertEqual(st["promotions"], promotions + 1)
         self.assertIn("dram", os.getxattr(d.path("n00"), "user.kvfs.tier").decode())
+        self.assertTrue(wait_for(lambda: tier() == "dram"), tier())  # and the promotion
 
     def test_offload_of_nvme_victims(self):
         # e holds 8 MiB in DRAM and 16 MiB on NVMe: what NVMe must drop goes to a or b
