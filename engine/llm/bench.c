@@ -100,31 +100,7 @@ static void words(uint32_t *out, size_t n)
 	}
 }
 
-struct seqbuf {
-	uint32_t *t;
-	size_t n, cap;
-};
-
-static int sb_add(struct seqbuf *s, const uint32_t *t, size_t n)
-{
-	if (s->n + n > s->cap) {
-		size_t cap = s->cap ? s->cap : 4096;
-		uint32_t *nt;
-
-		while (cap < s->n + n)
-			cap *= 2;
-		nt = realloc(s->t, cap * sizeof(*nt));
-		if (!nt)
-			return -ENOMEM;
-		s->t = nt;
-		s->cap = cap;
-	}
-	memcpy(s->t + s->n, t, n * sizeof(*t));
-	s->n += n;
-	return 0;
-}
-
-static int sb_words(struct seqbuf *s, size_t n)
+static int sb_words(struct eng_toks *s, size_t n)
 {
 	uint32_t *t = malloc(n * sizeof(*t));
 	int rc;
@@ -132,7 +108,7 @@ static int sb_words(struct seqbuf *s, size_t n)
 	if (!t)
 		return -ENOMEM;
 	words(t, n);
-	rc = sb_add(s, t, n);
+	rc = eng_toks_append(s, t, n);
 	free(t);
 	return rc;
 }
@@ -198,13 +174,13 @@ out:
 
 static int multi_turn(const struct bopts *o, struct wl *w)
 {
-	struct seqbuf *conv = calloc(o->convs, sizeof(*conv)), sys = {0};
+	struct eng_toks *conv = calloc(o->convs, sizeof(*conv)), sys = {0};
 	uint32_t *answer = malloc(120 * sizeof(*answer));
 	int rc = answer && conv ? sb_words(&sys, 500) : -ENOMEM;
 
 	w->name = "multi-turn";
 	for (unsigned c = 0; c < o->convs && !rc; c++) {
-		rc = sb_add(&conv[c], sys.t, sys.n);
+		rc = eng_toks_append(&conv[c], sys.t, sys.n);
 		if (!rc)
 			rc = sb_words(&conv[c], rnd_between(950, 1050));
 	}
@@ -216,7 +192,7 @@ static int multi_turn(const struct bopts *o, struct wl *w)
 			if (!rc)
 				rc = run_request(w, conv[c].t, conv[c].n, max_new, answer, t > 0);
 			if (!rc)
-				rc = sb_add(&conv[c], answer, max_new);
+				rc = eng_toks_append(&conv[c], answer, max_new);
 			if (o->progress)
 				fprintf(stderr, "\r  multi-turn: turn %u/%u conversation %u/%u ",
 					t + 1, o->turns, c + 1, o->convs);
@@ -233,7 +209,7 @@ static int multi_turn(const struct bopts *o, struct wl *w)
 
 static int long_doc(const struct bopts *o, struct wl *w)
 {
-	struct seqbuf *doc = calloc(o->docs, sizeof(*doc));
+	struct eng_toks *doc = calloc(o->docs, sizeof(*doc));
 	uint32_t answer[16];
 	int rc = doc ? 0 : -ENOMEM;
 
@@ -269,7 +245,7 @@ struct prefix_result {
 
 static int prefix(const struct bopts *o, struct wl *w, struct prefix_result *pr)
 {
-	struct seqbuf p = {0};
+	struct eng_toks p = {0};
 	uint32_t answer[1];
 	int rc = sb_words(&p, o->prefix_tokens);
 
@@ -481,11 +457,11 @@ static int emit_conversations(const struct bopts *o)
 	}
 	words(sys, 500);
 	for (unsigned c = 0; c < o->convs && !rc; c++) {
-		struct seqbuf ctx = {0};
+		struct eng_toks ctx = {0};
 		json_t *turns = json_array(), *conv;
 		char *text;
 
-		rc = sb_add(&ctx, sys, 500);
+		rc = eng_toks_append(&ctx, sys, 500);
 		if (!rc)
 			rc = sb_words(&ctx, rnd_between(950, 1050));
 		for (unsigned t = 0; t < o->turns && !rc; t++) {

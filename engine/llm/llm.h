@@ -131,6 +131,15 @@ size_t eng_tok_encode(const char *text, size_t len, uint32_t *out);
  */
 size_t eng_tok_decode(const uint32_t *tok, size_t n, char *out);
 
+/* A growing token sequence: a conversation, a document. Zero-initialise; free(t). */
+struct eng_toks {
+	uint32_t *t;
+	size_t n, cap;
+};
+
+/* Append @n tokens. @return 0; -ENOMEM (nothing appended). */
+int eng_toks_append(struct eng_toks *s, const uint32_t *t, size_t n);
+
 /* --- numeric kernels ------------------------------------------------------------------ */
 
 /* out = x / sqrt(mean(x^2) + eps) * w, over @n elements (accumulated in double). */

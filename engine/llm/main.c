@@ -322,32 +322,7 @@ static int slurp(const char *path, char **text, size_t *len)
 	return 0;
 }
 
-/* A growing token list: the conversation so far. */
-struct toks {
-	uint32_t *t;
-	size_t n, cap;
-};
-
-static int toks_append(struct toks *c, const uint32_t *t, size_t n)
-{
-	if (c->n + n > c->cap) {
-		size_t cap = c->cap ? c->cap : 1024;
-		uint32_t *nt;
-
-		while (cap < c->n + n)
-			cap *= 2;
-		nt = realloc(c->t, sizeof(*nt) * cap);
-		if (!nt)
-			return -ENOMEM;
-		c->t = nt;
-		c->cap = cap;
-	}
-	memcpy(c->t + c->n, t, sizeof(*t) * n);
-	c->n += n;
-	return 0;
-}
-
-static int toks_text(struct toks *c, const char *s)
+static int toks_text(struct eng_toks *c, const char *s)
 {
 	size_t len = strlen(s);
 	uint32_t *t = malloc(sizeof(*t) * (len ? len : 1));
@@ -356,7 +331,7 @@ static int toks_text(struct toks *c, const char *s)
 	if (!t)
 		return -ENOMEM;
 	eng_tok_encode(s, len, t);
-	rc = toks_append(c, t, len);
+	rc = eng_toks_append(c, t, len);
 	free(t);
 	return rc;
 }
@@ -364,7 +339,7 @@ static int toks_text(struct toks *c, const char *s)
 static int conversation(struct run *r, size_t ci, json_t *conv)
 {
 	json_t *sys = json_object_get(conv, "system"), *turns = json_object_get(conv, "turns"), *t;
-	struct toks c = {0};
+	struct eng_toks c = {0};
 	uint32_t *out = NULL;
 	char label[64];
 	size_t i;
@@ -416,7 +391,7 @@ static int conversation(struct run *r, size_t ci, json_t *conv)
 		snprintf(label, sizeof(label), "conv %zu turn %zu", ci + 1, i + 1);
 		rc = serve(r, label, c.t, c.n, max_new, out);
 		if (!rc)
-			rc = toks_append(&c, out, max_new);
+			rc = eng_toks_append(&c, out, max_new);
 		if (!rc)
 			rc = toks_text(&c, "\n\n");
 	}

@@ -8,7 +8,9 @@
  * Reductions run in a fixed order; RMSNorm accumulates in double. Nothing
  * depends on the compiler reassociating floats (no -ffast-math).
  */
+#include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/llm/llm.h"
@@ -27,6 +29,25 @@ size_t eng_tok_decode(const uint32_t *tok, size_t n, char *out)
 	for (size_t i = 0; i < n; i++)
 		out[i] = tok[i] < ENG_TOKENIZER_VOCAB ? (char)(uint8_t)tok[i] : '?';
 	return n;
+}
+
+int eng_toks_append(struct eng_toks *s, const uint32_t *t, size_t n)
+{
+	if (s->n + n > s->cap) {
+		size_t cap = s->cap ? s->cap : 1024;
+		uint32_t *nt;
+
+		while (cap < s->n + n)
+			cap *= 2;
+		nt = realloc(s->t, cap * sizeof(*nt));
+		if (!nt)
+			return -ENOMEM;
+		s->t = nt;
+		s->cap = cap;
+	}
+	memcpy(s->t + s->n, t, n * sizeof(*t));
+	s->n += n;
+	return 0;
 }
 
 /* --- kernels ------------------------------------------------------------------------ */
