@@ -66,8 +66,43 @@ static int name_match(struct cds_lfht_node *node, const void *key)
 	       memcmp(name->s, k->name, k->len) == 0;
 }
 
+/*
+ * ThreadSanitizer cannot see liburcu's synchronisation (the library is not
+ * built with it): its grace periods, its callback queue, its lock-free
+ * stack. Under TSan we tell it the orderings liburcu guarantees: every
+ * read-side section ends with a release and every call_rcu() begins with
+ * one, on a stand-in address that each callback acquires before it frees;
+ * a push on the dirty stack releases what its pop acquires. Without TSan
+ * these are no-ops.
+ */
+#if defined(__SANITIZE_THREAD__)
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define TSAN_RELEASE(addr) __tsan_release(addr)
+#define TSAN_ACQUIRE(addr) __tsan_acquire(addr)
+#else
+#define TSAN_RELEASE(addr) ((void)(addr))
+#define TSAN_ACQUIRE(addr) ((void)(addr))
+#endif
+static char rcu_grace;
+#define RCU_TSAN_RELEASE() TSAN_RELEASE(&rcu_grace)
+#define RCU_TSAN_ACQUIRE() TSAN_ACQUIRE(&rcu_grace)
+
+static void rcu_read_end(void)
+{
+	RCU_TSAN_RELEASE();
+	urcu_bp_read_unlock();
+}
+
+static void rcu_free_later(struct rcu_head *head, void (*fn)(struct rcu_head *))
+{
+	RCU_TSAN_RELEASE();
+	urcu_bp_call_rcu(head, fn);
+}
+
 static void name_free_rcu(struct rcu_head *head)
 {
+	RCU_TSAN_ACQUIRE();
 	free(caa_container_of(head, struct kvfs_name, rcu));
 }
 
@@ -104,6 +139,7 @@ static void inode_free_rcu(struct rcu_head *head)
 {
 	struct kvfs_inode *in = caa_container_of(head, struct kvfs_inode, rcu);
 
+	RCU_TSAN_ACQUIRE();
 	pthread_mutex_destroy(&in->lock);
 	free(in->name);
 	free(in);
@@ -136,7 +172,7 @@ void ns_put(struct kvfs_fs *fs, struct kvfs_inode *in, uint64_t n)
 		tier_obj_put(in->data);
 		in->data = NULL;
 	}
-	urcu_bp_call_rcu(&in->rcu, inode_free_rcu);
+	rcu_free_later(&in->rcu, inode_free_rcu);
 }
 
 /* --- the name hash and the tree ------------------------------------------- */
@@ -162,7 +198,7 @@ struct kvfs_inode *ns_lookup(struct kvfs_fs *fs, struct kvfs_inode *dir, const c
 		if (r)
 			in = cand;
 	}
-	urcu_bp_read_unlock();
+	rcu_read_end();
 	return in;
 }
 
@@ -176,7 +212,7 @@ struct kvfs_inode *ns_find_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, co
 	urcu_bp_read_lock();
 	cds_lfht_lookup(fs->ht, name_hash(dir->ino, name, len), name_match, &key, &iter);
 	node = cds_lfht_iter_get_node(&iter);
-	urcu_bp_read_unlock();
+	rcu_read_end();
 	/* Safe after unlocking the RCU section: fs->lock keeps linked inodes alive. */
 	return node ? caa_container_of(node, struct kvfs_inode, hnode) : NULL;
 }
@@ -193,7 +229,7 @@ int ns_link_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, struct kvfs_inode
 	nn->s[len] = '\0';
 	rcu_assign_pointer(in->name, nn);
 	if (old)
-		urcu_bp_call_rcu(&old->rcu, name_free_rcu);
+		rcu_free_later(&old->rcu, name_free_rcu);
 	CMM_STORE_SHARED(in->parent, dir);
 	in->hash = name_hash(dir->ino, name, len);
 	in->linked = true;
@@ -207,7 +243,7 @@ int ns_link_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, struct kvfs_inode
 	ns_get(dir, 1); /* a child pins its parent */
 	urcu_bp_read_lock();
 	cds_lfht_add(fs->ht, in->hash, &in->hnode);
-	urcu_bp_read_unlock();
+	rcu_read_end();
 	in->dn.cookie = dir->next_cookie++;
 	cds_list_add_tail(&in->dn.link, &dir->children);
 	dir->nchildren++;
@@ -230,7 +266,7 @@ void ns_unlink_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
 	rmt_unlink_locked(fs, in);
 	urcu_bp_read_lock();
 	cds_lfht_del(fs->ht, &in->hnode);
-	urcu_bp_read_unlock();
+	rcu_read_end();
 	cds_list_del_init(&in->dn.link);
 	dir->nchildren--;
 	if (in->kind == KIND_DIR) {
@@ -565,6 +601,7 @@ void ns_mark_dirty(struct kvfs_fs *fs, struct kvfs_inode *in)
 	if (!atomic_compare_exchange_strong(&in->dirty, &expected, true))
 		return;
 	ns_get(in, 1);
+	TSAN_RELEASE(&fs->dirty);
 	cds_lfs_push(&fs->dirty, &in->dirty_node);
 }
 
@@ -578,6 +615,7 @@ void ns_flush_dirty(struct kvfs_fs *fs)
 
 	if (!head)
 		return;
+	TSAN_ACQUIRE(&fs->dirty);
 	/*
 	 * Collect first: once an inode's dirty flag is cleared another thread
 	 * may push it again, which rewrites its next pointer.

@@ -1361,9 +1361,13 @@ static void kvfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse
 {
 	struct kvfs_fs *fs = req_fs(req);
 	struct kvfs_inode *in = ino_to_inode(fs, ino);
+	bool persisted;
 
+	pthread_mutex_lock(&fs->lock); /* the seal may be recording it right now */
+	persisted = in->persisted;
+	pthread_mutex_unlock(&fs->lock);
 	/* Bytes in DRAM cannot be made durable; a persisted record can. */
-	fuse_reply_err(req, in->persisted && cat_sync(fs->cat) ? EIO : 0);
+	fuse_reply_err(req, persisted && cat_sync(fs->cat) ? EIO : 0);
 }
 
 /* --- directories ----------------------------------------------------------------- */

@@ -523,8 +523,13 @@ class Rename(NsTest):
             self.assertEqual(self.m.stats()["files"], 1)
         finally:
             os.close(fd)
-        # the old bytes are freed once their last reader is gone
-        self.assertEqual(self.m.stats()["used_bytes"], base_used - roundup(len(old)))
+        # the old bytes are freed once their last reader is gone (its RELEASE
+        # reaches the daemon just after close() returns)
+        want = base_used - roundup(len(old))
+        deadline = time.monotonic() + 10
+        while self.m.stats()["used_bytes"] != want and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(self.m.stats()["used_bytes"], want)
         # and at once when nobody has the replaced file open
         newer = create_sealed(self.m.path("target.tmp"), pattern(300000, 3))
         os.rename(self.m.path("target.tmp"), self.m.path("target"))
