@@ -232,7 +232,9 @@ int ns_link_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, struct kvfs_inode
 		rcu_free_later(&old->rcu, name_free_rcu);
 	CMM_STORE_SHARED(in->parent, dir);
 	in->hash = name_hash(dir->ino, name, len);
+	pthread_mutex_lock(&in->lock); /* readers hold fs->lock or in->lock */
 	in->linked = true;
+	pthread_mutex_unlock(&in->lock);
 	if (in->orphaned) { /* a rename: unlinked, then linked again */
 		pthread_mutex_lock(&fs->orphan_lock);
 		cds_list_del(&in->orphan);
@@ -248,7 +250,9 @@ int ns_link_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, struct kvfs_inode
 	cds_list_add_tail(&in->dn.link, &dir->children);
 	dir->nchildren++;
 	if (in->kind == KIND_DIR) {
+		pthread_mutex_lock(&dir->lock); /* fill_attr reads it under dir->lock */
 		dir->nsubdirs++;
+		pthread_mutex_unlock(&dir->lock);
 		atomic_fetch_add(&fs->ctr.dirs, 1);
 	} else {
 		atomic_fetch_add(&fs->ctr.files, 1);
@@ -270,12 +274,16 @@ void ns_unlink_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
 	cds_list_del_init(&in->dn.link);
 	dir->nchildren--;
 	if (in->kind == KIND_DIR) {
+		pthread_mutex_lock(&dir->lock);
 		dir->nsubdirs--;
+		pthread_mutex_unlock(&dir->lock);
 		atomic_fetch_sub(&fs->ctr.dirs, 1);
 	} else {
 		atomic_fetch_sub(&fs->ctr.files, 1);
 	}
+	pthread_mutex_lock(&in->lock); /* readers hold fs->lock or in->lock */
 	in->linked = false;
+	pthread_mutex_unlock(&in->lock);
 	/*
 	 * The name stays (freed with the inode, after a grace period) for
 	 * readers still in their RCU section; the parent goes, and with it our

@@ -796,6 +796,24 @@ static tier_obj *take_data_if_closed(struct kvfs_inode *in)
 	return o;
 }
 
+/*
+ * Unlink @in and take its bytes if nobody has it open (fs->lock held). In
+ * that order, both under in->lock: a release that still finds it linked
+ * gave up its open count before, so the take here sees no opener and has
+ * the bytes; one that finds it unlinked frees them itself
+ * (ns_release_data). @return the bytes to drop after unlocking, or NULL.
+ */
+static tier_obj *unlink_and_take_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	tier_obj *o;
+
+	ns_get(in, 1); /* unlinking may drop the last reference */
+	ns_unlink_locked(fs, in);
+	o = take_data_if_closed(in);
+	ns_put(fs, in, 1);
+	return o;
+}
+
 static void drop_data(tier_obj *o)
 {
 	if (o) {
@@ -845,9 +863,8 @@ static void remove_entry(fuse_req_t req, fuse_ino_t parent, const char *name, bo
 			goto out_unlock;
 		}
 	}
-	data = take_data_if_closed(in);
 	rmt_deleted_locked(fs, in);
-	ns_unlink_locked(fs, in);
+	data = unlink_and_take_locked(fs, in);
 	touch_dir_locked(fs, dir);
 	atomic_fetch_add(&fs->ctr.unlinks, 1);
 out_unlock:
@@ -990,10 +1007,8 @@ static void kvfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fus
 			dst->persisted = dst_persisted;
 		goto out_unlock;
 	}
-	if (dst) {
-		dst_data = take_data_if_closed(dst);
-		ns_unlink_locked(fs, dst);
-	}
+	if (dst)
+		dst_data = unlink_and_take_locked(fs, dst);
 	ns_get(src, 1);
 	ns_unlink_locked(fs, src);
 	rc = ns_link_locked(fs, ndir, src, newname, strlen(newname));

@@ -23,6 +23,9 @@ BUILD = os.path.join(ROOT, os.environ.get("KVFS_BUILD", "build"))
 KVFS = os.path.join(BUILD, "bin", "kvfs")
 KVFSCTL = os.path.join(BUILD, "bin", "kvfsctl")
 KVFS_BENCH = os.path.join(BUILD, "bin", "kvfs-bench")
+# Every other program a test runs (kvfsctl, kvfs-llm, kvfs --fsck) reads the
+# same ThreadSanitizer suppressions as the daemons (tests/tsan.supp).
+os.environ.setdefault("TSAN_OPTIONS", "suppressions=" + os.path.join(ROOT, "tests", "tsan.supp"))
 
 
 def fuse_available():
