@@ -334,7 +334,7 @@ void ns_to_record(const struct kvfs_inode *in, struct cat_inode *rec)
 	rec->uid = in->uid;
 	rec->gid = in->gid;
 	rec->atime_ns = in->atime;
-	rec->mtime_ns = in->mtime;
+	rec->mtime_ns = __atomic_load_n(&in->mtime, __ATOMIC_RELAXED); /* a write sets it */
 	rec->ctime_ns = in->ctime;
 	if (in->kind == KIND_FILE) {
 		rec->size = in->data ? tier_size(in->data) : 0;

@@ -105,7 +105,7 @@ static void fill_attr(struct kvfs_fs *fs, struct kvfs_inode *in, struct stat *st
 	st->st_uid = in->uid;
 	st->st_gid = in->gid;
 	set_ts(&st->st_atim, in->atime);
-	set_ts(&st->st_mtim, in->mtime);
+	set_ts(&st->st_mtim, __atomic_load_n(&in->mtime, __ATOMIC_RELAXED)); /* a write sets it */
 	set_ts(&st->st_ctim, in->ctime);
 	st->st_blksize = 1 << 20;
 	switch (in->kind) {
@@ -325,7 +325,7 @@ static void kvfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 	struct kvfs_fs *fs = req_fs(req);
 	struct kvfs_inode *in = ino_to_inode(fs, ino);
 	uint32_t mode, uid, gid;
-	int64_t atime, mtime, ctime, now = (int64_t)kvfs_now_ns();
+	int64_t atime, mtime, new_mtime, ctime, now = (int64_t)kvfs_now_ns();
 	tier_obj *data = NULL;
 	struct stat st;
 	int rc = 0;
@@ -360,7 +360,8 @@ static void kvfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 	pthread_mutex_lock(&fs->lock);
 	pthread_mutex_lock(&in->lock);
 	mode = in->mode, uid = in->uid, gid = in->gid;
-	atime = in->atime, mtime = in->mtime, ctime = in->ctime;
+	atime = in->atime, ctime = in->ctime;
+	mtime = __atomic_load_n(&in->mtime, __ATOMIC_RELAXED); /* a write sets it */
 	if (to_set & FUSE_SET_ATTR_MODE)
 		in->mode = (in->mode & S_IFMT) | (attr->st_mode & 07777);
 	if (to_set & FUSE_SET_ATTR_UID)
@@ -371,12 +372,14 @@ static void kvfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 		in->atime = now;
 	else if (to_set & FUSE_SET_ATTR_ATIME)
 		in->atime = (int64_t)attr->st_atim.tv_sec * 1000000000 + attr->st_atim.tv_nsec;
+	new_mtime = mtime;
 	if (to_set & FUSE_SET_ATTR_MTIME_NOW)
-		in->mtime = now;
+		new_mtime = now;
 	else if (to_set & FUSE_SET_ATTR_MTIME)
-		in->mtime = (int64_t)attr->st_mtim.tv_sec * 1000000000 + attr->st_mtim.tv_nsec;
+		new_mtime = (int64_t)attr->st_mtim.tv_sec * 1000000000 + attr->st_mtim.tv_nsec;
 	if (to_set & FUSE_SET_ATTR_SIZE)
-		in->mtime = now;
+		new_mtime = now;
+	__atomic_store_n(&in->mtime, new_mtime, __ATOMIC_RELAXED); /* as a write sets it */
 	in->ctime = now;
 	pthread_mutex_unlock(&in->lock);
 	if (in->persisted) {
@@ -389,7 +392,8 @@ static void kvfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 			/* Undo so memory and catalog agree. */
 			pthread_mutex_lock(&in->lock);
 			in->mode = mode, in->uid = uid, in->gid = gid;
-			in->atime = atime, in->mtime = mtime, in->ctime = ctime;
+			in->atime = atime, in->ctime = ctime;
+			__atomic_store_n(&in->mtime, mtime, __ATOMIC_RELAXED);
 			pthread_mutex_unlock(&in->lock);
 		}
 	}
