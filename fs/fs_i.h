@@ -258,6 +258,9 @@ struct kvfs_fs {
 	pthread_cond_t inval_cond;
 	bool stopping;
 	bool worker_started;
+	/* No notification to the kernel once the session is going (notify_lock). */
+	pthread_mutex_t notify_lock;
+	bool notify_off;
 };
 
 extern struct kvfs_fs *kvfs_fs_global;
@@ -266,6 +269,12 @@ extern struct kvfs_fs *kvfs_fs_global;
 
 int ns_open(struct kvfs_fs *fs, char *err, size_t errlen);
 void ns_close(struct kvfs_fs *fs);
+/*
+ * The session is ending: send the kernel no more notifications (its
+ * /dev/fuse descriptor is about to be closed, and the number reused).
+ * Returns once none is in flight.
+ */
+void ns_notify_off(struct kvfs_fs *fs);
 
 struct kvfs_inode *ns_inode_new(struct kvfs_fs *fs, uint8_t kind, uint32_t mode, uint32_t uid,
 				uint32_t gid);

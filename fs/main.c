@@ -565,6 +565,7 @@ static int run(struct kvfs_fs *fs)
 	rc = fuse_session_loop_mt(fs->se, lc);
 	fuse_loop_cfg_destroy(lc);
 	log_info("unmounting %s", c->mountpoint);
+	ns_notify_off(fs); /* before the unmount closes /dev/fuse */
 	fuse_session_unmount(fs->se);
 	rmt_stop(fs); /* leaves the cluster; peers' leases end */
 	/* A planned restart loses nothing: DRAM-only files go to NVMe now. */

@@ -672,12 +672,14 @@ static void run_invals(struct kvfs_fs *fs, struct inval *iv)
 	while (iv) {
 		struct inval *next = iv->next;
 
-		if (fs->se) {
+		pthread_mutex_lock(&fs->notify_lock);
+		if (fs->se && !fs->notify_off) {
 			if (iv->parent)
 				fuse_lowlevel_notify_inval_entry(fs->se, inode_to_ino(fs, iv->parent),
 								 iv->name, iv->namelen);
 			fuse_lowlevel_notify_inval_inode(fs->se, inode_to_ino(fs, iv->in), 0, 0);
 		}
+		pthread_mutex_unlock(&fs->notify_lock);
 		if (iv->parent)
 			ns_put(fs, iv->parent, 1);
 		ns_put(fs, iv->in, 1);
@@ -954,6 +956,7 @@ int ns_open(struct kvfs_fs *fs, char *err, size_t errlen)
 
 	pthread_mutex_init(&fs->lock, NULL);
 	pthread_mutex_init(&fs->work_lock, NULL);
+	pthread_mutex_init(&fs->notify_lock, NULL);
 	pthread_cond_init(&fs->work_cond, NULL);
 	pthread_cond_init(&fs->inval_cond, NULL);
 	pthread_mutex_init(&fs->seal_lock, NULL);
@@ -984,6 +987,13 @@ int ns_open(struct kvfs_fs *fs, char *err, size_t errlen)
 	}
 	fs->worker_started = true;
 	return 0;
+}
+
+void ns_notify_off(struct kvfs_fs *fs)
+{
+	pthread_mutex_lock(&fs->notify_lock);
+	fs->notify_off = true;
+	pthread_mutex_unlock(&fs->notify_lock);
 }
 
 void ns_close(struct kvfs_fs *fs)
