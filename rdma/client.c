@@ -317,6 +317,26 @@ static struct rdma_call *call_new(remote *r, struct rdma_peer *p, int *rc)
 	return c;
 }
 
+/* A call about @path (checked here) of message @type. @return it, or NULL and *@rc. */
+static struct rdma_call *path_call(remote *r, struct rdma_peer *p, int type, const char *path,
+				   int *rc)
+{
+	size_t plen = strlen(path);
+	struct rdma_call *c;
+
+	if (plen >= REMOTE_PATH_MAX || !rdma_path_valid(path, plen)) {
+		*rc = -EINVAL;
+		return NULL;
+	}
+	c = call_new(r, p, rc);
+	if (!c)
+		return NULL;
+	c->out.type = (uint16_t)type;
+	c->out.u.path.path_len = (uint32_t)plen;
+	memcpy(c->out.u.path.path, path, plen + 1);
+	return c;
+}
+
 static void call_free(struct rdma_call *c)
 {
 	OPENSSL_cleanse(c->key, sizeof(c->key));
@@ -529,18 +549,12 @@ int rdma_fetch_from(remote *r, struct rdma_peer *p, const char *path,
 	fi_addr_t fa;
 	long moved;
 	int rc, niov;
-	size_t plen = strlen(path);
 
 	if (sink_failed)
 		*sink_failed = false;
-	if (plen >= REMOTE_PATH_MAX || !rdma_path_valid(path, plen))
-		return -EINVAL;
-	c = call_new(r, p, &rc);
+	c = path_call(r, p, RDMA_MSG_LOOKUP, path, &rc);
 	if (!c)
 		return rc;
-	c->out.type = RDMA_MSG_LOOKUP;
-	c->out.u.path.path_len = (uint32_t)plen;
-	memcpy(c->out.u.path.path, path, plen + 1);
 	rc = exchange(r, c, true, false);
 	if (rc)
 		goto out_failed;
@@ -662,18 +676,12 @@ int rdma_offload_to(remote *r, struct rdma_peer *p, const char *path, const stru
 	fi_addr_t fa;
 	long writes;
 	int rc;
-	size_t plen = strlen(path);
 
-	if (plen >= REMOTE_PATH_MAX || !rdma_path_valid(path, plen))
-		return -EINVAL;
-	c = call_new(r, p, &rc);
+	c = path_call(r, p, RDMA_MSG_OFFLOAD, path, &rc);
 	if (!c)
 		return rc;
-	c->out.type = RDMA_MSG_OFFLOAD;
 	c->out.u.path.size = size;
 	c->out.u.path.checksum = checksum;
-	c->out.u.path.path_len = (uint32_t)plen;
-	memcpy(c->out.u.path.path, path, plen + 1);
 	rc = exchange(r, c, true, true);
 	if (rc)
 		goto out_failed;
@@ -744,17 +752,11 @@ out:
 int rdma_free_at(remote *r, struct rdma_peer *p, const char *path)
 {
 	struct rdma_call *c;
-	size_t plen = strlen(path);
 	int rc;
 
-	if (plen >= REMOTE_PATH_MAX || !rdma_path_valid(path, plen))
-		return -EINVAL;
-	c = call_new(r, p, &rc);
+	c = path_call(r, p, RDMA_MSG_FREE, path, &rc);
 	if (!c)
 		return rc;
-	c->out.type = RDMA_MSG_FREE;
-	c->out.u.path.path_len = (uint32_t)plen;
-	memcpy(c->out.u.path.path, path, plen + 1);
 	rc = exchange(r, c, true, false);
 	if (rc)
 		rdma_peer_failed(r, p, rc);
