@@ -149,6 +149,30 @@ int bench_parse_sizes(const char *s, uint64_t *out, int max)
 	return n ? n : -EINVAL;
 }
 
+int bench_parse_sweep(int argc, char **argv, uint64_t *sizes, int max, int *nsizes,
+		      uint64_t *total, const char *usage)
+{
+	for (int i = 1; i < argc; i++) {
+		int n;
+
+		if (!strcmp(argv[i], "--sizes") && i + 1 < argc) {
+			n = bench_parse_sizes(argv[++i], sizes, max);
+			if (n < 0)
+				goto bad;
+			*nsizes = n;
+		} else if (!strcmp(argv[i], "--total") && i + 1 < argc) {
+			if (bench_parse_size(argv[++i], total))
+				goto bad;
+		} else {
+			goto bad;
+		}
+	}
+	return 0;
+bad:
+	bench_err("%s", usage);
+	return -EINVAL;
+}
+
 int bench_parse_doubles(const char *s, double *out, int max)
 {
 	char buf[512], *save = NULL, *tok, *end;

@@ -105,6 +105,13 @@ int bench_parse_size(const char *s, uint64_t *out);
 /* Comma-separated sizes / fractions. @return count (>0) or -EINVAL. */
 int bench_parse_sizes(const char *s, uint64_t *out, int max);
 int bench_parse_doubles(const char *s, double *out, int max);
+/*
+ * The options of a size sweep, argv[1..]: --sizes LIST (up to @max) and
+ * --total SIZE; what is not given keeps its value. @return 0; -EINVAL after
+ * printing @usage.
+ */
+int bench_parse_sweep(int argc, char **argv, uint64_t *sizes, int max, int *nsizes,
+		      uint64_t *total, const char *usage);
 /* Human size: "2 MiB", "512 KiB", "1.5 GiB". */
 const char *bench_fmt_size(uint64_t bytes, char *buf, size_t len);
 

@@ -137,19 +137,9 @@ int bench_nvme(int argc, char **argv, json_t *out)
 	json_t *res = json_object();
 	uint8_t *buf = bench_buf_alloc(IO_SIZE);
 
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--sizes") && i + 1 < argc) {
-			nsizes = bench_parse_sizes(argv[++i], sizes, 4);
-			if (nsizes < 0)
-				return nsizes;
-		} else if (!strcmp(argv[i], "--total") && i + 1 < argc) {
-			if (bench_parse_size(argv[++i], &total))
-				return -EINVAL;
-		} else {
-			bench_err("nvme: usage: nvme [--sizes 2M,32M] [--total 512M]");
-			return -EINVAL;
-		}
-	}
+	if (bench_parse_sweep(argc, argv, sizes, 4, &nsizes, &total,
+			      "nvme: usage: nvme [--sizes 2M,32M] [--total 512M]"))
+		return -EINVAL;
 	if (!buf || !mkdtemp(fiodir) || !mkdtemp(nvdir)) {
 		bench_err("nvme: cannot make scratch directories under /var/tmp");
 		return -EIO;

@@ -350,19 +350,9 @@ int bench_remote(int argc, char **argv, json_t *out)
 	json_t *res = json_object();
 	FILE *f;
 
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--sizes") && i + 1 < argc) {
-			nsizes = bench_parse_sizes(argv[++i], sizes, 4);
-			if (nsizes < 0)
-				return nsizes;
-		} else if (!strcmp(argv[i], "--total") && i + 1 < argc) {
-			if (bench_parse_size(argv[++i], &total))
-				return -EINVAL;
-		} else {
-			bench_err("remote: usage: remote [--sizes 2M,32M] [--total 256M]");
-			return -EINVAL;
-		}
-	}
+	if (bench_parse_sweep(argc, argv, sizes, 4, &nsizes, &total,
+			      "remote: usage: remote [--sizes 2M,32M] [--total 256M]"))
+		return -EINVAL;
 	if (!buf || !rbuf)
 		return -ENOMEM;
 	bench_fill(buf, IO_SIZE, 11);
