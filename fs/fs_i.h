@@ -193,6 +193,13 @@ struct kvfs_config {
 	struct tier_nvme_dev nvme[16];
 	unsigned nvme_count;
 	bool persist_through;
+	/* --gpu DEV:SIZE (gpupool.c); gpu_standin: the tests' stand-in device */
+	struct {
+		int dev;
+		uint64_t bytes;
+	} gpu[8];
+	unsigned gpu_count;
+	bool gpu_standin;
 	bool fsck, fsck_repair, fsck_no_verify;
 	/* the remote tier: on with --cluster or --listen */
 	const char *fabric;
@@ -219,6 +226,8 @@ struct kvfs_fs {
 	 * by its users and write-held to start and stop it */
 	struct rmt *rmt;
 	pthread_rwlock_t rmt_lock;
+	/* the GPU pools (gpupool.c), one per --gpu; set at start, never changed */
+	struct gpupool *gpu;
 
 	pthread_mutex_t lock;
 	struct cds_lfht *ht;
@@ -378,6 +387,17 @@ struct kvfs_inode *fp_lookup(struct kvfs_fs *fs, const char *name);
 int fp_entry(struct kvfs_fs *fs, uint64_t index, char *name, size_t len, struct kvfs_inode **in);
 /* Stop every ring and unmap everything (at unmount). */
 void fp_shutdown(struct kvfs_fs *fs);
+
+/* --- gpupool.c: device pools of --gpu (gpu/gpu.h) ----------------------------------- */
+
+/*
+ * Open each --gpu device and allocate its pool, in the daemon process.
+ * @return 0; or -errno with @err a one-line reason (no driver, no device,
+ * out of memory, built without CUDA).
+ */
+int gpupool_start(struct kvfs_fs *fs, char *err, size_t errlen);
+/* Free the pools. Safe when none were started. */
+void gpupool_stop(struct kvfs_fs *fs);
 
 /* --- remote.c: the remote tier (rdma/remote.h) ------------------------------------ */
 

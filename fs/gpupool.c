@@ -1,0 +1,79 @@
+/*
+ * fs/gpupool.c — the daemon's GPU pools: `--gpu DEV:SIZE` opens device DEV
+ * and allocates SIZE bytes of it once, at start, carved into blocks of the
+ * DRAM page size (gpu_pool). A device that is missing, a machine without a
+ * driver, a build without CUDA or a pool larger than the device's free
+ * memory stops the start with one line saying which.
+ *
+ * As built, the pools are allocated, logged and freed at unmount; they are
+ * not yet a tier backend: that waits for the tier backend interface (DESIGN
+ * §10 has the plan). `--gpu-standin` puts the pools on gpu_shm(), the tests'
+ * stand-in device, so that the start-up checks run without a GPU; it is
+ * never chosen otherwise.
+ *
+ * Locking: none; the pools are made before the mount and freed after it.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "fs/fs_i.h"
+#include "gpu/gpu.h"
+
+struct gpupool {
+	unsigned n;
+	gpu_dev *dev[8];
+	gpu_pool *pool[8];
+};
+
+int gpupool_start(struct kvfs_fs *fs, char *err, size_t errlen)
+{
+	const struct kvfs_config *c = &fs->cfg;
+	const struct gpu_ops *ops = c->gpu_standin ? gpu_shm() : gpu_cuda();
+	uint64_t block = c->page_size ? c->page_size : 64 << 10;
+	struct gpupool *g;
+	char size[32];
+	int rc = 0;
+
+	if (!c->gpu_count)
+		return 0;
+	g = calloc(1, sizeof(*g));
+	if (!g) {
+		snprintf(err, errlen, "--gpu: out of memory");
+		return -ENOMEM;
+	}
+	fs->gpu = g;
+	for (unsigned i = 0; i < c->gpu_count; i++) {
+		kvfs_fmt_size(c->gpu[i].bytes, size, sizeof(size));
+		rc = gpu_open(ops, c->gpu[i].dev, &g->dev[i]);
+		if (!rc) {
+			g->n = i + 1;
+			rc = gpu_pool_new(g->dev[i], c->gpu[i].bytes, block, &g->pool[i]);
+		}
+		if (rc) {
+			snprintf(err, errlen, "--gpu %d:%s: %s", c->gpu[i].dev, size, gpu_error());
+			return rc;
+		}
+		log_info("GPU pool on %s device %d: %s in blocks of %" PRIu64
+			 " bytes (not yet a tier backend)",
+			 ops->name, c->gpu[i].dev, size, block);
+	}
+	return 0;
+}
+
+void gpupool_stop(struct kvfs_fs *fs)
+{
+	struct gpupool *g = fs->gpu;
+
+	if (!g)
+		return;
+	for (unsigned i = 0; i < g->n; i++) {
+		gpu_pool_free(g->pool[i]);
+		gpu_close(g->dev[i]);
+	}
+	free(g);
+	fs->gpu = NULL;
+}
