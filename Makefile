@@ -152,10 +152,11 @@ integration: $(BINS) $(B)/tests/fpdrv
 	$(Q)KVFS_BUILD=$(B) $(PYTHON) tests/integration/run.py $(TESTS)
 
 # A libkvfs client the fast-path suite drives.
-$(B)/tests/fpdrv: $(call obj,tests/integration/fpdrv.c) $(LIBKVFS_A)
+# It uses the tests' stand-in GPU (gpu/shm.c) for device buffers.
+$(B)/tests/fpdrv: $(call obj,tests/integration/fpdrv.c) $(LIBKVFS_A) $(GPU_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
 
 bench: all
 	$(Q)KVFS_BUILD=$(B) sh tools/bench.sh

@@ -12,6 +12,9 @@
  *   ring.<name>  one ring: a header, a submission queue (SQ), a completion
  *                queue (CQ) and a scratch area for request payloads
  *   buf.<name>   a data buffer the daemon copies blocks into and out of
+ *   dev.<name>   device memory of the engine: a sealed memfd holding one
+ *                struct kvfs_ring_devreg (its IPC handle); the daemon maps
+ *                the device memory and copies into it as into a buffer
  *
  * Queues are single-producer single-consumer: the engine produces SQEs and
  * consumes CQEs, the daemon the reverse. Indices are free-running u32s
@@ -76,6 +79,19 @@ enum kvfs_ring_op {
 	 * for an invalid native block).
 	 */
 	KVFS_OP_SAVE = 5,
+};
+
+/* The record a dev.<name> registration's memfd holds (sealed, exactly this size). */
+#define KVFS_DEVREG_MAGIC 0x6464766bu /* "kvdd" */
+struct kvfs_ring_devreg {
+	uint32_t magic;
+	uint32_t version;  /* KVFS_RING_VERSION */
+	uint32_t kind;     /* enum kvfs_dev_kind (kvfs/kvfs.h) = enum gpu_impl */
+	int32_t device;    /* the engine's device ordinal */
+	uint64_t bytes;    /* of the allocation */
+	uint64_t base;     /* its address in the engine (offsets are from here) */
+	uint8_t uuid[16];
+	uint8_t handle[64];
 };
 
 /* A copy from a held block to a registered buffer. 32 bytes. */

@@ -512,8 +512,12 @@ out:
 	return NULL;
 }
 
-int kvfs_load_start(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_pages *dst,
-		    const uint32_t *block_ids, kvfs_load **out)
+/*
+ * Start a load. @device: some layers are device memory, which only the
+ * daemon can write: never fall back to the POSIX loader then.
+ */
+static int load_start(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_pages *dst,
+		      const uint32_t *block_ids, kvfs_load **out, bool device)
 {
 	kvfs_ns *ns;
 	kvfs_load *ld;
@@ -551,7 +555,7 @@ int kvfs_load_start(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_
 			ld->error = rc;
 			return 0;
 		}
-		if (rc != -ENOTSUP) {
+		if (rc != -ENOTSUP || device) {
 			/* the daemon went away: the load is a miss */
 			ld->error = rc;
 			ld->finished = true;
@@ -588,6 +592,76 @@ out_free:
 	free(ld->block_ids);
 	free(ld);
 	return rc;
+}
+
+int kvfs_load_start(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_pages *dst,
+		    const uint32_t *block_ids, kvfs_load **out)
+{
+	return load_start(m, first, n, dst, block_ids, out, false);
+}
+
+int kvfs_load_start_ex(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_pages_ex *dst,
+		       const uint32_t *block_ids, kvfs_load **out)
+{
+	struct kvfs_kv_layer *layers;
+	struct kvfs_kv_pages pages;
+	bool device = false;
+	kvfs_ns *ns;
+	int rc = 0;
+
+	if (!m || !dst || !dst->layers || !out || first > m->n || n > m->n - first ||
+	    (n && !block_ids))
+		return -EINVAL;
+	ns = m->ns;
+	layers = malloc(sizeof(*layers) * ns->layout.num_layers);
+	if (!layers)
+		return -ENOMEM;
+	for (uint32_t l = 0; l < ns->layout.num_layers; l++) {
+		const struct kvfs_kv_layer_ex *ly = &dst->layers[l];
+
+		layers[l] = (struct kvfs_kv_layer){.k = ly->k,
+						   .v = ly->v,
+						   .block_stride = ly->block_stride,
+						   .token_stride = ly->token_stride};
+		if (ly->reserved || ly->device < KVFS_DEVICE_HOST)
+			rc = -EINVAL;
+		if (ly->device == KVFS_DEVICE_HOST || rc)
+			continue;
+		device = true;
+		if (!m->fast) {
+			rc = -ENOTSUP; /* only the daemon can write device memory */
+			continue;
+		}
+		/* every engine block of the load in memory registered on that device */
+		for (size_t i = 0; i < n && !rc; i++)
+			for (int part = 0; part < (ly->v ? 2 : 1) && !rc; part++) {
+				const uint8_t *p = (const uint8_t *)(part ? ly->v : ly->k) +
+						   (size_t)block_ids[i] * ly->block_stride;
+				int dev = fast_buf_device(ns, p, ns->part_bytes);
+
+				rc = dev == ly->device ? 0 : dev >= 0 ? -EINVAL : -ENOTSUP;
+			}
+	}
+	pages.layers = layers;
+	if (!rc)
+		rc = load_start(m, first, n, &pages, block_ids, out, device);
+	free(layers);
+	return rc;
+}
+
+int kvfs_dev_register(kvfs_ns *ns, const struct kvfs_dev_buffer *b)
+{
+	if (!ns || !b || !b->base || !b->bytes || b->device < 0 ||
+	    (b->kind != KVFS_DEV_CUDA && b->kind != KVFS_DEV_STANDIN))
+		return -EINVAL;
+	if (!ns->fast)
+		return -ENOTSUP;
+	return fast_dev_register(ns, b);
+}
+
+int kvfs_dev_unregister(kvfs_ns *ns, void *base)
+{
+	return ns && ns->fast ? fast_dev_unregister(ns, base) : -ENOENT;
 }
 
 int kvfs_load_wait(kvfs_load *ld, unsigned layer)

@@ -56,7 +56,13 @@ struct fast_buf {
 	int fd;
 	uint32_t id;
 	bool registered;
+	int device; /* KVFS_DEVICE_HOST, or dev.<> registration of device memory */
 };
+
+static const char *buf_kind(const struct fast_buf *b)
+{
+	return b->device == KVFS_DEVICE_HOST ? "buf" : "dev";
+}
 
 struct fast_req {
 	bool busy, done;
@@ -179,6 +185,7 @@ static struct fast_buf *buf_new(struct fast *f, size_t bytes)
 		goto out_err;
 	b->size = bytes;
 	b->id = atomic_fetch_add(&buf_ids, 1);
+	b->device = KVFS_DEVICE_HOST;
 	return b;
 out_err:
 	if (b->fd >= 0)
@@ -190,8 +197,9 @@ out_err:
 static void buf_destroy(struct fast *f, struct fast_buf *b)
 {
 	if (b->registered)
-		do_unregister(f, "buf", b->id);
-	munmap(b->base, b->size);
+		do_unregister(f, buf_kind(b), b->id);
+	if (b->device == KVFS_DEVICE_HOST) /* device memory is the engine's */
+		munmap(b->base, b->size);
 	close(b->fd);
 	free(b);
 }
@@ -404,7 +412,7 @@ static int connect_ring(struct fast *f)
 	f->ns_id = (uint32_t)res;
 	/* Buffers registered before (a reconnect) register again. */
 	for (struct fast_buf *b = f->bufs; b; b = b->next)
-		b->registered = do_register(f, "buf", b->id, b->fd) == 0;
+		b->registered = do_register(f, buf_kind(b), b->id, b->fd) == 0;
 	return 0;
 
 out_unregister:
@@ -572,7 +580,7 @@ bool fast_free(kvfs_ns *ns, void *mem)
 		return false;
 	pthread_mutex_lock(&f->lock);
 	for (pp = &f->bufs; *pp; pp = &(*pp)->next)
-		if ((*pp)->base == mem && *pp != f->staging) {
+		if ((*pp)->base == mem && *pp != f->staging && (*pp)->device == KVFS_DEVICE_HOST) {
 			b = *pp;
 			*pp = b->next;
 			break;
@@ -581,6 +589,97 @@ bool fast_free(kvfs_ns *ns, void *mem)
 	if (b)
 		buf_destroy(f, b);
 	return b != NULL;
+}
+
+/* --- device memory ----------------------------------------------------------------------- */
+
+/*
+ * The registration is a sealed memfd holding one struct kvfs_ring_devreg:
+ * the daemon reads the handle once and can trust that it never changes.
+ */
+int fast_dev_register(kvfs_ns *ns, const struct kvfs_dev_buffer *db)
+{
+	struct fast *f = ns->fast;
+	struct kvfs_ring_devreg rec = {
+		.magic = KVFS_DEVREG_MAGIC,
+		.version = KVFS_RING_VERSION,
+		.kind = db->kind,
+		.device = db->device,
+		.bytes = db->bytes,
+		.base = (uint64_t)(uintptr_t)db->base,
+	};
+	const uint8_t *lo = db->base;
+	struct fast_buf *b;
+	int rc = 0;
+
+	memcpy(rec.uuid, db->uuid, sizeof(rec.uuid));
+	memcpy(rec.handle, db->ipc_handle, sizeof(rec.handle));
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	b->base = (uint8_t *)db->base;
+	b->size = db->bytes;
+	b->device = db->device;
+	b->id = atomic_fetch_add(&buf_ids, 1);
+	b->fd = memfd_create("kvfs-dev", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (b->fd < 0 || pwrite(b->fd, &rec, sizeof(rec), 0) != (ssize_t)sizeof(rec) ||
+	    fcntl(b->fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
+		rc = -errno;
+		goto out_free;
+	}
+	pthread_mutex_lock(&f->lock);
+	for (struct fast_buf *o = f->bufs; o && !rc; o = o->next)
+		if (lo < o->base + o->size && o->base < lo + db->bytes)
+			rc = -EEXIST;
+	if (!rc && !f->up)
+		rc = -ENOTCONN;
+	if (!rc)
+		rc = do_register(f, "dev", b->id, b->fd);
+	if (!rc) {
+		b->registered = true;
+		b->next = f->bufs;
+		f->bufs = b;
+	}
+	pthread_mutex_unlock(&f->lock);
+	if (!rc)
+		return 0;
+out_free:
+	if (b->fd >= 0)
+		close(b->fd);
+	free(b);
+	return rc;
+}
+
+int fast_dev_unregister(kvfs_ns *ns, void *base)
+{
+	struct fast *f = ns->fast;
+	struct fast_buf **pp, *b = NULL;
+
+	pthread_mutex_lock(&f->lock);
+	for (pp = &f->bufs; *pp; pp = &(*pp)->next)
+		if ((*pp)->base == base && (*pp)->device != KVFS_DEVICE_HOST) {
+			b = *pp;
+			*pp = b->next;
+			break;
+		}
+	pthread_mutex_unlock(&f->lock);
+	if (!b)
+		return -ENOENT;
+	buf_destroy(f, b);
+	return 0;
+}
+
+int fast_buf_device(kvfs_ns *ns, const void *p, size_t len)
+{
+	struct fast *f = ns->fast;
+	struct fast_buf *b;
+	int dev;
+
+	pthread_mutex_lock(&f->lock);
+	b = buf_of(f, p, len);
+	dev = b ? b->device : -ENOENT;
+	pthread_mutex_unlock(&f->lock);
+	return dev;
 }
 
 /*

@@ -47,6 +47,7 @@
 #include "core/ring.h"
 #include "core/util.h"
 #include "fs/fs_i.h"
+#include "gpu/gpu.h"
 
 #define SPIN_NS       (50ull * 1000)   /* poll this long after the last request */
 #define SLEEP_MS      500              /* then sleep, waking to check the owner */
@@ -54,7 +55,7 @@
 #define MAX_GROUPS    64
 #define MAX_IOV       64
 
-enum reg_kind { REG_RING, REG_BUF };
+enum reg_kind { REG_RING, REG_BUF, REG_DEV };
 
 struct fp_match {
 	bool used;
@@ -80,6 +81,10 @@ struct fp_reg {
 	_Atomic int refs;       /* the list's, and each user's */
 	struct kvfs_inode *inode; /* the symlink the kernel sees */
 
+	/* dev.<>: the engine's device memory, mapped on one of our --gpu devices */
+	gpu_dev *gdev;
+	uint8_t *dev_mem;
+
 	/* rings: the geometry as checked at registration (never reread) */
 	struct kvfs_fs *fs;
 	uint32_t sq_entries, cq_entries;
@@ -90,6 +95,10 @@ struct fp_reg {
 	_Atomic bool stop;
 	struct kvfs_inode *ns[KVFS_RING_MAX_NS];
 	struct fp_match *matches; /* KVFS_RING_MAX_MATCHES */
+	/* rings: copies into device memory, made at the first */
+	gpu_dev *stream_dev;
+	gpu_stream *stream;
+	uint8_t *bounce; /* NVMe bytes on their way to a device */
 };
 
 static pthread_mutex_t fp_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -202,6 +211,11 @@ static void reg_put(struct fp_reg *r)
 		return;
 	if (r->mem)
 		munmap(r->mem, r->size);
+	if (r->dev_mem)
+		gpupool_ipc_close(r->gdev, r->dev_mem);
+	if (r->stream)
+		r->stream_dev->ops->stream_free(r->stream);
+	free(r->bounce);
 	free(r->matches);
 	free(r);
 }
@@ -213,7 +227,7 @@ static struct fp_reg *buf_get(pid_t tgid, uint32_t id)
 
 	pthread_mutex_lock(&fp_lock);
 	cds_list_for_each_entry(r, &fp_regs, link)
-		if (r->kind == REG_BUF && r->tgid == tgid && r->id == id) {
+		if ((r->kind == REG_BUF || r->kind == REG_DEV) && r->tgid == tgid && r->id == id) {
 			found = r;
 			atomic_fetch_add(&r->refs, 1);
 			break;
@@ -222,7 +236,7 @@ static struct fp_reg *buf_get(pid_t tgid, uint32_t id)
 	return found;
 }
 
-/* "ring.<tgid>.<id>" or "buf.<tgid>.<id>". */
+/* "ring.<tgid>.<id>", "buf.<tgid>.<id>" or "dev.<tgid>.<id>". */
 static int parse_name(const char *name, enum reg_kind *kind, pid_t *tgid, uint32_t *id)
 {
 	unsigned long t, i;
@@ -232,6 +246,8 @@ static int parse_name(const char *name, enum reg_kind *kind, pid_t *tgid, uint32
 		*kind = REG_RING;
 	else if (sscanf(name, "buf.%lu.%lu%c", &t, &i, &rest) == 2)
 		*kind = REG_BUF;
+	else if (sscanf(name, "dev.%lu.%lu%c", &t, &i, &rest) == 2)
+		*kind = REG_DEV;
 	else
 		return -EINVAL;
 	if (t == 0 || t > INT32_MAX || i > UINT32_MAX)
@@ -296,6 +312,33 @@ static int ring_check(struct fp_reg *r)
 	return 0;
 }
 
+/*
+ * A dev.<> registration: the sealed record in @fd names device memory of
+ * the engine by its IPC handle; map it on our --gpu device. The record must
+ * be sealed, so what was checked is what is used.
+ */
+static int dev_open(struct kvfs_fs *fs, struct fp_reg *r, int fd)
+{
+	const int seals = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW;
+	struct kvfs_ring_devreg rec;
+	int rc;
+
+	if ((fcntl(fd, F_GET_SEALS) & seals) != seals)
+		return -EPERM;
+	if (pread(fd, &rec, sizeof(rec), 0) != (ssize_t)sizeof(rec) ||
+	    rec.magic != KVFS_DEVREG_MAGIC || rec.version != KVFS_RING_VERSION || !rec.bytes ||
+	    rec.bytes > (1ull << 40))
+		return -EINVAL;
+	rc = gpupool_ipc_open(fs, &rec, &r->gdev, (void **)&r->dev_mem);
+	if (rc) {
+		log_warn("fast path: %s of pid %d refused: %s", r->name, (int)r->tgid, gpu_error());
+		atomic_fetch_add(&fs->ctr.fp_errors, 1);
+		return rc;
+	}
+	r->size = rec.bytes;
+	return 0;
+}
+
 int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name,
 		const char *target, struct kvfs_inode **link)
 {
@@ -343,9 +386,18 @@ int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name
 	/* Only memory: a memfd (or shm file), owned by the caller. */
 	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_nlink != 0 ||
 	    (st.st_uid != r->uid && r->uid != 0) || st.st_size <= 0 ||
-	    (uint64_t)st.st_size > (r->kind == REG_RING ? KVFS_RING_MAX_BYTES : (1ull << 40))) {
+	    (uint64_t)st.st_size > (r->kind == REG_RING ? KVFS_RING_MAX_BYTES : (1ull << 40)) ||
+	    (r->kind == REG_DEV && st.st_size != sizeof(struct kvfs_ring_devreg))) {
 		rc = -EINVAL;
 		goto out_close;
+	}
+	if (r->kind == REG_DEV) {
+		rc = dev_open(fs, r, fd);
+		if (rc)
+			goto out_close;
+		close(fd);
+		fd = -1;
+		goto listed;
 	}
 	r->size = (size_t)st.st_size;
 	/*
@@ -375,6 +427,7 @@ int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name
 		h->server_pid = (uint32_t)getpid();
 		h->server_gen = fs->started_ns;
 	}
+listed:
 	r->inode = ns_inode_new(fs, KIND_CTL_LINK, S_IFLNK | 0777, r->uid, r->gid);
 	if (!r->inode) {
 		rc = -ENOMEM;
@@ -721,6 +774,71 @@ static struct fp_match *match_of(struct fp_reg *r, uint64_t id)
 	return id < KVFS_RING_MAX_MATCHES && r->matches[id].used ? &r->matches[id] : NULL;
 }
 
+#define BOUNCE_BYTES (1u << 20)
+
+/*
+ * Queue the copy of @d into the device memory of @buf on the ring's stream
+ * (made at the first, on @buf's device). Bytes in DRAM are copied from the
+ * arena; bytes only on NVMe are read (checksummed) into a bounce buffer
+ * and copied from there, waiting for each chunk. The caller syncs the
+ * stream before it completes the request.
+ * @return 0; -EIO (a device error, logged with its name); -ENOMEM; or the
+ * tier's error.
+ */
+static int dev_read(struct fp_reg *r, struct fp_reg *buf, tier_obj *obj,
+		    const struct kvfs_ring_desc *d)
+{
+	const struct gpu_ops *ops = buf->gdev->ops;
+	struct iovec iov[MAX_IOV];
+	uint64_t done = 0;
+
+	if (r->stream && r->stream_dev != buf->gdev) {
+		if (r->stream_dev->ops->stream_sync(r->stream))
+			goto out_dev;
+		r->stream_dev->ops->stream_free(r->stream);
+		r->stream = NULL;
+	}
+	if (!r->stream) {
+		if (ops->stream_new(buf->gdev, &r->stream))
+			goto out_dev;
+		r->stream_dev = buf->gdev;
+	}
+	while (done < d->len) {
+		int k = tier_read_iov(obj, d->src_off + done, d->len - done, iov, MAX_IOV);
+
+		if (k == -ENODATA) {
+			size_t want = KVFS_MIN(d->len - done, (uint64_t)BOUNCE_BYTES);
+			ssize_t got;
+
+			if (!r->bounce && !(r->bounce = malloc(BOUNCE_BYTES)))
+				return -ENOMEM;
+			if (ops->stream_sync(r->stream)) /* the bounce buffer is free again */
+				goto out_dev;
+			got = tier_read(obj, d->src_off + done, r->bounce, want);
+			if (got <= 0)
+				return got < 0 ? (int)got : -EIO;
+			if (ops->copy(r->stream, buf->dev_mem + d->dst_off + done, r->bounce,
+				      (size_t)got, GPU_H2D) ||
+			    ops->stream_sync(r->stream))
+				goto out_dev;
+			done += (uint64_t)got;
+			continue;
+		}
+		if (k <= 0)
+			return k < 0 ? k : -EIO;
+		for (int j = 0; j < k; j++) {
+			if (ops->copy(r->stream, buf->dev_mem + d->dst_off + done, iov[j].iov_base,
+				      iov[j].iov_len, GPU_H2D))
+				goto out_dev;
+			done += iov[j].iov_len;
+		}
+	}
+	return 0;
+out_dev:
+	log_warn("fast path: a device copy for pid %d failed: %s", (int)r->tgid, gpu_error());
+	return -EIO;
+}
+
 static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
 	struct fp_match *m = match_of(r, e->args[0]);
@@ -728,6 +846,7 @@ static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	const uint8_t *p = payload(r, e->args[1], n * sizeof(struct kvfs_ring_desc));
 	struct fp_reg *buf = NULL;
 	struct iovec iov[MAX_IOV];
+	bool dev_copies = false;
 	int64_t rc = 0;
 
 	if (!m)
@@ -759,6 +878,11 @@ static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 			rc = -EFAULT;
 			break;
 		}
+		if (buf->kind == REG_DEV) {
+			rc = dev_read(r, buf, m->objs[d.block], &d);
+			done = rc ? 0 : d.len;
+			dev_copies = true;
+		}
 		while (done < d.len && !rc) {
 			int k = tier_read_iov(m->objs[d.block], d.src_off + done, d.len - done, iov,
 					      MAX_IOV);
@@ -785,6 +909,14 @@ static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		}
 		total += done;
 	}
+	/* the request completes when its bytes are in device memory */
+	if (dev_copies && r->stream && r->stream_dev->ops->stream_sync(r->stream) && !rc) {
+		log_warn("fast path: a device copy for pid %d failed: %s", (int)r->tgid,
+			 gpu_error());
+		rc = -EIO;
+	}
+	if (rc && dev_copies)
+		atomic_fetch_add(&r->fs->ctr.fp_errors, 1);
 	if (buf)
 		reg_put(buf);
 	atomic_fetch_add(&r->fs->ctr.read_bytes, total);
@@ -845,6 +977,10 @@ static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	buf = buf_get(r->tgid, (uint32_t)e->args[0]);
 	if (!buf)
 		return -EBADF;
+	if (buf->kind == REG_DEV) {
+		rc = -ENOTSUP; /* saves from device memory: DESIGN §10, next */
+		goto out;
+	}
 	if (e->args[1] > buf->size || e->args[2] > buf->size - e->args[1] || e->args[2] == 0) {
 		rc = -EFAULT;
 		goto out;

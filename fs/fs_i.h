@@ -398,6 +398,17 @@ void fp_shutdown(struct kvfs_fs *fs);
 int gpupool_start(struct kvfs_fs *fs, char *err, size_t errlen);
 /* Free the pools. Safe when none were started. */
 void gpupool_stop(struct kvfs_fs *fs);
+struct kvfs_ring_devreg;
+struct gpu_dev;
+/*
+ * Map an engine's device memory named by @rec on the --gpu device it is on.
+ * @return 0 with *dev and *mem set; -ENODEV (no --gpu pool of that kind);
+ * -EXDEV (on none of our devices); -EINVAL, -ESTALE (a bad or stale
+ * handle); -ENOMEM; gpu_error() says why.
+ */
+int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec,
+		     struct gpu_dev **dev, void **mem);
+void gpupool_ipc_close(struct gpu_dev *dev, void *mem);
 
 /* --- remote.c: the remote tier (rdma/remote.h) ------------------------------------ */
 

@@ -17,8 +17,10 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/log.h"
+#include "core/ring.h"
 #include "core/util.h"
 #include "fs/fs_i.h"
 #include "gpu/gpu.h"
@@ -76,4 +78,27 @@ void gpupool_stop(struct kvfs_fs *fs)
 	}
 	free(g);
 	fs->gpu = NULL;
+}
+
+int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, gpu_dev **dev,
+		     void **mem)
+{
+	struct gpupool *g = fs->gpu;
+	struct gpu_ipc h = {.impl = rec->kind, .device = rec->device, .bytes = rec->bytes};
+	int rc = -EXDEV;
+
+	memcpy(h.uuid, rec->uuid, sizeof(h.uuid));
+	memcpy(h.handle, rec->handle, sizeof(h.handle));
+	if (!g || !g->n)
+		return gpu_fail(-ENODEV, "this daemon has no --gpu device");
+	/* the device it is on: the one whose open does not say "another device" */
+	for (unsigned i = 0; i < g->n && rc == -EXDEV; i++)
+		if ((rc = g->dev[i]->ops->ipc_open(g->dev[i], &h, mem)) == 0)
+			*dev = g->dev[i];
+	return rc;
+}
+
+void gpupool_ipc_close(gpu_dev *dev, void *mem)
+{
+	dev->ops->ipc_close(dev, mem);
 }

@@ -1,12 +1,14 @@
 """--gpu on machines without a GPU: a CUDA build starts and serves normally, and only
 --gpu fails, with one line saying why; the pool's start-up checks on the tests'
 stand-in device (--gpu-standin). The CUDA path itself runs in tests/gpu/run.sh."""
+import errno
 import os
 import subprocess
 import unittest
 
-from harness import KVFS, read_file, write_file
+from harness import KVFS, Mount, MountTest, fuse_available, read_file, write_file
 from test_daemon import FuseTest, is_mounted
+from test_fastpath import NOBODY, drv, last_json
 
 
 def cuda_built():
@@ -65,6 +67,77 @@ class GpuOption(FuseTest):
         log = m.log()
         self.assertIn("GPU pool on shm device 0: 64.0 MiB", log)
         self.assertIn("GPU pool on shm device 1: 32.0 MiB", log)
+
+
+STANDIN = ("--gpu-standin", "--gpu", "0:64M")
+
+
+class DeviceBuffers(MountTest):
+    """Engines' device buffers (libkvfs kvfs_dev_register, kvfs_load_start_ex) on the
+    stand-in GPU: the daemon opens the IPC handle and copies each layer in itself."""
+    dram = "64M"
+    args = STANDIN + ("-o", "allow_other")
+
+    def test_prefill_saves_decode_loads_into_device_pages(self):
+        ns = self.m.path("model", "ns")
+        drv("save", ns, "fast", 3, 6)            # one process saves ...
+        got = last_json(drv("devload", ns, 3, 6).stdout)  # ... another loads to its GPU
+        self.assertEqual((got["reg"], got["matched"], got["err"]), (0, 6, 0))
+        self.assertEqual((got["bad_blocks"], got["bad_early"], got["fast"]), (0, 0, 1))
+
+    def test_bad_registrations_are_refused(self):
+        ns = self.m.path("model", "ns")
+        drv("save", ns, "fast", 4, 2)
+        cases = {"good": 0, "garbage": -errno.EINVAL, "foreign": -errno.EXDEV,
+                 "kind": -errno.EXDEV, "stale": -errno.ESTALE, "unsealed": -errno.EPERM}
+        for case, want in cases.items():
+            with self.subTest(case=case):
+                got = last_json(drv("devreg", self.m.mnt, ns, case).stdout)
+                self.assertEqual(got["rc"], want)
+        self.assertIn("refused", self.m.log())
+        # and the daemon goes on serving everyone
+        got = last_json(drv("devload", ns, 4, 2).stdout)
+        self.assertEqual((got["matched"], got["bad_blocks"]), (2, 0))
+
+    def test_only_readable_blocks_reach_device_memory(self):
+        if os.getuid() != 0:
+            self.skipTest("needs root to act as another user")
+        os.chmod(self.m.base, 0o755)
+        ns = self.m.path("shared")
+        drv("save", ns, "fast", 5, 3)
+        os.chmod(ns, 0o755)
+        for name in os.listdir(ns):
+            os.chmod(os.path.join(ns, name), 0o600)
+        got = last_json(drv("devload", ns, 5, 3, user=NOBODY, check=False).stdout)
+        self.assertEqual((got["reg"], got["matched"]), (0, 0))
+        for name in os.listdir(ns):
+            os.chmod(os.path.join(ns, name), 0o644)
+        got = last_json(drv("devload", ns, 5, 3, user=NOBODY).stdout)
+        self.assertEqual((got["matched"], got["bad_blocks"]), (3, 0))
+
+
+class DeviceCopyFailure(unittest.TestCase):
+    def setUp(self):
+        if not fuse_available():
+            self.skipTest("no /dev/fuse or fusermount3")
+
+    def test_a_failed_device_copy_fails_that_load_only(self):
+        # the daemon's second device copy fails, as a CUDA error would
+        with Mount(args=STANDIN, env={"KVFS_FAULTS": "gpu_copy:2:EIO"}) as m:
+            ns = m.path("ns")
+            drv("save", ns, "fast", 6, 2)
+            got = last_json(drv("devload", ns, 6, 2, check=False).stdout)
+            self.assertEqual((got["matched"], got["err"]), (2, -errno.EIO))
+            self.assertIn("device copy", m.log())
+            got = last_json(drv("devload", ns, 6, 2).stdout)
+            self.assertEqual((got["err"], got["bad_blocks"]), (0, 0))
+
+    def test_no_gpu_pool_no_device_buffers(self):
+        with Mount() as m:
+            ns = m.path("ns")
+            drv("save", ns, "fast", 7, 1)
+            got = last_json(drv("devreg", m.mnt, ns, "good").stdout)
+            self.assertEqual(got["rc"], -errno.ENODEV)
 
 
 if __name__ == "__main__":
