@@ -158,6 +158,13 @@ $(B)/tests/fpdrv: $(call obj,tests/integration/fpdrv.c) $(LIBKVFS_A) $(GPU_LIB) 
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
 
+# The GPU tier's benchmark (tests/gpu/run.sh runs it on a device).
+all: $(B)/tests/gpu_bench
+$(B)/tests/gpu_bench: $(call obj,tests/gpu/gpu_bench.c) $(LIBKVFS_A) $(GPU_LIB) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
+
 bench: all
 	$(Q)KVFS_BUILD=$(B) sh tools/bench.sh
 
