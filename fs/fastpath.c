@@ -329,7 +329,7 @@ static int dev_open(struct kvfs_fs *fs, struct fp_reg *r, int fd)
 	    rec.magic != KVFS_DEVREG_MAGIC || rec.version != KVFS_RING_VERSION || !rec.bytes ||
 	    rec.bytes > (1ull << 40))
 		return -EINVAL;
-	rc = gpupool_ipc_open(fs, &rec, &r->gdev, (void **)&r->dev_mem);
+	rc = gpupool_ipc_open(fs, &rec, r->tgid, &r->gdev, (void **)&r->dev_mem);
 	if (rc) {
 		log_warn("fast path: %s of pid %d refused: %s", r->name, (int)r->tgid, gpu_error());
 		atomic_fetch_add(&fs->ctr.fp_errors, 1);

@@ -401,12 +401,14 @@ void gpupool_stop(struct kvfs_fs *fs);
 struct kvfs_ring_devreg;
 struct gpu_dev;
 /*
- * Map an engine's device memory named by @rec on the --gpu device it is on.
+ * Map an engine's device memory named by @rec on the --gpu device it is on,
+ * for the registering process @owner.
  * @return 0 with *dev and *mem set; -ENODEV (no --gpu pool of that kind);
+ * -EPERM (a stand-in handle that @owner did not export);
  * -EXDEV (on none of our devices); -EINVAL, -ESTALE (a bad or stale
  * handle); -ENOMEM; gpu_error() says why.
  */
-int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec,
+int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, pid_t owner,
 		     struct gpu_dev **dev, void **mem);
 void gpupool_ipc_close(struct gpu_dev *dev, void *mem);
 

@@ -80,8 +80,8 @@ void gpupool_stop(struct kvfs_fs *fs)
 	fs->gpu = NULL;
 }
 
-int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, gpu_dev **dev,
-		     void **mem)
+int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, pid_t owner,
+		     gpu_dev **dev, void **mem)
 {
 	struct gpupool *g = fs->gpu;
 	struct gpu_ipc h = {.impl = rec->kind, .device = rec->device, .bytes = rec->bytes};
@@ -91,6 +91,15 @@ int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, gpu
 	memcpy(h.handle, rec->handle, sizeof(h.handle));
 	if (!g || !g->n)
 		return gpu_fail(-ENODEV, "this daemon has no --gpu device");
+	/*
+	 * Only the process that exported memory may have us write into it. The
+	 * stand-in's handles say who that is; CUDA's legacy IPC handles do not
+	 * (DESIGN §10: shareable handles passed as descriptors are next).
+	 */
+	if (rec->kind == GPU_IMPL_SHM && gpu_shm_ipc_owner(&h) &&
+	    gpu_shm_ipc_owner(&h) != owner)
+		return gpu_fail(-EPERM, "IPC handle exported by pid %d, registered by pid %d",
+				gpu_shm_ipc_owner(&h), (int)owner);
 	/* the device it is on: the one whose open does not say "another device" */
 	for (unsigned i = 0; i < g->n && rc == -EXDEV; i++)
 		if ((rc = g->dev[i]->ops->ipc_open(g->dev[i], &h, mem)) == 0)

@@ -184,6 +184,8 @@ const struct gpu_ops *gpu_shm(void);
  */
 void gpu_shm_configure(int devices, uint64_t bytes_per_device);
 void gpu_shm_stream_hold(gpu_stream *s, bool hold);
+/* The process that exported a stand-in handle (0 if @h is not a stand-in handle). */
+int gpu_shm_ipc_owner(const struct gpu_ipc *h);
 /* 1 if this build has CUDA support, else 0. */
 int gpu_have_cuda(void);
 

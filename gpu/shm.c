@@ -667,6 +667,14 @@ out_close:
 	return rc;
 }
 
+int gpu_shm_ipc_owner(const struct gpu_ipc *ipc)
+{
+	struct shm_handle h;
+
+	memcpy(&h, ipc->handle, sizeof(h));
+	return ipc->impl == GPU_IMPL_SHM && h.magic == SHM_MAGIC ? h.pid : 0;
+}
+
 static void shm_ipc_close(gpu_dev *gd, void *p)
 {
 	shm_map_free((struct shm_dev *)gd, p, false, false);

@@ -12,7 +12,7 @@
  *                                       soon as kvfs_load_wait() says it is in; print JSON
  *   fpdrv devreg MOUNT DIR CASE         register device memory that must be refused
  *                                       (CASE: garbage, foreign, kind, stale, unsealed,
- *                                       good); print {"rc": -errno}
+ *                                       other, good); print {"rc": -errno}
  *
  * Block contents are a function of (seed, block, layer, K/V, element), so any
  * process can check what another saved. Exit status 0 means every check held.
@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -617,6 +618,36 @@ static int cmd_devreg(const char *mnt, const char *dir, const char *what)
 		if (fd < 0 || pwrite(fd, &rec, sizeof(rec), 0) != (ssize_t)sizeof(rec))
 			return fail("memfd");
 		rc = raw_register(&r, "dev", 901, fd);
+		goto out;
+	} else if (strcmp(what, "other") == 0) {
+		/* memory another process exported: a child that waits for us */
+		int to_parent[2], to_child[2];
+		struct gpu_ipc h;
+		char c;
+
+		if (pipe(to_parent) || pipe(to_child))
+			return fail("pipe");
+		if (fork() == 0) {
+			gpu_dev *cd;
+			uint8_t *cm;
+			size_t cb;
+
+			close(to_child[1]);
+			close(to_parent[0]);
+			if (gpu_open(gpu_shm(), 0, &cd) || dev_pool(cd, 2, &cm, &cb) ||
+			    cd->ops->ipc_export(cd, cm, cb, &h))
+				_exit(1);
+			if (write(to_parent[1], &h, sizeof(h)) != (ssize_t)sizeof(h))
+				_exit(1);
+			(void)!read(to_child[0], &c, 1);
+			_exit(0);
+		}
+		if (read(to_parent[0], &h, sizeof(h)) != (ssize_t)sizeof(h))
+			return fail("child");
+		memcpy(db.ipc_handle, h.handle, sizeof(db.ipc_handle));
+		rc = kvfs_dev_register(ns, &db);
+		close(to_child[1]);
+		wait(NULL);
 		goto out;
 	} else if (strcmp(what, "good") != 0 && strcmp(what, "foreign") != 0) {
 		return fail("unknown case %s", what);

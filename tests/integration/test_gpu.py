@@ -89,7 +89,8 @@ class DeviceBuffers(MountTest):
         ns = self.m.path("model", "ns")
         drv("save", ns, "fast", 4, 2)
         cases = {"good": 0, "garbage": -errno.EINVAL, "foreign": -errno.EXDEV,
-                 "kind": -errno.EXDEV, "stale": -errno.ESTALE, "unsealed": -errno.EPERM}
+                 "kind": -errno.EXDEV, "stale": -errno.ESTALE, "unsealed": -errno.EPERM,
+                 "other": -errno.EPERM}
         for case, want in cases.items():
             with self.subTest(case=case):
                 got = last_json(drv("devreg", self.m.mnt, ns, case).stdout)
