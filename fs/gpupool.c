@@ -96,8 +96,7 @@ int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, pid
 	 * stand-in's handles say who that is; CUDA's legacy IPC handles do not
 	 * (DESIGN §10: shareable handles passed as descriptors are next).
 	 */
-	if (rec->kind == GPU_IMPL_SHM && gpu_shm_ipc_owner(&h) &&
-	    gpu_shm_ipc_owner(&h) != owner)
+	if (rec->kind == GPU_IMPL_SHM && gpu_shm_ipc_owner(&h) && gpu_shm_ipc_owner(&h) != owner)
 		return gpu_fail(-EPERM, "IPC handle exported by pid %d, registered by pid %d",
 				gpu_shm_ipc_owner(&h), (int)owner);
 	/* the device it is on: the one whose open does not say "another device" */

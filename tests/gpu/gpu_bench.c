@@ -130,16 +130,16 @@ static void add(const char *what, double k, const char *peer, double p, uint64_t
 }
 
 /* Best of reps. */
-#define BEST(var, body)                                                                   \
-	do {                                                                              \
-		var = 1e30;                                                               \
-		for (unsigned r_ = 0; r_ < reps; r_++) {                                  \
-			double t0_ = now_s();                                             \
-			body;                                                             \
-			double t_ = now_s() - t0_;                                        \
-			if (t_ < var)                                                     \
-				var = t_;                                                 \
-		}                                                                         \
+#define BEST(var, body)                                                                            \
+	do {                                                                                       \
+		var = 1e30;                                                                        \
+		for (unsigned r_ = 0; r_ < reps; r_++) {                                           \
+			double t0_ = now_s();                                                      \
+			body;                                                                      \
+			double t_ = now_s() - t0_;                                                 \
+			if (t_ < var)                                                              \
+				var = t_;                                                          \
+		}                                                                                  \
 	} while (0)
 
 /* The kernels against plain copies of the same bytes, on device memory. */
@@ -163,9 +163,15 @@ static void bench_kernels(void)
 	sync_or_die();
 
 	/* load: pool -> pages, every layer (one pages buffer reused: what is timed is the copy) */
-	struct gpu_kv_xfer x = {.k = pages, .v = pages + layer_bytes, .block_stride = part,
-				.token_stride = ROW, .row_bytes = ROW, .tokens = TPB,
-				.nblocks = (uint32_t)nblocks, .block_ids = ids, .segs = segs};
+	struct gpu_kv_xfer x = {.k = pages,
+				.v = pages + layer_bytes,
+				.block_stride = part,
+				.token_stride = ROW,
+				.row_bytes = ROW,
+				.tokens = TPB,
+				.nblocks = (uint32_t)nblocks,
+				.block_ids = ids,
+				.segs = segs};
 	BEST(t_scatter, {
 		for (unsigned l = 0; l < layers; l++) {
 			for (size_t i = 0; i < nblocks; i++)
@@ -255,8 +261,8 @@ static void bench_kernels(void)
 				die("d2h");
 			sync_or_die();
 		});
-		add("save, pages -> pinned host (gather + d2h)", t_save_host,
-		    "d2h cudaMemcpyAsync", t_d2h, layer_bytes * layers);
+		add("save, pages -> pinned host (gather + d2h)", t_save_host, "d2h cudaMemcpyAsync",
+		    t_d2h, layer_bytes * layers);
 	}
 	ops->mem_free(dev, pages);
 	ops->mem_free(dev, pool);
@@ -288,9 +294,12 @@ static void bench_daemon(const char *dir)
 	int rc;
 
 	snprintf(o.layout.model_id, sizeof(o.layout.model_id), "bench-llama-8b");
-	o.layout = (struct kvfs_layout){.num_layers = layers, .num_kv_heads = HEADS,
-					.head_dim = DIM, .tokens_per_block = TPB,
-					.dtype = KVFS_DTYPE_BF16, .kind = KVFS_KIND_KV};
+	o.layout = (struct kvfs_layout){.num_layers = layers,
+					.num_kv_heads = HEADS,
+					.head_dim = DIM,
+					.tokens_per_block = TPB,
+					.dtype = KVFS_DTYPE_BF16,
+					.kind = KVFS_KIND_KV};
 	snprintf(o.layout.model_id, sizeof(o.layout.model_id), "bench-llama-8b");
 	o.dir = dir;
 	o.seed = "0";
@@ -311,10 +320,12 @@ static void bench_daemon(const char *dir)
 	for (unsigned l = 0; l < layers; l++) {
 		hl[l] = (struct kvfs_kv_layer){.k = host + 2 * l * layer_part,
 					       .v = host + (2 * l + 1) * layer_part,
-					       .block_stride = part, .token_stride = ROW};
+					       .block_stride = part,
+					       .token_stride = ROW};
 		dl[l] = (struct kvfs_kv_layer_ex){.k = pages + 2 * l * layer_part,
 						  .v = pages + (2 * l + 1) * layer_part,
-						  .block_stride = part, .token_stride = ROW,
+						  .block_stride = part,
+						  .token_stride = ROW,
 						  .device = dev->index};
 	}
 	for (size_t i = 0; i < tokens; i++)
@@ -328,8 +339,8 @@ static void bench_daemon(const char *dir)
 		die("keys");
 	if (ops->ipc_export(dev, pages, bytes, &h))
 		die("export");
-	db = (struct kvfs_dev_buffer){.base = pages, .bytes = bytes, .device = dev->index,
-				      .kind = ops->impl};
+	db = (struct kvfs_dev_buffer){
+		.base = pages, .bytes = bytes, .device = dev->index, .kind = ops->impl};
 	memcpy(db.uuid, h.uuid, 16);
 	memcpy(db.ipc_handle, h.handle, 64);
 	rc = kvfs_dev_register(ns, &db);
