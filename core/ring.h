@@ -79,6 +79,25 @@ enum kvfs_ring_op {
 	 * for an invalid native block).
 	 */
 	KVFS_OP_SAVE = 5,
+	/*
+	 * Store a block whose layers are in registered device memory. ns =
+	 * namespace id; args[0] = buffer id, args[1] = offset, args[2] =
+	 * length of its header in a registered host buffer, as
+	 * kvfs_block_encode_header() wrote it (layer checksums 0: the daemon
+	 * computes them); payload at args[3]: the 32-byte key, then one
+	 * struct kvfs_ring_devpart per layer. The daemon copies each layer's
+	 * K (and V) out of device memory, fills in the checksums and stores
+	 * the block as SAVE does. res as SAVE.
+	 */
+	KVFS_OP_SAVE_DEV = 6,
+};
+
+/* Where one layer of a SAVE_DEV block is: offsets in a dev.<> buffer. 24 bytes. */
+struct kvfs_ring_devpart {
+	uint32_t buf;
+	uint32_t pad;
+	uint64_t k_off;
+	uint64_t v_off; /* unused for kind MLA */
 };
 
 /* The record a dev.<name> registration's memfd holds (sealed, exactly this size). */

@@ -92,6 +92,8 @@ struct fast {
 
 	struct fast_buf *bufs;
 	struct fast_buf *staging;
+	pthread_mutex_t devsave_lock; /* the header buffer of saves from device memory */
+	struct fast_buf *devsave;
 };
 
 /* Process-wide: registration names (kind.pid.id) are unique per process. */
@@ -451,6 +453,7 @@ int fast_open(kvfs_ns *ns, bool required)
 		return -ENOMEM;
 	f->ring_fd = -1;
 	pthread_mutex_init(&f->lock, NULL);
+	pthread_mutex_init(&f->devsave_lock, NULL);
 	rc = find_mount(f, ns->dir);
 	if (rc)
 		goto out_free;
@@ -478,6 +481,7 @@ out_free:
 		f->bufs = b->next;
 		buf_destroy(f, b);
 	}
+	pthread_mutex_destroy(&f->devsave_lock);
 	pthread_mutex_destroy(&f->lock);
 	free(f);
 	return required ? rc : 0;
@@ -496,6 +500,7 @@ void fast_close(kvfs_ns *ns)
 		f->bufs = b->next;
 		buf_destroy(f, b);
 	}
+	pthread_mutex_destroy(&f->devsave_lock);
 	pthread_mutex_destroy(&f->lock);
 	free(f);
 	ns->fast = NULL;
@@ -680,6 +685,73 @@ int fast_buf_device(kvfs_ns *ns, const void *p, size_t len)
 	dev = b ? b->device : -ENOENT;
 	pthread_mutex_unlock(&f->lock);
 	return dev;
+}
+
+int fast_save_dev(kvfs_ns *ns, const struct kvfs_block_desc *d, const kvfs_key *key,
+		  const struct kvfs_kv_layer *layers, uint32_t block_id)
+{
+	struct fast *f = ns->fast;
+	uint32_t L = ns->layout.num_layers;
+	size_t plen = KVFS_KEY_BYTES + (size_t)L * sizeof(struct kvfs_ring_devpart);
+	struct kvfs_ring_sqe e = {.op = KVFS_OP_SAVE_DEV, .ns = f->ns_id};
+	uint8_t *payload = malloc(plen);
+	uint64_t *zero = calloc(L, sizeof(*zero));
+	int rc = 0;
+
+	if (!payload || !zero) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (plen > SLOT_BYTES) {
+		rc = -E2BIG;
+		goto out;
+	}
+	memcpy(payload, key, KVFS_KEY_BYTES);
+	pthread_mutex_lock(&f->lock);
+	for (uint32_t l = 0; l < L && !rc; l++) {
+		const struct kvfs_kv_layer *ly = &layers[l];
+		const uint8_t *k = (const uint8_t *)ly->k + (size_t)block_id * ly->block_stride;
+		const uint8_t *v = ly->v ? (const uint8_t *)ly->v + (size_t)block_id * ly->block_stride
+					 : NULL;
+		struct fast_buf *b = buf_of(f, k, ns->part_bytes);
+		struct kvfs_ring_devpart dp = {0};
+
+		if (!b || b->device == KVFS_DEVICE_HOST || ly->token_stride != ns->row_bytes ||
+		    (v && buf_of(f, v, ns->part_bytes) != b)) {
+			rc = -ENOTSUP;
+			break;
+		}
+		dp.buf = b->id;
+		dp.k_off = (uint64_t)(k - b->base);
+		dp.v_off = v ? (uint64_t)(v - b->base) : 0;
+		memcpy(payload + KVFS_KEY_BYTES + (size_t)l * sizeof(dp), &dp, sizeof(dp));
+	}
+	pthread_mutex_unlock(&f->lock);
+	if (rc)
+		goto out;
+	pthread_mutex_lock(&f->devsave_lock);
+	if (!f->devsave) { /* room for any header, registered once */
+		void *mem = fast_alloc(ns, KVFS_BLOCK_MAX_HEADER);
+
+		pthread_mutex_lock(&f->lock);
+		f->devsave = mem ? buf_of(f, mem, KVFS_BLOCK_MAX_HEADER) : NULL;
+		pthread_mutex_unlock(&f->lock);
+	}
+	if (!f->devsave) {
+		rc = -ENOMEM;
+	} else {
+		rc = kvfs_block_encode_header(d, zero, f->devsave->base, f->devsave->size, NULL);
+		e.args[0] = f->devsave->id;
+		e.args[1] = 0;
+		e.args[2] = kvfs_layout_header_bytes(&d->layout, d->extra_len);
+		if (!rc)
+			rc = (int)call(f, &e, payload, plen, 3, NULL);
+	}
+	pthread_mutex_unlock(&f->devsave_lock);
+out:
+	free(payload);
+	free(zero);
+	return rc;
 }
 
 /*

@@ -48,6 +48,7 @@
 #include "core/util.h"
 #include "fs/fs_i.h"
 #include "gpu/gpu.h"
+#include "kvfs/format.h"
 
 #define SPIN_NS       (50ull * 1000)   /* poll this long after the last request */
 #define SLEEP_MS      500              /* then sleep, waking to check the owner */
@@ -775,6 +776,24 @@ static struct fp_match *match_of(struct fp_reg *r, uint64_t id)
 }
 
 #define BOUNCE_BYTES (1u << 20)
+#define SAVE_DEV_MAX_BYTES (1ull << 30)
+
+/* The ring's stream, on @dev (made at the first use, remade if the device changes). */
+static int ring_stream(struct fp_reg *r, gpu_dev *dev)
+{
+	if (r->stream && r->stream_dev != dev) {
+		if (r->stream_dev->ops->stream_sync(r->stream))
+			return -EIO;
+		r->stream_dev->ops->stream_free(r->stream);
+		r->stream = NULL;
+	}
+	if (!r->stream) {
+		if (dev->ops->stream_new(dev, &r->stream))
+			return -EIO;
+		r->stream_dev = dev;
+	}
+	return 0;
+}
 
 /*
  * Queue the copy of @d into the device memory of @buf on the ring's stream
@@ -792,17 +811,8 @@ static int dev_read(struct fp_reg *r, struct fp_reg *buf, tier_obj *obj,
 	struct iovec iov[MAX_IOV];
 	uint64_t done = 0;
 
-	if (r->stream && r->stream_dev != buf->gdev) {
-		if (r->stream_dev->ops->stream_sync(r->stream))
-			goto out_dev;
-		r->stream_dev->ops->stream_free(r->stream);
-		r->stream = NULL;
-	}
-	if (!r->stream) {
-		if (ops->stream_new(buf->gdev, &r->stream))
-			goto out_dev;
-		r->stream_dev = buf->gdev;
-	}
+	if (ring_stream(r, buf->gdev))
+		goto out_dev;
 	while (done < d->len) {
 		int k = tier_read_iov(obj, d->src_off + done, d->len - done, iov, MAX_IOV);
 
@@ -957,14 +967,14 @@ static void unlink_failed(struct kvfs_fs *fs, struct kvfs_inode *in)
 	}
 }
 
+static int64_t save_file(struct fp_reg *r, struct kvfs_inode *dir, const kvfs_key *key,
+			 const uint8_t *bytes, uint64_t len);
+
 static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
-	struct kvfs_fs *fs = r->fs;
-	struct kvfs_inode *dir = ns_of(r, e->ns), *in = NULL;
+	struct kvfs_inode *dir = ns_of(r, e->ns);
 	const uint8_t *keyp = payload(r, e->args[3], KVFS_KEY_BYTES);
 	struct fp_reg *buf;
-	char hex[KVFS_KEY_HEX + 1];
-	tier_obj *data;
 	kvfs_key key;
 	int64_t rc;
 
@@ -978,7 +988,7 @@ static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	if (!buf)
 		return -EBADF;
 	if (buf->kind == REG_DEV) {
-		rc = -ENOTSUP; /* saves from device memory: DESIGN §10, next */
+		rc = -EINVAL; /* device memory is saved with SAVE_DEV */
 		goto out;
 	}
 	if (e->args[1] > buf->size || e->args[2] > buf->size - e->args[1] || e->args[2] == 0) {
@@ -986,7 +996,26 @@ static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		goto out;
 	}
 	memcpy(&key, keyp, sizeof(key));
-	kvfs_key_to_hex(&key, hex);
+	rc = save_file(r, dir, &key, buf->mem + e->args[1], e->args[2]);
+out:
+	reg_put(buf);
+	return rc;
+}
+
+/*
+ * Create `<dir>/<key hex>` from @len bytes at @bytes and seal it (a native
+ * block is validated). @return 0; -EEXIST (a hit); -ENOENT; -EBADMSG; -errno.
+ */
+static int64_t save_file(struct fp_reg *r, struct kvfs_inode *dir, const kvfs_key *key,
+			 const uint8_t *bytes, uint64_t len)
+{
+	struct kvfs_fs *fs = r->fs;
+	struct kvfs_inode *in = NULL;
+	char hex[KVFS_KEY_HEX + 1];
+	tier_obj *data;
+	int64_t rc;
+
+	kvfs_key_to_hex(key, hex);
 
 	pthread_mutex_lock(&fs->lock);
 	if (!dir->linked && dir != fs->root) {
@@ -1006,9 +1035,9 @@ static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	}
 	pthread_mutex_unlock(&fs->lock);
 	if (rc)
-		goto out;
+		return rc;
 
-	rc = tier_write(in->data, 0, buf->mem + e->args[1], e->args[2]);
+	rc = tier_write(in->data, 0, bytes, len);
 	pthread_mutex_lock(&in->lock);
 	in->writers--;
 	data = in->writers == 0 && !atomic_load(&in->sealed) ? in->data : NULL;
@@ -1029,8 +1058,119 @@ static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	else
 		atomic_fetch_add(&fs->ctr.fp_saved, 1);
 	ns_put(fs, in, 1);
+	return rc;
+}
+
+static uint64_t le_get(const uint8_t *p, unsigned bytes)
+{
+	uint64_t v = 0;
+
+	for (unsigned i = 0; i < bytes; i++)
+		v |= (uint64_t)p[i] << (8 * i);
+	return v;
+}
+
+/*
+ * SAVE_DEV (core/ring.h): the header from a host buffer, the layers copied
+ * out of the engine's device memory on the ring's stream into one host
+ * block, checksummed here, then stored as SAVE stores. The header is copied
+ * before it is read, and its sizes bound every copy; the seal validates the
+ * whole block (key, sizes, checksums) as for any native block.
+ */
+static int64_t op_save_dev(struct fp_reg *r, const struct kvfs_ring_sqe *e)
+{
+	struct kvfs_inode *dir = ns_of(r, e->ns);
+	struct fp_reg *hbuf = NULL, *dbuf = NULL;
+	uint8_t fixed[KVFS_BLOCK_FIXED_BYTES], *blk = NULL;
+	const uint8_t *pl;
+	uint64_t *sums = NULL, layer_bytes, stride, part, file_bytes, hb = e->args[2];
+	uint32_t L;
+	bool mla;
+	kvfs_key key;
+	int64_t rc = 0;
+
+	if (!dir)
+		return -EBADF;
+	if (!may(r, dir, 2 | 1))
+		return -EACCES;
+	hbuf = buf_get(r->tgid, (uint32_t)e->args[0]);
+	if (!hbuf || hbuf->kind != REG_BUF) {
+		rc = -EBADF;
+		goto out;
+	}
+	if (e->args[1] > hbuf->size || hb > hbuf->size - e->args[1] ||
+	    hb < KVFS_BLOCK_FIXED_BYTES || hb > KVFS_BLOCK_MAX_HEADER || hb % KVFS_BLOCK_ALIGN) {
+		rc = -EFAULT;
+		goto out;
+	}
+	memcpy(fixed, hbuf->mem + e->args[1], sizeof(fixed));
+	L = (uint32_t)le_get(fixed + 88, 4);
+	mla = le_get(fixed + 106, 2) == KVFS_KIND_MLA;
+	layer_bytes = le_get(fixed + 176, 8);
+	stride = le_get(fixed + 184, 8);
+	part = mla ? layer_bytes : layer_bytes / 2;
+	if (le_get(fixed + 12, 4) != hb || !L || L > KVFS_BLOCK_MAX_LAYERS || !part ||
+	    (!mla && layer_bytes % 2) || stride < layer_bytes ||
+	    stride > SAVE_DEV_MAX_BYTES / L || hb + L * stride > SAVE_DEV_MAX_BYTES) {
+		rc = -EINVAL;
+		goto out;
+	}
+	file_bytes = hb + L * stride;
+	pl = payload(r, e->args[3], KVFS_KEY_BYTES + (uint64_t)L * sizeof(struct kvfs_ring_devpart));
+	blk = calloc(1, file_bytes);
+	sums = malloc(sizeof(*sums) * L);
+	if (!pl || !blk || !sums) {
+		rc = pl ? -ENOMEM : -EINVAL;
+		goto out;
+	}
+	memcpy(blk, hbuf->mem + e->args[1], hb);
+	memcpy(&key, pl, sizeof(key));
+	for (uint32_t l = 0; l < L && !rc; l++) {
+		struct kvfs_ring_devpart dp;
+		uint8_t *seg = blk + hb + (uint64_t)l * stride;
+
+		memcpy(&dp, pl + KVFS_KEY_BYTES + (size_t)l * sizeof(dp), sizeof(dp));
+		if (!dbuf || dbuf->id != dp.buf) {
+			if (dbuf)
+				reg_put(dbuf);
+			dbuf = buf_get(r->tgid, dp.buf);
+			if (!dbuf || dbuf->kind != REG_DEV) {
+				rc = -EBADF;
+				break;
+			}
+		}
+		if (dp.k_off > dbuf->size || part > dbuf->size - dp.k_off ||
+		    (!mla && (dp.v_off > dbuf->size || part > dbuf->size - dp.v_off))) {
+			rc = -EFAULT;
+			break;
+		}
+		if (ring_stream(r, dbuf->gdev) ||
+		    dbuf->gdev->ops->copy(r->stream, seg, dbuf->dev_mem + dp.k_off, part, GPU_D2H) ||
+		    (!mla && dbuf->gdev->ops->copy(r->stream, seg + part, dbuf->dev_mem + dp.v_off,
+						   part, GPU_D2H)))
+			rc = -EIO;
+	}
+	if (r->stream && r->stream_dev->ops->stream_sync(r->stream) && !rc)
+		rc = -EIO;
+	if (rc == -EIO)
+		log_warn("fast path: a device copy for pid %d failed: %s", (int)r->tgid,
+			 gpu_error());
+	if (rc)
+		goto out;
+	for (uint32_t l = 0; l < L; l++)
+		sums[l] = kvfs_block_layer_checksum(blk + hb + (uint64_t)l * stride, layer_bytes);
+	if (kvfs_block_set_layer_checksums(blk, hb, sums, L)) {
+		rc = -EBADMSG;
+		goto out;
+	}
+	rc = save_file(r, dir, &key, blk, file_bytes);
 out:
-	reg_put(buf);
+	if (dbuf)
+		reg_put(dbuf);
+	if (hbuf)
+		reg_put(hbuf);
+	free(sums);
+	free(blk);
 	return rc;
 }
 
@@ -1080,6 +1220,9 @@ static void serve(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		break;
 	case KVFS_OP_SAVE:
 		res = op_save(r, e);
+		break;
+	case KVFS_OP_SAVE_DEV:
+		res = op_save_dev(r, e);
 		break;
 	default:
 		res = -EOPNOTSUPP;

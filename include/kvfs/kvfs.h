@@ -256,6 +256,22 @@ int kvfs_dev_unregister(kvfs_ns *ns, void *base);
 int kvfs_load_start_ex(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_pages_ex *dst,
 		       const uint32_t *block_ids, kvfs_load **out);
 
+/*
+ * As kvfs_save(), with pages that may be on a GPU. Device pages need the
+ * fast path and memory registered with kvfs_dev_register() (K and V of a
+ * layer in one registration, token rows unpadded); the daemon copies each
+ * block out of device memory before this returns, so the pages are free
+ * again then. Each block is stored before the next is asked for: unlike
+ * kvfs_save(), nothing is queued or dropped.
+ * @return the number of blocks stored or skipped as present; -EINVAL (as
+ * kvfs_save(), host and device layers mixed); -ENOTSUP (device pages off the
+ * fast path or outside registered memory); -E2BIG (more layers than one
+ * request carries, about 2700); or the first block's error.
+ */
+long kvfs_save_ex(kvfs_ns *ns, const kvfs_key *parent, size_t first_index, const uint32_t *tokens,
+		  size_t nblocks, const struct kvfs_key_extra *extra,
+		  const struct kvfs_kv_pages_ex *src, const uint32_t *block_ids);
+
 struct kvfs_ns_stats {
 	uint64_t matches;        /* kvfs_match_prefix calls */
 	uint64_t keys_asked;     /* keys passed to kvfs_match_prefix */

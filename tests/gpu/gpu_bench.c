@@ -16,9 +16,12 @@
  *   load, pool -> pages  the scatter kernel from pool blocks (native
  *                        segments) into paged K/V, vs one device-to-device
  *                        cudaMemcpyAsync of the same bytes
- *   save, pages -> pool  the gather kernel (what a save from device pages
- *                        does before it returns), and then until the bytes
- *                        are in host memory (device to pinned host)
+ *   save, pages -> pool  the gather kernel (what a save into the GPU pool
+ *                        will do before it returns), and then until the
+ *                        bytes are in host memory (device to pinned host)
+ *   save, daemon         kvfs_save_ex() from device pages through the mount
+ *                        (returns once the daemon has the blocks in DRAM),
+ *                        vs cudaMemcpyAsync of the same bytes to pinned host
  *
  * --standin runs the same code on the tests' stand-in device (checks the
  * program on a machine without a GPU; its times mean nothing).
@@ -375,6 +378,44 @@ static void bench_daemon(const char *dir)
 	verify(pages, host, bytes, "pinned h2d");
 	add("load, daemon DRAM -> device pages", t_kvfs, "pinned h2d cudaMemcpyAsync", t_pinned,
 	    bytes);
+
+	/* save from device pages: until kvfs_save_ex returns (new tokens every rep) */
+	{
+		double t_save, t_d2h;
+		unsigned rep = 0;
+
+		BEST(t_save, {
+			rep++;
+			for (size_t i = 0; i < tokens; i++)
+				toks[i] = (uint32_t)(i * 31 + 7 + rep * 1000003u);
+			if (kvfs_save_ex(ns, kvfs_ns_root(ns), 0, toks, nblocks, NULL, &dp, ids) !=
+			    (long)nblocks)
+				die("kvfs_save_ex");
+		});
+		/* the last rep's blocks, read back through host memory, are the device's bytes */
+		{
+			kvfs_match *m;
+			kvfs_load *ld;
+
+			memset(host, 0, bytes);
+			if (kvfs_ns_keys(ns, toks, tokens, NULL, keys, nblocks) != (long)nblocks ||
+			    kvfs_match_prefix(ns, keys, nblocks, &m) != (long)nblocks ||
+			    kvfs_load_start(m, 0, nblocks, &hp, ids, &ld) || kvfs_load_end(ld))
+				die("reading the saved blocks back");
+			kvfs_match_release(m);
+			if (memcmp(host, pinned, bytes)) {
+				fprintf(stderr, "gpu_bench: saved blocks: bytes differ\n");
+				exit(1);
+			}
+		}
+		BEST(t_d2h, {
+			if (ops->copy(st, pinned, pages, bytes, GPU_D2H))
+				die("d2h");
+			sync_or_die();
+		});
+		add("save, device pages -> daemon (kvfs_save_ex)", t_save,
+		    "d2h cudaMemcpyAsync (pinned)", t_d2h, bytes);
+	}
 	kvfs_dev_unregister(ns, pages);
 	kvfs_ns_close(ns);
 	ops->mem_free(dev, pages);

@@ -10,6 +10,8 @@
  *   fpdrv devload DIR SEED N            load N blocks into device pages on the tests'
  *                                       stand-in GPU (gpu/gpu.h), checking each layer as
  *                                       soon as kvfs_load_wait() says it is in; print JSON
+ *   fpdrv devsave DIR SEED N            save N blocks from device pages on the stand-in
+ *                                       GPU (kvfs_save_ex); print JSON
  *   fpdrv devreg MOUNT DIR CASE         register device memory that must be refused
  *                                       (CASE: garbage, foreign, kind, stale, unsealed,
  *                                       other, good); print {"rc": -errno}
@@ -514,6 +516,67 @@ static int dev_describe(gpu_dev *d, void *mem, size_t bytes, struct kvfs_dev_buf
 	return 0;
 }
 
+/* Describe device memory @mem as K and V pages of every layer, @per bytes each. */
+static void dev_pages(uint8_t *mem, size_t per, struct kvfs_kv_layer_ex *lx, struct pool *p)
+{
+	/* K of layer l at l * per, V after all K */
+	for (int l = 0; l < LAYERS; l++) {
+		lx[l] = (struct kvfs_kv_layer_ex){.k = mem + l * per, .v = mem + (LAYERS + l) * per,
+						  .block_stride = blk_bytes(),
+						  .token_stride = row_bytes(), .device = 0};
+		p->layers[l] = (struct kvfs_kv_layer){.k = lx[l].k, .v = lx[l].v,
+						      .block_stride = blk_bytes()};
+	}
+}
+
+/* Unregister and free the device memory, close the namespace and the device. */
+static void dev_done(kvfs_ns *ns, gpu_dev *d, uint8_t *mem)
+{
+	kvfs_dev_unregister(ns, mem);
+	kvfs_ns_close(ns);
+	d->ops->mem_free(d, mem);
+	gpu_close(d);
+}
+
+/* Save N blocks from device pages (the stand-in's memory is host memory: filled directly). */
+static int cmd_devsave(const char *dir, unsigned seed, size_t n)
+{
+	uint32_t *t = malloc(sizeof(uint32_t) * n * TOKENS), *ids = malloc(sizeof(uint32_t) * n);
+	struct kvfs_kv_layer_ex lx[LAYERS];
+	struct kvfs_kv_pages_ex pages = {.layers = lx};
+	struct kvfs_dev_buffer db;
+	struct kvfs_ns_stats st;
+	struct pool p = {0};
+	size_t bytes;
+	uint8_t *mem;
+	gpu_dev *d;
+	kvfs_ns *ns;
+	long q;
+	int reg;
+
+	if (open_ns(dir, "fast", &ns))
+		return fail("open %s", dir);
+	if (gpu_open(gpu_shm(), 0, &d) || dev_pool(d, n, &mem, &bytes) ||
+	    dev_describe(d, mem, bytes, &db))
+		return fail("stand-in device: %s", gpu_error());
+	dev_pages(mem, blk_bytes() * n, lx, &p);
+	fill(&p, seed, n);
+	reg = kvfs_dev_register(ns, &db);
+	tokens(seed, n, t);
+	for (size_t i = 0; i < n; i++)
+		ids[i] = (uint32_t)i;
+	q = kvfs_save_ex(ns, kvfs_ns_root(ns), 0, t, n, NULL, &pages, ids);
+	kvfs_ns_get_stats(ns, &st);
+	printf("{\"reg\": %d, \"saved\": %ld, \"written\": %llu, \"present\": %llu, "
+	       "\"errors\": %llu}\n",
+	       reg, q, (unsigned long long)st.saves_written, (unsigned long long)st.saves_present,
+	       (unsigned long long)st.save_errors);
+	dev_done(ns, d, mem);
+	free(t);
+	free(ids);
+	return q == (long)n && !st.save_errors ? 0 : 1;
+}
+
 static int cmd_devload(const char *dir, unsigned seed, size_t n)
 {
 	uint32_t *t = malloc(sizeof(uint32_t) * n * TOKENS), *ids = malloc(sizeof(uint32_t) * n);
@@ -536,16 +599,7 @@ static int cmd_devload(const char *dir, unsigned seed, size_t n)
 	if (gpu_open(gpu_shm(), 0, &d) || dev_pool(d, 2 * n, &mem, &bytes) ||
 	    dev_describe(d, mem, bytes, &db))
 		return fail("stand-in device: %s", gpu_error());
-	/* K of layer l at l * per, V after all K; engine blocks n..2n-1 receive */
-	for (int l = 0; l < LAYERS; l++) {
-		lx[l] = (struct kvfs_kv_layer_ex){.k = mem + l * per,
-						  .v = mem + (LAYERS + l) * per,
-						  .block_stride = blk_bytes(),
-						  .token_stride = row_bytes(),
-						  .device = 0};
-		p.layers[l] = (struct kvfs_kv_layer){
-			.k = lx[l].k, .v = lx[l].v, .block_stride = blk_bytes()};
-	}
+	dev_pages(mem, per, lx, &p); /* engine blocks n..2n-1 receive */
 	reg = kvfs_dev_register(ns, &db);
 	tokens(seed, n, t);
 	kvfs_ns_keys(ns, t, n * TOKENS, NULL, keys, n);
@@ -570,11 +624,7 @@ static int cmd_devload(const char *dir, unsigned seed, size_t n)
 	printf("{\"reg\": %d, \"matched\": %ld, \"err\": %d, \"bad_blocks\": %zu, "
 	       "\"bad_early\": %zu, \"fast\": %d}\n",
 	       reg, got, err, bad, early, kvfs_ns_is_fast(ns));
-	/* kvfs_load_start() into host memory the daemon never saw is refused too */
-	kvfs_dev_unregister(ns, mem);
-	kvfs_ns_close(ns);
-	d->ops->mem_free(d, mem);
-	gpu_close(d);
+	dev_done(ns, d, mem);
 	free(t);
 	free(ids);
 	free(keys);
@@ -675,6 +725,8 @@ int main(int argc, char **argv)
 				  atoi(argv[5]));
 	if (argc == 4 && strcmp(argv[1], "abuse") == 0)
 		return cmd_abuse(argv[2], argv[3]);
+	if (argc == 5 && strcmp(argv[1], "devsave") == 0)
+		return cmd_devsave(argv[2], (unsigned)atoi(argv[3]), (size_t)atoi(argv[4]));
 	if (argc == 5 && strcmp(argv[1], "devload") == 0)
 		return cmd_devload(argv[2], (unsigned)atoi(argv[3]), (size_t)atoi(argv[4]));
 	if (argc == 5 && strcmp(argv[1], "devreg") == 0)

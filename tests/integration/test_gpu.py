@@ -85,6 +85,22 @@ class DeviceBuffers(MountTest):
         self.assertEqual((got["reg"], got["matched"], got["err"]), (0, 6, 0))
         self.assertEqual((got["bad_blocks"], got["bad_early"], got["fast"]), (0, 0, 1))
 
+    def test_prefill_saves_from_device_pages(self):
+        # semi-PD: a prefill process saves from its device pages; a decode process
+        # loads them into its own device pages, another through host memory
+        ns = self.m.path("model", "pd")
+        got = last_json(drv("devsave", ns, 9, 5).stdout)
+        self.assertEqual((got["reg"], got["saved"], got["written"], got["errors"]),
+                         (0, 5, 5, 0))
+        self.assertEqual(len([f for f in os.listdir(ns) if not f.startswith(".")]), 5)
+        got = last_json(drv("devload", ns, 9, 5).stdout)
+        self.assertEqual((got["matched"], got["bad_blocks"], got["bad_early"]), (5, 0, 0))
+        got = last_json(drv("load", ns, "posix", 9, 5).stdout)
+        self.assertEqual((got["matched"], got["bad_blocks"]), (5, 0))
+        # saving again finds them present
+        got = last_json(drv("devsave", ns, 9, 5).stdout)
+        self.assertEqual((got["saved"], got["present"], got["written"]), (5, 5, 0))
+
     def test_bad_registrations_are_refused(self):
         ns = self.m.path("model", "ns")
         drv("save", ns, "fast", 4, 2)
