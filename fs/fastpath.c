@@ -1288,8 +1288,8 @@ static void *ring_main(void *arg)
 			reg_unlist(r);
 			self = true;
 			cds_list_for_each_entry_safe(b, tmp, &fp_regs, link)
-				if (b->kind == REG_BUF && b->tgid == r->tgid && ngone < 64 &&
-				    !owner_alive(b)) {
+				if ((b->kind == REG_BUF || b->kind == REG_DEV) && b->tgid == r->tgid &&
+				    ngone < 64 && !owner_alive(b)) {
 					reg_unlist(b);
 					gone[ngone++] = b;
 				}

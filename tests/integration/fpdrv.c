@@ -12,6 +12,8 @@
  *                                       soon as kvfs_load_wait() says it is in; print JSON
  *   fpdrv devsave DIR SEED N            save N blocks from device pages on the stand-in
  *                                       GPU (kvfs_save_ex); print JSON
+ *   fpdrv devdie DIR SEED N             register device pages, start a load into them
+ *                                       and exit mid-transfer
  *   fpdrv devreg MOUNT DIR CASE         register device memory that must be refused
  *                                       (CASE: garbage, foreign, kind, stale, unsealed,
  *                                       other, good); print {"rc": -errno}
@@ -631,6 +633,41 @@ static int cmd_devload(const char *dir, unsigned seed, size_t n)
 	return reg || err || bad || early ? 1 : 0;
 }
 
+/* Register device pages, match, start loading into them, and die at once. */
+static int cmd_devdie(const char *dir, unsigned seed, size_t n)
+{
+	uint32_t *t = malloc(sizeof(uint32_t) * n * TOKENS), *ids = malloc(sizeof(uint32_t) * n);
+	kvfs_key *keys = malloc(sizeof(kvfs_key) * n);
+	struct kvfs_kv_layer_ex lx[LAYERS];
+	struct kvfs_kv_pages_ex pages = {.layers = lx};
+	struct kvfs_dev_buffer db;
+	struct pool p = {0};
+	size_t bytes;
+	kvfs_match *m;
+	kvfs_load *ld;
+	uint8_t *mem;
+	gpu_dev *d;
+	kvfs_ns *ns;
+	long got;
+
+	if (open_ns(dir, "fast", &ns))
+		return fail("open %s", dir);
+	if (gpu_open(gpu_shm(), 0, &d) || dev_pool(d, n, &mem, &bytes) ||
+	    dev_describe(d, mem, bytes, &db) || kvfs_dev_register(ns, &db))
+		return fail("stand-in device: %s", gpu_error());
+	dev_pages(mem, blk_bytes() * n, lx, &p);
+	tokens(seed, n, t);
+	kvfs_ns_keys(ns, t, n * TOKENS, NULL, keys, n);
+	got = kvfs_match_prefix(ns, keys, n, &m);
+	for (long i = 0; i < got; i++)
+		ids[i] = (uint32_t)i;
+	if (got <= 0 || kvfs_load_start_ex(m, 0, (size_t)got, &pages, ids, &ld))
+		return fail("nothing to load");
+	printf("loading %ld\n", got);
+	fflush(stdout);
+	_exit(0); /* mid-transfer, without unregistering anything */
+}
+
 static int cmd_devreg(const char *mnt, const char *dir, const char *what)
 {
 	struct kvfs_dev_buffer db;
@@ -725,6 +762,8 @@ int main(int argc, char **argv)
 				  atoi(argv[5]));
 	if (argc == 4 && strcmp(argv[1], "abuse") == 0)
 		return cmd_abuse(argv[2], argv[3]);
+	if (argc == 5 && strcmp(argv[1], "devdie") == 0)
+		return cmd_devdie(argv[2], (unsigned)atoi(argv[3]), (size_t)atoi(argv[4]));
 	if (argc == 5 && strcmp(argv[1], "devsave") == 0)
 		return cmd_devsave(argv[2], (unsigned)atoi(argv[3]), (size_t)atoi(argv[4]));
 	if (argc == 5 && strcmp(argv[1], "devload") == 0)

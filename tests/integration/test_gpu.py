@@ -4,6 +4,7 @@ stand-in device (--gpu-standin). The CUDA path itself runs in tests/gpu/run.sh."
 import errno
 import os
 import subprocess
+import time
 import unittest
 
 from harness import KVFS, Mount, MountTest, fuse_available, read_file, write_file
@@ -100,6 +101,21 @@ class DeviceBuffers(MountTest):
         # saving again finds them present
         got = last_json(drv("devsave", ns, 9, 5).stdout)
         self.assertEqual((got["saved"], got["present"], got["written"]), (5, 5, 0))
+
+    def test_engine_dying_mid_transfer(self):
+        ns = self.m.path("model", "die")
+        drv("save", ns, "fast", 11, 8)
+        iovs = self.m.path(".kvfs", "iovs")
+        for _ in range(3):
+            r = drv("devdie", ns, 11, 8)
+            self.assertIn("loading 8", r.stdout)
+        # its ring, buffers and device registrations go once the daemon sees it gone
+        deadline = time.time() + 10
+        while os.listdir(iovs) and time.time() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(os.listdir(iovs), [])
+        got = last_json(drv("devload", ns, 11, 8).stdout)
+        self.assertEqual((got["matched"], got["bad_blocks"]), (8, 0))
 
     def test_bad_registrations_are_refused(self):
         ns = self.m.path("model", "ns")
