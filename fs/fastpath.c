@@ -325,18 +325,20 @@ static int dev_open(struct kvfs_fs *fs, struct fp_reg *r, int fd)
 	int rc;
 
 	if ((fcntl(fd, F_GET_SEALS) & seals) != seals)
-		return -EPERM;
-	if (pread(fd, &rec, sizeof(rec), 0) != (ssize_t)sizeof(rec) ||
-	    rec.magic != KVFS_DEVREG_MAGIC || rec.version != KVFS_RING_VERSION || !rec.bytes ||
-	    rec.bytes > (1ull << 40))
-		return -EINVAL;
-	rc = gpupool_ipc_open(fs, &rec, r->tgid, &r->gdev, (void **)&r->dev_mem);
+		rc = gpu_fail(-EPERM, "the registration record is not sealed");
+	else if (pread(fd, &rec, sizeof(rec), 0) != (ssize_t)sizeof(rec) ||
+		 rec.magic != KVFS_DEVREG_MAGIC || rec.version != KVFS_RING_VERSION ||
+		 !rec.bytes || rec.bytes > (1ull << 40))
+		rc = gpu_fail(-EINVAL, "a malformed registration record");
+	else
+		rc = gpupool_ipc_open(fs, &rec, r->tgid, &r->gdev, (void **)&r->dev_mem);
 	if (rc) {
 		log_warn("fast path: %s of pid %d refused: %s", r->name, (int)r->tgid, gpu_error());
-		atomic_fetch_add(&fs->ctr.fp_errors, 1);
+		atomic_fetch_add(&fs->ctr.gpu_refused, 1);
 		return rc;
 	}
 	r->size = rec.bytes;
+	atomic_fetch_add(&fs->ctr.gpu_registrations, 1);
 	return 0;
 }
 
@@ -925,8 +927,10 @@ static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 			 gpu_error());
 		rc = -EIO;
 	}
-	if (rc && dev_copies)
-		atomic_fetch_add(&r->fs->ctr.fp_errors, 1);
+	if (dev_copies && rc == -EIO)
+		atomic_fetch_add(&r->fs->ctr.gpu_copy_errors, 1);
+	else if (dev_copies && !rc)
+		atomic_fetch_add(&r->fs->ctr.gpu_loaded_bytes, total);
 	if (buf)
 		reg_put(buf);
 	atomic_fetch_add(&r->fs->ctr.read_bytes, total);
@@ -1152,9 +1156,11 @@ static int64_t op_save_dev(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	}
 	if (r->stream && r->stream_dev->ops->stream_sync(r->stream) && !rc)
 		rc = -EIO;
-	if (rc == -EIO)
+	if (rc == -EIO) {
 		log_warn("fast path: a device copy for pid %d failed: %s", (int)r->tgid,
 			 gpu_error());
+		atomic_fetch_add(&r->fs->ctr.gpu_copy_errors, 1);
+	}
 	if (rc)
 		goto out;
 	for (uint32_t l = 0; l < L; l++)
@@ -1164,6 +1170,8 @@ static int64_t op_save_dev(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		goto out;
 	}
 	rc = save_file(r, dir, &key, blk, file_bytes);
+	if (!rc)
+		atomic_fetch_add(&r->fs->ctr.gpu_saved_blocks, 1);
 out:
 	if (dbuf)
 		reg_put(dbuf);

@@ -175,6 +175,12 @@ struct kvfs_counters {
 	_Atomic uint64_t fp_missed;
 	_Atomic uint64_t fp_read_bytes;
 	_Atomic uint64_t fp_saved;
+	/* engines' device memory (fastpath.c, gpupool.c) */
+	_Atomic uint64_t gpu_registrations;
+	_Atomic uint64_t gpu_refused;
+	_Atomic uint64_t gpu_copy_errors;
+	_Atomic uint64_t gpu_loaded_bytes;
+	_Atomic uint64_t gpu_saved_blocks;
 };
 
 struct kvfs_config {
@@ -411,6 +417,14 @@ struct gpu_dev;
 int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, pid_t owner,
 		     struct gpu_dev **dev, void **mem);
 void gpupool_ipc_close(struct gpu_dev *dev, void *mem);
+struct gpupool_stat {
+	int device;
+	const char *impl; /* "cuda", or "shm" for the tests' stand-in */
+	uint64_t bytes, block_bytes;
+	uint32_t blocks, free_blocks;
+};
+/* The figures of up to @max pools into @out. @return how many (0 without --gpu). */
+unsigned gpupool_stats(struct kvfs_fs *fs, struct gpupool_stat *out, unsigned max);
 
 /* --- remote.c: the remote tier (rdma/remote.h) ------------------------------------ */
 

@@ -110,3 +110,22 @@ void gpupool_ipc_close(gpu_dev *dev, void *mem)
 {
 	dev->ops->ipc_close(dev, mem);
 }
+
+unsigned gpupool_stats(struct kvfs_fs *fs, struct gpupool_stat *out, unsigned max)
+{
+	struct gpupool *g = fs->gpu;
+	unsigned n = 0;
+
+	for (; g && n < g->n && n < max; n++) {
+		struct gpu_pool_stats st;
+
+		gpu_pool_get_stats(g->pool[n], &st);
+		out[n] = (struct gpupool_stat){.device = g->dev[n]->index,
+					       .impl = g->dev[n]->ops->name,
+					       .bytes = st.bytes,
+					       .block_bytes = st.block_bytes,
+					       .blocks = st.blocks,
+					       .free_blocks = st.free_blocks};
+	}
+	return n;
+}

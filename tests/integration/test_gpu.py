@@ -7,7 +7,7 @@ import subprocess
 import time
 import unittest
 
-from harness import KVFS, Mount, MountTest, fuse_available, read_file, write_file
+from harness import BUILD, KVFS, Mount, MountTest, fuse_available, read_file, write_file
 from test_daemon import FuseTest, is_mounted
 from test_fastpath import NOBODY, drv, last_json
 
@@ -102,6 +102,28 @@ class DeviceBuffers(MountTest):
         got = last_json(drv("devsave", ns, 9, 5).stdout)
         self.assertEqual((got["saved"], got["present"], got["written"]), (5, 5, 0))
 
+    def test_stats_metrics_and_kvfsctl_show_the_pool(self):
+        ns = self.m.path("model", "st")
+        drv("save", ns, "fast", 12, 3)
+        drv("devload", ns, 12, 3)
+        drv("devsave", ns, 13, 2)
+        last_json(drv("devreg", self.m.mnt, ns, "garbage").stdout)
+        st = self.m.stats()["gpu"]
+        self.assertEqual(st["pools"], [{"device": 0, "impl": "shm", "bytes": 64 << 20,
+                                        "block_bytes": 64 << 10, "blocks": 1024,
+                                        "free_blocks": 1024}])
+        self.assertEqual((st["registrations"], st["refused"], st["copy_errors"],
+                          st["saved_blocks"]), (2, 1, 0, 2))
+        self.assertEqual(st["loaded_bytes"], 3 * 4 * 2 * 16 * 2 * 32 * 4)
+        metrics = self.m.metrics()
+        self.assertIn('kvfs_gpu_pool_bytes{device="0"} %d' % (64 << 20), metrics)
+        self.assertIn("kvfs_gpu_refused_total 1", metrics)
+        r = subprocess.run([os.path.join(BUILD, "bin", "kvfsctl"), "status", self.m.mnt],
+                           capture_output=True, text=True, timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("device 0 (shm): pool 64.0 MiB, 64.0 MiB free", r.stdout)
+        self.assertIn("2 engine registrations, 1 refused, 0 copy errors", r.stdout)
+
     def test_engine_dying_mid_transfer(self):
         ns = self.m.path("model", "die")
         drv("save", ns, "fast", 11, 8)
@@ -162,6 +184,7 @@ class DeviceCopyFailure(unittest.TestCase):
             got = last_json(drv("devload", ns, 6, 2, check=False).stdout)
             self.assertEqual((got["matched"], got["err"]), (2, -errno.EIO))
             self.assertIn("device copy", m.log())
+            self.assertEqual(m.stats()["gpu"]["copy_errors"], 1)
             got = last_json(drv("devload", ns, 6, 2).stdout)
             self.assertEqual((got["err"], got["bad_blocks"]), (0, 0))
 
