@@ -838,11 +838,16 @@ static int dev_read(struct fp_reg *r, struct fp_reg *buf, tier_obj *obj,
 		}
 		if (k <= 0)
 			return k < 0 ? k : -EIO;
-		for (int j = 0; j < k; j++) {
-			if (ops->copy(r->stream, buf->dev_mem + d->dst_off + done, iov[j].iov_base,
-				      iov[j].iov_len, GPU_H2D))
+		/* one copy per run of adjacent pages: each copy costs a call and a DMA setup */
+		for (int j = 0; j < k;) {
+			const uint8_t *src = iov[j].iov_base;
+			size_t len = 0;
+
+			while (j < k && (const uint8_t *)iov[j].iov_base == src + len)
+				len += iov[j++].iov_len;
+			if (ops->copy(r->stream, buf->dev_mem + d->dst_off + done, src, len, GPU_H2D))
 				goto out_dev;
-			done += iov[j].iov_len;
+			done += len;
 		}
 	}
 	return 0;

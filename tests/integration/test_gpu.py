@@ -3,7 +3,9 @@
 stand-in device (--gpu-standin). The CUDA path itself runs in tests/gpu/run.sh."""
 import errno
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -169,6 +171,28 @@ class DeviceBuffers(MountTest):
             os.chmod(os.path.join(ns, name), 0o644)
         got = last_json(drv("devload", ns, 5, 3, user=NOBODY).stdout)
         self.assertEqual((got["matched"], got["bad_blocks"]), (3, 0))
+
+
+class DeviceLoadsFromNvme(unittest.TestCase):
+    def setUp(self):
+        if not fuse_available():
+            self.skipTest("no /dev/fuse or fusermount3")
+        self.disk = tempfile.mkdtemp(prefix="kvfs-nvme-", dir="/var/tmp")
+
+    def tearDown(self):
+        shutil.rmtree(self.disk, ignore_errors=True)
+
+    def test_blocks_only_on_nvme_reach_device_pages(self):
+        with Mount(dram="16M", args=STANDIN + ("--nvme", "%s/d0:128M" % self.disk)) as m:
+            ns = m.path("ns")
+            drv("save", ns, "fast", 14, 6)
+            for i in range(12):  # 24 MiB through 16 MiB of DRAM
+                write_file(m.path("other%d" % i), os.urandom(2 << 20), tmp_suffix=".t")
+            names = [n for n in os.listdir(ns) if not n.startswith(".")]
+            tiers = [os.getxattr(os.path.join(ns, n), "user.kvfs.tier").decode() for n in names]
+            self.assertIn("nvme", tiers)
+            got = last_json(drv("devload", ns, 14, 6).stdout)
+            self.assertEqual((got["matched"], got["err"], got["bad_blocks"]), (6, 0, 0))
 
 
 class DeviceCopyFailure(unittest.TestCase):

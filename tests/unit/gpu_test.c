@@ -573,7 +573,8 @@ static void test_ipc_handles(void **state)
 	struct gpu_ipc h, bad;
 	void *dev = dev_alloc(e, 1 << 20);
 
-	assert_int_equal(ops->ipc_export(e->d, (uint8_t *)dev + 4096, 4096, &h), -EINVAL);
+	if (standin) /* CUDA exports the allocation holding an interior pointer */
+		assert_int_equal(ops->ipc_export(e->d, (uint8_t *)dev + 4096, 4096, &h), -EINVAL);
 	assert_int_equal(ops->ipc_export(e->d, dev, 1 << 20, &h), 0);
 	assert_int_equal(h.impl, ops->impl);
 	assert_int_equal(h.bytes, 1 << 20);
