@@ -100,6 +100,13 @@ struct fp_reg {
 	gpu_dev *stream_dev;
 	gpu_stream *stream;
 	uint8_t *bounce; /* NVMe bytes on their way to a device */
+	struct {         /* copies waiting to go as one batch (batch_add) */
+		void **dst;
+		const void **src;
+		size_t *len;
+		unsigned n;
+		enum gpu_dir dir;
+	} batch;
 };
 
 static pthread_mutex_t fp_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -217,6 +224,9 @@ static void reg_put(struct fp_reg *r)
 	if (r->stream)
 		r->stream_dev->ops->stream_free(r->stream);
 	free(r->bounce);
+	free(r->batch.dst);
+	free(r->batch.src);
+	free(r->batch.len);
 	free(r->matches);
 	free(r);
 }
@@ -780,11 +790,13 @@ static struct fp_match *match_of(struct fp_reg *r, uint64_t id)
 #define BOUNCE_BYTES (1u << 20)
 #define SAVE_DEV_MAX_BYTES (1ull << 30)
 
+static int batch_sync(struct fp_reg *r);
+
 /* The ring's stream, on @dev (made at the first use, remade if the device changes). */
 static int ring_stream(struct fp_reg *r, gpu_dev *dev)
 {
 	if (r->stream && r->stream_dev != dev) {
-		if (r->stream_dev->ops->stream_sync(r->stream))
+		if (batch_sync(r))
 			return -EIO;
 		r->stream_dev->ops->stream_free(r->stream);
 		r->stream = NULL;
@@ -795,6 +807,75 @@ static int ring_stream(struct fp_reg *r, gpu_dev *dev)
 		r->stream_dev = dev;
 	}
 	return 0;
+}
+
+#define BATCH_MAX 1024
+
+/* Queue the waiting copies on the ring's stream. @return 0; -EIO. */
+static int batch_flush(struct fp_reg *r)
+{
+	int rc = 0;
+
+	if (r->batch.n)
+		rc = r->stream_dev->ops->copy_batch(r->stream, r->batch.dst, r->batch.src,
+						    r->batch.len, r->batch.n, r->batch.dir);
+	r->batch.n = 0;
+	return rc ? -EIO : 0;
+}
+
+/*
+ * Add a copy to the ring's batch (its stream made by ring_stream()),
+ * extending the last one when both sides continue it: adjacent DRAM pages,
+ * a block's K and V where the engine keeps them adjacent too. A copy the
+ * runtime is asked for costs a call and a DMA setup, whatever its size.
+ * @return 0; -ENOMEM; -EIO (flushing a full batch failed).
+ */
+static int batch_add(struct fp_reg *r, void *dst, const void *src, size_t len, enum gpu_dir dir)
+{
+	unsigned n = r->batch.n;
+	int rc;
+
+	if (!r->batch.dst) {
+		r->batch.dst = malloc(sizeof(*r->batch.dst) * BATCH_MAX);
+		r->batch.src = malloc(sizeof(*r->batch.src) * BATCH_MAX);
+		r->batch.len = malloc(sizeof(*r->batch.len) * BATCH_MAX);
+		if (!r->batch.dst || !r->batch.src || !r->batch.len) {
+			free(r->batch.dst);
+			free(r->batch.src);
+			free(r->batch.len);
+			r->batch.dst = NULL;
+			r->batch.src = NULL;
+			r->batch.len = NULL;
+			return -ENOMEM;
+		}
+	}
+	if (n && r->batch.dir == dir &&
+	    (uint8_t *)r->batch.dst[n - 1] + r->batch.len[n - 1] == (uint8_t *)dst &&
+	    (const uint8_t *)r->batch.src[n - 1] + r->batch.len[n - 1] == (const uint8_t *)src) {
+		r->batch.len[n - 1] += len;
+		return 0;
+	}
+	if (n == BATCH_MAX || (n && r->batch.dir != dir)) {
+		if ((rc = batch_flush(r)))
+			return rc;
+		n = 0;
+	}
+	r->batch.dst[n] = dst;
+	r->batch.src[n] = src;
+	r->batch.len[n] = len;
+	r->batch.dir = dir;
+	r->batch.n = n + 1;
+	return 0;
+}
+
+/* Flush the batch and wait for the stream. @return 0; -EIO. */
+static int batch_sync(struct fp_reg *r)
+{
+	int rc = batch_flush(r);
+
+	if (r->stream && r->stream_dev->ops->stream_sync(r->stream))
+		rc = -EIO;
+	return rc;
 }
 
 /*
@@ -809,9 +890,9 @@ static int ring_stream(struct fp_reg *r, gpu_dev *dev)
 static int dev_read(struct fp_reg *r, struct fp_reg *buf, tier_obj *obj,
 		    const struct kvfs_ring_desc *d)
 {
-	const struct gpu_ops *ops = buf->gdev->ops;
 	struct iovec iov[MAX_IOV];
 	uint64_t done = 0;
+	int rc;
 
 	if (ring_stream(r, buf->gdev))
 		goto out_dev;
@@ -824,30 +905,28 @@ static int dev_read(struct fp_reg *r, struct fp_reg *buf, tier_obj *obj,
 
 			if (!r->bounce && !(r->bounce = malloc(BOUNCE_BYTES)))
 				return -ENOMEM;
-			if (ops->stream_sync(r->stream)) /* the bounce buffer is free again */
+			if (batch_sync(r)) /* the bounce buffer is free again */
 				goto out_dev;
 			got = tier_read(obj, d->src_off + done, r->bounce, want);
 			if (got <= 0)
 				return got < 0 ? (int)got : -EIO;
-			if (ops->copy(r->stream, buf->dev_mem + d->dst_off + done, r->bounce,
-				      (size_t)got, GPU_H2D) ||
-			    ops->stream_sync(r->stream))
+			if (batch_add(r, buf->dev_mem + d->dst_off + done, r->bounce, (size_t)got,
+				      GPU_H2D) ||
+			    batch_sync(r))
 				goto out_dev;
 			done += (uint64_t)got;
 			continue;
 		}
 		if (k <= 0)
 			return k < 0 ? k : -EIO;
-		/* one copy per run of adjacent pages: each copy costs a call and a DMA setup */
-		for (int j = 0; j < k;) {
-			const uint8_t *src = iov[j].iov_base;
-			size_t len = 0;
-
-			while (j < k && (const uint8_t *)iov[j].iov_base == src + len)
-				len += iov[j++].iov_len;
-			if (ops->copy(r->stream, buf->dev_mem + d->dst_off + done, src, len, GPU_H2D))
+		for (int j = 0; j < k; j++) {
+			rc = batch_add(r, buf->dev_mem + d->dst_off + done, iov[j].iov_base,
+				       iov[j].iov_len, GPU_H2D);
+			if (rc == -EIO)
 				goto out_dev;
-			done += len;
+			if (rc)
+				return rc;
+			done += iov[j].iov_len;
 		}
 	}
 	return 0;
@@ -927,7 +1006,7 @@ static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		total += done;
 	}
 	/* the request completes when its bytes are in device memory */
-	if (dev_copies && r->stream && r->stream_dev->ops->stream_sync(r->stream) && !rc) {
+	if (dev_copies && r->stream && batch_sync(r) && !rc) {
 		log_warn("fast path: a device copy for pid %d failed: %s", (int)r->tgid,
 			 gpu_error());
 		rc = -EIO;
@@ -1154,12 +1233,11 @@ static int64_t op_save_dev(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 			break;
 		}
 		if (ring_stream(r, dbuf->gdev) ||
-		    dbuf->gdev->ops->copy(r->stream, seg, dbuf->dev_mem + dp.k_off, part, GPU_D2H) ||
-		    (!mla && dbuf->gdev->ops->copy(r->stream, seg + part, dbuf->dev_mem + dp.v_off,
-						   part, GPU_D2H)))
+		    batch_add(r, seg, dbuf->dev_mem + dp.k_off, part, GPU_D2H) ||
+		    (!mla && batch_add(r, seg + part, dbuf->dev_mem + dp.v_off, part, GPU_D2H)))
 			rc = -EIO;
 	}
-	if (r->stream && r->stream_dev->ops->stream_sync(r->stream) && !rc)
+	if (r->stream && batch_sync(r) && !rc)
 		rc = -EIO;
 	if (rc == -EIO) {
 		log_warn("fast path: a device copy for pid %d failed: %s", (int)r->tgid,

@@ -267,6 +267,31 @@ static int cu_copy(gpu_stream *s, void *dst, const void *src, size_t bytes, enum
 	return e == cudaSuccess ? 0 : cu_fail(e, "cudaMemcpyAsync");
 }
 
+static int cu_copy_batch(gpu_stream *s, void *const *dsts, const void *const *srcs,
+			 const size_t *sizes, size_t n, enum gpu_dir dir)
+{
+	struct cudaMemcpyAttributes attr = {.srcAccessOrder = cudaMemcpySrcAccessOrderStream};
+	size_t idx = 0;
+	cudaError_t e;
+	int rc;
+
+	if (dir < GPU_H2D || dir > GPU_D2D)
+		return gpu_fail(-EINVAL, "copy: bad direction %d", (int)dir);
+	if (!n)
+		return 0;
+	if ((rc = cu_use(s->dev)))
+		return rc;
+	e = cudaMemcpyBatchAsync(dsts, srcs, sizes, n, &attr, &idx, 1, s->s);
+	if (e == cudaErrorNotSupported) { /* a driver without batches: one call each */
+		cudaGetLastError();
+		for (size_t i = 0; i < n; i++)
+			if ((rc = cu_copy(s, dsts[i], srcs[i], sizes[i], dir)))
+				return rc;
+		return 0;
+	}
+	return e == cudaSuccess ? 0 : cu_fail(e, "cudaMemcpyBatchAsync");
+}
+
 static int cu_kv_map(gpu_stream *s, const struct gpu_kv_xfer *x)
 {
 	struct cuda_table *t = &s->tables[s->next];
@@ -429,6 +454,7 @@ static const struct gpu_ops cuda_ops = {
 	.stream_new = cu_stream_new,
 	.stream_free = cu_stream_free,
 	.copy = cu_copy,
+	.copy_batch = cu_copy_batch,
 	.kv_map = cu_kv_map,
 	.stream_sync = cu_stream_sync,
 	.event_new = cu_event_new,

@@ -140,6 +140,15 @@ struct gpu_ops {
 	/* Queue a copy. @return 0; -EINVAL; -EIO. */
 	int (*copy)(gpu_stream *s, void *dst, const void *src, size_t bytes, enum gpu_dir dir);
 	/*
+	 * Queue @n copies of one direction as one batch (CUDA:
+	 * cudaMemcpyBatchAsync, one call for all; copies within a batch run in
+	 * no particular order, so they must not overlap). The arrays may be
+	 * reused once this returns; the sources must stay valid until the
+	 * stream has passed the batch. @return 0; -EINVAL; -EIO.
+	 */
+	int (*copy_batch)(gpu_stream *s, void *const *dsts, const void *const *srcs,
+			  const size_t *sizes, size_t n, enum gpu_dir dir);
+	/*
 	 * Queue a gather/scatter (its host arrays may be reused once this
 	 * returns). The caller checks @x first with gpu_kv_check().
 	 * @return 0; -EINVAL; -ENOMEM; -EIO.

@@ -451,6 +451,18 @@ static int shm_copy(gpu_stream *s, void *dst, const void *src, size_t bytes, enu
 	return 0;
 }
 
+static int shm_copy_batch(gpu_stream *s, void *const *dsts, const void *const *srcs,
+			  const size_t *sizes, size_t n, enum gpu_dir dir)
+{
+	for (size_t i = 0; i < n; i++) {
+		int rc = shm_copy(s, dsts[i], srcs[i], sizes[i], dir);
+
+		if (rc)
+			return rc; /* the earlier ones stay queued, as a failed CUDA batch may */
+	}
+	return 0;
+}
+
 static int shm_kv_map(gpu_stream *s, const struct gpu_kv_xfer *x)
 {
 	uint64_t seg_bytes = gpu_kv_seg_bytes(x);
@@ -694,6 +706,7 @@ static const struct gpu_ops shm_ops = {
 	.stream_new = shm_stream_new,
 	.stream_free = shm_stream_free,
 	.copy = shm_copy,
+	.copy_batch = shm_copy_batch,
 	.kv_map = shm_kv_map,
 	.stream_sync = shm_stream_sync,
 	.event_new = shm_event_new,

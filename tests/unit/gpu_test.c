@@ -222,6 +222,42 @@ static void test_copies(void **state)
 	ops->mem_free(e->d, b);
 }
 
+/* A batch of scattered copies, both ways, of sizes that are not multiples of anything. */
+static void test_copy_batch(void **state)
+{
+	struct env *e = *state;
+	enum { N = 100, MAXLEN = 3000 };
+	uint8_t *host, *back, *dev = dev_alloc(e, N * 4096);
+	void *dsts[N];
+	const void *srcs[N];
+	size_t sizes[N];
+
+	assert_int_equal(ops->host_alloc(e->d, N * 4096, (void **)&host), 0);
+	assert_int_equal(ops->host_alloc(e->d, N * 4096, (void **)&back), 0);
+	fill_rand(host, N * 4096);
+	memset(back, 0, N * 4096);
+	for (int i = 0; i < N; i++) { /* host chunk i goes to device slot N-1-i */
+		dsts[i] = dev + (N - 1 - i) * 4096 + i % 7;
+		srcs[i] = host + i * 4096;
+		sizes[i] = 1 + (size_t)(next_rand() % MAXLEN);
+	}
+	assert_int_equal(ops->copy_batch(e->s, dsts, srcs, sizes, N, GPU_H2D), 0);
+	for (int i = 0; i < N; i++) { /* and back into another host buffer */
+		srcs[i] = dsts[i];
+		dsts[i] = back + i * 4096;
+	}
+	assert_int_equal(ops->copy_batch(e->s, dsts, srcs, sizes, N, GPU_D2H), 0);
+	assert_int_equal(ops->stream_sync(e->s), 0);
+	for (int i = 0; i < N; i++) {
+		assert_memory_equal(back + i * 4096, host + i * 4096, sizes[i]);
+		assert_int_equal(back[i * 4096 + sizes[i]], 0); /* nothing beyond */
+	}
+	assert_int_equal(ops->copy_batch(e->s, dsts, srcs, sizes, 0, GPU_D2H), 0);
+	ops->host_free(e->d, host);
+	ops->host_free(e->d, back);
+	ops->mem_free(e->d, dev);
+}
+
 /* The stand-in checks the sides of a copy as CUDA's unified addressing would. */
 static void test_copy_sides(void **state)
 {
@@ -685,6 +721,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_kv_check),
 		cmocka_unit_test_setup_teardown(test_pool, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copies, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_copy_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_sides, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_layer_events, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_fault, setup, teardown),
