@@ -543,6 +543,15 @@ static char *render_config(struct kvfs_fs *fs)
 	json_object_set_new(root, "persist", json_string(c->persist_through ? "through" : "back"));
 	json_object_set_new(root, "fuse_options", json_string(c->fuse_opts));
 	json_object_set_new(root, "log", c->log_path ? json_string(c->log_path) : json_null());
+	{
+		json_t *g = json_array();
+
+		for (unsigned i = 0; i < c->gpu_count; i++)
+			json_array_append_new(g, json_pack("{s:i,s:I}", "device", c->gpu[i].dev,
+							   "bytes", (json_int_t)c->gpu[i].bytes));
+		json_object_set_new(root, "gpu", g);
+		json_object_set_new(root, "gpu_standin", json_boolean(c->gpu_standin));
+	}
 	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(root);
 	return out;

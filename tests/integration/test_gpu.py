@@ -125,6 +125,9 @@ class DeviceBuffers(MountTest):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("device 0 (shm): pool 64.0 MiB, 64.0 MiB free", r.stdout)
         self.assertIn("2 engine registrations, 1 refused, 0 copy errors", r.stdout)
+        cfg = self.m.config()
+        self.assertEqual((cfg["gpu"], cfg["gpu_standin"]),
+                         ([{"device": 0, "bytes": 64 << 20}], True))
 
     def test_engine_dying_mid_transfer(self):
         ns = self.m.path("model", "die")
