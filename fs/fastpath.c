@@ -26,6 +26,13 @@
  * buffer, and seals it through the same path as a close (native blocks are
  * validated; an invalid one is removed and the request fails with EBADMSG).
  *
+ * Device memory. A dev.<> registration is a sealed record naming an
+ * engine's GPU allocation by its IPC handle (core/ring.h); the daemon maps
+ * it on its --gpu device (gpupool.c) and READs into it, or SAVE_DEVs out of
+ * it, with batched copies on the ring's own stream, completing a request
+ * only after the stream has passed it. The permission rules above apply
+ * unchanged; a stand-in handle must be the registering process's own.
+ *
  * Locking: fp_lock guards the registration list; a buffer in use by a ring
  * thread is referenced, and its mapping outlives its unregistration until
  * the last reference goes. A ring's tables (namespaces, matches) belong to

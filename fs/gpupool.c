@@ -5,9 +5,12 @@
  * driver, a build without CUDA or a pool larger than the device's free
  * memory stops the start with one line saying which.
  *
- * As built, the pools are allocated, logged and freed at unmount; they are
- * not yet a tier backend: that waits for the tier backend interface (DESIGN
- * §10 has the plan). `--gpu-standin` puts the pools on gpu_shm(), the tests'
+ * As built, the pools are allocated, shown in the stats and freed at
+ * unmount, and the devices they are on take engines' device-buffer
+ * registrations (fastpath.c): the daemon maps an engine's IPC handle on
+ * whichever of its devices the memory is on. The pools are not yet a tier
+ * backend: that waits for the tier backend interface (DESIGN §10 has the
+ * plan). `--gpu-standin` puts the pools on gpu_shm(), the tests'
  * stand-in device, so that the start-up checks run without a GPU; it is
  * never chosen otherwise.
  *
