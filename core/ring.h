@@ -107,8 +107,9 @@ struct kvfs_ring_devreg {
 	uint32_t version;  /* KVFS_RING_VERSION */
 	uint32_t kind;     /* enum kvfs_dev_kind (kvfs/kvfs.h) = enum gpu_impl */
 	int32_t device;    /* the engine's device ordinal */
-	uint64_t bytes;    /* of the allocation */
-	uint64_t base;     /* its address in the engine (offsets are from here) */
+	uint64_t bytes;    /* registered, from base */
+	uint64_t base;     /* its address in the engine (descriptor offsets are from here) */
+	uint64_t offset;   /* how far base lies into the exported allocation */
 	uint8_t uuid[16];
 	uint8_t handle[64];
 };

@@ -612,6 +612,7 @@ int fast_dev_register(kvfs_ns *ns, const struct kvfs_dev_buffer *db)
 		.device = db->device,
 		.bytes = db->bytes,
 		.base = (uint64_t)(uintptr_t)db->base,
+		.offset = db->offset,
 	};
 	const uint8_t *lo = db->base;
 	struct fast_buf *b;

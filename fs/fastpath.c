@@ -91,7 +91,8 @@ struct fp_reg {
 
 	/* dev.<>: the engine's device memory, mapped on one of our --gpu devices */
 	gpu_dev *gdev;
-	uint8_t *dev_mem;
+	uint8_t *dev_map; /* the exported allocation, as mapped */
+	uint8_t *dev_mem; /* where the registered memory starts in it */
 
 	/* rings: the geometry as checked at registration (never reread) */
 	struct kvfs_fs *fs;
@@ -226,8 +227,8 @@ static void reg_put(struct fp_reg *r)
 		return;
 	if (r->mem)
 		munmap(r->mem, r->size);
-	if (r->dev_mem)
-		gpupool_ipc_close(r->gdev, r->dev_mem);
+	if (r->dev_map)
+		gpupool_ipc_close(r->gdev, r->dev_map);
 	if (r->stream)
 		r->stream_dev->ops->stream_free(r->stream);
 	free(r->bounce);
@@ -345,15 +346,16 @@ static int dev_open(struct kvfs_fs *fs, struct fp_reg *r, int fd)
 		rc = gpu_fail(-EPERM, "the registration record is not sealed");
 	else if (pread(fd, &rec, sizeof(rec), 0) != (ssize_t)sizeof(rec) ||
 		 rec.magic != KVFS_DEVREG_MAGIC || rec.version != KVFS_RING_VERSION ||
-		 !rec.bytes || rec.bytes > (1ull << 40))
+		 !rec.bytes || rec.bytes > (1ull << 40) || rec.offset > (1ull << 40))
 		rc = gpu_fail(-EINVAL, "a malformed registration record");
 	else
-		rc = gpupool_ipc_open(fs, &rec, r->tgid, &r->gdev, (void **)&r->dev_mem);
+		rc = gpupool_ipc_open(fs, &rec, r->tgid, &r->gdev, (void **)&r->dev_map);
 	if (rc) {
 		log_warn("fast path: %s of pid %d refused: %s", r->name, (int)r->tgid, gpu_error());
 		atomic_fetch_add(&fs->ctr.gpu_refused, 1);
 		return rc;
 	}
+	r->dev_mem = r->dev_map + rec.offset;
 	r->size = rec.bytes;
 	atomic_fetch_add(&fs->ctr.gpu_registrations, 1);
 	return 0;

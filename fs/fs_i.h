@@ -407,8 +407,9 @@ void gpupool_stop(struct kvfs_fs *fs);
 struct kvfs_ring_devreg;
 struct gpu_dev;
 /*
- * Map an engine's device memory named by @rec on the --gpu device it is on,
- * for the registering process @owner.
+ * Map the allocation holding an engine's device memory named by @rec (its
+ * offset + bytes at least) on the --gpu device it is on, for the
+ * registering process @owner; *mem is the allocation's start.
  * @return 0 with *dev and *mem set; -ENODEV (no --gpu pool of that kind);
  * -EPERM (a stand-in handle that @owner did not export);
  * -EXDEV (on none of our devices); -EINVAL, -ESTALE (a bad or stale

@@ -173,8 +173,9 @@ struct gpu_ops {
 	 */
 	int (*ipc_export)(gpu_dev *d, void *p, size_t bytes, struct gpu_ipc *out);
 	/*
-	 * Map another process's exported allocation into this one. Checks the
-	 * handle's implementation and device against @d.
+	 * Map another process's exported allocation into this one (at least
+	 * h->bytes of it, from its start). Checks the handle's implementation
+	 * and device against @d.
 	 * @return 0; -EINVAL (malformed); -EXDEV (other implementation or
 	 * device); -ESTALE (gone); -ENOMEM; -EIO.
 	 */

@@ -649,7 +649,7 @@ static int shm_ipc_open(gpu_dev *gd, const struct gpu_ipc *ipc, void **out)
 		rc = gpu_fail(-ESTALE, "IPC handle names memory that is gone (%s)", link);
 		goto out_close;
 	}
-	if ((uint64_t)st.st_size != ipc->bytes) {
+	if ((uint64_t)st.st_size < ipc->bytes) {
 		rc = gpu_fail(-EINVAL, "IPC handle says %" PRIu64 " bytes, the memory has %lld",
 			      ipc->bytes, (long long)st.st_size);
 		goto out_close;

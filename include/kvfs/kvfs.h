@@ -208,7 +208,7 @@ struct kvfs_kv_pages_ex {
  *   cudaIpcMemHandle_t h;  cudaIpcGetMemHandle(&h, base);
  *   cudaDeviceProp p;      cudaGetDeviceProperties(&p, dev);
  *   struct kvfs_dev_buffer b = {.base = base, .bytes = bytes, .device = dev,
- *                               .kind = KVFS_DEV_CUDA};
+ *                               .kind = KVFS_DEV_CUDA};  // .offset 0: cudaMalloc's pointer
  *   memcpy(b.uuid, &p.uuid, 16);  memcpy(b.ipc_handle, &h, 64);
  *   kvfs_dev_register(ns, &b);
  *
@@ -221,8 +221,10 @@ enum kvfs_dev_kind {
 };
 
 struct kvfs_dev_buffer {
-	void *base;   /* the allocation's start in the engine's address space */
-	size_t bytes;
+	void *base;    /* where the memory starts in the engine's address space */
+	size_t offset; /* how far @base lies into the exported allocation: 0 for
+			* cudaMalloc's pointer; PyTorch's _share_cuda_() says it */
+	size_t bytes;  /* from @base */
 	int device;   /* CUDA device ordinal in the engine's process */
 	unsigned kind; /* enum kvfs_dev_kind */
 	uint8_t uuid[16];        /* the device's UUID (cudaDeviceProp.uuid) */

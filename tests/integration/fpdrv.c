@@ -497,10 +497,16 @@ static int cmd_abuse(const char *mnt, const char *nsrel)
 
 /* --- device memory (the stand-in GPU) ------------------------------------------------------- */
 
+/*
+ * The engine's pages start DEV_SKIP bytes into its allocation (as a tensor
+ * inside a PyTorch allocator segment does): registered with that offset.
+ */
+#define DEV_SKIP 4096
+
 /* Device memory for K and V of @nblocks engine blocks of every layer, as one allocation. */
 static int dev_pool(gpu_dev *d, size_t nblocks, uint8_t **mem, size_t *bytes)
 {
-	*bytes = 2 * LAYERS * nblocks * blk_bytes();
+	*bytes = DEV_SKIP + 2 * LAYERS * nblocks * blk_bytes();
 	return d->ops->mem_alloc(d, *bytes, (void **)mem);
 }
 
@@ -511,8 +517,11 @@ static int dev_describe(gpu_dev *d, void *mem, size_t bytes, struct kvfs_dev_buf
 
 	if (rc)
 		return rc;
-	*b = (struct kvfs_dev_buffer){
-		.base = mem, .bytes = bytes, .device = d->index, .kind = KVFS_DEV_STANDIN};
+	*b = (struct kvfs_dev_buffer){.base = (uint8_t *)mem + DEV_SKIP,
+				      .offset = DEV_SKIP,
+				      .bytes = bytes - DEV_SKIP,
+				      .device = d->index,
+				      .kind = KVFS_DEV_STANDIN};
 	memcpy(b->uuid, h.uuid, sizeof(b->uuid));
 	memcpy(b->ipc_handle, h.handle, sizeof(b->ipc_handle));
 	return 0;
@@ -521,6 +530,7 @@ static int dev_describe(gpu_dev *d, void *mem, size_t bytes, struct kvfs_dev_buf
 /* Describe device memory @mem as K and V pages of every layer, @per bytes each. */
 static void dev_pages(uint8_t *mem, size_t per, struct kvfs_kv_layer_ex *lx, struct pool *p)
 {
+	mem += DEV_SKIP;
 	/* K of layer l at l * per, V after all K */
 	for (int l = 0; l < LAYERS; l++) {
 		lx[l] = (struct kvfs_kv_layer_ex){.k = mem + l * per, .v = mem + (LAYERS + l) * per,
