@@ -76,6 +76,10 @@ int gpu_kv_check(const struct gpu_kv_xfer *x)
 				"gather/scatter: a row of %" PRIu64
 				" bytes does not fit a token stride of %" PRIu64,
 				x->row_bytes, x->token_stride);
+	if ((uint64_t)x->tokens * x->row_bytes > UINT32_MAX)
+		return gpu_fail(-EINVAL, "gather/scatter: %" PRIu32 " rows of %" PRIu64
+				" bytes: a block's part must stay under 4 GiB",
+				x->tokens, x->row_bytes);
 	if (x->block_stride < (uint64_t)(x->tokens - 1) * x->token_stride + x->row_bytes)
 		return gpu_fail(-EINVAL,
 				"gather/scatter: %" PRIu32
@@ -140,8 +144,10 @@ void gpu_kv_args_init(const struct gpu_kv_xfer *x, struct gpu_kv_args *a)
 	a->tokens = x->tokens;
 	a->parts = x->v ? 2 : 1;
 	a->nblocks = x->nblocks;
-	a->units_per_row = x->row_bytes / a->unit;
-	a->items = (uint64_t)a->nblocks * a->parts * a->tokens * a->units_per_row;
+	a->nparts = a->nblocks * a->parts;
+	a->units_per_row = (uint32_t)(x->row_bytes / a->unit);
+	a->units_per_part = a->tokens * a->units_per_row;
+	a->contig = x->token_stride == x->row_bytes;
 	a->block_ids = x->block_ids;
 	a->segs = x->segs;
 	a->gather = x->gather;

@@ -323,19 +323,24 @@ static int shm_run(struct shm_op *op)
 		memmove(op->dst, op->src, op->bytes);
 		return 0;
 	}
-	/* the kernel's grid, one item after another */
-	for (uint64_t u = 0; u < op->kv.items; u++) {
+	/* the kernel's grid: each part, then each unit of it, one after another */
+	for (uint32_t bp = 0; bp < op->kv.nparts; bp++) {
 		uint8_t *page, *seg;
 
-		gpu_kv_item(&op->kv, u, &page, &seg);
-		/* a GPU faults on an access not aligned to its width (cudaErrorMisalignedAddress)
-		 */
-		if (((uintptr_t)page | (uintptr_t)seg) & (op->kv.unit - 1))
-			return -EFAULT;
-		if (op->kv.gather)
-			memcpy(seg, page, op->kv.unit);
-		else
-			memcpy(page, seg, op->kv.unit);
+		gpu_kv_part(&op->kv, bp, &page, &seg);
+		for (uint32_t u = 0; u < op->kv.units_per_part; u++) {
+			uint64_t po, so;
+
+			gpu_kv_unit(&op->kv, u, &po, &so);
+			/* a GPU faults on an access not aligned to its width
+			 * (cudaErrorMisalignedAddress) */
+			if (((uintptr_t)(page + po) | (uintptr_t)(seg + so)) & (op->kv.unit - 1))
+				return -EFAULT;
+			if (op->kv.gather)
+				memcpy(seg + so, page + po, op->kv.unit);
+			else
+				memcpy(page + po, seg + so, op->kv.unit);
+		}
 	}
 	return 0;
 }

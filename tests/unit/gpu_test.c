@@ -484,6 +484,13 @@ static void test_kv_check(void **state)
 	x.nblocks = 1;
 	x.tokens = 0;
 	assert_int_equal(gpu_kv_check(&x), -EINVAL);
+	x.tokens = 65536; /* a part of 4 GiB */
+	x.row_bytes = x.token_stride = 65536;
+	x.block_stride = 1ull << 32;
+	assert_int_equal(gpu_kv_check(&x), -EINVAL);
+	assert_non_null(strstr(gpu_error(), "4 GiB"));
+	x.row_bytes = x.token_stride = 64;
+	x.block_stride = 256;
 	x.tokens = 4;
 	x.k = NULL;
 	assert_int_equal(gpu_kv_check(&x), -EINVAL);
