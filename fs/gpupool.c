@@ -87,8 +87,8 @@ int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, pid
 		     gpu_dev **dev, void **mem)
 {
 	struct gpupool *g = fs->gpu;
-	struct gpu_ipc h = {.impl = rec->kind, .device = rec->device,
-			    .bytes = rec->offset + rec->bytes};
+	struct gpu_ipc h = {
+		.impl = rec->kind, .device = rec->device, .bytes = rec->offset + rec->bytes};
 	int rc = -EXDEV;
 
 	memcpy(h.uuid, rec->uuid, sizeof(h.uuid));

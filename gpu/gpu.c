@@ -77,7 +77,8 @@ int gpu_kv_check(const struct gpu_kv_xfer *x)
 				" bytes does not fit a token stride of %" PRIu64,
 				x->row_bytes, x->token_stride);
 	if ((uint64_t)x->tokens * x->row_bytes > UINT32_MAX)
-		return gpu_fail(-EINVAL, "gather/scatter: %" PRIu32 " rows of %" PRIu64
+		return gpu_fail(-EINVAL,
+				"gather/scatter: %" PRIu32 " rows of %" PRIu64
 				" bytes: a block's part must stay under 4 GiB",
 				x->tokens, x->row_bytes);
 	if (x->block_stride < (uint64_t)(x->tokens - 1) * x->token_stride + x->row_bytes)

@@ -10,8 +10,7 @@
 
 #include "gpu/kv_map.h"
 
-template <typename T>
-__global__ void kv_map_kernel(struct gpu_kv_args a)
+template <typename T> __global__ void kv_map_kernel(struct gpu_kv_args a)
 {
 	for (uint32_t bp = blockIdx.x; bp < a.nparts; bp += gridDim.x) {
 		uint8_t *page, *seg;

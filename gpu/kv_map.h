@@ -39,12 +39,12 @@ struct gpu_kv_args {
 	uint8_t *k, *v;
 	uint64_t block_stride, token_stride, row_bytes;
 	uint32_t tokens, parts, nblocks, unit;
-	uint32_t nparts;         /* nblocks * parts */
+	uint32_t nparts; /* nblocks * parts */
 	uint32_t units_per_row;
-	uint32_t units_per_part;  /* tokens * units_per_row */
-	int contig;               /* token_stride == row_bytes */
+	uint32_t units_per_part;   /* tokens * units_per_row */
+	int contig;		   /* token_stride == row_bytes */
 	const uint32_t *block_ids; /* device-visible */
-	uint8_t *const *segs;      /* device-visible */
+	uint8_t *const *segs;	   /* device-visible */
 	int gather;
 };
 
