@@ -59,8 +59,10 @@ static void usage(FILE *out)
 		"  --log FILE             log file (default: stderr with -f, else STATE/kvfs.log)\n"
 		"  --log-level LEVEL      err, warn, info (default) or debug\n"
 		"  -o OPT[,OPT...]        FUSE mount options (allow_other, ...); repeatable\n"
-		"  --cluster URL          join a cluster: its index in Redis, redis://HOST:PORT\n"
-		"                         or unix:PATH (needs --cluster-token)\n"
+		"  --cluster URL          join a cluster: its index in Redis, redis://HOST:PORT,\n"
+		"                         unix:PATH, or a Redis Cluster\n"
+		"                         redis-cluster://HOST:PORT[,HOST:PORT...] (needs\n"
+		"                         --cluster-token)\n"
 		"  --cluster-token FILE   the cluster's shared secret (16+ bytes); peers\n"
 		"                         without it are refused\n"
 		"  --listen HOST:PORT     where peers reach this node (default: any port)\n"
@@ -258,8 +260,10 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			c->listen = optarg;
 			break;
 		case OPT_CLUSTER:
-			if (strncmp(optarg, "redis://", 8) && strncmp(optarg, "unix:", 5))
-				return fail("invalid --cluster '%s' (redis://HOST:PORT or unix:PATH)",
+			if (strncmp(optarg, "redis://", 8) && strncmp(optarg, "unix:", 5) &&
+			    strncmp(optarg, "redis-cluster://", 16))
+				return fail("invalid --cluster '%s' (redis://HOST:PORT, unix:PATH or "
+					    "redis-cluster://HOST:PORT[,HOST:PORT...])",
 					    optarg);
 			c->cluster = optarg;
 			break;

@@ -758,6 +758,8 @@ static json_t *stats_json(struct rmt *rt)
 	SET("index_lookups", st.index_lookups);
 	SET("index_updates", st.index_updates);
 	SET("stale_repaired", st.stale_repaired);
+	SET("index_redirects", st.index_redirects);
+	SET("index_map_refreshes", st.index_map_refreshes);
 #undef SET
 	arr = json_array();
 	n = remote_peers(rt->r, peers, (int)KVFS_ARRAY_SIZE(peers));

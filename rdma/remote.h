@@ -122,7 +122,8 @@ struct remote_config {
 	const char *node_id;	  /* unique in the cluster: 1..63 of [A-Za-z0-9._-] */
 	const char *fabric;	  /* "auto" (NULL), "verbs", "efa" or "tcp" */
 	const char *listen;	  /* "HOST:PORT" ("[v6]:PORT"); port 0 = any; NULL = default */
-	const char *cluster;	  /* "redis://HOST:PORT" or "unix:/path"; NULL = no index */
+	const char *cluster;	  /* "redis://HOST:PORT", "unix:/path" or a Redis Cluster,
+				     "redis-cluster://HOST:PORT[,HOST:PORT...]"; NULL = no index */
 	const char *cluster_name; /* key prefix in Redis; NULL = "kvfs" */
 	const char *token_file;	  /* the shared secret, >= 16 bytes (final newline dropped) */
 	const void *token;	  /* ... or the secret itself (token_file NULL) */
@@ -324,6 +325,8 @@ struct remote_stats {
 	uint64_t index_lookups;	 /* paths looked up */
 	uint64_t index_updates;	 /* publish/unpublish written to Redis */
 	uint64_t stale_repaired; /* entries a holder denied, removed */
+	uint64_t index_redirects;     /* Redis Cluster MOVED/ASK replies followed */
+	uint64_t index_map_refreshes; /* Redis Cluster slot map reloads */
 };
 
 void remote_get_stats(remote *r, struct remote_stats *st);

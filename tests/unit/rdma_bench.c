@@ -200,19 +200,6 @@ static double bench_redis(redisContext *c, const char *key, uint64_t size, int i
 	return gbs;
 }
 
-static int free_port(void)
-{
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-	bind(fd, (struct sockaddr *)&a, sizeof(a));
-	getsockname(fd, (struct sockaddr *)&a, &len);
-	port = ntohs(a.sin_port);
-	close(fd);
-	return port;
-}
-
 int main(int argc, char **argv)
 {
 	int iters = argc > 1 ? atoi(argv[1]) : 20;
@@ -300,22 +287,12 @@ int main(int argc, char **argv)
 
 	/* Redis GET over TCP, and the 512-path index lookup. */
 	{
-		char port[16], url[64];
-		int rp = free_port();
-		pid_t rs = fork();
+		char url[64];
+		int rp = tl_free_port();
+		pid_t rs = tl_redis_tcp(rp);
 		redisContext *c = NULL;
 		uint8_t *val = malloc(32 * MiB);
 
-		snprintf(port, sizeof(port), "%d", rp);
-		if (rs == 0) {
-			int null = open("/dev/null", O_RDWR);
-
-			dup2(null, 1);
-			dup2(null, 2);
-			execl("/usr/bin/redis-server", "redis-server", "--port", port, "--bind",
-			      "127.0.0.1", "--save", "", "--appendonly", "no", (char *)NULL);
-			_exit(127);
-		}
 		for (int i = 0; i < 300 && (!c || c->err); i++) {
 			if (c)
 				redisFree(c);

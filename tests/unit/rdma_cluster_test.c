@@ -37,24 +37,9 @@ static struct tl_redis rs;
 static struct tl_daemon dA, dB, dC;
 static remote *A, *B, *C;
 
-static struct remote_stats stats(remote *r)
-{
-	struct remote_stats s;
+#define stats tl_stats
 
-	remote_get_stats(r, &s);
-	return s;
-}
-
-static bool alive(remote *r, const char *id)
-{
-	struct remote_peer p[16];
-	int n = remote_peers(r, p, 16);
-
-	for (int i = 0; i < n && i < 16; i++)
-		if (strcmp(p[i].node, id) == 0)
-			return p[i].alive;
-	return false;
-}
+#define alive tl_peer_alive
 
 static void wait_alive(remote *r, const char *id, bool want)
 {
