@@ -283,6 +283,62 @@ struct pub_walk {
 	bool leave;
 };
 
+/* remote_lent_paths(): collect the paths published as lent copies. */
+struct lent_walk {
+	char **paths;
+	size_t n, cap;
+	int rc;
+};
+
+static void lent_visit(const void *node, VISIT which, void *arg)
+{
+	const struct rdma_pub *p = *(struct rdma_pub *const *)node;
+	struct lent_walk *w = arg;
+
+	if ((which != postorder && which != leaf) || p->tier != REMOTE_TIER_LENT || w->rc)
+		return;
+	if (w->n == w->cap) {
+		size_t cap = w->cap ? 2 * w->cap : 64;
+		char **np = realloc(w->paths, cap * sizeof(*np));
+
+		if (!np) {
+			w->rc = -ENOMEM;
+			return;
+		}
+		w->paths = np;
+		w->cap = cap;
+	}
+	w->paths[w->n] = strdup(p->path);
+	if (!w->paths[w->n]) {
+		w->rc = -ENOMEM;
+		return;
+	}
+	w->n++;
+}
+
+int remote_lent_paths(remote *r, char ***out)
+{
+	struct lent_walk w = {0};
+
+	*out = NULL;
+	pthread_mutex_lock(&r->pub_lock);
+	twalk_r(r->pub, lent_visit, &w);
+	pthread_mutex_unlock(&r->pub_lock);
+	if (w.rc) {
+		remote_free_paths(w.paths, w.n);
+		return w.rc;
+	}
+	*out = w.paths;
+	return (int)w.n;
+}
+
+void remote_free_paths(char **paths, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(paths[i]);
+	free(paths);
+}
+
 /* --- the update queue ----------------------------------------------------- */
 
 static void iq_clear_locked(remote *r)
@@ -478,8 +534,10 @@ static int heartbeat(remote *r, rconn *c)
 
 	memcpy(rec.addr, r->fab.name, r->fab.name_len);
 	rec.addr_len = (uint32_t)r->fab.name_len;
-	rec.lend_total = r->srv ? r->lend_bytes : 0;
-	rec.lend_free = rdma_server_lend_free(r);
+	/* A draining node offers no lent memory: peers take it off their
+	 * rings at their next membership refresh. */
+	rec.lend_total = r->srv && !atomic_load(&r->draining) ? r->lend_bytes : 0;
+	rec.lend_free = rec.lend_total ? rdma_server_lend_free(r) : 0;
 	rec.boot = r->boot;
 	snprintf(rec.prov, sizeof(rec.prov), "%s", r->fab.prov);
 	vl = rdma_node_rec_format(val, sizeof(val), &rec);
@@ -763,6 +821,8 @@ static void *index_main(void *arg)
 				}
 			}
 		}
+		if (atomic_exchange(&r->hb_kick, false))
+			next_hb = 0;
 		if (c && kvfs_mono_ns() >= next_hb) {
 			if (heartbeat(r, c) || membership(r, c)) {
 				STAT_INC(r, redis_errors);
@@ -787,7 +847,7 @@ static void *index_main(void *arg)
 		}
 		wake = c ? next_hb : retry_at;
 		pthread_mutex_lock(&r->iq_lock);
-		if (!r->iq_head || !c) {
+		if ((!r->iq_head || !c) && !atomic_load(&r->hb_kick)) {
 			ts.tv_sec = (time_t)(wake / 1000000000ull);
 			ts.tv_nsec = (long)(wake % 1000000000ull);
 			if (!atomic_load(&r->stop))

@@ -575,6 +575,8 @@ struct remote {
 	pthread_t progress_thr, server_thr, index_thr;
 	bool progress_started, server_started, index_started;
 	_Atomic bool stop;
+	_Atomic bool draining; /* remote_set_draining(): no lent memory offered or taken */
+	_Atomic bool hb_kick;  /* the index thread writes the heartbeat now */
 
 	struct rdma_stats st;
 };

@@ -297,6 +297,35 @@ int remote_offload(remote *r, const char *path, const struct iovec *src, int n, 
  */
 int remote_free(remote *r, const char *path);
 
+/* --- leaving gracefully (drain) ------------------------------------------- */
+
+/*
+ * Take no more offloads, for good: the heartbeat says this node lends
+ * nothing from now on (written at once), so peers drop it from placement at
+ * their next membership refresh; OFFLOAD requests still arriving are
+ * refused (the peer tries the next lender). Fetches and serving go on.
+ */
+void remote_set_draining(remote *r);
+bool remote_draining(remote *r);
+
+/* The paths of the lent copies this node holds (peers' files), each
+ * malloc'd, in a malloc'd array: free with remote_free_paths().
+ * @return their number, or -ENOMEM. */
+int remote_lent_paths(remote *r, char ***out);
+void remote_free_paths(char **paths, size_t n);
+
+/*
+ * Hand the lent copy of @path over to another live lender (only while
+ * draining): it leaves our lent memory and the index, and is offloaded to
+ * the peer the ring picks for it, which publishes it. A lookup meanwhile
+ * misses. @bytes (may be NULL) gets its size.
+ * @return 0; -EINVAL if not draining; -ENOENT if there is no such copy;
+ * -EBADMSG if it failed its checksum here (dropped); the errors of
+ * remote_offload() (-ENOSPC: no peer has room), after which the copy is
+ * gone, as if evicted.
+ */
+int remote_hand_over_lent(remote *r, const char *path, uint64_t *bytes);
+
 /* --- stats ---------------------------------------------------------------- */
 
 struct remote_stats {
