@@ -57,6 +57,7 @@ struct rc_node {
 	char host[RC_HOST_MAX]; /* or the socket path (unix) */
 	int port;		/* 0: a unix socket */
 	redisContext *c;
+	uint64_t retry_ns; /* a failed connect is not retried before this */
 };
 
 struct rc_cmd {
@@ -226,14 +227,18 @@ static redisContext *node_conn(struct rdma_rconn *rc, struct rc_node *n)
 
 	if (n->c)
 		return n->c;
+	if (kvfs_mono_ns() < n->retry_ns)
+		return NULL; /* it just failed: do not pay its connect timeout again */
 	c = n->port ? redisConnectWithTimeout(n->host, n->port, tv)
 		    : redisConnectUnixWithTimeout(n->host, tv);
 	if (c && (c->err || redisSetTimeout(c, tv) != REDIS_OK)) {
 		redisFree(c);
 		c = NULL;
 	}
-	if (!c)
+	if (!c) {
 		rc->st->conn_failures++;
+		n->retry_ns = kvfs_mono_ns() + RC_PAUSE_MIN;
+	}
 	n->c = c;
 	return c;
 }
