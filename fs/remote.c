@@ -1012,12 +1012,16 @@ int rmt_start(struct kvfs_fs *fs, char *err, size_t errlen)
 
 void rmt_stop(struct kvfs_fs *fs)
 {
-	struct rmt *rt = fs->rmt;
+	struct rmt *rt;
 
-	if (!rt)
-		return;
-	/* No more publishing, fetching or spilling; those under way finish first. */
+	/* No more publishing, fetching or spilling; those under way finish first.
+	 * (A drain's thread and the shut-down may both get here: one stops it.) */
 	pthread_rwlock_wrlock(&fs->rmt_lock);
+	rt = fs->rmt;
+	if (!rt) {
+		pthread_rwlock_unlock(&fs->rmt_lock);
+		return;
+	}
 	pthread_mutex_lock(&fs->lock);
 	__atomic_store_n(&fs->rmt, NULL, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&fs->lock);

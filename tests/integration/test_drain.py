@@ -159,6 +159,23 @@ class Drain(base.Cluster):
         for n in self.lent_on("b", spilled + own):
             self.assertEqual(read_file(self.b.path(n)), content(n, MiB), n)
 
+    def test_unmount_during_drain(self):
+        own = ["u%02d" % i for i in range(24)]
+        for n in own:
+            write_file(self.a.path(n), content(n, MiB))
+        self.assertTrue(wait_for(lambda: all(self.published(n, "a") for n in own)))
+        fd = os.open(self.a.path(".kvfs", "drain"), os.O_WRONLY)
+        os.write(fd, b"drain")
+        os.close(fd)
+        # the shut-down and the drain's own leaving meet: one of them stops the
+        # remote tier, the process exits cleanly (the sanitizers would say)
+        self.a.stop()
+        self.assertIsNone(self.a.pid)
+        for m in (self.b, self.c):
+            self.assertTrue(wait_for(lambda m=m: m.stats()["remote"]["peers_alive"] == 1))
+        for n in own:
+            self.assertFalse(self.published(n, "a"), n)
+
 
 # Only the tests above: test_cluster runs the fixture's own.
 for _name in dir(base.Cluster):
