@@ -411,7 +411,7 @@ int rmt_where(struct kvfs_fs *fs, const char *req, size_t len, char **out, size_
 /*
  * Leave the cluster gracefully (`kvfsctl drain`, SIGTERM with --drain): take
  * no more offloads, hand the lent copies we hold and our hottest files that
- * no other live node holds (as far as the peers have room) to the peers,
+ * no other live node holds (up to the peers' lent memory) to the peers,
  * then leave (rmt_stop). Runs on its own thread; @wait blocks until done.
  * A second call while one runs or after it is a no-op.
  * @return 0; -ENOTCONN if this node is in no cluster; -ENOMEM; -EAGAIN.

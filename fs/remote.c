@@ -747,7 +747,12 @@ static int hand_over_file(struct rmt *rt, const char *path)
 	return rc;
 }
 
-/* What the live peers can still take, in bytes. */
+/*
+ * What the live peers' lent memory holds, in bytes: the budget of a drain's
+ * own files. Not only their free room: lent memory is a cache, and our
+ * hottest files, about to be lost, are worth more than the least recently
+ * used copies there, which an offload to a full lender displaces.
+ */
 static uint64_t peers_room(struct rmt *rt)
 {
 	struct remote_peer p[64];
@@ -756,14 +761,14 @@ static uint64_t peers_room(struct rmt *rt)
 
 	for (int i = 0; i < n && i < (int)KVFS_ARRAY_SIZE(p); i++)
 		if (p[i].alive && !p[i].self)
-			room += p[i].lend_free;
+			room += p[i].lend_total;
 	return room;
 }
 
 #define DRAIN_BATCH 256
 
-/* Our files that no other live node holds, hottest first, while the peers
- * have room for them. */
+/* Our files that no other live node holds, hottest first, up to the peers'
+ * lent memory. */
 static void drain_files(struct rmt *rt, struct rmt_drain *d)
 {
 	struct kvfs_fs *fs = rt->fs;
