@@ -265,7 +265,7 @@ static int serve_lookup(void *ctx, const char *path, struct remote_file *out)
 	if (rc)
 		goto out;
 	size = tier_size(o);
-	max = size / tier_page_size(fs->tier) + 2;
+	max = 1;
 	sv = malloc(sizeof(*sv) + max * sizeof(struct iovec));
 	n = sv ? tier_read_iov(o, 0, size, sv->iov, (int)max) : -ENOMEM;
 	/* On NVMe only: a peer wants it, so it is hot; bring it into DRAM. */
@@ -575,7 +575,7 @@ static void spill(struct rmt *rt, tier_obj *o)
 	pthread_mutex_unlock(&fs->lock);
 	if (n <= 0)
 		return;
-	max = size / tier_page_size(fs->tier) + 2;
+	max = 1;
 	iov = malloc(max * sizeof(*iov));
 	n = iov ? tier_read_iov(o, 0, size, iov, (int)max) : -ENOMEM;
 	if (n == -ENODATA) {
@@ -637,7 +637,6 @@ int rmt_start(struct kvfs_fs *fs, char *err, size_t errlen)
 	const struct kvfs_config *c = &fs->cfg;
 	struct remote_config rc = {0};
 	struct rmt *rt;
-	uint64_t arena_bytes;
 	char host[REMOTE_NODE_ID_MAX];
 	int r;
 
@@ -660,8 +659,9 @@ int rmt_start(struct kvfs_fs *fs, char *err, size_t errlen)
 	rc.cluster = c->cluster;
 	rc.cluster_name = c->cluster_name;
 	rc.token_file = c->token_file;
-	rc.arena = tier_dram_base(fs->tier, &arena_bytes);
-	rc.arena_bytes = arena_bytes;
+	/* DRAM files are registered one by one as peers lease them (rdma/server.c). */
+	rc.arena = NULL;
+	rc.arena_bytes = 0;
 	rc.lend_bytes = c->lend_bytes;
 	rc.timeout_ms = c->remote_timeout_ms;
 	rc.ops = &serve_ops;
