@@ -269,6 +269,15 @@ static const struct figure figures[] = {
 	{"busy_opens", "kvfs_busy_opens_total", COUNTER,
 	 "Opens refused because the file was being written (EBUSY)", CTR(busy_opens), NULL},
 	{"reads", "kvfs_reads_total", COUNTER, "Read requests served", CTR(reads), NULL},
+	{"passthrough_opens", "kvfs_passthrough_opens_total", COUNTER,
+	 "Opens whose reads the kernel serves from the DRAM file (FUSE passthrough)",
+	 CTR(pt_opens), NULL},
+	{"passthrough_refused", "kvfs_passthrough_refused_total", COUNTER,
+	 "Opens on the read path because the kernel refused the backing file", CTR(pt_refused),
+	 NULL},
+	{"passthrough_no_room", "kvfs_passthrough_no_room_total", COUNTER,
+	 "Opens on the read path because the file could not be brought into DRAM",
+	 CTR(pt_no_room), NULL},
 	{"read_bytes", "kvfs_read_bytes_total", COUNTER, "Bytes read", CTR(read_bytes), NULL},
 	{"writes", "kvfs_writes_total", COUNTER, "Write requests", CTR(writes), NULL},
 	{"write_bytes", "kvfs_write_bytes_total", COUNTER, "Bytes written", CTR(write_bytes), NULL},
@@ -485,6 +494,9 @@ static char *render_config(struct kvfs_fs *fs)
 	json_object_set_new(root, "negative_timeout", json_real(c->negative_timeout));
 	json_object_set_new(root, "read_ahead_kb", json_integer(c->read_ahead_kb));
 	json_object_set_new(root, "keep_cache", json_boolean(!c->no_keep_cache));
+	json_object_set_new(root, "passthrough", json_boolean(pt_enabled()));
+	json_object_set_new(root, "dram_store",
+			    json_string(tier_dram_private(fs->tier) ? "tmpfs" : "memfd"));
 	{
 		json_t *nv = json_array();
 
