@@ -402,6 +402,23 @@ static char *render_stats(struct kvfs_fs *fs)
 		json_object_set_new(root, "faults_injected", faults);
 	}
 	{
+		/* the tier backends in placement order, fastest first (tier/backend.h) */
+		json_t *bk = json_array();
+
+		for (unsigned i = 0; i < s.ts.nbackends; i++) {
+			const struct tier_backend_stats *b = &s.ts.backend[i];
+
+			json_array_append_new(
+				bk, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "name", b->name,
+					      "capacity_bytes", (json_int_t)b->capacity, "used_bytes",
+					      (json_int_t)b->used, "files", (json_int_t)b->files,
+					      "reads", (json_int_t)b->reads, "read_bytes",
+					      (json_int_t)b->read_bytes, "writes", (json_int_t)b->writes,
+					      "write_bytes", (json_int_t)b->write_bytes));
+		}
+		json_object_set_new(root, "backends", bk);
+	}
+	{
 		json_t *r = rmt_stats_json(fs);
 
 		if (r)

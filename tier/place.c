@@ -682,8 +682,8 @@ static struct nvme_rec *rec_find(tier_mgr *m, uint64_t id)
 	return lo < m->nrecs && m->recs[lo].id == id ? &m->recs[lo] : NULL;
 }
 
-int tier_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *owner,
-		 tier_obj **out)
+int place_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *owner,
+		  tier_obj **out)
 {
 	struct nvme_rec *r = m->nvme ? rec_find(m, id) : NULL;
 	uint64_t total = 0;
@@ -809,13 +809,8 @@ int tier_fsck(const struct tier_config *cfg, struct cat *c, int64_t (*size_of)(v
 	uint32_t ps = cfg->page_size ? cfg->page_size : (64u << 10);
 	uint32_t extent_pages = ps >= (1u << 20) ? 1 : (1u << 20) / ps;
 	struct nvme_dev_config devs[16];
-	struct fsck_scan f = {.page_size = ps,
-			      .size_of = size_of,
-			      .bad = bad,
-			      .ctx = ctx,
-			      .verify = verify,
-			      .fix = fix,
-			      .rep = rep};
+	struct fsck_scan f = {.page_size = ps, .size_of = size_of, .bad = bad, .ctx = ctx,
+			      .verify = verify, .fix = fix, .rep = rep};
 	int rc;
 
 	memset(rep, 0, sizeof(*rep));

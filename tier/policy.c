@@ -73,10 +73,12 @@ static void link_tail(struct policy *p, struct policy_node *n)
 	h->prev->next = n;
 	h->prev = n;
 	n->linked = true;
+	p->count++;
 }
 
-static void unlink_node(struct policy_node *n)
+static void unlink_node(struct policy *p, struct policy_node *n)
 {
+	p->count--;
 	n->prev->next = n->next;
 	n->next->prev = n->prev;
 	n->prev = n->next = NULL;
@@ -97,14 +99,14 @@ void policy_hit_locked(struct policy *p, struct policy_node *n, uint64_t bytes)
 		n->hits++;
 	if (!n->linked)
 		return;
-	unlink_node(n);
+	unlink_node(p, n);
 	policy_insert_locked(p, n, bytes);
 }
 
 void policy_remove_locked(struct policy *p, struct policy_node *n)
 {
 	if (n->linked)
-		unlink_node(n);
+		unlink_node(p, n);
 }
 
 void policy_iter_init(struct policy *p, struct policy_iter *it)

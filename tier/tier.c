@@ -1,22 +1,19 @@
 /*
- * tier/tier.c — the tier manager and its objects.
+ * tier/tier.c — the tier manager: the backend array and the one placement
+ * loop over it, and the DRAM backend's object file.
  *
- * Owns every tier object: its file in the DRAM store (dram.c), its state
- * word and its places in the eviction policies (one for DRAM, one for
- * NVMe). Moving bytes to and from NVMe is in place.c.
+ * Owns the array of backends (tier/backend.h), fastest first: new bytes
+ * land in backends[0] (DRAM); making room (dram_make_room) takes victims
+ * in policy order and stores each in the first slower backend that holds
+ * or takes it (demote_victim), else offers it to the owner's spill
+ * callback and evicts it; reads come from the fastest backend holding the
+ * object. The object state machine is in obj.c, NVMe in place.c.
  *
  * An object's DRAM file is opened only while needed: while it is written
  * (unsealed), while leased (then also mapped, for tier_read_iov), and for
  * the length of a call that reads it. obj_file_idle_locked() closes it
  * again, so the daemon's descriptors and mappings follow the open files,
  * not the cached ones.
- *
- * State word (tier_obj.state, atomic): the lease count in the low 32 bits,
- * then SEALED, PINNED and DEAD. Leasing, pinning and the decision to evict
- * are compare-and-swap loops on this word, so an open racing an eviction is
- * decided in one place: either the lease lands first and the object is not
- * evicted, or the object is marked DEAD first and the lease fails (the
- * opener sees a miss). Whoever sets DEAD releases the bytes.
  *
  * Invariants:
  *  - an object in the DRAM list is sealed, in DRAM and not dead; one in the
@@ -30,7 +27,7 @@
  *  - a dead object holds no file and no extents (after its last lease).
  *
  * Locking order: obj->lock (writers of unsealed objects, the file and its
- * mapping) → policy.lock. The owner's `evicted` callback runs with none of them held
+ * mapping) → policy.lock. The owner's `evicted` callback runs with none held
  * except, possibly, the lock of the unsealed object being written (which is
  * never a victim and which the owner's callback never takes).
  */
@@ -83,6 +80,7 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 		goto out_policy;
 	}
 	memset(m->zero_page, 0, ps);
+	m->backends[m->nbackends++] = &tier_dram_backend;
 	if (cfg->nvme_count) {
 		struct nvme_dev_config devs[16];
 		uint32_t extent_pages = ps >= (1u << 20) ? 1 : (1u << 20) / ps;
@@ -103,6 +101,7 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 			goto out_zero;
 		m->cat = cfg->cat;
 		m->persist_through = cfg->persist_through;
+		m->backends[m->nbackends++] = &tier_nvme_backend;
 	}
 	*out = m;
 	return 0;
@@ -171,6 +170,9 @@ void tier_get_stats(tier_mgr *m, struct tier_stats *st)
 	st->nvme_evictions = atomic_load(&m->nvme_evictions);
 	st->lost = atomic_load(&m->lost);
 	st->nvme_files = atomic_load(&m->nvme_files);
+	st->nbackends = m->nbackends;
+	for (unsigned i = 0; i < m->nbackends; i++)
+		m->backends[i]->stats(m, &st->backend[i]);
 	if (m->nvme) {
 		struct nvme_stats ns;
 
@@ -184,97 +186,6 @@ void tier_get_stats(tier_mgr *m, struct tier_stats *st)
 		st->nvme_csum_errors = ns.csum_errors;
 		st->nvme_full = nvme_full(m->nvme);
 	}
-}
-
-/* --- object lifetime ---------------------------------------------------- */
-
-static void obj_died(tier_obj *o, uint64_t old_state);
-
-int tier_obj_new(tier_mgr *m, void *owner, uint64_t id, tier_obj **out)
-{
-	tier_obj *o = calloc(1, sizeof(*o));
-
-	if (!o)
-		return -ENOMEM;
-	atomic_init(&o->refs, 1);
-	atomic_init(&o->state, OBJ_DRAM);
-	o->fd = -1;
-	o->id = id;
-	o->mgr = m;
-	o->owner = owner;
-	pthread_mutex_init(&o->lock, NULL);
-	atomic_fetch_add(&m->objects, 1);
-	*out = o;
-	return 0;
-}
-
-void tier_obj_get(tier_obj *o)
-{
-	atomic_fetch_add(&o->refs, 1);
-}
-
-void tier_obj_put(tier_obj *o)
-{
-	uint64_t old;
-
-	if (!o || atomic_fetch_sub(&o->refs, 1) != 1)
-		return;
-	/*
-	 * Last reference: an owner that never dropped it leaves the bytes to
-	 * us. The object is not in the policy lists (they hold a reference).
-	 */
-	old = atomic_fetch_or(&o->state, OBJ_DEAD);
-	if (!(old & OBJ_DEAD))
-		obj_died(o, old);
-	if (o->ext)
-		place_free(o); /* evicted by tier_evict(): kept until now */
-	pthread_mutex_destroy(&o->lock);
-	free(o->rcache);
-	free(o);
-}
-
-void *tier_obj_owner(const tier_obj *o)
-{
-	return o->owner;
-}
-
-void tier_obj_set_owner(tier_obj *o, void *owner)
-{
-	o->owner = owner;
-}
-
-uint64_t tier_size(const tier_obj *o)
-{
-	return __atomic_load_n(&o->size, __ATOMIC_RELAXED);
-}
-
-uint64_t tier_dram_bytes(const tier_obj *o)
-{
-	return __atomic_load_n(&o->dbytes, __ATOMIC_RELAXED);
-}
-
-unsigned tier_where(const tier_obj *o)
-{
-	uint64_t s = atomic_load(&o->state);
-
-	if (s & OBJ_DEAD)
-		return 0;
-	return ((s & OBJ_DRAM) ? TIER_DRAM : 0) | ((s & OBJ_NVME) ? TIER_NVME : 0);
-}
-
-bool tier_is_sealed(const tier_obj *o)
-{
-	return atomic_load(&o->state) & OBJ_SEALED;
-}
-
-bool tier_is_dead(const tier_obj *o)
-{
-	return atomic_load(&o->state) & OBJ_DEAD;
-}
-
-bool tier_is_pinned(const tier_obj *o)
-{
-	return atomic_load(&o->state) & OBJ_PINNED;
 }
 
 /* --- the object's DRAM file ------------------------------------------------ */
@@ -326,6 +237,13 @@ void obj_file_idle_locked(tier_obj *o)
 	obj_close_idle(o, true);
 }
 
+void obj_dram_unused(tier_obj *o)
+{
+	pthread_mutex_lock(&o->lock);
+	obj_close_idle(o, false);
+	pthread_mutex_unlock(&o->lock);
+}
+
 int obj_map_locked(tier_obj *o)
 {
 	void *p;
@@ -364,179 +282,6 @@ void obj_release_pages(tier_obj *o)
 	pthread_mutex_unlock(&o->lock);
 }
 
-/* Bookkeeping shared by every way an object dies; the caller set DEAD. */
-static void obj_died(tier_obj *o, uint64_t old_state)
-{
-	tier_mgr *m = o->mgr;
-
-	if (old_state & OBJ_SEALED)
-		atomic_fetch_sub(&m->sealed, 1);
-	if (old_state & OBJ_PINNED) {
-		atomic_fetch_sub(&m->pinned, 1);
-		if (old_state & OBJ_SEALED) /* pinned bytes count sealed objects only */
-			atomic_fetch_sub(&m->pinned_bytes, tier_dram_bytes(o));
-	}
-	atomic_fetch_sub(&m->objects, 1);
-	obj_release_pages(o);
-	if (old_state & OBJ_NVME)
-		place_free(o);
-}
-
-/* Take @o out of one policy list; drop the list's reference if it had one. */
-static void list_remove(struct policy *p, tier_obj *o, struct policy_node *n)
-{
-	bool linked;
-
-	pthread_mutex_lock(&p->lock);
-	linked = n->linked;
-	policy_remove_locked(p, n);
-	pthread_mutex_unlock(&p->lock);
-	if (linked)
-		tier_obj_put(o);
-}
-
-/* Out of both lists. */
-static void policy_forget(tier_obj *o)
-{
-	list_remove(&o->mgr->policy, o, &o->pn);
-	list_remove(&o->mgr->nvme_policy, o, &o->npn);
-}
-
-void tier_drop(tier_obj *o)
-{
-	uint64_t old = atomic_fetch_or(&o->state, OBJ_DEAD);
-
-	if (old & OBJ_DEAD)
-		return;
-	tier_obj_get(o); /* the lists' reference may be the last one */
-	policy_forget(o);
-	/*
-	 * A leased object keeps its bytes until the last lease goes
-	 * (tier_unlease), one being moved until the mover lets go (obj_unclaim).
-	 */
-	if (!(old & (OBJ_LEASES | OBJ_BUSY)))
-		obj_died(o, old);
-	tier_obj_put(o);
-}
-
-/*
- * Claim @o for a move or an eviction: set OBJ_BUSY if it is sealed, has
- * every bit of @need and none of @forbid (pass OBJ_LEASES to require no
- * lease), and is neither dead nor busy.
- * @return the state with OBJ_BUSY, or 0 if it cannot be claimed.
- */
-uint64_t obj_try_claim(tier_obj *o, uint64_t need, uint64_t forbid)
-{
-	uint64_t s = atomic_load(&o->state);
-
-	while ((s & (need | OBJ_SEALED)) == (need | OBJ_SEALED) &&
-	       !(s & (forbid | OBJ_DEAD | OBJ_BUSY)))
-		if (atomic_compare_exchange_weak(&o->state, &s, s | OBJ_BUSY))
-			return s | OBJ_BUSY;
-	return 0;
-}
-
-void obj_unclaim(tier_obj *o)
-{
-	uint64_t old = atomic_fetch_and(&o->state, ~OBJ_BUSY);
-
-	/* dropped while we moved it, and nobody reads it: release it now */
-	if ((old & OBJ_DEAD) && !(old & OBJ_LEASES)) {
-		obj_died(o, old & ~OBJ_BUSY);
-	} else if (!(old & OBJ_LEASES)) {
-		pthread_mutex_lock(&o->lock);
-		obj_close_idle(o, false);
-		pthread_mutex_unlock(&o->lock);
-	}
-}
-
-/*
- * Kill claimed objects that are still unleased: they are dead, out of the
- * lists, their bytes released; with @tell_owner the owner's `evicted`
- * callback runs first, once for the batch. A leased one is left alone
- * (unclaimed). @return how many were killed; @v is compacted to them.
- */
-static size_t kill_claimed_batch(tier_obj **v, size_t n, bool tell_owner)
-{
-	uint64_t one, *old = n > 1 ? malloc(n * sizeof(*old)) : &one;
-	tier_mgr *m;
-	size_t k = 0;
-
-	if (!n)
-		return 0;
-	if (!old) {
-		/* no memory for a batch: one at a time */
-		for (size_t i = 0; i < n; i++)
-			k += kill_claimed_batch(&v[i], 1, tell_owner);
-		return k;
-	}
-	m = v[0]->mgr;
-	for (size_t i = 0; i < n; i++) {
-		tier_obj *o = v[i];
-		uint64_t s = atomic_load(&o->state);
-		bool leased;
-
-		while (!(leased = s & OBJ_LEASES) &&
-		       !atomic_compare_exchange_weak(&o->state, &s, (s | OBJ_DEAD) & ~OBJ_BUSY))
-			;
-		if (leased) {
-			obj_unclaim(o);
-			continue;
-		}
-		old[k] = s;
-		v[k++] = o;
-	}
-	if (k && tell_owner && m->cb.evicted)
-		m->cb.evicted(m->cb.ctx, v, k);
-	for (size_t i = 0; i < k; i++) {
-		tier_obj *o = v[i];
-
-		atomic_fetch_add(&m->evictions, 1);
-		atomic_fetch_add(&m->evicted_bytes, tier_size(o));
-		tier_obj_get(o);
-		/*
-		 * Told, the owner has deleted the records already. Otherwise it
-		 * does so after we return: the NVMe extents stay allocated until
-		 * its last reference goes (tier_obj_put), so no new file can be
-		 * written over them while the catalog still names them.
-		 */
-		obj_died(o, tell_owner ? old[i] : old[i] & ~OBJ_NVME);
-		policy_forget(o);
-		tier_obj_put(o);
-	}
-	if (old != &one)
-		free(old);
-	return k;
-}
-
-int obj_kill_claimed(tier_obj *o, bool tell_owner)
-{
-	return kill_claimed_batch(&o, 1, tell_owner) == 1 ? 0 : -EBUSY;
-}
-
-/* Could the DRAM eviction path take @o now (demote or kill it)? */
-static bool evictable(const tier_obj *o)
-{
-	uint64_t s = atomic_load(&o->state);
-
-	return (s & OBJ_SEALED) && (s & OBJ_DRAM) &&
-	       !(s & (OBJ_DEAD | OBJ_PINNED | OBJ_BUSY | OBJ_LEASES));
-}
-
-int tier_evict(tier_obj *o)
-{
-	uint64_t s = atomic_load(&o->state);
-
-	if (s & OBJ_DEAD)
-		return -ENOENT;
-	if (s & OBJ_PINNED)
-		return -EPERM;
-	if (!obj_try_claim(o, 0, OBJ_PINNED | OBJ_LEASES))
-		return (atomic_load(&o->state) & OBJ_DEAD) ? -ENOENT : -EBUSY;
-	/* the caller removes the name: no callback */
-	return obj_kill_claimed(o, false);
-}
-
 /* --- making room ---------------------------------------------------------- */
 
 /*
@@ -548,15 +293,18 @@ static bool demote_victim(tier_obj *o, uint64_t *freed)
 {
 	tier_mgr *m = o->mgr;
 	uint64_t bytes = tier_dram_bytes(o);
-	uint64_t s = atomic_load(&o->state);
 
-	if (!(s & OBJ_NVME) && m->nvme && place_store(o, true) == 0)
-		s = atomic_load(&o->state);
-	if (!(s & OBJ_NVME))
-		return false;
-	if (place_demote(o) == 0)
-		*freed += bytes;
-	return true;
+	/* the first slower backend that holds it, or can take it */
+	for (unsigned i = 1; i < m->nbackends; i++) {
+		const struct tier_backend_ops *b = m->backends[i];
+
+		if (!b->holds(o) && b->store(o, true) != 0)
+			continue;
+		if (m->backends[0]->drop(o) == 0)
+			*freed += bytes;
+		return true;
+	}
+	return false;
 }
 
 /*
@@ -588,7 +336,7 @@ int dram_make_room(tier_mgr *m, uint64_t need, bool clean)
 		avail = 0;
 		policy_iter_init(p, &it);
 		while (avail < deficit && (n = policy_iter_next(p, &it)))
-			if (evictable(container_of(n, tier_obj, pn)) &&
+			if (obj_evictable(container_of(n, tier_obj, pn)) &&
 			    (atomic_load(&container_of(n, tier_obj, pn)->state) & want) == want)
 				avail += tier_dram_bytes(container_of(n, tier_obj, pn));
 		if (avail < deficit) {
@@ -636,9 +384,9 @@ int dram_make_room(tier_mgr *m, uint64_t need, bool clean)
 				if (kill)
 					kill[nk++] = victims[i];
 				else
-					kill_claimed_batch(&victims[i], 1, true);
+					obj_kill_claimed_batch(&victims[i], 1, true);
 			}
-			kill_claimed_batch(kill, nk, true);
+			obj_kill_claimed_batch(kill, nk, true);
 			free(kill);
 			for (size_t i = 0; i < nv; i++)
 				tier_obj_put(victims[i]);
@@ -856,8 +604,8 @@ int tier_seal(tier_obj *o)
 	 * the object joins the policy list. Once listed, an eviction could claim
 	 * it first and still be writing it when the owner's rename returns.
 	 */
-	if (m->nvme && m->persist_through && obj_try_claim(o, OBJ_DRAM, OBJ_NVME)) {
-		place_store(o, true);
+	if (m->nbackends > 1 && m->persist_through && obj_try_claim(o, OBJ_DRAM, OBJ_NVME)) {
+		m->backends[1]->store(o, true);
 		obj_unclaim(o);
 	}
 	pthread_mutex_lock(&m->policy.lock);
@@ -894,22 +642,18 @@ static ssize_t pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
 	return (ssize_t)len;
 }
 
-ssize_t tier_read(tier_obj *o, uint64_t off, void *buf, size_t len)
+ssize_t obj_dram_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 {
 	ssize_t rc;
 
 	pthread_mutex_lock(&o->lock);
-	if (atomic_load(&o->state) & OBJ_DEAD) {
-		rc = -ENOENT;
+	if ((atomic_load(&o->state) & (OBJ_DRAM | OBJ_DEAD)) != OBJ_DRAM) {
+		rc = (atomic_load(&o->state) & OBJ_DEAD) ? -ENOENT : -ENODATA;
 		goto out_unlock;
 	}
 	if (off >= o->size) {
 		rc = 0;
 		goto out_unlock;
-	}
-	if (!(atomic_load(&o->state) & OBJ_DRAM)) {
-		pthread_mutex_unlock(&o->lock);
-		return place_read(o, off, buf, len);
 	}
 	len = KVFS_MIN(len, o->size - off);
 	if (o->map && o->maplen >= off + len) {
@@ -923,6 +667,24 @@ ssize_t tier_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 	obj_close_idle(o, false);
 out_unlock:
 	pthread_mutex_unlock(&o->lock);
+	return rc;
+}
+
+ssize_t tier_read(tier_obj *o, uint64_t off, void *buf, size_t len)
+{
+	tier_mgr *m = o->mgr;
+	ssize_t rc = -ENODATA;
+
+	if (atomic_load(&o->state) & OBJ_DEAD)
+		return -ENOENT;
+	if (off >= tier_size(o))
+		return 0;
+	/* the fastest backend holding it; one that lost it meanwhile says -ENODATA */
+	for (unsigned i = 0; i < m->nbackends && rc == -ENODATA; i++)
+		if (m->backends[i]->holds(o))
+			rc = m->backends[i]->read(o, off, buf, len);
+	if (rc == -ENODATA)
+		rc = (atomic_load(&o->state) & OBJ_DEAD) ? -ENOENT : -EIO;
 	return rc;
 }
 
@@ -958,18 +720,11 @@ int tier_read_iov(tier_obj *o, uint64_t off, size_t len, struct iovec *iov, int 
 	return 1;
 }
 
-int tier_backing_fd(tier_obj *o)
+int obj_dram_backing_fd(tier_obj *o)
 {
 	tier_mgr *m = o->mgr;
-	uint64_t s = atomic_load(&o->state);
 	int fd;
 
-	if (s & OBJ_DEAD)
-		return -ENOENT;
-	if (!(s & OBJ_SEALED) || !(s & OBJ_LEASES))
-		return -EINVAL;
-	if (!(s & OBJ_DRAM))
-		return -ENODATA;
 	pthread_mutex_lock(&o->lock);
 	if (!o->fname)
 		fd = -ENODATA; /* an empty file has none */
@@ -983,34 +738,34 @@ int tier_backing_fd(tier_obj *o)
 	return fd;
 }
 
-/* --- leases, hits, pins ---------------------------------------------------- */
-
-int tier_lease(tier_obj *o)
+int tier_backing_fd(tier_obj *o)
 {
+	tier_mgr *m = o->mgr;
 	uint64_t s = atomic_load(&o->state);
 
-	do {
-		if (s & OBJ_DEAD)
-			return -ENOENT;
-	} while (!atomic_compare_exchange_weak(&o->state, &s, s + 1));
-	return 0;
+	if (s & OBJ_DEAD)
+		return -ENOENT;
+	if (!(s & OBJ_SEALED) || !(s & OBJ_LEASES))
+		return -EINVAL;
+	for (unsigned i = 0; i < m->nbackends; i++)
+		if (m->backends[i]->backing_fd && m->backends[i]->holds(o))
+			return m->backends[i]->backing_fd(o);
+	return -ENODATA;
 }
 
-void tier_unlease(tier_obj *o)
+int tier_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *owner,
+		 tier_obj **out)
 {
-	uint64_t old = atomic_fetch_sub(&o->state, 1);
+	int rc = -ENOENT;
 
-	/* The last lease of an object dropped while leased releases its bytes. */
-	if ((old & OBJ_LEASES) == 1 && (old & OBJ_DEAD) && !(old & OBJ_BUSY)) {
-		obj_died(o, old - 1);
-	} else if ((old & OBJ_LEASES) == 1) {
-		if (o->rcache)
-			place_unleased(o);
-		pthread_mutex_lock(&o->lock);
-		obj_close_idle(o, false);
-		pthread_mutex_unlock(&o->lock);
-	}
+	/* every backend that persists, fastest first, until one has it */
+	for (unsigned i = 0; i < m->nbackends && rc == -ENOENT; i++)
+		if (m->backends[i]->recover)
+			rc = m->backends[i]->recover(m, id, size, hits, owner, out);
+	return rc;
 }
+
+/* --- leases, hits, pins ---------------------------------------------------- */
 
 /* A file read this many times from NVMe comes back into DRAM. */
 #define PROMOTE_HITS 2
@@ -1069,28 +824,4 @@ int tier_promote(tier_obj *o)
 int tier_promote_clean(tier_obj *o)
 {
 	return promote(o, true);
-}
-
-int tier_pin(tier_obj *o, bool pin)
-{
-	tier_mgr *m = o->mgr;
-	uint64_t s = atomic_load(&o->state), ns, bytes;
-
-	do {
-		if (s & OBJ_DEAD)
-			return -ENOENT;
-		ns = pin ? (s | OBJ_PINNED) : (s & ~OBJ_PINNED);
-		if (ns == s)
-			return 0;
-		/*
-		 * Read the size before the swap: a sealed object's file does not
-		 * change while it lives, and if it dies meanwhile the swap fails.
-		 */
-		bytes = tier_dram_bytes(o);
-	} while (!atomic_compare_exchange_weak(&o->state, &s, ns));
-	atomic_fetch_add(&m->pinned, pin ? 1 : (uint64_t)-1);
-	/* Pinned bytes count sealed objects only; unsealed ones still grow. */
-	if (s & OBJ_SEALED)
-		atomic_fetch_add(&m->pinned_bytes, pin ? bytes : (uint64_t)-bytes);
-	return 0;
 }

@@ -98,7 +98,20 @@ struct tier_callbacks {
 	void *ctx;
 };
 
+/* One backend's figures (tier_stats.backend[], fastest first). */
+#define TIER_MAX_BACKENDS 4
+struct tier_backend_stats {
+	const char *name;	 /* "dram", "nvme" */
+	unsigned kind;		 /* enum tier_kind */
+	uint64_t capacity, used; /* bytes */
+	uint64_t files;		 /* objects with a complete copy here */
+	uint64_t reads, read_bytes, writes, write_bytes;
+};
+
 struct tier_stats {
+	unsigned nbackends;
+	struct tier_backend_stats backend[TIER_MAX_BACKENDS]; /* fastest first */
+	/* the same figures by name, as documented for .kvfs/stats: */
 	uint64_t nvme_capacity; /* 0 without NVMe */
 	uint64_t nvme_used;
 	uint64_t nvme_files; /* objects with an NVMe copy */
@@ -211,18 +224,18 @@ void *tier_obj_owner(const tier_obj *o);
 void tier_obj_set_owner(tier_obj *o, void *owner);
 
 uint64_t tier_size(const tier_obj *o);
-/* Bytes of DRAM the object's file is charged (its size rounded up to 4 KiB). */
+/* Bytes of DRAM the object's file occupies (its allocated 4 KiB pages of the tmpfs). */
 uint64_t tier_dram_bytes(const tier_obj *o);
-/* Mask of enum tier_kind holding the bytes; 0 once dead. */
+/* Mask of enum tier_kind of the backends holding the bytes; 0 once dead. */
 unsigned tier_where(const tier_obj *o);
 bool tier_is_sealed(const tier_obj *o);
 bool tier_is_dead(const tier_obj *o);
 bool tier_is_pinned(const tier_obj *o);
 
 /*
- * Write @len bytes at @off of an unsealed object, reserving DRAM for its
- * new size (holes count) and evicting other objects as needed. A failed
- * write changes nothing.
+ * Write @len bytes at @off of an unsealed object, reserving the 4 KiB
+ * pages of its file that the write adds (holes cost nothing) and evicting
+ * other objects as needed. A failed write changes nothing.
  * @return 0; -EPERM if sealed; -EFBIG if @off + @len exceeds
  * tier_max_size(); -ENOSPC if no room can be made; -ENOENT if dead.
  */
@@ -241,8 +254,8 @@ int tier_write_iov(tier_obj *o, uint64_t size, struct iovec *iov, int max);
 
 /*
  * Set the size of an unsealed object; shrinking frees DRAM, growing leaves
- * a hole that reads as zeros (and is charged, as tier_write() does).
- * @return 0; -EPERM if sealed; -EFBIG; -ENOSPC; -ENOENT if dead.
+ * a hole that reads as zeros and costs nothing.
+ * @return 0; -EPERM if sealed; -EFBIG; -ENOENT if dead.
  */
 int tier_truncate(tier_obj *o, uint64_t size);
 

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "tier/backend.h"
 #include "tier/nvme.h"
 #include "tier/tier.h"
 
@@ -104,6 +105,7 @@ struct policy {
 	unsigned nclasses;
 	uint64_t bonus; /* priority added per class, in clock units (bytes) */
 	uint64_t clock; /* advances by an object's bytes at each access */
+	uint64_t count; /* objects linked */
 	struct policy_node heads[POLICY_MAX_CLASSES]; /* circular list sentinels */
 };
 
@@ -131,6 +133,9 @@ struct nvme_rec {
 };
 
 struct tier_mgr {
+	/* the backends, fastest first (tier/backend.h): DRAM, then NVMe if any */
+	const struct tier_backend_ops *backends[TIER_MAX_BACKENDS];
+	unsigned nbackends;
 	struct dram_store dram;
 	uint32_t page_size;	   /* the NVMe allocation unit */
 	struct policy policy;	   /* objects in DRAM */
@@ -157,12 +162,31 @@ struct tier_mgr {
 	_Atomic uint64_t enospc;
 };
 
-/* --- tier.c internals place.c uses ---------------------------------------- */
+/* --- obj.c: the object state machine ---------------------------------------- */
 
+/*
+ * Claim @o for a move or an eviction: set OBJ_BUSY if it is sealed, has
+ * every bit of @need and none of @forbid (pass OBJ_LEASES to require no
+ * lease), and is neither dead nor busy.
+ * @return the state with OBJ_BUSY, or 0 if it cannot be claimed.
+ */
 uint64_t obj_try_claim(tier_obj *o, uint64_t need, uint64_t forbid);
 void obj_unclaim(tier_obj *o);
-/* Kill a claimed object unless leased (then -EBUSY, unclaimed); see tier.c. */
+/* Kill a claimed object unless leased (then -EBUSY, unclaimed). */
 int obj_kill_claimed(tier_obj *o, bool tell_owner);
+/*
+ * Kill claimed objects that are still unleased: dead, out of the lists,
+ * their bytes released; with @tell_owner the owner's `evicted` callback
+ * runs first, once for the batch. @return how many; @v compacted to them.
+ */
+size_t obj_kill_claimed_batch(tier_obj **v, size_t n, bool tell_owner);
+/* Could the DRAM eviction path take @o now (demote or kill it)? */
+bool obj_evictable(const tier_obj *o);
+
+/* --- tier.c internals the backends use ----------------------------------------- */
+
+/* The DRAM file is no longer used by a lease holder or mover: close it. */
+void obj_dram_unused(tier_obj *o);
 void obj_release_pages(tier_obj *o);
 /*
  * Reserve @need bytes of DRAM, making room by demotion or eviction; with
@@ -170,6 +194,10 @@ void obj_release_pages(tier_obj *o);
  * write, no eviction).
  */
 int dram_make_room(tier_mgr *m, uint64_t need, bool clean);
+/* Copy bytes of an object in DRAM (takes o->lock). @return bytes or -errno. */
+ssize_t obj_dram_read(tier_obj *o, uint64_t off, void *buf, size_t len);
+/* A new read-only descriptor of its DRAM file. @return fd; -ENODATA; -errno. */
+int obj_dram_backing_fd(tier_obj *o);
 /* Close the object's descriptor and mapping unless they must stay (o->lock held). */
 void obj_file_idle_locked(tier_obj *o);
 /* Map the whole file read-only for a lease holder (o->lock held). @return 0 or -errno. */
@@ -193,5 +221,8 @@ ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len);
 void place_free(tier_obj *o);
 /* The last lease of @o went. */
 void place_unleased(tier_obj *o);
+/* The NVMe backend's recover op (tier_recover() asks every backend). */
+int place_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *owner,
+		  tier_obj **out);
 
 #endif

@@ -35,6 +35,13 @@ class Passthrough(MountTest):
         log = self.m.log()
         self.assertIn("FUSE passthrough: off (--no-passthrough)" if NO_PASSTHROUGH
                       else "FUSE passthrough: on", log)
+        # the backends in placement order, and the documented names agree with them
+        put(self.m.path("a"), MiB)
+        st = self.m.stats()
+        self.assertEqual([b["name"] for b in st["backends"]], ["dram"])
+        self.assertEqual(st["backends"][0]["used_bytes"], st["tiers"]["dram"]["used_bytes"])
+        self.assertEqual(st["backends"][0]["capacity_bytes"], 8 * MiB)
+        self.assertEqual(st["backends"][0]["files"], 1)
 
     def test_reads_and_mmap_never_reach_the_daemon(self):
         m = self.m
@@ -190,6 +197,10 @@ class NvmeOnlyIsBroughtIn(MountTest):
         for i in range(8):  # push it out of DRAM: it stays on NVMe
             put(m.path("w%d" % i), MiB)
         self.assertEqual(os.getxattr(m.path("cold"), "user.kvfs.tier"), b"nvme")
+        st = m.stats()
+        self.assertEqual([b["name"] for b in st["backends"]], ["dram", "nvme"])
+        self.assertEqual(st["backends"][1]["files"], st["tiers"]["nvme"]["files"])
+        self.assertEqual(st["backends"][1]["used_bytes"], st["tiers"]["nvme"]["used_bytes"])
         before = m.stats()
         self.assertEqual(cold_read(m.path("cold")), content("cold", MiB))
         st = m.stats()

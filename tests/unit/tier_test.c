@@ -223,6 +223,12 @@ static void test_open_defaults_and_limits(void **state)
 	assert_string_equal(st.policy, "mq");
 	assert_int_equal(st.page_size, 64 << 10);
 	assert_true(m->dram.dirfd >= 0); /* a private tmpfs (the tests run as root) */
+	/* the backend table: DRAM only, fastest first */
+	assert_int_equal(st.nbackends, 1);
+	assert_string_equal(st.backend[0].name, "dram");
+	assert_int_equal(st.backend[0].kind, TIER_DRAM);
+	assert_int_equal(st.backend[0].capacity, 1 << 20);
+	assert_ptr_equal(m->backends[0], &tier_dram_backend);
 	tier_close(m);
 
 	m = open_mgr(4096, 4096, "lru");
