@@ -292,6 +292,7 @@ static int serve_lookup(void *ctx, const char *path, struct remote_file *out)
 	out->checksum = xxh;
 	out->iov = sv->iov;
 	out->niov = (uint32_t)n;
+	out->own_mapping = true; /* a mapping of the file in the DRAM store */
 	out->cookie = sv;
 out:
 	ns_put(fs, in, 1);

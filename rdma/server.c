@@ -406,8 +406,8 @@ static int daemon_runs(remote *r, const struct remote_file *rf, struct rdma_leas
 	int n = 0;
 
 	*out = NULL;
-	if (rf->niov == 1 && rf->iov && rf->iov[0].iov_len == rf->size && rf->size &&
-	    !rdma_mr_has(&r->arena_mr, rf->iov[0].iov_base, rf->size)) {
+	if (rf->own_mapping && rf->niov == 1 && rf->iov && rf->iov[0].iov_len == rf->size &&
+	    rf->size) {
 		runs = calloc(1, sizeof(*runs));
 		if (!runs)
 			return -ENOMEM;
