@@ -114,26 +114,26 @@ struct tier_stats {
 	/* the same figures by name, as documented for .kvfs/stats: */
 	uint64_t nvme_capacity; /* 0 without NVMe */
 	uint64_t nvme_used;
-	uint64_t nvme_files; /* objects with an NVMe copy */
+	uint64_t nvme_files;    /* objects with an NVMe copy */
 	uint64_t nvme_reads, nvme_read_bytes, nvme_writes, nvme_write_bytes;
 	uint64_t nvme_write_errors; /* files that stayed in DRAM only */
 	uint64_t nvme_read_errors;  /* I/O errors and checksum mismatches */
 	uint64_t nvme_csum_errors;
-	uint64_t nvme_evictions; /* NVMe copies dropped to make room */
-	uint64_t demotions;	 /* DRAM copies dropped after writing NVMe */
-	uint64_t promotions;	 /* NVMe files brought back into DRAM */
-	uint64_t lost;		 /* files dropped: their only copy failed */
-	bool nvme_full;		 /* the segment filesystem said ENOSPC */
+	uint64_t nvme_evictions;    /* NVMe copies dropped to make room */
+	uint64_t demotions;         /* DRAM copies dropped after writing NVMe */
+	uint64_t promotions;        /* NVMe files brought back into DRAM */
+	uint64_t lost;              /* files dropped: their only copy failed */
+	bool nvme_full;             /* the segment filesystem said ENOSPC */
 	uint64_t page_size;
 	uint64_t dram_capacity; /* bytes */
-	uint64_t dram_used;	/* bytes reserved by objects' files (4 KiB units) */
-	uint64_t dram_pinned;	/* bytes of pinned objects */
-	uint64_t objects;	/* live objects */
-	uint64_t sealed;	/* of which sealed */
-	uint64_t pinned;	/* of which pinned */
-	uint64_t evictions;	/* objects evicted */
+	uint64_t dram_used;     /* bytes of the objects' files (4 KiB pages) */
+	uint64_t dram_pinned;   /* bytes of pinned objects */
+	uint64_t objects;       /* live objects */
+	uint64_t sealed;        /* of which sealed */
+	uint64_t pinned;        /* of which pinned */
+	uint64_t evictions;     /* objects evicted */
 	uint64_t evicted_bytes;
-	uint64_t enospc; /* writes refused: nothing evictable */
+	uint64_t enospc;        /* writes refused: nothing evictable */
 	const char *policy;
 };
 
@@ -172,13 +172,13 @@ int tier_recover_begin(tier_mgr *m);
 
 /* What tier_fsck() found. */
 struct tier_fsck {
-	uint64_t records; /* NVMe records examined */
+	uint64_t records;     /* NVMe records examined */
 	uint64_t extents;
 	uint64_t bytes;
-	uint64_t undecodable;	/* records that do not parse */
-	uint64_t orphans;	/* records of ids that name no file */
+	uint64_t undecodable; /* records that do not parse */
+	uint64_t orphans;     /* records of ids that name no file */
 	uint64_t size_mismatch; /* extents not adding up to the file's size */
-	uint64_t overlaps;	/* extents outside a device or on pages another holds */
+	uint64_t overlaps;    /* extents outside a device or on pages another holds */
 	uint64_t bad_checksums; /* extents whose bytes fail their checksum (with verify) */
 	uint64_t read_errors;
 };
