@@ -13,7 +13,12 @@
  * needed (written, leased, read): a million cached files are a million
  * inodes in the tmpfs, not a million descriptors or mappings. The tmpfs is
  * sized a little above the budget as a second guard; the budget itself is
- * kept here in bytes (dram_reserve()), in units of the tmpfs page (4 KiB).
+ * kept here in bytes (dram_reserve()), as the tmpfs allocates them: 4 KiB
+ * pages, or large folios (huge=within_size) where a file covers them. The
+ * arena had a thread fault its pages in ahead of use because a first write
+ * to a fresh 4 KiB shmem page paid for allocating and zeroing it; large
+ * folios make that cost small (1 MiB appends measured 1.5 GB/s with 4 KiB
+ * pages, 15 GB/s with huge=within_size).
  *
  * Without CAP_SYS_ADMIN (fsopen refused) each object gets a memfd instead,
  * which stays open for the object's life (there is no name to reopen it
@@ -56,6 +61,8 @@ static int tmpfs_open(uint64_t bytes)
 	if (fsconfig(fsfd, FSCONFIG_SET_STRING, "size", size, 0) ||
 	    fsconfig(fsfd, FSCONFIG_SET_STRING, "mode", "0700", 0) ||
 	    fsconfig(fsfd, FSCONFIG_SET_STRING, "nr_inodes", "0", 0) ||
+	    /* large folios where a file covers them: written 3-10x faster than 4 KiB pages */
+	    fsconfig(fsfd, FSCONFIG_SET_STRING, "huge", "within_size", 0) ||
 	    fsconfig(fsfd, FSCONFIG_CMD_CREATE, NULL, NULL, 0)) {
 		rc = -errno;
 		close(fsfd);

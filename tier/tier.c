@@ -444,14 +444,19 @@ static uint64_t obj_allocated_locked(tier_obj *o, uint64_t fallback)
 	return (uint64_t)st.st_blocks * 512;
 }
 
-/* Settle the charge of an object that had @held reserved to what it occupies. */
+/*
+ * Settle the charge of an object that had @held reserved to what it
+ * occupies. A large folio filling a hole can take more than the pages the
+ * write touched: make room for the rest, or (nothing evictable) keep the
+ * books true anyway; the tmpfs's own size limit stays a hard bound.
+ */
 static void obj_settle_locked(tier_obj *o, uint64_t held)
 {
 	uint64_t now = obj_allocated_locked(o, held);
 
 	if (now < held)
 		dram_unreserve(&o->mgr->dram, held - now);
-	else if (now > held) /* never expected: keep the books true anyway */
+	else if (now > held && dram_make_room(o->mgr, now - held, false))
 		atomic_fetch_add(&o->mgr->dram.used, now - held);
 	__atomic_store_n(&o->dbytes, now, __ATOMIC_RELAXED);
 }
