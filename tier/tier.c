@@ -731,14 +731,17 @@ int obj_dram_backing_fd(tier_obj *o)
 	int fd;
 
 	pthread_mutex_lock(&o->lock);
-	if (!o->fname)
+	if (!o->fname) {
 		fd = -ENODATA; /* an empty file has none */
-	else if (m->dram.dirfd >= 0)
+	} else if (m->dram.dirfd >= 0) {
 		fd = dram_reopen(&m->dram, o->fname, O_RDONLY);
-	else if (o->fd >= 0 && (fd = fcntl(o->fd, F_DUPFD_CLOEXEC, 0)) < 0)
-		fd = -errno;
-	else if (o->fd < 0)
+	} else if (o->fd < 0) {
 		fd = -ENODATA;
+	} else {
+		fd = fcntl(o->fd, F_DUPFD_CLOEXEC, 0); /* a memfd: no name to reopen */
+		if (fd < 0)
+			fd = -errno;
+	}
 	pthread_mutex_unlock(&o->lock);
 	return fd;
 }
