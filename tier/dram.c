@@ -75,7 +75,7 @@ static int tmpfs_open(uint64_t bytes)
 	return rc;
 }
 
-int dram_open(struct dram_store *d, uint64_t bytes, char *err, size_t errlen)
+int dram_open(struct dram_store *d, uint64_t bytes, bool memfd, char *err, size_t errlen)
 {
 	int rc;
 
@@ -93,7 +93,7 @@ int dram_open(struct dram_store *d, uint64_t bytes, char *err, size_t errlen)
 			 strerror(-rc));
 		return rc;
 	}
-	rc = tmpfs_open(bytes);
+	rc = memfd ? -EPERM : tmpfs_open(bytes);
 	if (rc >= 0) {
 		d->dirfd = rc;
 		log_info("DRAM: %" PRIu64 " bytes in a private tmpfs, one file per object", bytes);

@@ -66,7 +66,7 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 		return -ENOMEM;
 	m->cb = *cb;
 	m->page_size = ps;
-	rc = dram_open(&m->dram, cfg->dram_bytes, err, errlen);
+	rc = dram_open(&m->dram, cfg->dram_bytes, cfg->dram_memfd, err, errlen);
 	if (rc)
 		goto out_free;
 	rc = policy_init(&m->policy, policy, m->dram.bytes);

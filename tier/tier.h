@@ -69,6 +69,8 @@ struct tier_config {
 	const struct tier_nvme_dev *nvme; /* NVMe devices (striped), or NULL */
 	unsigned nvme_count;
 	bool persist_through; /* write every sealed file to NVMe at once */
+	bool dram_memfd;      /* one memfd per object instead of the private tmpfs (what a
+			       * daemon without CAP_SYS_ADMIN gets; tests select it) */
 	struct cat *cat;      /* where tier records go (required with NVMe) */
 };
 

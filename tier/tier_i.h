@@ -27,7 +27,7 @@ struct dram_store {
 };
 
 /* @return 0; -EINVAL (size); the injected arena fault. */
-int dram_open(struct dram_store *d, uint64_t bytes, char *err, size_t errlen);
+int dram_open(struct dram_store *d, uint64_t bytes, bool memfd, char *err, size_t errlen);
 void dram_close(struct dram_store *d);
 /* Take @n bytes of the budget, all or none. @return 0 or -ENOSPC. */
 int dram_reserve(struct dram_store *d, uint64_t n);

@@ -731,6 +731,73 @@ static void test_read_iov(void **state)
 
 
 
+/*
+ * The file FUSE passthrough is given: only for a sealed, leased object in
+ * DRAM; a new descriptor each time, holding exactly the object's bytes from
+ * 0, read-only; it outlives the object's eviction (the kernel may keep it).
+ */
+static void check_backing_fd(bool memfd)
+{
+	struct tier_config cfg = {.dram_bytes = 8 * PS, .page_size = PS, .dram_memfd = memfd};
+	size_t len = 3 * PS + 17;
+	uint8_t want[3 * PS + 17], got[3 * PS + 17];
+	tier_obj *o, *e, *x;
+	tier_mgr *m = NULL;
+	char err[128];
+	int fd, fd2;
+
+	rec_reset(false);
+	assert_int_equal(tier_open(&cfg, &rec_cb, &m, err, sizeof(err)), 0);
+	assert_int_equal(tier_dram_private(m), !memfd);
+	o = new_obj(m);
+	e = new_obj(m);
+	fill(want, len, 9);
+	assert_int_equal(tier_write(o, 0, want, len), 0);
+	assert_int_equal(tier_backing_fd(o), -EINVAL); /* unsealed */
+	assert_int_equal(tier_seal(o), 0);
+	assert_int_equal(tier_backing_fd(o), -EINVAL); /* not leased */
+	assert_int_equal(tier_lease(o), 0);
+	fd = tier_backing_fd(o);
+	fd2 = tier_backing_fd(o);
+	assert_true(fd >= 0 && fd2 >= 0 && fd != fd2);
+	assert_int_equal(pread(fd, got, sizeof(got), 0), (ssize_t)len);
+	assert_memory_equal(got, want, len);
+	assert_int_equal(lseek(fd, 0, SEEK_END), (off_t)len);
+	if (!memfd)
+		assert_int_equal(write(fd, "x", 1), -1); /* read-only */
+	close(fd2);
+	assert_int_equal(tier_seal(e), 0);
+	assert_int_equal(tier_lease(e), 0);
+	assert_int_equal(tier_backing_fd(e), -ENODATA); /* empty: no file */
+	tier_unlease(e);
+	/* evicted once unleased: the descriptor still reads the old bytes */
+	tier_unlease(o);
+	x = sealed_obj(m, 8, 3); /* the whole budget */
+	assert_true(tier_is_dead(o));
+	assert_int_equal(stats(m).dram_used, 8 * PS);
+	assert_int_equal(pread(fd, got, sizeof(got), 0), (ssize_t)len);
+	assert_memory_equal(got, want, len);
+	close(fd);
+	check_pattern(x, 8 * PS, 3);
+	release(x);
+	release(e);
+	tier_obj_put(o);
+	assert_int_equal(stats(m).dram_used, 0);
+	tier_close(m);
+}
+
+static void test_backing_fd_tmpfs(void **state)
+{
+	(void)state;
+	check_backing_fd(false);
+}
+
+static void test_backing_fd_memfd(void **state)
+{
+	(void)state;
+	check_backing_fd(true);
+}
+
 /* --- leases, pins, state ------------------------------------------------------- */
 
 static void test_dead_object_refuses_everything(void **state)
@@ -1741,6 +1808,8 @@ int main(void)
 		cmocka_unit_test(test_sealed_is_immutable),
 		cmocka_unit_test(test_read_past_eof),
 		cmocka_unit_test(test_read_iov),
+		cmocka_unit_test(test_backing_fd_tmpfs),
+		cmocka_unit_test(test_backing_fd_memfd),
 		cmocka_unit_test(test_dead_object_refuses_everything),
 		cmocka_unit_test(test_evict_states),
 		cmocka_unit_test(test_drop_idempotent),
