@@ -321,7 +321,6 @@ static void test_stats_track_pages(void **state)
 	tier_close(m);
 }
 
-
 static void test_fault_arena(void **state)
 {
 	struct tier_config cfg = {.dram_bytes = 1 << 20, .page_size = PS, .policy = "mq"};
@@ -491,7 +490,6 @@ static void test_sparse_holes_read_zero(void **state)
 	free(got);
 	tier_close(m);
 }
-
 
 static void test_overlapping_rewrites(void **state)
 {
@@ -728,8 +726,6 @@ static void test_read_iov(void **state)
 	free(got);
 	tier_close(m);
 }
-
-
 
 /*
  * The file FUSE passthrough is given: only for a sealed, leased object in
@@ -1176,7 +1172,6 @@ static void test_evict_lru_order(void **state)
 	assert_int_equal(stats(m).dram_used, 0);
 	tier_close(m);
 }
-
 
 /*
  * mq keeps objects that were opened through a scan of one-shot objects, for
