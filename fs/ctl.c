@@ -204,7 +204,7 @@ static const struct figure figures[] = {
 	{"directories", "kvfs_directories", GAUGE, "Directories, not counting the root", CTR(dirs),
 	 NULL},
 	{"open_handles", "kvfs_open_handles", GAUGE, "Open file handles", CTR(open_handles), NULL},
-	{"tiers.dram.capacity_bytes", "kvfs_dram_capacity_bytes", GAUGE, "DRAM arena size", -1,
+	{"tiers.dram.capacity_bytes", "kvfs_dram_capacity_bytes", GAUGE, "DRAM budget", -1,
 	 g_dram_capacity},
 	{"tiers.dram.used_bytes", "kvfs_dram_used_bytes", GAUGE, "DRAM pages in use, in bytes", -1,
 	 g_dram_used},

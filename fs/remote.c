@@ -317,9 +317,9 @@ static const struct remote_ops serve_ops = {
 /* --- fetching on a local miss -------------------------------------------------------- */
 
 /*
- * Where fetched bytes land: straight in the DRAM pages of a new, unowned
- * tier object (the arena is registered with the fabric: no copy, no
- * registration), or, for a file too fragmented for one transfer, a
+ * Where fetched bytes land: straight in the DRAM file of a new, unowned
+ * tier object (its mapping, registered with the fabric for the transfer:
+ * no copy), or, if DRAM cannot describe it in the vectors given, a
  * thread's bounce buffer that is then copied in.
  */
 struct bounce {

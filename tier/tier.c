@@ -75,11 +75,6 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 		goto out_dram;
 	}
 	policy_init(&m->nvme_policy, policy, m->dram.bytes);
-	if (posix_memalign((void **)&m->zero_page, 4096, ps)) {
-		rc = -ENOMEM;
-		goto out_policy;
-	}
-	memset(m->zero_page, 0, ps);
 	m->backends[m->nbackends++] = &tier_dram_backend;
 	if (cfg->nvme_count) {
 		struct nvme_dev_config devs[16];
@@ -89,7 +84,7 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 			snprintf(err, errlen, "at most %zu NVMe directories",
 				 KVFS_ARRAY_SIZE(devs));
 			rc = -EINVAL;
-			goto out_zero;
+			goto out_policy;
 		}
 		for (unsigned i = 0; i < cfg->nvme_count; i++) {
 			devs[i].dir = cfg->nvme[i].dir;
@@ -98,7 +93,7 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 		m->nvme_extent_pages = extent_pages;
 		rc = nvme_open(devs, cfg->nvme_count, ps, extent_pages, &m->nvme, err, errlen);
 		if (rc)
-			goto out_zero;
+			goto out_policy;
 		m->cat = cfg->cat;
 		m->persist_through = cfg->persist_through;
 		m->backends[m->nbackends++] = &tier_nvme_backend;
@@ -106,8 +101,6 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 	*out = m;
 	return 0;
 
-out_zero:
-	free(m->zero_page);
 out_policy:
 	policy_destroy(&m->nvme_policy);
 	policy_destroy(&m->policy);
@@ -127,7 +120,6 @@ void tier_close(tier_mgr *m)
 	for (size_t i = 0; i < m->nrecs; i++)
 		free(m->recs[i].ext);
 	free(m->recs);
-	free(m->zero_page);
 	policy_destroy(&m->nvme_policy);
 	policy_destroy(&m->policy);
 	dram_close(&m->dram);

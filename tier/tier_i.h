@@ -1,6 +1,7 @@
 /*
- * tier/tier_i.h — private to tier/: the DRAM arena, the eviction policy and
- * the object struct they share. Nothing outside tier/ includes this.
+ * tier/tier_i.h — private to tier/: the DRAM store, the eviction policy, the
+ * object struct and the state machine they share. Nothing outside tier/
+ * includes this (backends built on tier/ include tier/backend.h).
  */
 #ifndef KVFS_TIER_I_H
 #define KVFS_TIER_I_H
@@ -141,7 +142,6 @@ struct tier_mgr {
 	struct policy policy;	   /* objects in DRAM */
 	struct policy nvme_policy; /* objects with an NVMe copy */
 	struct tier_callbacks cb;
-	uint8_t *zero_page; /* page-aligned (O_DIRECT writes of holes) */
 
 	struct nvme_store *nvme; /* NULL: DRAM only */
 	uint32_t nvme_extent_pages;
