@@ -226,7 +226,7 @@ $(B)/bin/kvfs-genmodel: $(call obj,tools/genmodel.c)
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(B)/tests/llm_test: $(call obj,tests/unit/llm_test.c) $(ENG_OBJ) $(TIER_LIB) $(CORE_LIB) \
+$(B)/tests/llm_test: $(call obj,tests/unit/llm_test.c) $(ENG_OBJ) $(TIER_LIB) $(GPU_LIB) $(CORE_LIB) \
                      $(LIBKVFS_A)
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  LD      $@"

@@ -455,6 +455,20 @@ static char *render_stats(struct kvfs_fs *fs)
 					    json_integer((json_int_t)g[i].block_bytes));
 			json_object_set_new(p, "blocks", json_integer(g[i].blocks));
 			json_object_set_new(p, "free_blocks", json_integer(g[i].free_blocks));
+#define TG(f) json_object_set_new(p, #f, json_integer((json_int_t)g[i].tier.f))
+			TG(used);
+			TG(files);
+			TG(stores);
+			TG(promotions);
+			TG(store_bytes);
+			TG(d2d_loads);
+			TG(d2d_bytes);
+			TG(d2h_bytes);
+			TG(writedowns);
+			TG(drops);
+			TG(evictions);
+			TG(copy_errors);
+#undef TG
 			json_array_append_new(pools, p);
 		}
 		json_set_path(root, "gpu.pools", pools);
@@ -528,13 +542,25 @@ static char *render_metrics(struct kvfs_fs *fs)
 				     "# HELP kvfs_gpu_pool_bytes Bytes of each --gpu pool\n"
 				     "# TYPE kvfs_gpu_pool_bytes gauge\n"
 				     "# HELP kvfs_gpu_pool_free_bytes Free bytes of each --gpu pool\n"
-				     "# TYPE kvfs_gpu_pool_free_bytes gauge\n");
+				     "# TYPE kvfs_gpu_pool_free_bytes gauge\n"
+				     "# HELP kvfs_gpu_pool_files Files with a copy in each --gpu pool\n"
+				     "# TYPE kvfs_gpu_pool_files gauge\n"
+				     "# HELP kvfs_gpu_pool_loaded_bytes_total Bytes loaded device to device from each pool\n"
+				     "# TYPE kvfs_gpu_pool_loaded_bytes_total counter\n"
+				     "# HELP kvfs_gpu_pool_writedowns_total GPU-only files written down to DRAM\n"
+				     "# TYPE kvfs_gpu_pool_writedowns_total counter\n");
 		for (unsigned i = 0; i < n && !rc; i++)
 			rc = appendf(&buf, &len, &cap,
 				     "kvfs_gpu_pool_bytes{device=\"%d\"} %llu\n"
-				     "kvfs_gpu_pool_free_bytes{device=\"%d\"} %llu\n",
+				     "kvfs_gpu_pool_free_bytes{device=\"%d\"} %llu\n"
+				     "kvfs_gpu_pool_files{device=\"%d\"} %llu\n"
+				     "kvfs_gpu_pool_loaded_bytes_total{device=\"%d\"} %llu\n"
+				     "kvfs_gpu_pool_writedowns_total{device=\"%d\"} %llu\n",
 				     g[i].device, (unsigned long long)g[i].bytes, g[i].device,
-				     (unsigned long long)(g[i].free_blocks * g[i].block_bytes));
+				     (unsigned long long)(g[i].free_blocks * g[i].block_bytes),
+				     g[i].device, (unsigned long long)g[i].tier.files, g[i].device,
+				     (unsigned long long)g[i].tier.d2d_bytes, g[i].device,
+				     (unsigned long long)g[i].tier.writedowns);
 	}
 	if (rc) {
 		free(buf);

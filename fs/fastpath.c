@@ -889,7 +889,9 @@ static int batch_sync(struct fp_reg *r)
 
 /*
  * Queue the copy of @d into the device memory of @buf on the ring's stream
- * (made at the first, on @buf's device). Bytes in DRAM are copied from the
+ * (made at the first, on @buf's device). A file in the GPU pool of that
+ * device is copied device to device from its pool blocks (a hot file is
+ * promoted there first, tier/gpu.c); bytes in DRAM are copied from the
  * arena; bytes only on NVMe are read (checksummed) into a bounce buffer
  * and copied from there, waiting for each chunk. The caller syncs the
  * stream before it completes the request.
@@ -900,13 +902,26 @@ static int dev_read(struct fp_reg *r, struct fp_reg *buf, tier_obj *obj,
 		    const struct kvfs_ring_desc *d)
 {
 	struct iovec iov[MAX_IOV];
-	uint64_t done = 0;
+	uint64_t done = 0, pooled = 0;
 	int rc;
 
 	if (ring_stream(r, buf->gdev))
 		goto out_dev;
+	(void)tier_gpu_promote(obj, buf->gdev); /* not hot, or no room: from the host copy */
 	while (done < d->len) {
-		int k = tier_read_iov(obj, d->src_off + done, d->len - done, iov, MAX_IOV);
+		uint64_t n = d->len - done;
+		void *pool = tier_gpu_addr(obj, buf->gdev, d->src_off + done, &n);
+		int k;
+
+		if (pool) {
+			/* the match's lease keeps the pool copy until the request completes */
+			if (batch_add(r, buf->dev_mem + d->dst_off + done, pool, n, GPU_D2D))
+				goto out_dev;
+			pooled += n;
+			done += n;
+			continue;
+		}
+		k = tier_read_iov(obj, d->src_off + done, d->len - done, iov, MAX_IOV);
 
 		if (k == -ENODATA) {
 			size_t want = KVFS_MIN(d->len - done, (uint64_t)BOUNCE_BYTES);
@@ -938,6 +953,8 @@ static int dev_read(struct fp_reg *r, struct fp_reg *buf, tier_obj *obj,
 			done += iov[j].iov_len;
 		}
 	}
+	if (pooled)
+		tier_gpu_loaded(obj, pooled);
 	return 0;
 out_dev:
 	log_warn("fast path: a device copy for pid %d failed: %s", (int)r->tgid, gpu_error());
@@ -1065,7 +1082,7 @@ static void unlink_failed(struct kvfs_fs *fs, struct kvfs_inode *in)
 }
 
 static int64_t save_file(struct fp_reg *r, struct kvfs_inode *dir, const kvfs_key *key,
-			 const uint8_t *bytes, uint64_t len);
+			 const uint8_t *bytes, uint64_t len, tier_obj **out);
 
 static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
@@ -1093,7 +1110,7 @@ static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		goto out;
 	}
 	memcpy(&key, keyp, sizeof(key));
-	rc = save_file(r, dir, &key, buf->mem + e->args[1], e->args[2]);
+	rc = save_file(r, dir, &key, buf->mem + e->args[1], e->args[2], NULL);
 out:
 	reg_put(buf);
 	return rc;
@@ -1101,10 +1118,11 @@ out:
 
 /*
  * Create `<dir>/<key hex>` from @len bytes at @bytes and seal it (a native
- * block is validated). @return 0; -EEXIST (a hit); -ENOENT; -EBADMSG; -errno.
+ * block is validated); its tier object, referenced, in *@out if @out.
+ * @return 0; -EEXIST (a hit); -ENOENT; -EBADMSG; -errno.
  */
 static int64_t save_file(struct fp_reg *r, struct kvfs_inode *dir, const kvfs_key *key,
-			 const uint8_t *bytes, uint64_t len)
+			 const uint8_t *bytes, uint64_t len, tier_obj **out)
 {
 	struct kvfs_fs *fs = r->fs;
 	struct kvfs_inode *in = NULL;
@@ -1150,10 +1168,15 @@ static int64_t save_file(struct fp_reg *r, struct kvfs_inode *dir, const kvfs_ke
 		if (!rc)
 			rc = sealed;
 	}
-	if (rc)
+	if (rc) {
 		unlink_failed(fs, in);
-	else
+	} else {
 		atomic_fetch_add(&fs->ctr.fp_saved, 1);
+		if (out) {
+			*out = in->data;
+			tier_obj_get(*out);
+		}
+	}
 	ns_put(fs, in, 1);
 	return rc;
 }
@@ -1174,6 +1197,44 @@ static uint64_t le_get(const uint8_t *p, unsigned bytes)
  * before it is read, and its sizes bound every copy; the seal validates the
  * whole block (key, sizes, checksums) as for any native block.
  */
+/*
+ * Put a block just saved from one device buffer @dbuf into the GPU pool of
+ * its device (tier/gpu.c): the layers device to device from the engine's
+ * pages (@dps, as the save copied them), the header and any padding
+ * between layers from the host block @blk. Best effort: the file is saved
+ * in DRAM whatever happens here.
+ */
+static void save_dev_pool(struct fp_reg *dbuf, tier_obj *o, const uint8_t *blk, uint64_t hb,
+			  uint32_t L, uint64_t stride, uint64_t part, bool mla,
+			  const struct kvfs_ring_devpart *dps)
+{
+	struct tier_gpu_part *p = malloc(sizeof(*p) * (3 * (size_t)L + 1));
+	unsigned n = 0;
+	int rc;
+
+	if (!p)
+		return;
+	p[n++] = (struct tier_gpu_part){.off = 0, .len = hb, .src = blk};
+	for (uint32_t l = 0; l < L; l++) {
+		uint64_t seg = hb + (uint64_t)l * stride, used = mla ? part : 2 * part;
+
+		p[n++] = (struct tier_gpu_part){.off = seg, .len = part,
+						.src = dbuf->dev_mem + dps[l].k_off, .device = true};
+		if (!mla)
+			p[n++] = (struct tier_gpu_part){.off = seg + part, .len = part,
+							.src = dbuf->dev_mem + dps[l].v_off,
+							.device = true};
+		if (stride > used)
+			p[n++] = (struct tier_gpu_part){.off = seg + used, .len = stride - used,
+							.src = blk + seg + used};
+	}
+	rc = tier_gpu_store_parts(o, dbuf->gdev, p, n);
+	if (rc && rc != -ENODEV)
+		log_debug("fast path: a saved block stays out of the GPU pool: %s",
+			  strerror(-rc));
+	free(p);
+}
+
 static int64_t op_save_dev(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
 	struct kvfs_inode *dir = ns_of(r, e->ns);
@@ -1181,6 +1242,9 @@ static int64_t op_save_dev(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	uint8_t fixed[KVFS_BLOCK_FIXED_BYTES], *blk = NULL;
 	const uint8_t *pl;
 	uint64_t *sums = NULL, layer_bytes, stride, part, file_bytes, hb = e->args[2];
+	struct kvfs_ring_devpart *dps = NULL;
+	tier_obj *saved = NULL;
+	bool one_buf = true; /* every layer in one device buffer: the pool copy may be d2d */
 	uint32_t L;
 	bool mla;
 	kvfs_key key;
@@ -1216,7 +1280,8 @@ static int64_t op_save_dev(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	pl = payload(r, e->args[3], KVFS_KEY_BYTES + (uint64_t)L * sizeof(struct kvfs_ring_devpart));
 	blk = calloc(1, file_bytes);
 	sums = malloc(sizeof(*sums) * L);
-	if (!pl || !blk || !sums) {
+	dps = malloc(sizeof(*dps) * L);
+	if (!pl || !blk || !sums || !dps) {
 		rc = pl ? -ENOMEM : -EINVAL;
 		goto out;
 	}
@@ -1227,9 +1292,12 @@ static int64_t op_save_dev(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		uint8_t *seg = blk + hb + (uint64_t)l * stride;
 
 		memcpy(&dp, pl + KVFS_KEY_BYTES + (size_t)l * sizeof(dp), sizeof(dp));
+		dps[l] = dp;
 		if (!dbuf || dbuf->id != dp.buf) {
-			if (dbuf)
+			if (dbuf) {
 				reg_put(dbuf);
+				one_buf = false;
+			}
 			dbuf = buf_get(r->tgid, dp.buf);
 			if (!dbuf || dbuf->kind != REG_DEV) {
 				rc = -EBADF;
@@ -1261,14 +1329,19 @@ static int64_t op_save_dev(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		rc = -EBADMSG;
 		goto out;
 	}
-	rc = save_file(r, dir, &key, blk, file_bytes);
-	if (!rc)
+	rc = save_file(r, dir, &key, blk, file_bytes, &saved);
+	if (!rc) {
 		atomic_fetch_add(&r->fs->ctr.gpu_saved_blocks, 1);
+		if (one_buf)
+			save_dev_pool(dbuf, saved, blk, hb, L, stride, part, mla, dps);
+		tier_obj_put(saved);
+	}
 out:
 	if (dbuf)
 		reg_put(dbuf);
 	if (hbuf)
 		reg_put(hbuf);
+	free(dps);
 	free(sums);
 	free(blk);
 	return rc;

@@ -431,11 +431,17 @@ struct gpu_dev;
 int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, pid_t owner,
 		     struct gpu_dev **dev, void **mem);
 void gpupool_ipc_close(struct gpu_dev *dev, void *mem);
+/*
+ * Put each pool in the tier manager as the fastest backend (tier/gpu.c),
+ * after tier_open. @return 0; -errno with @err.
+ */
+int gpupool_attach(struct kvfs_fs *fs, char *err, size_t errlen);
 struct gpupool_stat {
 	int device;
 	const char *impl; /* "cuda", or "shm" for the tests' stand-in */
 	uint64_t bytes, block_bytes;
 	uint32_t blocks, free_blocks;
+	struct tier_gpu_stats tier; /* what the tier keeps there */
 };
 /* The figures of up to @max pools into @out. @return how many (0 without --gpu). */
 unsigned gpupool_stats(struct kvfs_fs *fs, struct gpupool_stat *out, unsigned max);

@@ -110,6 +110,22 @@ int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, pid
 	return rc;
 }
 
+int gpupool_attach(struct kvfs_fs *fs, char *err, size_t errlen)
+{
+	struct gpupool *g = fs->gpu;
+
+	for (unsigned i = 0; g && i < g->n; i++) {
+		int rc = tier_gpu_attach(fs->tier, g->dev[i], g->pool[i]);
+
+		if (rc) {
+			snprintf(err, errlen, "--gpu %d: cannot add the pool as a tier: %s",
+				 g->dev[i]->index, strerror(-rc));
+			return rc;
+		}
+	}
+	return 0;
+}
+
 void gpupool_ipc_close(gpu_dev *dev, void *mem)
 {
 	dev->ops->ipc_close(dev, mem);
@@ -120,16 +136,23 @@ unsigned gpupool_stats(struct kvfs_fs *fs, struct gpupool_stat *out, unsigned ma
 	struct gpupool *g = fs->gpu;
 	unsigned n = 0;
 
+	struct tier_gpu_stats ts[8] = {0};
+	unsigned nt = fs->tier ? tier_gpu_get_stats(fs->tier, ts, 8) : 0;
+
 	for (; g && n < g->n && n < max; n++) {
 		struct gpu_pool_stats st;
 
 		gpu_pool_get_stats(g->pool[n], &st);
-		out[n] = (struct gpupool_stat){.device = g->dev[n]->index,
-					       .impl = g->dev[n]->ops->name,
-					       .bytes = st.bytes,
-					       .block_bytes = st.block_bytes,
-					       .blocks = st.blocks,
-					       .free_blocks = st.free_blocks};
+		if (n < nt)
+			out[n].tier = ts[n]; /* attached in the same order */
+		out[n].device = g->dev[n]->index;
+		out[n].impl = g->dev[n]->ops->name;
+		out[n].bytes = st.bytes;
+		out[n].block_bytes = st.block_bytes;
+		out[n].blocks = st.blocks;
+		out[n].free_blocks = st.free_blocks;
+		if (n >= nt)
+			memset(&out[n].tier, 0, sizeof(out[n].tier));
 	}
 	return n;
 }

@@ -551,6 +551,9 @@ static int run(struct kvfs_fs *fs)
 	rc = tier_open(&tc, &cb, &fs->tier, err, sizeof(err));
 	if (rc)
 		goto out;
+	rc = gpupool_attach(fs, err, sizeof(err));
+	if (rc)
+		goto out;
 	fsck_record_tiers(fs->cat, c, tier_page_size(fs->tier));
 	rc = ns_open(fs, err, sizeof(err));
 	if (rc)

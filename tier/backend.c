@@ -62,6 +62,23 @@ static bool nvme_holds(const tier_obj *o)
 	return (atomic_load(&((tier_obj *)o)->state) & (OBJ_NVME | OBJ_DEAD)) == OBJ_NVME;
 }
 
+/*
+ * Onto NVMe from the faster copy: a GPU-only file (fsync, persistence) is
+ * written down into DRAM first, as NVMe is written from DRAM.
+ */
+static int nvme_store(tier_obj *o, bool evict)
+{
+	uint64_t s = atomic_load(&o->state);
+
+	if (!(s & OBJ_DRAM) && (s & OBJ_GPU)) {
+		int rc = gpu_writedown(o, false);
+
+		if (rc)
+			return rc;
+	}
+	return place_store(o, evict);
+}
+
 /* Extents stay allocated until the record naming them is gone (see obj.c). */
 static void nvme_release(tier_obj *o, uint64_t old_state)
 {
@@ -98,7 +115,7 @@ const struct tier_backend_ops tier_nvme_backend = {
 	.name = "nvme",
 	.kind = TIER_NVME,
 	.holds = nvme_holds,
-	.store = place_store,
+	.store = nvme_store,
 	.read = place_read,
 	.backing_fd = NULL, /* extents in segment files: no file of its own */
 	.drop = NULL,	    /* the slowest here: its copies are evicted (or spilled) */

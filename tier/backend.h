@@ -75,5 +75,6 @@ struct tier_backend_ops {
 
 extern const struct tier_backend_ops tier_dram_backend;
 extern const struct tier_backend_ops tier_nvme_backend;
+extern const struct tier_backend_ops tier_gpu_backend; /* tier/gpu.c */
 
 #endif

@@ -164,11 +164,12 @@ static void list_remove(struct policy *p, tier_obj *o, struct policy_node *n)
 		tier_obj_put(o);
 }
 
-/* Out of both lists. */
+/* Out of every list. */
 static void policy_forget(tier_obj *o)
 {
 	list_remove(&o->mgr->policy, o, &o->pn);
 	list_remove(&o->mgr->nvme_policy, o, &o->npn);
+	list_remove(&o->mgr->gpu_policy, o, &o->gpn);
 }
 
 void tier_drop(tier_obj *o)

@@ -379,69 +379,28 @@ static void lose(tier_obj *o, int why)
 	tier_obj_put(o);
 }
 
+/* obj_dram_fill's source for a promotion: the NVMe copy, checked as it is read. */
+static int nvme_fill(tier_obj *o, uint64_t off, void *buf, uint64_t len)
+{
+	struct iovec iov = {.iov_base = buf, .iov_len = (size_t)len};
+	int rc;
+
+	(void)off; /* always the whole file */
+	rc = nvme_read(o->mgr->nvme, o->ext, o->next, &iov, 1);
+	if (rc)
+		lose(o, rc);
+	return rc;
+}
+
 int place_promote(tier_obj *o, bool clean)
 {
-	tier_mgr *m = o->mgr;
-	uint64_t want = dram_round(o->size), name = 0;
-	struct iovec iov;
-	void *p = MAP_FAILED;
-	int fd = -1, rc;
+	int rc;
 
 	if (o->size == 0)
 		return 0;
-	rc = dram_make_room(m, want, clean);
-	if (rc)
-		return rc;
-	fd = dram_create(&m->dram, &name);
-	if (fd < 0) {
-		rc = fd;
-		goto out_unreserve;
-	}
-	if (ftruncate(fd, (off_t)o->size) ||
-	    (p = mmap(NULL, (size_t)o->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) ==
-		    MAP_FAILED) {
-		rc = -errno;
-		goto out_remove;
-	}
-	iov.iov_base = p;
-	iov.iov_len = (size_t)o->size;
-	rc = nvme_read(m->nvme, o->ext, o->next, &iov, 1);
-	munmap(p, (size_t)o->size);
-	if (rc) {
-		lose(o, rc);
-		goto out_remove;
-	}
-	pthread_mutex_lock(&o->lock);
-	o->fname = name;
-	if (m->dram.dirfd < 0) {
-		o->fd = fd; /* a memfd: it has no name to reopen */
-		fd = -1;
-	}
-	__atomic_store_n(&o->dbytes, want, __ATOMIC_RELAXED);
-	pthread_mutex_unlock(&o->lock);
-	if (fd >= 0)
-		close(fd);
-	/* the file first, then the bit: a reader that sees OBJ_DRAM finds it */
-	atomic_fetch_or(&o->state, OBJ_DRAM);
-	pthread_mutex_lock(&m->policy.lock);
-	if (!o->pn.linked && !(atomic_load(&o->state) & OBJ_DEAD)) {
-		tier_obj_get(o);
-		policy_insert_locked(&m->policy, &o->pn, o->size);
-	}
-	pthread_mutex_unlock(&m->policy.lock);
-	if (atomic_load(&o->state) & OBJ_PINNED)
-		atomic_fetch_add(&m->pinned_bytes, want);
-	atomic_fetch_add(&m->promotions, 1);
-	if (m->cb.moved)
-		m->cb.moved(m->cb.ctx, o);
-	return 0;
-
-out_remove:
-	if (fd >= 0)
-		close(fd);
-	dram_remove(&m->dram, name);
-out_unreserve:
-	dram_unreserve(&m->dram, want);
+	rc = obj_dram_fill(o, clean, nvme_fill);
+	if (!rc)
+		atomic_fetch_add(&o->mgr->promotions, 1);
 	return rc;
 }
 

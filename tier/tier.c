@@ -75,6 +75,7 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 		goto out_dram;
 	}
 	policy_init(&m->nvme_policy, policy, m->dram.bytes);
+	policy_init(&m->gpu_policy, "lru", m->dram.bytes);
 	m->backends[m->nbackends++] = &tier_dram_backend;
 	if (cfg->nvme_count) {
 		struct nvme_dev_config devs[16];
@@ -102,6 +103,7 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 	return 0;
 
 out_policy:
+	policy_destroy(&m->gpu_policy);
 	policy_destroy(&m->nvme_policy);
 	policy_destroy(&m->policy);
 out_dram:
@@ -120,6 +122,8 @@ void tier_close(tier_mgr *m)
 	for (size_t i = 0; i < m->nrecs; i++)
 		free(m->recs[i].ext);
 	free(m->recs);
+	tier_gpu_detach_all(m);
+	policy_destroy(&m->gpu_policy);
 	policy_destroy(&m->nvme_policy);
 	policy_destroy(&m->policy);
 	dram_close(&m->dram);
@@ -278,21 +282,31 @@ void obj_release_pages(tier_obj *o)
 
 /*
  * Free a claimed victim's DRAM pages by demoting it, if it has (or can be
- * given) an NVMe copy. @return true if it was dealt with (demoted, or lost
- * to a lease), false if it must be evicted.
+ * given) an NVMe copy, or else if a GPU pool holds it (then it stays there
+ * only). @return true if it was dealt with (demoted, or lost to a lease),
+ * false if it must be evicted.
  */
 static bool demote_victim(tier_obj *o, uint64_t *freed)
 {
 	tier_mgr *m = o->mgr;
 	uint64_t bytes = tier_dram_bytes(o);
+	const struct tier_backend_ops *dram = m->backends[m->dram_at];
 
 	/* the first slower backend that holds it, or can take it */
-	for (unsigned i = 1; i < m->nbackends; i++) {
+	for (unsigned i = m->dram_at + 1; i < m->nbackends; i++) {
 		const struct tier_backend_ops *b = m->backends[i];
 
 		if (!b->holds(o) && b->store(o, true) != 0)
 			continue;
-		if (m->backends[0]->drop(o) == 0)
+		if (dram->drop(o) == 0)
+			*freed += bytes;
+		return true;
+	}
+	/* a faster copy (the GPU pool) keeps it; it is written down before that one goes */
+	for (unsigned i = 0; i < m->dram_at; i++) {
+		if (!m->backends[i]->holds(o))
+			continue;
+		if (dram->drop(o) == 0)
 			*freed += bytes;
 		return true;
 	}
@@ -601,8 +615,8 @@ int tier_seal(tier_obj *o)
 	 * the object joins the policy list. Once listed, an eviction could claim
 	 * it first and still be writing it when the owner's rename returns.
 	 */
-	if (m->nbackends > 1 && m->persist_through && obj_try_claim(o, OBJ_DRAM, OBJ_NVME)) {
-		m->backends[1]->store(o, true);
+	if (m->nvme && m->persist_through && obj_try_claim(o, OBJ_DRAM, OBJ_NVME)) {
+		tier_nvme_backend.store(o, true);
 		obj_unclaim(o);
 	}
 	pthread_mutex_lock(&m->policy.lock);
@@ -738,6 +752,67 @@ int obj_dram_backing_fd(tier_obj *o)
 	return fd;
 }
 
+int obj_dram_fill(tier_obj *o, bool clean,
+		  int (*fill)(tier_obj *o, uint64_t off, void *buf, uint64_t len))
+{
+	tier_mgr *m = o->mgr;
+	uint64_t want = dram_round(o->size), name = 0;
+	void *p = MAP_FAILED;
+	int fd, rc;
+
+	if (o->size == 0)
+		return -ENODATA;
+	rc = dram_make_room(m, want, clean);
+	if (rc)
+		return rc;
+	fd = dram_create(&m->dram, &name);
+	if (fd < 0) {
+		rc = fd;
+		goto out_unreserve;
+	}
+	if (ftruncate(fd, (off_t)o->size) ||
+	    (p = mmap(NULL, (size_t)o->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) ==
+		    MAP_FAILED) {
+		rc = -errno;
+		goto out_remove;
+	}
+	rc = fill(o, 0, p, o->size);
+	munmap(p, (size_t)o->size);
+	if (rc)
+		goto out_remove;
+	pthread_mutex_lock(&o->lock);
+	o->fname = name;
+	if (m->dram.dirfd < 0) {
+		o->fd = fd; /* a memfd: it has no name to reopen */
+		fd = -1;
+	}
+	__atomic_store_n(&o->dbytes, want, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&o->lock);
+	if (fd >= 0)
+		close(fd);
+	/* the file first, then the bit: a reader that sees OBJ_DRAM finds it */
+	atomic_fetch_or(&o->state, OBJ_DRAM);
+	pthread_mutex_lock(&m->policy.lock);
+	if (!o->pn.linked && !(atomic_load(&o->state) & OBJ_DEAD)) {
+		tier_obj_get(o);
+		policy_insert_locked(&m->policy, &o->pn, o->size);
+	}
+	pthread_mutex_unlock(&m->policy.lock);
+	if (atomic_load(&o->state) & OBJ_PINNED)
+		atomic_fetch_add(&m->pinned_bytes, want);
+	if (m->cb.moved)
+		m->cb.moved(m->cb.ctx, o);
+	return 0;
+
+out_remove:
+	if (fd >= 0)
+		close(fd);
+	dram_remove(&m->dram, name);
+out_unreserve:
+	dram_unreserve(&m->dram, want);
+	return rc;
+}
+
 int tier_backing_fd(tier_obj *o)
 {
 	tier_mgr *m = o->mgr;
@@ -782,6 +857,12 @@ void tier_touch(tier_obj *o)
 		policy_hit_locked(p, &o->pn, bytes);
 	hits = o->pn.hits;
 	pthread_mutex_unlock(&p->lock);
+	if (m->ngpu) {
+		pthread_mutex_lock(&m->gpu_policy.lock);
+		if (!(atomic_load(&o->state) & OBJ_DEAD))
+			policy_hit_locked(&m->gpu_policy, &o->gpn, bytes);
+		pthread_mutex_unlock(&m->gpu_policy.lock);
+	}
 	if (!m->nvme)
 		return;
 	pthread_mutex_lock(&np->lock);
@@ -805,6 +886,8 @@ static int promote(tier_obj *o, bool clean)
 		return -ENOENT;
 	if (s & OBJ_DRAM)
 		return 0;
+	if ((s & OBJ_GPU) && !(s & OBJ_NVME)) /* GPU-only: written down */
+		return tier_gpu_writedown(o);
 	if (!obj_try_claim(o, OBJ_NVME, OBJ_DRAM)) {
 		s = atomic_load(&o->state);
 		return (s & OBJ_DEAD) ? -ENOENT : (s & OBJ_DRAM) ? 0 : -EBUSY;

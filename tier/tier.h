@@ -359,4 +359,64 @@ void tier_drop(tier_obj *o);
  */
 int tier_evict(tier_obj *o);
 
+/* --- the GPU backend (tier/gpu.c, DESIGN §10) ------------------------------------ */
+
+struct gpu_dev;
+struct gpu_pool;
+/*
+ * Put @pool (on @dev, both owned by the caller and outliving the manager's
+ * use of them: call tier_gpu_detach_all() before freeing) in the backend
+ * array as the fastest backend. Call before any object is created.
+ * @return 0; -ENOSPC (too many pools); -ENOMEM (no stream).
+ */
+int tier_gpu_attach(tier_mgr *m, struct gpu_dev *dev, struct gpu_pool *pool);
+/* Free the streams (tier_close does too). */
+void tier_gpu_detach_all(tier_mgr *m);
+
+/* One piece of a file stored into the pool: @len bytes at file offset @off from @src. */
+struct tier_gpu_part {
+	uint64_t off, len;
+	const void *src;
+	bool device; /* @src is device memory on the pool's device (d2d), else host (h2d) */
+};
+/*
+ * Store sealed @o in the pool on @dev from @n parts covering it exactly
+ * (an engine's saved block: its layers device to device), evicting pool
+ * victims (written down first when they have no other copy).
+ * @return 0; -ENODEV (no pool on @dev); -EINVAL (parts do not cover @o);
+ * -EBUSY (being moved, or already there); -ENOSPC; -EIO (copy failed, counted).
+ */
+int tier_gpu_store_parts(tier_obj *o, struct gpu_dev *dev, const struct tier_gpu_part *p,
+			 unsigned n);
+/*
+ * A read into engine device memory on @dev: bring @o into that pool if it
+ * is hot (hits ≥ 2). @return 0 (there); -EAGAIN (not hot); -ENODEV; -EBUSY;
+ * -ENOSPC; -EIO.
+ */
+int tier_gpu_promote(tier_obj *o, struct gpu_dev *dev);
+/*
+ * The device address of file offset @off of leased @o in the pool on @dev,
+ * *@len cut to what is contiguous there; NULL if it is not in that pool.
+ * Valid while the caller's lease lasts.
+ */
+void *tier_gpu_addr(tier_obj *o, const struct gpu_dev *dev, uint64_t off, uint64_t *len);
+/* Count a load of @bytes served device to device from @o's pool copy. */
+void tier_gpu_loaded(tier_obj *o, uint64_t bytes);
+/*
+ * Make sure @o has a host copy: a GPU-only file is written down into DRAM
+ * (for fsync and persistence). @return 0; -EBUSY; -ENOSPC; -EIO.
+ */
+int tier_gpu_writedown(tier_obj *o);
+
+struct tier_gpu_stats {
+	int device;
+	uint64_t capacity, used, files;
+	uint64_t stores, promotions, store_bytes; /* saved from engines; promoted hot */
+	uint64_t d2d_loads, d2d_bytes;	   /* loads served from the pool */
+	uint64_t d2h_bytes, writedowns;	   /* device to host; GPU-only files written down */
+	uint64_t drops, evictions, copy_errors;
+};
+/* @return how many pools' figures went to @out (up to @max). */
+unsigned tier_gpu_get_stats(tier_mgr *m, struct tier_gpu_stats *out, unsigned max);
+
 #endif

@@ -55,6 +55,7 @@ static inline uint64_t dram_round(uint64_t n)
 #define OBJ_DRAM   (1ull << 35) /* its bytes are in its DRAM file */
 #define OBJ_NVME   (1ull << 36) /* a complete copy is on NVMe (ext) */
 #define OBJ_BUSY   (1ull << 37) /* one thread is moving it between tiers */
+#define OBJ_GPU    (1ull << 40) /* a complete copy is in a GPU pool (gblk) */
 #define OBJ_LEASES 0xffffffffull
 
 struct policy_node {
@@ -88,6 +89,10 @@ struct tier_obj {
 
 	struct policy_node pn;	/* DRAM policy: sealed and in DRAM (its lock) */
 	struct policy_node npn; /* NVMe policy: has an NVMe copy (its lock) */
+	struct policy_node gpn; /* GPU policy: has a pool copy (its lock) */
+	uint32_t *gblk;		/* its pool blocks while OBJ_GPU (gpu.c) */
+	uint32_t ngblk;
+	int gslot; /* which pool (tier_mgr.gpu[]) */
 };
 
 /* --- eviction policy ------------------------------------------------------ */
@@ -133,10 +138,26 @@ struct nvme_rec {
 	bool claimed;
 };
 
+/* One attached GPU pool (gpu.c): its device, blocks, stream and figures. */
+#define TIER_MAX_GPUS 8
+struct tier_gpu_slot {
+	struct gpu_dev *dev;
+	struct gpu_pool *pool;
+	struct gpu_stream *stream; /* under lock */
+	pthread_mutex_t lock;
+	uint64_t block_bytes, capacity;
+	_Atomic uint64_t used, files, stores, promotions, store_bytes, d2d_loads, d2d_bytes;
+	_Atomic uint64_t d2h_bytes, writedowns, drops, evictions, copy_errors;
+};
+
 struct tier_mgr {
-	/* the backends, fastest first (tier/backend.h): DRAM, then NVMe if any */
+	/* the backends, fastest first (tier/backend.h): GPU if attached, DRAM, then NVMe if any */
 	const struct tier_backend_ops *backends[TIER_MAX_BACKENDS];
 	unsigned nbackends;
+	unsigned dram_at;	   /* DRAM's index in backends[] */
+	struct tier_gpu_slot gpu[TIER_MAX_GPUS];
+	unsigned ngpu;
+	struct policy gpu_policy; /* objects with a pool copy */
 	struct dram_store dram;
 	uint32_t page_size;	   /* the NVMe allocation unit */
 	struct policy policy;	   /* objects in DRAM */
@@ -196,12 +217,24 @@ void obj_release_pages(tier_obj *o);
 int dram_make_room(tier_mgr *m, uint64_t need, bool clean);
 /* Copy bytes of an object in DRAM (takes o->lock). @return bytes or -errno. */
 ssize_t obj_dram_read(tier_obj *o, uint64_t off, void *buf, size_t len);
+/*
+ * Give claimed @o, which has no DRAM copy, a new DRAM file filled by @fill
+ * (its whole size, from offset 0), making room as dram_make_room(@clean),
+ * then set OBJ_DRAM and list it. @return 0; -ENOSPC; @fill's error.
+ */
+int obj_dram_fill(tier_obj *o, bool clean,
+		  int (*fill)(tier_obj *o, uint64_t off, void *buf, uint64_t len));
 /* A new read-only descriptor of its DRAM file. @return fd; -ENODATA; -errno. */
 int obj_dram_backing_fd(tier_obj *o);
 /* Close the object's descriptor and mapping unless they must stay (o->lock held). */
 void obj_file_idle_locked(tier_obj *o);
 /* Map the whole file read-only for a lease holder (o->lock held). @return 0 or -errno. */
 int obj_map_locked(tier_obj *o);
+
+/* --- gpu.c: the GPU backend --------------------------------------------------- */
+
+/* Write claimed, GPU-only @o down into DRAM (as obj_dram_fill). */
+int gpu_writedown(tier_obj *o, bool clean);
 
 /* --- place.c: moving bytes between DRAM and NVMe ----------------------------- */
 

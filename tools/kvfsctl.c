@@ -435,6 +435,12 @@ static int cmd_status(char **args, int nargs)
 			       jnum(p, "device"), jstr(p, "impl"), fmt_size(jnum(p, "bytes")).s,
 			       fmt_size(jnum(p, "free_blocks") * jnum(p, "block_bytes")).s,
 			       fmt_size(jnum(p, "block_bytes")).s);
+			printf("gpu        device %" PRIu64 ": %" PRIu64 " files, %" PRIu64
+			       " saved in, %" PRIu64 " promoted, %s loaded from it, %" PRIu64
+			       " written down, %" PRIu64 " evicted\n",
+			       jnum(p, "device"), jnum(p, "files"), jnum(p, "stores"),
+			       jnum(p, "promotions"), fmt_size(jnum(p, "d2d_bytes")).s,
+			       jnum(p, "writedowns"), jnum(p, "evictions"));
 		}
 		if (json_array_size(pools))
 			printf("gpu        %" PRIu64 " engine registrations, %" PRIu64

@@ -111,9 +111,12 @@ class DeviceBuffers(MountTest):
         drv("devsave", ns, 13, 2)
         last_json(drv("devreg", self.m.mnt, ns, "garbage").stdout)
         st = self.m.stats()["gpu"]
-        self.assertEqual(st["pools"], [{"device": 0, "impl": "shm", "bytes": 64 << 20,
-                                        "block_bytes": 64 << 10, "blocks": 1024,
-                                        "free_blocks": 1024}])
+        pool = {k: st["pools"][0][k] for k in ("device", "impl", "bytes", "block_bytes",
+                                              "blocks", "free_blocks", "files", "stores")}
+        # the two blocks saved from device pages are in the pool, a block each
+        self.assertEqual(pool, {"device": 0, "impl": "shm", "bytes": 64 << 20,
+                                "block_bytes": 64 << 10, "blocks": 1024,
+                                "free_blocks": 1022, "files": 2, "stores": 2})
         self.assertEqual((st["registrations"], st["refused"], st["copy_errors"],
                           st["saved_blocks"]), (2, 1, 0, 2))
         self.assertEqual(st["loaded_bytes"], 3 * 4 * 2 * 16 * 2 * 32 * 4)
@@ -123,7 +126,8 @@ class DeviceBuffers(MountTest):
         r = subprocess.run([os.path.join(BUILD, "bin", "kvfsctl"), "status", self.m.mnt],
                            capture_output=True, text=True, timeout=30)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("device 0 (shm): pool 64.0 MiB, 64.0 MiB free", r.stdout)
+        self.assertIn("device 0 (shm): pool 64.0 MiB, 63.9 MiB free", r.stdout)
+        self.assertIn("device 0: 2 files, 2 saved in, 0 promoted", r.stdout)
         self.assertIn("2 engine registrations, 1 refused, 0 copy errors", r.stdout)
         cfg = self.m.config()
         self.assertEqual((cfg["gpu"], cfg["gpu_standin"]),
@@ -196,6 +200,72 @@ class DeviceLoadsFromNvme(unittest.TestCase):
             self.assertIn("nvme", tiers)
             got = last_json(drv("devload", ns, 14, 6).stdout)
             self.assertEqual((got["matched"], got["err"], got["bad_blocks"]), (6, 0, 0))
+
+
+def tiers(ns):
+    return {n: os.getxattr(os.path.join(ns, n), "user.kvfs.tier").decode()
+            for n in os.listdir(ns) if not n.startswith(".")}
+
+
+def pool0(m):
+    return m.stats()["gpu"]["pools"][0]
+
+
+class GpuTier(MountTest):
+    """The pool as the fastest tier backend (tier/gpu.c), on the stand-in device."""
+    dram = "64M"
+    args = STANDIN
+
+    def test_two_engines_share_kv_through_the_pool(self):
+        # semi-PD on one GPU: a prefill process saves from its device pages into the
+        # pool (device to device); a decode process loads from the pool into its own
+        ns = self.m.path("pd")
+        got = last_json(drv("devsave", ns, 21, 4).stdout)
+        self.assertEqual((got["saved"], got["written"], got["errors"]), (4, 4, 0))
+        self.assertEqual(set(tiers(ns).values()), {"gpu,dram"})
+        st = self.m.stats()
+        self.assertEqual(st["backends"][0]["name"], "gpu")
+        self.assertEqual(st["backends"][0]["files"], 4)
+        self.assertEqual((pool0(self.m)["stores"], pool0(self.m)["d2d_bytes"]), (4, 0))
+        got = last_json(drv("devload", ns, 21, 4).stdout)
+        self.assertEqual((got["matched"], got["err"], got["bad_blocks"], got["bad_early"]),
+                         (4, 0, 0, 0))
+        p = pool0(self.m)
+        self.assertEqual(p["d2d_bytes"], self.m.stats()["gpu"]["loaded_bytes"])
+        self.assertGreater(p["d2d_bytes"], 0)
+        self.assertEqual(p["d2h_bytes"], 0)  # never through host memory
+
+    def test_hot_blocks_are_promoted_on_device_loads(self):
+        ns = self.m.path("hot")
+        drv("save", ns, "fast", 22, 3)  # saved from host memory: DRAM only
+        self.assertEqual(set(tiers(ns).values()), {"dram"})
+        for _ in range(3):
+            got = last_json(drv("devload", ns, 22, 3).stdout)
+            self.assertEqual((got["matched"], got["bad_blocks"]), (3, 0))
+        p = pool0(self.m)
+        self.assertEqual((p["promotions"], p["files"]), (3, 3))
+        self.assertGreater(p["d2d_bytes"], 0)
+        self.assertEqual(set(tiers(ns).values()), {"gpu,dram"})
+
+
+class GpuOnlyFiles(unittest.TestCase):
+    def setUp(self):
+        if not fuse_available():
+            self.skipTest("no /dev/fuse or fusermount3")
+
+    def test_gpu_only_files_are_written_down_for_posix_reads(self):
+        with Mount(dram="16M", args=STANDIN) as m:
+            ns = m.path("ns")
+            drv("devsave", ns, 23, 5)
+            for i in range(12):  # 24 MiB through 16 MiB of DRAM: the saved blocks leave it
+                write_file(m.path("other%d" % i), os.urandom(2 << 20), tmp_suffix=".t")
+            self.assertEqual(set(tiers(ns).values()), {"gpu"})  # not evicted: in the pool
+            self.assertEqual(pool0(m)["writedowns"], 0)
+            got = last_json(drv("load", ns, "posix", 23, 5).stdout)
+            self.assertEqual((got["matched"], got["bad_blocks"]), (5, 0))
+            self.assertEqual(pool0(m)["writedowns"], 5)
+            self.assertEqual(set(tiers(ns).values()), {"gpu,dram"})
+            self.assertIn('kvfs_gpu_pool_writedowns_total{device="0"} 5', m.metrics())
 
 
 class DeviceCopyFailure(unittest.TestCase):

@@ -35,6 +35,7 @@
 
 #include "core/fault.h"
 #include "core/util.h"
+#include "gpu/gpu.h"
 #include "tier/tier_i.h"
 
 #define PS 4096u
@@ -1786,6 +1787,219 @@ static void test_concurrency_smoke(void **state)
 	free(s);
 }
 
+/* --- the GPU backend (tier/gpu.c) on the tests' stand-in device ------------------ */
+
+struct gpu_env {
+	tier_mgr *m;
+	gpu_dev *d;
+	gpu_pool *pool;
+};
+
+/* A manager of @dram bytes with a stand-in pool of @blocks page-size blocks attached. */
+static void gpu_env_open(struct gpu_env *e, uint64_t dram, uint32_t blocks)
+{
+	e->m = open_mgr(dram, PS, "lru");
+	gpu_shm_configure(1, 64ull << 20);
+	if (gpu_open(gpu_shm(), 0, &e->d) || gpu_pool_new(e->d, (uint64_t)blocks * PS, PS, &e->pool))
+		fail_msg("stand-in device: %s", gpu_error());
+	assert_int_equal(tier_gpu_attach(e->m, e->d, e->pool), 0);
+}
+
+static void gpu_env_close(struct gpu_env *e)
+{
+	struct gpu_pool_stats ps;
+
+	tier_close(e->m);
+	gpu_pool_get_stats(e->pool, &ps);
+	assert_int_equal(ps.bad_puts, 0);
+	gpu_pool_free(e->pool);
+	gpu_close(e->d);
+}
+
+static struct tier_gpu_stats gpu_stats(tier_mgr *m)
+{
+	struct tier_gpu_stats g;
+
+	assert_int_equal(tier_gpu_get_stats(m, &g, 1), 1);
+	return g;
+}
+
+/* Store sealed @o in the pool from a host copy of its pattern @seed (split in two parts). */
+static void gpu_put(struct gpu_env *e, tier_obj *o, uint64_t seed)
+{
+	size_t len = (size_t)tier_size(o);
+	uint8_t *buf = malloc(len);
+	struct tier_gpu_part p[2] = {{.off = 0, .len = len / 2, .src = buf},
+				     {.off = len / 2, .len = len - len / 2}};
+
+	assert_non_null(buf);
+	fill(buf, len, seed);
+	p[1].src = buf + len / 2;
+	assert_int_equal(tier_gpu_store_parts(o, e->d, p, 2), 0);
+	free(buf);
+}
+
+/* The pool is the fastest backend; stores land there from device memory; bad parts are refused. */
+static void test_gpu_backend_first_and_store(void **state)
+{
+	struct gpu_env e;
+	struct tier_stats st;
+	tier_obj *o;
+	uint8_t *dev, *want = malloc(2 * PS);
+	void *addr;
+	uint64_t n;
+	struct tier_gpu_part bad = {.off = 0, .len = PS, .src = want};
+
+	(void)state;
+	gpu_env_open(&e, 16 * PS, 8);
+	st = stats(e.m);
+	assert_int_equal(st.nbackends, 2);
+	assert_string_equal(st.backend[0].name, "gpu");
+	assert_string_equal(st.backend[1].name, "dram");
+	assert_int_equal(st.backend[0].capacity, 8 * PS);
+
+	o = sealed_obj(e.m, 2, 5);
+	assert_int_equal(tier_gpu_store_parts(o, e.d, &bad, 1), -EINVAL); /* half the file */
+	/* from "device memory" (the stand-in's): a device-to-device copy */
+	assert_int_equal(e.d->ops->mem_alloc(e.d, 2 * PS, (void **)&dev), 0);
+	fill(want, 2 * PS, 5);
+	assert_int_equal(e.d->ops->memset(e.d, dev, 0, 2 * PS), 0);
+	memcpy(dev, want, 2 * PS); /* stand-in device memory is host memory */
+	{
+		struct tier_gpu_part p = {.off = 0, .len = 2 * PS, .src = dev, .device = true};
+
+		assert_int_equal(tier_gpu_store_parts(o, e.d, &p, 1), 0);
+		assert_int_equal(tier_gpu_store_parts(o, e.d, &p, 1), -EBUSY); /* already there */
+	}
+	assert_int_equal(tier_where(o), TIER_GPU | TIER_DRAM);
+	st = stats(e.m);
+	assert_int_equal(st.backend[0].files, 1);
+	assert_int_equal(st.backend[0].used, 2 * PS);
+	/* the pool copy, as a device load finds it (under a lease) */
+	n = 2 * PS;
+	assert_null(tier_gpu_addr(o, e.d, 0, &n)); /* no lease */
+	assert_int_equal(tier_lease(o), 0);
+	n = 2 * PS;
+	addr = tier_gpu_addr(o, e.d, PS / 2, &n);
+	assert_non_null(addr);
+	assert_int_equal(n, PS / 2); /* cut at the block's end */
+	assert_memory_equal(addr, want + PS / 2, n);
+	n = PS;
+	addr = tier_gpu_addr(o, e.d, PS, &n);
+	assert_memory_equal(addr, want + PS, PS);
+	tier_unlease(o);
+	e.d->ops->mem_free(e.d, dev);
+	/* the object dies: its blocks go back */
+	release(o);
+	assert_int_equal(gpu_stats(e.m).used, 0);
+	assert_int_equal(gpu_stats(e.m).files, 0);
+	free(want);
+	gpu_env_close(&e);
+}
+
+/*
+ * A DRAM victim with a pool copy and no slower backend is not evicted: it
+ * stays in the pool only (GPU-only); a host read writes it down into DRAM
+ * and is served from there.
+ */
+static void test_gpu_dram_victim_stays_in_pool(void **state)
+{
+	struct gpu_env e;
+	tier_obj *a, *b, *c, *d;
+
+	(void)state;
+	gpu_env_open(&e, 3 * PS, 8);
+	a = sealed_obj(e.m, 1, 1);
+	gpu_put(&e, a, 1);
+	b = sealed_obj(e.m, 1, 2);
+	c = sealed_obj(e.m, 1, 3);
+	d = sealed_obj(e.m, 1, 4); /* DRAM full: a, the LRU, must go */
+	assert_false(tier_is_dead(a));
+	assert_false(rec_has(a));
+	assert_int_equal(tier_where(a), TIER_GPU);
+	assert_int_equal(gpu_stats(e.m).writedowns, 0);
+	/* a POSIX-style read of a GPU-only file: device to host into DRAM first */
+	check_pattern(a, PS, 1);
+	assert_int_equal(tier_where(a), TIER_GPU | TIER_DRAM);
+	assert_int_equal(gpu_stats(e.m).writedowns, 1);
+	assert_true(rec_has(b)); /* the room it took: b had no other copy */
+	release(a);
+	release(b);
+	release(c);
+	release(d);
+	gpu_env_close(&e);
+}
+
+/* Pool victims go in LRU order; one without a host copy is written down before its blocks go. */
+static void test_gpu_eviction_order_and_writedown(void **state)
+{
+	struct gpu_env e;
+	tier_obj *a, *b, *c, *x, *y;
+
+	(void)state;
+	gpu_env_open(&e, 3 * PS, 2);
+	a = sealed_obj(e.m, 1, 1);
+	gpu_put(&e, a, 1);
+	b = sealed_obj(e.m, 1, 2);
+	gpu_put(&e, b, 2);
+	tier_touch(a); /* a is the more recent now */
+	c = sealed_obj(e.m, 1, 3);
+	gpu_put(&e, c, 3); /* the pool is full: b goes (it has a DRAM copy: just dropped) */
+	assert_int_equal(tier_where(b), TIER_DRAM);
+	assert_int_equal(tier_where(a), TIER_GPU | TIER_DRAM);
+	assert_int_equal(gpu_stats(e.m).evictions, 1);
+	assert_int_equal(gpu_stats(e.m).writedowns, 0);
+	/* push a out of DRAM (it stays GPU-only), then make the pool evict it */
+	release(b);
+	x = sealed_obj(e.m, 1, 8);
+	y = sealed_obj(e.m, 1, 9);
+	assert_int_equal(tier_where(a), TIER_GPU);
+	tier_touch(c);
+	b = sealed_obj(e.m, 1, 2);
+	gpu_put(&e, b, 2); /* victim a: written down first, never lost */
+	assert_false(tier_is_dead(a));
+	assert_int_equal(tier_where(a), TIER_DRAM);
+	assert_int_equal(gpu_stats(e.m).writedowns, 1);
+	assert_int_equal(gpu_stats(e.m).evictions, 2);
+	check_pattern(a, PS, 1);
+	check_pattern(b, PS, 2);
+	release(a);
+	release(b);
+	release(c);
+	release(x);
+	release(y);
+	gpu_env_close(&e);
+}
+
+/* Reads into device buffers promote a file only once it is hot; promotion copies its bytes. */
+static void test_gpu_promote_hot(void **state)
+{
+	struct gpu_env e;
+	tier_obj *o;
+	void *addr;
+	uint64_t n = PS;
+	uint8_t want[PS];
+
+	(void)state;
+	gpu_env_open(&e, 8 * PS, 8);
+	o = sealed_obj(e.m, 1, 7);
+	assert_int_equal(tier_gpu_promote(o, e.d), -EAGAIN);
+	assert_int_equal(tier_gpu_promote(o, NULL), -ENODEV);
+	tier_touch(o);
+	tier_touch(o);
+	assert_int_equal(tier_gpu_promote(o, e.d), 0);
+	assert_int_equal(tier_where(o), TIER_GPU | TIER_DRAM);
+	assert_int_equal(gpu_stats(e.m).promotions, 1);
+	assert_int_equal(tier_lease(o), 0);
+	addr = tier_gpu_addr(o, e.d, 0, &n);
+	fill(want, PS, 7);
+	assert_non_null(addr);
+	assert_memory_equal(addr, want, PS);
+	tier_unlease(o);
+	release(o);
+	gpu_env_close(&e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1823,6 +2037,10 @@ int main(void)
 		cmocka_unit_test(test_empty_objects_not_evicted_for_room),
 		cmocka_unit_test(test_racing_writers_never_starve),
 		cmocka_unit_test(test_concurrency_smoke),
+		cmocka_unit_test(test_gpu_backend_first_and_store),
+		cmocka_unit_test(test_gpu_dram_victim_stays_in_pool),
+		cmocka_unit_test(test_gpu_eviction_order_and_writedown),
+		cmocka_unit_test(test_gpu_promote_hot),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
