@@ -3,12 +3,14 @@
  * tier/ and to backends built on it, such as a GPU pool).
  *
  * The tier manager keeps an ordered array of backends, fastest first
- * (DRAM, then NVMe when configured). Each fills a const struct
- * tier_backend_ops with designated initializers, as libfuse fills
- * fuse_lowlevel_ops and SQLite sqlite3_io_methods. One placement loop uses
- * the array: new bytes land in backends[0]; a victim of backend i is
- * stored in the first slower backend that holds or can take it and then
- * dropped from i (tier.c, demote_victim); the last local copy is offered to
+ * (the GPU pools with --gpu, tier/gpu.c; DRAM; then NVMe when
+ * configured). Each fills a const struct tier_backend_ops with designated
+ * initializers, as libfuse fills fuse_lowlevel_ops and SQLite
+ * sqlite3_io_methods. One placement loop uses the array: new bytes land
+ * in DRAM (the GPU admits files only through tier_gpu_store_parts and
+ * tier_gpu_promote); a DRAM victim is stored in the first slower backend
+ * that holds or can take it and then dropped from DRAM, or else stays in
+ * a faster one that holds it (tier.c, demote_victim); the last local copy is offered to
  * the owner's `spill` callback (the remote tier) before it is evicted;
  * reads come from the fastest backend holding the object; at start every
  * backend that persists is asked to recover each file.
@@ -30,7 +32,7 @@
 #include "tier/tier.h"
 
 struct tier_backend_ops {
-	const char *name; /* "dram", "nvme": its key in .kvfs/stats "tiers" */
+	const char *name; /* "gpu", "dram", "nvme": its key in .kvfs/stats "tiers" */
 	unsigned kind;	  /* its enum tier_kind bit (tier_where) */
 	/* Does @o have a complete copy here? (lock-free: the state word) */
 	bool (*holds)(const tier_obj *o);

@@ -62,8 +62,8 @@ static bool gpu_holds(const tier_obj *o)
  * GPU_D2D) and its pool blocks, in pieces split at block boundaries.
  * @to_pool: into the pool. Queued on the slot's stream (lock held).
  */
-static int pool_copy(struct tier_gpu_slot *s, tier_obj *o, uint64_t off, uint8_t *p,
-		     uint64_t len, enum gpu_dir dir, bool to_pool)
+static int pool_copy(struct tier_gpu_slot *s, tier_obj *o, uint64_t off, uint8_t *p, uint64_t len,
+		     enum gpu_dir dir, bool to_pool)
 {
 	uint64_t bb = s->block_bytes;
 
@@ -86,7 +86,8 @@ static void gblk_free(tier_obj *o)
 
 	if (o->gblk) {
 		gpu_pool_put(m->gpu[o->gslot].pool, o->ngblk, o->gblk);
-		atomic_fetch_sub(&m->gpu[o->gslot].used, (uint64_t)o->ngblk * m->gpu[o->gslot].block_bytes);
+		atomic_fetch_sub(&m->gpu[o->gslot].used,
+				 (uint64_t)o->ngblk * m->gpu[o->gslot].block_bytes);
 		atomic_fetch_sub(&m->gpu[o->gslot].files, 1);
 		free(o->gblk);
 		o->gblk = NULL;
@@ -106,7 +107,8 @@ static int pool_read(tier_obj *o, uint64_t off, void *buf, uint64_t len)
 		rc = -EIO;
 	pthread_mutex_unlock(&s->lock);
 	if (rc) {
-		log_err("GPU pool %d: a device-to-host copy failed: %s", s->dev->index, gpu_error());
+		log_err("GPU pool %d: a device-to-host copy failed: %s", s->dev->index,
+			gpu_error());
 		atomic_fetch_add(&s->copy_errors, 1);
 	} else {
 		atomic_fetch_add(&s->d2h_bytes, len);

@@ -2,11 +2,12 @@
  * tier/tier.c — the tier manager: the backend array and the one placement
  * loop over it, and the DRAM backend's object file.
  *
- * Owns the array of backends (tier/backend.h), fastest first: new bytes
- * land in backends[0] (DRAM); making room (dram_make_room) takes victims
- * in policy order and stores each in the first slower backend that holds
- * or takes it (demote_victim), else offers it to the owner's spill
- * callback and evicts it; reads come from the fastest backend holding the
+ * Owns the array of backends (tier/backend.h), fastest first (a GPU pool
+ * first when attached, tier/gpu.c): new bytes land in DRAM (dram_at);
+ * making room (dram_make_room) takes victims in policy order and stores
+ * each in the first slower backend that holds or takes it, else keeps it
+ * in a faster one that holds it (GPU-only) (demote_victim), else offers it
+ * to the owner's spill callback and evicts it; reads come from the fastest backend holding the
  * object. The object state machine is in obj.c, NVMe in place.c.
  *
  * An object's DRAM file is opened only while needed: while it is written

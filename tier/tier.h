@@ -103,7 +103,7 @@ struct tier_callbacks {
 /* One backend's figures (tier_stats.backend[], fastest first). */
 #define TIER_MAX_BACKENDS 4
 struct tier_backend_stats {
-	const char *name;	 /* "dram", "nvme" */
+	const char *name;	 /* "gpu", "dram", "nvme" */
 	unsigned kind;		 /* enum tier_kind */
 	uint64_t capacity, used; /* bytes */
 	uint64_t files;		 /* objects with a complete copy here */

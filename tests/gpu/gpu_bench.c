@@ -11,8 +11,13 @@
  *
  *   load, daemon (DRAM)  kvfs_load_start_ex() into device pages through the
  *                        mount at DIR (needs a daemon started with --gpu),
- *                        layer by layer, vs cudaMemcpyAsync of the same bytes
- *                        from pinned host memory, layer by layer
+ *                        layer by layer, the first load (one rep: the second
+ *                        promotes the blocks into the pool), vs
+ *                        cudaMemcpyAsync of the same bytes from pinned host
+ *                        memory, layer by layer
+ *   load, daemon (pool)  the same loads once the blocks are hot and in the
+ *                        daemon's GPU pool (device to device from it), vs
+ *                        device-to-device cudaMemcpyAsync, layer by layer
  *   load, pool -> pages  the scatter kernel from pool blocks (native
  *                        segments) into paged K/V, vs one device-to-device
  *                        cudaMemcpyAsync of the same bytes
@@ -276,7 +281,31 @@ static void bench_kernels(void)
 	free(segs);
 }
 
-/* The daemon's load through the mount at @dir vs pinned cudaMemcpyAsync. */
+/* One layer-by-layer load of @n blocks into device pages through the mount. */
+static void daemon_load(kvfs_ns *ns, const kvfs_key *keys, size_t n,
+			const struct kvfs_kv_pages_ex *dp, const uint32_t *ids)
+{
+	kvfs_match *m;
+	kvfs_load *ld;
+
+	if (kvfs_match_prefix(ns, keys, n, &m) != (long)n ||
+	    kvfs_load_start_ex(m, 0, n, dp, ids, &ld))
+		die("match/load");
+	for (unsigned l = 0; l < layers; l++)
+		if (kvfs_load_wait(ld, l))
+			die("load wait");
+	if (kvfs_load_end(ld))
+		die("load end");
+	kvfs_match_release(m);
+}
+
+/*
+ * The daemon's loads through the mount at @dir: the first load of blocks
+ * saved from host memory comes from DRAM (vs pinned cudaMemcpyAsync); the
+ * second makes them hot and promotes them into the daemon's GPU pool
+ * (tier/gpu.c), so the loads after it come from the pool, device to device
+ * (vs a device-to-device cudaMemcpyAsync of the same bytes).
+ */
 static void bench_daemon(const char *dir)
 {
 	struct kvfs_ns_options o = {0};
@@ -291,8 +320,8 @@ static void bench_daemon(const char *dir)
 	kvfs_key *keys = malloc(sizeof(*keys) * nblocks);
 	struct kvfs_dev_buffer db = {0};
 	struct gpu_ipc h;
-	double t_kvfs, t_pinned;
-	uint8_t *host, *pinned, *pages;
+	double t_kvfs, t_pinned, t_pool, t_d2d;
+	uint8_t *host, *pinned, *pages, *src;
 	kvfs_ns *ns;
 	int rc;
 
@@ -351,21 +380,32 @@ static void bench_daemon(const char *dir)
 		fprintf(stderr, "gpu_bench: kvfs_dev_register: %s\n", strerror(-rc));
 		exit(1);
 	}
-	BEST(t_kvfs, {
-		kvfs_match *m;
-		kvfs_load *ld;
-
-		if (kvfs_match_prefix(ns, keys, nblocks, &m) != (long)nblocks ||
-		    kvfs_load_start_ex(m, 0, nblocks, &dp, ids, &ld))
-			die("match/load");
-		for (unsigned l = 0; l < layers; l++)
-			if (kvfs_load_wait(ld, l))
-				die("load wait");
-		if (kvfs_load_end(ld))
-			die("load end");
-		kvfs_match_release(m);
-	});
+	/* one rep: the second load of these blocks would promote them into the pool */
+	t_kvfs = now_s();
+	daemon_load(ns, keys, nblocks, &dp, ids);
+	t_kvfs = now_s() - t_kvfs;
 	verify(pages, host, bytes, "daemon load");
+	if (ops->memset(dev, pages, 0, bytes))
+		die("memset");
+	daemon_load(ns, keys, nblocks, &dp, ids); /* hot now: promoted into the pool */
+	verify(pages, host, bytes, "daemon load (promoting)");
+	if (ops->memset(dev, pages, 0, bytes))
+		die("memset");
+	BEST(t_pool, daemon_load(ns, keys, nblocks, &dp, ids));
+	verify(pages, host, bytes, "daemon load from the pool");
+	src = dalloc(bytes);
+	if (ops->copy(st, src, pinned, bytes, GPU_H2D))
+		die("h2d");
+	sync_or_die();
+	BEST(t_d2d, {
+		for (unsigned l = 0; l < layers; l++)
+			if (ops->copy(st, pages + 2 * l * layer_part, src + 2 * l * layer_part,
+				      2 * layer_part, GPU_D2D))
+				die("d2d");
+		sync_or_die();
+	});
+	verify(pages, host, bytes, "d2d");
+	ops->mem_free(dev, src);
 	if (ops->memset(dev, pages, 0, bytes))
 		die("memset");
 	BEST(t_pinned, {
@@ -376,8 +416,9 @@ static void bench_daemon(const char *dir)
 		sync_or_die();
 	});
 	verify(pages, host, bytes, "pinned h2d");
-	add("load, daemon DRAM -> device pages", t_kvfs, "pinned h2d cudaMemcpyAsync", t_pinned,
-	    bytes);
+	add("load, daemon DRAM -> pages (first, 1 rep)", t_kvfs, "pinned h2d cudaMemcpyAsync",
+	    t_pinned, bytes);
+	add("load, daemon GPU pool -> device pages", t_pool, "d2d cudaMemcpyAsync", t_d2d, bytes);
 
 	/* save from device pages: until kvfs_save_ex returns (new tokens every rep) */
 	{
