@@ -19,7 +19,8 @@
  * GPU-only file write it down into DRAM first (then passthrough works
  * too); if DRAM has no room they are copied device-to-host straight into
  * the reader's buffer. The pool is volatile: a GPU-only file does not
- * survive kill -9; one with an NVMe copy does.
+ * survive kill -9; one with an NVMe copy does. Host reads of a file that
+ * NVMe holds too are copied device to host from the pool, never written down.
  *
  * Invariants: OBJ_GPU is set after the blocks are filled and cleared (with
  * zero leases, by compare-and-swap) before they are freed, so a lease holder
@@ -127,14 +128,18 @@ int gpu_writedown(tier_obj *o, bool clean)
 	return rc;
 }
 
-/* Serve host reads: never while DRAM holds it; else written down first. */
+/*
+ * Serve host reads: never while DRAM holds it; a GPU-only file is written
+ * down first; one that NVMe holds too is copied device to host (no
+ * checksum to check, no NVMe read).
+ */
 static ssize_t gpu_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 {
 	uint64_t s = atomic_load(&o->state);
 
 	if (s & OBJ_DRAM)
 		return -ENODATA; /* the host copy is faster for the host */
-	if (obj_try_claim(o, OBJ_GPU, OBJ_DRAM)) {
+	if (!(s & OBJ_NVME) && obj_try_claim(o, OBJ_GPU, OBJ_DRAM | OBJ_NVME)) {
 		/* the reader holds a lease: claiming ignores it */
 		int rc = gpu_writedown(o, false);
 

@@ -268,6 +268,41 @@ class GpuOnlyFiles(unittest.TestCase):
             self.assertIn('kvfs_gpu_pool_writedowns_total{device="0"} 5', m.metrics())
 
 
+class GpuTierOnNvme(unittest.TestCase):
+    def setUp(self):
+        if not fuse_available():
+            self.skipTest("no /dev/fuse or fusermount3")
+        self.disk = tempfile.mkdtemp(prefix="kvfs-gpu-nvme-", dir="/var/tmp")
+
+    def tearDown(self):
+        shutil.rmtree(self.disk, ignore_errors=True)
+
+    def test_pool_files_survive_kill_9_when_written_through(self):
+        with Mount(dram="64M", args=STANDIN + ("--nvme", "%s/d0:128M" % self.disk,
+                                                "--persist", "through")) as m:
+            ns = m.path("ns")
+            drv("devsave", ns, 24, 4)
+            self.assertEqual(set(tiers(ns).values()), {"gpu,dram,nvme"})
+            m.kill()  # no clean unmount: the pool and DRAM are gone
+            m.start()
+            self.assertEqual(set(tiers(ns).values()), {"nvme"})
+            got = last_json(drv("devload", ns, 24, 4).stdout)
+            self.assertEqual((got["matched"], got["err"], got["bad_blocks"]), (4, 0, 0))
+
+    def test_dram_victims_in_the_pool_go_to_nvme_first(self):
+        # NVMe takes the DRAM victim (a persisting copy is preferred); the pool keeps its own
+        with Mount(dram="16M", args=STANDIN + ("--nvme", "%s/d0:128M" % self.disk)) as m:
+            ns = m.path("ns")
+            drv("devsave", ns, 25, 4)
+            for i in range(12):  # 24 MiB through 16 MiB of DRAM
+                write_file(m.path("other%d" % i), os.urandom(2 << 20), tmp_suffix=".t")
+            self.assertEqual(set(tiers(ns).values()), {"gpu,nvme"})
+            got = last_json(drv("devload", ns, 25, 4).stdout)
+            self.assertEqual((got["matched"], got["err"], got["bad_blocks"]), (4, 0, 0))
+            self.assertGreater(pool0(m)["d2d_bytes"], 0)
+            self.assertEqual(pool0(m)["writedowns"], 0)
+
+
 class DeviceCopyFailure(unittest.TestCase):
     def setUp(self):
         if not fuse_available():
