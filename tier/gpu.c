@@ -288,10 +288,18 @@ void tier_gpu_detach_all(tier_mgr *m)
 	m->ngpu = 0;
 }
 
-/* Free pool blocks of @s by dropping victims (LRU order) until @n are free. */
+/*
+ * Take @n blocks of @s, dropping victims in LRU order until they are free.
+ * A victim that could not be dropped (its write-down failed, a lease came)
+ * stays and is skipped; after a few of those, give up.
+ */
+#define POOL_SKIP 8
 static int pool_make_room(struct tier_gpu_slot *s, tier_mgr *m, uint32_t n, uint32_t *idx)
 {
-	for (int attempt = 0; attempt < 64; attempt++) {
+	tier_obj *skip[POOL_SKIP];
+	unsigned nskip = 0;
+
+	for (;;) {
 		struct policy_iter it;
 		struct policy_node *pn;
 		tier_obj *victim = NULL;
@@ -302,8 +310,12 @@ static int pool_make_room(struct tier_gpu_slot *s, tier_mgr *m, uint32_t n, uint
 		policy_iter_init(&m->gpu_policy, &it);
 		while ((pn = policy_iter_next(&m->gpu_policy, &it))) {
 			tier_obj *o = container_of(pn, tier_obj, gpn);
+			bool skipped = false;
 
-			if (&m->gpu[o->gslot] == s && obj_try_claim(o, OBJ_GPU, OBJ_LEASES)) {
+			for (unsigned k = 0; k < nskip; k++)
+				skipped |= skip[k] == o;
+			if (!skipped && &m->gpu[o->gslot] == s &&
+			    obj_try_claim(o, OBJ_GPU, OBJ_LEASES)) {
 				tier_obj_get(o);
 				victim = o;
 				break;
@@ -312,11 +324,16 @@ static int pool_make_room(struct tier_gpu_slot *s, tier_mgr *m, uint32_t n, uint
 		pthread_mutex_unlock(&m->gpu_policy.lock);
 		if (!victim)
 			return -ENOSPC;
-		if (gpu_drop(victim) == 0)
+		if (gpu_drop(victim) == 0) {
 			atomic_fetch_add(&s->evictions, 1);
+		} else if (nskip == POOL_SKIP) {
+			tier_obj_put(victim);
+			return -ENOSPC;
+		} else {
+			skip[nskip++] = victim; /* only compared: a reused address skips one more */
+		}
 		tier_obj_put(victim);
 	}
-	return -ENOSPC;
 }
 
 /* Blocks for claimed @o in @s, evicting; @o's gblk set on success. */
