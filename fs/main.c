@@ -70,6 +70,9 @@ static void usage(FILE *out)
 		"  --cluster-name NAME    key prefix in Redis (default kvfs)\n"
 		"  --remote-timeout MS    a peer that makes no progress for this long fails the\n"
 		"                         transfer: a miss (default 2000)\n"
+		"  --prefetch-threads N   workers bringing prefetched files into DRAM (default 2)\n"
+		"  --prefetch-bytes SIZE  bytes queued or in flight for prefetch (default: 1/4 of\n"
+		"                         --dram)\n"
 		"  --fsck --state DIR     check a state directory offline (no MOUNTPOINT);\n"
 		"         [--repair]      delete the bad records; [--no-verify] skip reading\n"
 		"         [--no-verify]   every NVMe extent back\n"
@@ -132,6 +135,8 @@ enum {
 	OPT_LEND,
 	OPT_TOKEN,
 	OPT_REMOTE_TIMEOUT,
+	OPT_PREFETCH_THREADS,
+	OPT_PREFETCH_BYTES,
 };
 
 static int parse_args(int argc, char **argv, struct kvfs_config *c)
@@ -162,6 +167,8 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"lend", required_argument, NULL, OPT_LEND},
 		{"cluster-token", required_argument, NULL, OPT_TOKEN},
 		{"remote-timeout", required_argument, NULL, OPT_REMOTE_TIMEOUT},
+		{"prefetch-threads", required_argument, NULL, OPT_PREFETCH_THREADS},
+		{"prefetch-bytes", required_argument, NULL, OPT_PREFETCH_BYTES},
 		{"foreground", no_argument, NULL, 'f'},
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
@@ -287,6 +294,20 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			c->remote_timeout_ms = (unsigned)ms;
 			break;
 		}
+		case OPT_PREFETCH_THREADS: {
+			char *end;
+			unsigned long t = strtoul(optarg, &end, 10);
+
+			if (*end || t < 1 || t > 64)
+				return fail("invalid --prefetch-threads '%s' (1..64)", optarg);
+			c->prefetch_threads = (unsigned)t;
+			break;
+		}
+		case OPT_PREFETCH_BYTES:
+			if (kvfs_parse_size(optarg, &v) || v == 0)
+				return fail("invalid --prefetch-bytes '%s' (e.g. 256M)", optarg);
+			c->prefetch_bytes = v;
+			break;
 		case OPT_FSCK:
 			c->fsck = true;
 			break;
@@ -507,6 +528,16 @@ static int run(struct kvfs_fs *fs)
 	rc = rmt_start(fs, err, sizeof(err));
 	if (rc)
 		goto out;
+	if (!c->prefetch_threads)
+		c->prefetch_threads = 2;
+	if (!c->prefetch_bytes)
+		c->prefetch_bytes = c->dram_bytes / 4;
+	c->prefetch_queue = 65536;
+	rc = dg_start(fs);
+	if (rc) {
+		snprintf(err, sizeof(err), "cannot start the prefetch threads: %s", strerror(-rc));
+		goto out;
+	}
 
 	snprintf(opts, sizeof(opts), "fsname=kvfs,subtype=kvfs,default_permissions%s%s",
 		 c->fuse_opts[0] ? "," : "", c->fuse_opts);
@@ -567,6 +598,7 @@ static int run(struct kvfs_fs *fs)
 	log_info("unmounting %s", c->mountpoint);
 	ns_notify_off(fs); /* before the unmount closes /dev/fuse */
 	fuse_session_unmount(fs->se);
+	dg_stop(fs);  /* no prefetch or push runs past here */
 	rmt_stop(fs); /* leaves the cluster; peers' leases end */
 	/* A planned restart loses nothing: DRAM-only files go to NVMe now. */
 	tier_flush(fs->tier);
@@ -583,6 +615,7 @@ out:
 		report(0, err);
 		rc = 1;
 	}
+	dg_stop(fs);
 	rmt_stop(fs);
 	ns_close(fs);
 	cat_close(fs->cat);

@@ -126,6 +126,36 @@ void *bench_buf_alloc(size_t len);
 void bench_buf_free(void *buf, size_t len);
 
 /* The subcommands. @argv[0] is the subcommand; results are added to @out. */
+/* A redis-server of our own on 127.0.0.1, a free port, a temporary directory. */
+struct bench_redis {
+	pid_t pid;
+	int port;
+	char dir[64];
+};
+
+/* A TCP port free on 127.0.0.1 now, or -1. */
+int bench_free_port(void);
+/* Start it and wait until it answers PING. @return 0, -EIO (said why). */
+int bench_redis_start(struct bench_redis *r);
+void bench_redis_stop(struct bench_redis *r);
+/* A connection to it (hiredis), or NULL. */
+struct redisContext *bench_redis_connect(int port);
+
+/* The Mooncake conversation trace: each request's hash_ids as dense block indices. */
+struct trace {
+	uint32_t nreq;
+	uint64_t file_requests; /* non-empty lines in the whole file */
+	uint64_t nblocks;
+	uint64_t *off; /* nreq + 1 offsets into blk */
+	uint32_t *blk; /* dense block index per position */
+	uint64_t *ids; /* dense index -> trace id */
+	uint32_t nuniq;
+};
+
+/* Load @limit requests (0: all) of the JSONL trace at @path. @return 0 or -errno (said why). */
+int bench_trace_load(const char *path, uint32_t limit, struct trace *t);
+void bench_trace_free(struct trace *t);
+
 int bench_throughput(int argc, char **argv, json_t *out);
 int bench_fuse_settings(int argc, char **argv, json_t *out);
 int bench_replay(int argc, char **argv, json_t *out);
@@ -133,5 +163,6 @@ int bench_libkvfs(int argc, char **argv, json_t *out);
 int bench_nvme(int argc, char **argv, json_t *out);
 int bench_restart(int argc, char **argv, json_t *out);
 int bench_remote(int argc, char **argv, json_t *out);
+int bench_cluster(int argc, char **argv, json_t *out);
 
 #endif

@@ -40,15 +40,6 @@
 #define DEFAULT_TRACE "/work/shared/workloads/mooncake-conversation-trace.jsonl"
 #define NIL	      UINT32_MAX
 
-struct trace {
-	uint32_t nreq;
-	uint64_t file_requests; /* non-empty lines in the whole file */
-	uint64_t nblocks;
-	uint64_t *off; /* nreq + 1 offsets into blk */
-	uint32_t *blk; /* dense block index per position */
-	uint64_t *ids; /* dense index -> trace id */
-	uint32_t nuniq;
-};
 
 /* --- loading ---------------------------------------------------------------------------- */
 
@@ -120,7 +111,7 @@ static int idmap_get(struct idmap *m, uint64_t id, uint32_t next, uint32_t *out,
 	return 0;
 }
 
-static void trace_free(struct trace *t)
+void bench_trace_free(struct trace *t)
 {
 	free(t->off);
 	free(t->blk);
@@ -144,7 +135,7 @@ static int grow(void **p, uint64_t *cap, uint64_t need, size_t elem)
 	return 0;
 }
 
-static int trace_load(const char *path, uint32_t limit, struct trace *t)
+int bench_trace_load(const char *path, uint32_t limit, struct trace *t)
 {
 	struct idmap map = {0};
 	uint64_t cap_off = 0, cap_blk = 0, cap_ids = 0;
@@ -230,7 +221,7 @@ static int trace_load(const char *path, uint32_t limit, struct trace *t)
 	free(map.vals);
 	fclose(f);
 	if (rc)
-		trace_free(t);
+		bench_trace_free(t);
 	return rc;
 }
 
@@ -682,7 +673,7 @@ int bench_replay(int argc, char **argv, json_t *out)
 	pages_per_block = (bsize + page - 1) / page;
 
 	bench_note("replay: loading %s", trace_path);
-	rc = trace_load(trace_path, (uint32_t)limit, &t);
+	rc = bench_trace_load(trace_path, (uint32_t)limit, &t);
 	if (rc)
 		return rc;
 	footprint = (uint64_t)t.nuniq * pages_per_block * page;
@@ -871,6 +862,6 @@ int bench_replay(int argc, char **argv, json_t *out)
 	}
 out:
 	free(rows);
-	trace_free(&t);
+	bench_trace_free(&t);
 	return rc;
 }
