@@ -26,8 +26,11 @@
  *   block stands for the Redis index. Each request goes to a node by:
  *     kv-aware    the node holding the longest prefix of the request's
  *                 blocks — the ordering remote_match() (kvfs_cluster_match,
- *                 `kvfsctl route`) returns — ties to the node with the
- *                 fewest requests so far;
+ *                 `kvfsctl route`) returns — among the nodes whose request
+ *                 count is within LOAD_BOUND of the mean (bounded load, as
+ *                 llm-d's scorer weighs prefix against load); ties to the
+ *                 node with the fewest requests so far;
+ *     kv-greedy   the same without the load bound;
  *     round-robin request i to node i mod N;
  *     hash-first  a hash of the first block id (prefix-hash routing).
  *   The chosen node hits its own leading blocks (local-DRAM hits), fetches
@@ -53,8 +56,12 @@
 
 /* --- routing simulation -------------------------------------------------------------------- */
 
-enum route_policy { ROUTE_KV, ROUTE_RR, ROUTE_HASH, ROUTE_NR };
-static const char *const route_names[ROUTE_NR] = {"kv-aware", "round-robin", "hash-first"};
+enum route_policy { ROUTE_KV, ROUTE_KV_GREEDY, ROUTE_RR, ROUTE_HASH, ROUTE_NR };
+static const char *const route_names[ROUTE_NR] = {"kv-aware", "kv-greedy", "round-robin",
+						  "hash-first"};
+
+/* kv-aware: a node may take a request while its count is within this factor of the mean. */
+#define LOAD_BOUND 1.25
 
 /* One node's exact LRU over dense block indices (sentinel = nuniq). */
 struct lru {
@@ -165,13 +172,28 @@ static int simulate(const struct trace *t, unsigned nodes, uint64_t cap, enum ro
 			any++;
 		switch (pol) {
 		case ROUTE_KV:
-			/* longest prefix (what remote_match sorts first), then least loaded */
-			for (unsigned k = 0; k < nodes; k++)
-				if (prefix[k] > best || (prefix[k] == best && res->reqs[k] < res->reqs[c])) {
+		case ROUTE_KV_GREEDY: {
+			/*
+			 * Longest prefix (what remote_match sorts first), then least
+			 * loaded; kv-aware only among nodes within LOAD_BOUND of the
+			 * mean load (every prompt of the trace shares its first block,
+			 * so the greedy rule sends everything to one node).
+			 */
+			double bound = LOAD_BOUND * (double)(r + 1) / nodes;
+			bool first = true;
+
+			for (unsigned k = 0; k < nodes; k++) {
+				if (pol == ROUTE_KV && (double)res->reqs[k] + 1 > bound)
+					continue;
+				if (first || prefix[k] > best ||
+				    (prefix[k] == best && res->reqs[k] < res->reqs[c])) {
 					best = prefix[k];
 					c = k;
+					first = false;
 				}
+			}
 			break;
+		}
 		case ROUTE_RR:
 			c = r % nodes;
 			break;
@@ -529,7 +551,7 @@ static int handoff(unsigned ntok, unsigned reps, json_t *out)
 			pul[r] = d.ttft_ms;
 			pulf[r] = d.prefetch_ms;
 			pulb += (double)(stat_of(&b, "remote.fetched_bytes") - fb0) / ntok;
-			same &= d.first_token == x.first_token && d.reused == (long)(ntok / 16 * 16);
+			same &= d.first_token == x.first_token && d.reused + 16 >= (long)ntok;
 		}
 		/* push */
 		pb0 = stat_of(&a, "push.pushed");
@@ -550,7 +572,7 @@ static int handoff(unsigned ntok, unsigned reps, json_t *out)
 			pusf[r] = d.prefetch_ms;
 			/* b took them from its own lent memory: what moved is what a pushed */
 			pusb += (double)(stat_of(&a, "push.bytes") - fb0) / ntok;
-			same &= d.first_token == x.first_token && d.reused == (long)(ntok / 16 * 16);
+			same &= d.first_token == x.first_token && d.reused + 16 >= (long)ntok;
 		}
 	}
 	if (!rc) {

@@ -193,6 +193,11 @@ static int report(struct run *r, const char *label, const uint32_t *out, size_t 
 		json_array_append_new(r->requests, j);
 		return 0;
 	}
+	if (r->o->role == ROLE_DECODE)
+		printf("%s: prefetch waited %.1f ms: %llu blocks brought in, %llu already here, "
+		       "%llu held nowhere\n",
+		       label, r->prefetch_ms, (unsigned long long)(r->pf.fetched + r->pf.promoted),
+		       (unsigned long long)r->pf.present, (unsigned long long)r->pf.missing);
 	printf("%s: prompt %zu tok, reused %zu (%.1f%%), ttft %.1f ms (prefill %.1f, stall %.1f),"
 	       " decode %zu tok at %.1f tok/s%s%s\n",
 	       label, st->prompt_tokens, st->reused_tokens,
