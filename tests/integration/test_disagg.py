@@ -189,8 +189,8 @@ class Prefetch(Base):
     def test_prefetch_only_what_the_caller_could_read(self):
         nv = os.path.join(self.tmp, "nvme-p-%s" % self.cname)
         os.makedirs(nv)
-        m = self.node("solo", dram="4M", extra=["--nvme", nv + ":64M", "-o", "allow_other"],
-                      cluster=False)
+        m = self.node("solo", dram="4M", extra=["--nvme", nv + ":64M", "-o", "allow_other",
+                                                "--prefetch-bytes", "16M"], cluster=False)
         os.chmod(m.base, 0o755)
         os.chmod(m.mnt, 0o755)
         os.makedirs(m.path("open"))
@@ -218,6 +218,15 @@ class Prefetch(Base):
         # a path that tries to leave the tree, or names the control directory
         rc, out, err = ctl("--json", "prefetch", m.path(".kvfs", "stats"))
         self.assertEqual((rc, out["queued"], out["missing"]), (0, 0, 1), err)
+        fd = os.open(m.path(".kvfs", "prefetch"), os.O_RDWR)
+        try:
+            os.write(fd, b"../x\nopen/../closed/inside\n.kvfs/stats\n/open//public\n"
+                         b"open/\x00public\n" + b"a" * 300 + b"\nopen/public\n")
+            ans = dict(l.split(" ", 1) for l in os.pread(fd, 4096, 0).decode().splitlines())
+        finally:
+            os.close(fd)
+        self.assertEqual(ans["invalid"], "6")
+        self.assertEqual(ans["present"], "1")  # open/public: in DRAM now
 
 
 class Route(Base):
