@@ -8,6 +8,7 @@
  *   metrics  Prometheus text exposition format 0.0.4, the same figures
  *   config   JSON: the running configuration
  *   fault    write-only (root): arm the fault seam, e.g. "cat_write:1:EIO"
+ *   where, prefetch, match   write a request, read the answer back (remote.c, disagg.c)
  * Every figure is defined once, in the table below, and both formats are
  * generated from it. README.md documents each field.
  */
@@ -527,6 +528,8 @@ static char *render_config(struct kvfs_fs *fs)
 		json_object_set_new(root, "nvme", nv);
 	}
 	json_object_set_new(root, "persist", json_string(c->persist_through ? "through" : "back"));
+	json_object_set_new(root, "prefetch_threads", json_integer(c->prefetch_threads));
+	json_object_set_new(root, "prefetch_bytes", json_integer((json_int_t)c->prefetch_bytes));
 	json_object_set_new(root, "fuse_options", json_string(c->fuse_opts));
 	json_object_set_new(root, "log", c->log_path ? json_string(c->log_path) : json_null());
 	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
