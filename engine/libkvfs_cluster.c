@@ -354,7 +354,7 @@ static long match_rel(const char *mnt, char *const *rels, size_t n, struct kvfs_
 		int self;
 
 		memset(&x, 0, sizeof(x));
-		if (sscanf(p, "node %64s %u %u %7s %d", node, &x.blocks, &x.fast_blocks, tier,
+		if (sscanf(p, "node %63s %u %u %7s %d", node, &x.blocks, &x.fast_blocks, tier,
 			   &self) != 5)
 			continue;
 		snprintf(x.node, sizeof(x.node), "%s", node);
