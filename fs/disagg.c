@@ -19,7 +19,9 @@
  *    placement, which never evicts a pinned, open or leased file. The
  *    answer read back is one `name count` line per outcome; with `#wait`
  *    the write returns once the batch's work is done (at most
- *    PF_WAIT_MAX_NS) and the answer adds what the workers did.
+ *    PF_WAIT_MAX_NS, and only while fewer than half the FUSE threads are
+ *    waiting so) and the answer adds what the workers did and what is still
+ *    pending.
  *  - Match (`.kvfs/match`). A write names a chain of paths; the answer is
  *    which live nodes hold how long a prefix of it (remote_match: one
  *    pipelined index round trip), one `node blocks fast_blocks tier self`
@@ -98,6 +100,7 @@ struct dg {
 	uint64_t last_fetch;	 /* size of the last fetched file (the charge estimate) */
 	unsigned nthreads;
 	pthread_t *threads;
+	unsigned waiters; /* `#wait` writes waiting (each holds a FUSE thread) */
 	/* push */
 	struct push_rule rules[PUSH_RULES];
 	struct push_item *phead, *ptail;
@@ -562,13 +565,20 @@ int dg_prefetch(struct kvfs_fs *fs, const struct kvfs_cred *cred, const char *bu
 	atomic_fetch_add(&fs->ctr.pf_denied, n.denied);
 	atomic_fetch_add(&fs->ctr.pf_dropped, n.dropped);
 	pthread_mutex_lock(&dg->lock);
-	if (wait) {
+	/*
+	 * A waiting write holds a FUSE worker thread: at most half of them wait
+	 * at once, so waiters (whoever sends them) never stall the mount. The
+	 * others are answered at once, with what is still pending.
+	 */
+	if (wait && dg->waiters < KVFS_MAX(1u, fs->cfg.threads / 2)) {
 		struct timespec ts;
 
+		dg->waiters++;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += (time_t)(PF_WAIT_MAX_NS / 1000000000ull);
 		while (b->pending && pthread_cond_timedwait(&dg->done, &dg->lock, &ts) != ETIMEDOUT)
 			;
+		dg->waiters--;
 	}
 	rc = answer(out, outlen,
 		    "queued %llu\npresent %llu\nmissing %llu\ndenied %llu\ndropped %llu\n"

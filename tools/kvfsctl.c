@@ -421,6 +421,15 @@ static int cmd_status(char **args, int nargs)
 	       " files dropped at restart\n",
 	       jnum(st, "catalog.commits"), jnum(st, "catalog.errors"),
 	       jnum(st, "restart_dropped"));
+	if (jnum(st, "prefetch.requests"))
+		printf("prefetch   %" PRIu64 " paths: %" PRIu64 " queued, %" PRIu64 " present, %" PRIu64
+		       " missing, %" PRIu64 " denied, %" PRIu64 " dropped; %" PRIu64
+		       " fetched, %" PRIu64 " promoted, %" PRIu64 " failed (%s)\n",
+		       jnum(st, "prefetch.paths"), jnum(st, "prefetch.queued"),
+		       jnum(st, "prefetch.present"), jnum(st, "prefetch.missing"),
+		       jnum(st, "prefetch.denied"), jnum(st, "prefetch.dropped"),
+		       jnum(st, "prefetch.fetched"), jnum(st, "prefetch.promoted"),
+		       jnum(st, "prefetch.failed"), fmt_size(jnum(st, "prefetch.bytes")).s);
 	if (jget(st, "remote")) {
 		json_t *peers = jget(st, "remote.peers"), *p;
 		size_t k;
@@ -441,6 +450,10 @@ static int cmd_status(char **args, int nargs)
 		       jnum(st, "remote.spill_failed"), fmt_size(jnum(st, "remote.lend_used_bytes")).s,
 		       fmt_size(jnum(st, "remote.lend_capacity_bytes")).s,
 		       jnum(st, "remote.offloads_received"), jnum(st, "remote.lent_evictions"));
+		printf("pushed     %" PRIu64 " files (%s) to named peers, %" PRIu64 " kept local "
+		       "(peer dead or full)\n",
+		       jnum(st, "push.pushed"), fmt_size(jnum(st, "push.bytes")).s,
+		       jnum(st, "push.fallbacks"));
 		printf("errors     %" PRIu64 " checksum, %" PRIu64 " timeouts, %" PRIu64
 		       " connection, %" PRIu64 " refused tokens, %" PRIu64 " redis\n",
 		       jnum(st, "remote.checksum_failures"), jnum(st, "remote.timeouts"),

@@ -118,6 +118,9 @@ class Prefetch(Base):
             self.assertEqual(os.getxattr(b.path("m", "r0", n), "user.kvfs.tier"), b"dram")
             self.assertEqual(read_file(b.path("m", "r0", n)), content(n, MiB + 17))
         self.assertEqual(b.stats()["remote"]["fetched"], 6)
+        rc, text, err = ctl("status", b.mnt)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("prefetch   8 paths: 6 queued, 0 present, 2 missing", text)
         # a second prefetch finds them present
         rc, out, err = ctl("--json", "prefetch", *paths[:6])
         self.assertEqual((rc, out["present"], out["queued"]), (0, 6, 0), err)
