@@ -563,6 +563,8 @@ static int match_cmp(const void *a, const void *b)
 		return x->blocks > y->blocks ? -1 : 1;
 	if (x->fast_blocks != y->fast_blocks)
 		return x->fast_blocks > y->fast_blocks ? -1 : 1;
+	if (x->self != y->self) /* as good here as elsewhere: no transfer */
+		return x->self ? -1 : 1;
 	return strcmp(x->node, y->node);
 }
 

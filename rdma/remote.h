@@ -205,7 +205,8 @@ struct remote_node_match {
  * hold a prefix of it and how long: one pipelined index round trip for the
  * whole chain. A node counts a path if the index names it as a holder in
  * any tier (a lent copy included). Nodes whose prefix is empty are left out;
- * the rest are sorted by blocks, then fast_blocks, descending, then id.
+ * the rest are sorted by blocks, then fast_blocks, descending, then this
+ * node first, then by id.
  * @return the number of nodes (up to @max stored); -ENOTCONN if the index
  * is unreachable; -EINVAL.
  */

@@ -72,6 +72,8 @@ struct run {
 	double ttft_sum, ttft_max, decode_ms;
 	double prefetch_ms; /* this request's wait for its prefetch (decode role) */
 	struct kvfs_prefetch_info pf; /* what that prefetch did */
+	struct kvfs_node_prefix where; /* who held the longest prefix when it left the queue */
+	long where_n;		       /* nodes holding some of it; < 0: the index's error */
 	uint64_t fetched;   /* blocks brought from other nodes, all requests */
 	double *ttfts;
 	size_t ttft_cap;
@@ -185,6 +187,11 @@ static int report(struct run *r, const char *label, const uint32_t *out, size_t 
 			json_object_set_new(j, "prefetch_fetched", json_integer((json_int_t)r->pf.fetched));
 			json_object_set_new(j, "prefetch_present", json_integer((json_int_t)r->pf.present));
 			json_object_set_new(j, "prefetch_missing", json_integer((json_int_t)r->pf.missing));
+			if (r->where_n > 0)
+				json_object_set_new(j, "longest_prefix",
+						    json_pack("{s:s,s:i,s:s,s:b}", "node", r->where.node,
+							      "blocks", (int)r->where.blocks, "tier",
+							      r->where.tier, "self", r->where.self));
 		}
 
 		for (size_t i = 0; i < max_new; i++)
@@ -194,9 +201,12 @@ static int report(struct run *r, const char *label, const uint32_t *out, size_t 
 		return 0;
 	}
 	if (r->o->role == ROLE_DECODE)
-		printf("%s: prefetch waited %.1f ms: %llu blocks brought in, %llu already here, "
-		       "%llu held nowhere\n",
-		       label, r->prefetch_ms, (unsigned long long)(r->pf.fetched + r->pf.promoted),
+		printf("%s: longest cached prefix %u blocks on %s%s; prefetch waited %.1f ms: %llu "
+		       "blocks brought in, %llu already here, %llu held nowhere\n",
+		       label, r->where_n > 0 ? r->where.blocks : 0,
+		       r->where_n > 0 ? r->where.node : "no node",
+		       r->where_n > 0 && r->where.self ? " (this node)" : "", r->prefetch_ms,
+		       (unsigned long long)(r->pf.fetched + r->pf.promoted),
 		       (unsigned long long)r->pf.present, (unsigned long long)r->pf.missing);
 	printf("%s: prompt %zu tok, reused %zu (%.1f%%), ttft %.1f ms (prefill %.1f, stall %.1f),"
 	       " decode %zu tok at %.1f tok/s%s%s\n",
@@ -302,6 +312,11 @@ static int prefetch(struct run *r, const uint32_t *tok, size_t n, unsigned flags
 	if (!keys)
 		return -ENOMEM;
 	nk = kvfs_ns_keys(ns, tok, n, NULL, keys, max);
+	if (nk > 0 && (flags & KVFS_PREFETCH_WAIT)) {
+		/* What a KV-aware router would have seen for this request. */
+		memset(&r->where, 0, sizeof(r->where));
+		r->where_n = kvfs_cluster_match(ns, keys, (size_t)nk, &r->where, 1);
+	}
 	rc = nk <= 0 ? nk : kvfs_prefetch(ns, keys, (size_t)nk, flags, &r->pf);
 	free(keys);
 	return rc < 0 ? (int)rc : 0;

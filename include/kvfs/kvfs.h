@@ -257,7 +257,8 @@ struct kvfs_node_prefix {
  * of the chain @keys (blocks of @ns), and how long, from the cluster index
  * in one pipelined round trip (asked by this mount's daemon, which keeps
  * the cluster token). Nodes holding none of it are left out; the rest come
- * sorted by blocks, then fast_blocks, descending. Up to @max are stored.
+ * sorted by blocks, then fast_blocks, descending, then this node before
+ * others. Up to @max are stored.
  * kvfs_cluster_match_paths() takes the chain as paths on one mount.
  * @return the number of nodes; -EINVAL; -ENOTSUP (not on a kvfs mount, or
  * one in no cluster); -ENOTCONN (the cluster index is unreachable: the

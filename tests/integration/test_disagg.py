@@ -395,6 +395,15 @@ class Handoff(Base):
         self.assertEqual(d["requests"][0]["tokens"], ref["requests"][0]["tokens"])
         req = d["requests"][0]
         self.assertEqual(req["reused_tokens"], nblocks * 16)
+        # kvfs_cluster_match as the request left the queue: the prefill node
+        # held all of it (with push, b held it too, and b comes first: no transfer)
+        lp = req["longest_prefix"]
+        self.assertEqual(lp["blocks"], nblocks)
+        if push:  # lent copies, or already taken into local files by the early prefetch
+            self.assertEqual((lp["node"], lp["self"]), ("b", True))
+            self.assertIn(lp["tier"], ("lent", "dram"))
+        else:
+            self.assertEqual((lp["node"], lp["tier"], lp["self"]), ("a", "dram", False))
         self.assertFalse(req["fallback"])
         st = b.stats()
         self.assertEqual(st["remote"]["fetched"], nblocks)
