@@ -180,9 +180,9 @@ static enum pf_local pf_resolve(struct kvfs_fs *fs, const struct kvfs_cred *cred
 		char *slash = strchr(p, '/');
 		size_t len = slash ? (size_t)(slash - p) : strlen(p);
 
-		if (cur->kind != KIND_DIR) {
-			res = PF_ABSENT;
-			break;
+		if (cur->kind != KIND_DIR) { /* "file/x": no such path here */
+			ns_put(fs, cur, 1);
+			return PF_ABSENT;
 		}
 		if (!dg_may(cur, cred, 1)) {
 			res = PF_DENIED;

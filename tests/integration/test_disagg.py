@@ -230,6 +230,9 @@ class Prefetch(Base):
             os.close(fd)
         self.assertEqual(ans["invalid"], "6")
         self.assertEqual(ans["present"], "1")  # open/public: in DRAM now
+        # a path below a file is no path
+        rc, out, err = ctl("--json", "prefetch", m.path("open", "public", "x"))
+        self.assertEqual((rc, out["present"], out["queued"], out["missing"]), (0, 0, 0, 1), err)
 
 
 class Route(Base):
