@@ -371,7 +371,7 @@ static void *pf_worker(void *arg)
 	for (;;) {
 		struct pf_item *it = dg->head;
 		uint64_t size = 0;
-		bool fetched = false, already = false;
+		bool fetched = false, already = false, stop;
 		int rc;
 
 		if (!it) {
@@ -388,8 +388,9 @@ static void *pf_worker(void *arg)
 		if (dg->flying)
 			dg->flying->prev_fly = it;
 		dg->flying = it;
+		stop = dg->stop;
 		pthread_mutex_unlock(&dg->lock);
-		if (dg->stop) {
+		if (stop) {
 			rc = -ECANCELED;
 		} else if (it->in) {
 			rc = pf_promote(it->in, &size);
@@ -826,6 +827,7 @@ static void *pusher(void *arg)
 	for (;;) {
 		struct push_item *it = dg->phead;
 		uint64_t size = 0;
+		bool stop;
 		int rc;
 
 		if (!it) {
@@ -838,8 +840,9 @@ static void *pusher(void *arg)
 		if (!dg->phead)
 			dg->ptail = NULL;
 		dg->pdepth--;
+		stop = dg->stop;
 		pthread_mutex_unlock(&dg->lock);
-		rc = dg->stop ? -ECANCELED : push_one(fs, it->in, it->node, &size);
+		rc = stop ? -ECANCELED : push_one(fs, it->in, it->node, &size);
 		if (rc == 0) {
 			atomic_fetch_add(&fs->ctr.pushed, 1);
 			atomic_fetch_add(&fs->ctr.pushed_bytes, size);
