@@ -286,13 +286,14 @@ static int pf_enqueue_locked(struct dg *dg, struct pf_batch *b, struct kvfs_inod
  * Fetch @path from the cluster, making local directories on the way (as
  * lookups do). @return 0; -EEXIST if it was here already; -ENOENT.
  */
-static int pf_fetch(struct kvfs_fs *fs, char *path, uint64_t *size)
+static int pf_fetch(struct kvfs_fs *fs, const char *item_path, uint64_t *size)
 {
 	struct kvfs_inode *cur = fs->root, *next;
 	bool here = false; /* the file was local by the time we looked */
-	char *p = path;
+	char path[PATH_MAX], *p = path; /* cut up here: the item's own is read by others */
 	int rc = 0;
 
+	snprintf(path, sizeof(path), "%s", item_path);
 	ns_get(cur, 1);
 	for (;;) {
 		char *slash = strchr(p, '/');

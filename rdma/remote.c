@@ -220,6 +220,20 @@ static bool peer_usable(struct rdma_peer *p, uint64_t now)
 	return p && p->alive && !p->self && atomic_load(&p->down_until) <= now;
 }
 
+/* The live peer @id, or NULL: found and judged under peer_lock (the index
+ * thread rewrites `alive` under it). */
+static struct rdma_peer *usable_peer(remote *r, const char *id, uint64_t now)
+{
+	struct rdma_peer *p;
+
+	pthread_mutex_lock(&r->peer_lock);
+	p = peer_find_locked(r, id);
+	if (!peer_usable(p, now))
+		p = NULL;
+	pthread_mutex_unlock(&r->peer_lock);
+	return p;
+}
+
 /* --- cluster operations --------------------------------------------------- */
 
 struct holders {
@@ -282,8 +296,8 @@ int remote_fetch(remote *r, const char *path, const struct remote_sink *sink,
 
 			if (tier_rank(hs->h[i].tier) != rank)
 				continue;
-			p = rdma_peer_find(r, hs->h[i].node);
-			if (!peer_usable(p, now))
+			p = usable_peer(r, hs->h[i].node, now);
+			if (!p)
 				continue; /* dead nodes' entries are ignored */
 			cand[ncand] = p;
 			ctier[ncand++] = hs->h[i].tier;
@@ -439,8 +453,8 @@ int remote_free(remote *r, const char *path)
 
 		if (hs->h[i].tier != REMOTE_TIER_LENT)
 			continue;
-		p = rdma_peer_find(r, hs->h[i].node);
-		if (!peer_usable(p, now))
+		p = usable_peer(r, hs->h[i].node, now);
+		if (!p)
 			continue;
 		e = rdma_free_at(r, p, path);
 		if (e == -ENOENT) {

@@ -156,6 +156,18 @@ struct trace {
 int bench_trace_load(const char *path, uint32_t limit, struct trace *t);
 void bench_trace_free(struct trace *t);
 
+/*
+ * Trace blocks as files (bench_replay.c): block @id is MNT/blocks/<id%256 as
+ * 2 hex>/<id>.kv, its bytes derived from @id. Write one through a temporary
+ * name and rename() (@return 0 or -errno); check a hit read from @fd whole
+ * (@return 0, -EBADMSG if wrong, -errno).
+ */
+void bench_block_path(const char *mnt, uint64_t id, const char *suffix, char *out, size_t len);
+void bench_block_fill(uint8_t *buf, uint64_t size, uint64_t id);
+int bench_block_write(const char *mnt, uint64_t id, const uint8_t *buf, uint64_t size);
+int bench_block_check(int fd, const char *path, uint8_t *buf, uint8_t *expect, uint64_t size,
+		      uint64_t id);
+
 int bench_throughput(int argc, char **argv, json_t *out);
 int bench_fuse_settings(int argc, char **argv, json_t *out);
 int bench_replay(int argc, char **argv, json_t *out);

@@ -53,6 +53,7 @@
 #include "tools/bench.h"
 
 #define MAX_NODES 16
+#define KVFS_BENCH_MIN(a, b) ((a) < (b) ? (a) : (b))
 
 /* --- routing simulation -------------------------------------------------------------------- */
 
@@ -140,6 +141,41 @@ static uint64_t mix64(uint64_t x)
 	return x ^ (x >> 33);
 }
 
+/*
+ * Where request number @r goes, given each node's cached prefix of it and
+ * the requests each took so far. kv-aware: the longest prefix (what
+ * remote_match sorts first), then the least loaded; only among nodes within
+ * LOAD_BOUND of the mean load (every prompt of the trace shares its first
+ * block, so the greedy rule sends everything to one node).
+ */
+static unsigned route_pick(enum route_policy pol, const uint64_t *prefix, const uint64_t *reqs,
+			   unsigned nodes, uint32_t r, uint64_t first_id)
+{
+	double bound = LOAD_BOUND * (double)(r + 1) / nodes;
+	uint64_t best = 0;
+	unsigned c = 0;
+	bool first = true;
+
+	switch (pol) {
+	case ROUTE_KV:
+	case ROUTE_KV_GREEDY:
+		for (unsigned k = 0; k < nodes; k++) {
+			if (pol == ROUTE_KV && (double)reqs[k] + 1 > bound)
+				continue;
+			if (first || prefix[k] > best || (prefix[k] == best && reqs[k] < reqs[c])) {
+				best = prefix[k];
+				c = k;
+				first = false;
+			}
+		}
+		return c;
+	case ROUTE_RR:
+		return r % nodes;
+	default:
+		return (unsigned)(mix64(first_id) % nodes);
+	}
+}
+
 static int simulate(const struct trace *t, unsigned nodes, uint64_t cap, enum route_policy pol,
 		    struct route_result *res)
 {
@@ -156,8 +192,8 @@ static int simulate(const struct trace *t, unsigned nodes, uint64_t cap, enum ro
 	}
 	for (uint32_t r = 0; r < t->nreq; r++) {
 		const uint32_t *b = t->blk + t->off[r];
-		uint64_t m = t->off[r + 1] - t->off[r], prefix[MAX_NODES], any = 0, best = 0;
-		unsigned c = 0;
+		uint64_t m = t->off[r + 1] - t->off[r], prefix[MAX_NODES], any = 0;
+		unsigned c;
 
 		if (m == 0)
 			continue;
@@ -170,37 +206,7 @@ static int simulate(const struct trace *t, unsigned nodes, uint64_t cap, enum ro
 		}
 		while (any < m && s.held[b[any]])
 			any++;
-		switch (pol) {
-		case ROUTE_KV:
-		case ROUTE_KV_GREEDY: {
-			/*
-			 * Longest prefix (what remote_match sorts first), then least
-			 * loaded; kv-aware only among nodes within LOAD_BOUND of the
-			 * mean load (every prompt of the trace shares its first block,
-			 * so the greedy rule sends everything to one node).
-			 */
-			double bound = LOAD_BOUND * (double)(r + 1) / nodes;
-			bool first = true;
-
-			for (unsigned k = 0; k < nodes; k++) {
-				if (pol == ROUTE_KV && (double)res->reqs[k] + 1 > bound)
-					continue;
-				if (first || prefix[k] > best ||
-				    (prefix[k] == best && res->reqs[k] < res->reqs[c])) {
-					best = prefix[k];
-					c = k;
-					first = false;
-				}
-			}
-			break;
-		}
-		case ROUTE_RR:
-			c = r % nodes;
-			break;
-		default:
-			c = (unsigned)(mix64(t->ids[b[0]]) % nodes);
-			break;
-		}
+		c = route_pick(pol, prefix, res->reqs, nodes, r, t->ids[b[0]]);
 		res->reqs[c]++;
 		res->blocks += m;
 		res->local_hits += prefix[c];
@@ -278,6 +284,227 @@ static int routing(const char *trace_path, unsigned nodes, double fraction, uint
 					      (int)nodes, "dram_fraction", fraction, "rows",
 					      json_incref(rows)));
 	json_decref(rows);
+	bench_trace_free(&t);
+	return rc;
+}
+
+/* --- routing on real daemons ----------------------------------------------------------------- */
+
+#define RD_BLOCK (16u << 10) /* bytes of a trace block file, as `kvfs-bench replay` */
+
+static int64_t stat_of(const struct bench_mount *m, const char *path);
+static int wait_stat(const struct bench_mount *m, const char *path, int64_t want);
+
+/*
+ * The first @nreq requests through @nodes kvfs daemons in one cluster, each
+ * with DRAM of @fraction of those requests' footprint (no NVMe, no lending),
+ * routed by @pol from kvfs_cluster_match_paths() — the index, as a router
+ * sees it. A request opens its blocks on the chosen node in order until the
+ * first miss (a local miss is fetched from a peer by the daemon itself: a
+ * cluster-wide hit), checks each, and writes the rest. Local hits are the
+ * hits less what the node fetched (its remote.fetched counter).
+ */
+static int daemon_run(const struct trace *t, uint32_t nreq, unsigned nodes, double fraction,
+		      enum route_policy pol, const char *url, const char *token,
+		      struct route_result *res)
+{
+	struct bench_mount m[MAX_NODES];
+	char cname[32], ids[MAX_NODES][16], dir[PATH_MAX];
+	uint8_t *rbuf = bench_buf_alloc(RD_BLOCK + 1), *wbuf = bench_buf_alloc(RD_BLOCK),
+		*ebuf = bench_buf_alloc(RD_BLOCK), *seen = calloc(t->nuniq + 1, 1);
+	char **paths = NULL;
+	uint64_t uniq = 0, dram;
+	size_t pcap = 0;
+	int rc = 0;
+
+	memset(m, 0, sizeof(m));
+	memset(res, 0, sizeof(*res));
+	if (!rbuf || !wbuf || !ebuf || !seen) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (uint64_t j = 0; j < t->off[nreq]; j++)
+		if (!seen[t->blk[j]]++)
+			uniq++;
+	dram = (uint64_t)((double)(uniq * RD_BLOCK) * fraction) / RD_BLOCK * RD_BLOCK;
+	if (dram < (1u << 20))
+		dram = 1u << 20;
+	snprintf(cname, sizeof(cname), "route%d", (int)pol);
+	for (unsigned k = 0; k < nodes && !rc; k++) {
+		const char *extra[] = {"--cluster", url, "--cluster-token", token, "--cluster-name",
+				       cname, "--node-id", ids[k], "--listen", "127.0.0.1:0",
+				       "--page-size", "16K", NULL};
+
+		snprintf(ids[k], sizeof(ids[k]), "n%u", k);
+		rc = bench_mount_start(&m[k], ids[k], dram, extra);
+		for (unsigned x = 0; !rc && x < 256; x++) {
+			bench_path(dir, sizeof(dir), "%s/blocks/%02x", m[k].mnt, x);
+			if (x == 0) {
+				bench_path(dir, sizeof(dir), "%s/blocks", m[k].mnt);
+				if (mkdir(dir, 0755) && errno != EEXIST)
+					rc = -errno;
+				bench_path(dir, sizeof(dir), "%s/blocks/%02x", m[k].mnt, x);
+			}
+			if (!rc && mkdir(dir, 0755) && errno != EEXIST)
+				rc = -errno;
+		}
+	}
+	for (unsigned k = 0; k < nodes && !rc; k++)
+		rc = wait_stat(&m[k], "remote.peers_alive", nodes - 1);
+	for (uint32_t r = 0; r < nreq && !rc && !bench_interrupted; r++) {
+		const uint32_t *b = t->blk + t->off[r];
+		uint64_t mb = t->off[r + 1] - t->off[r], prefix[MAX_NODES] = {0}, hits = 0;
+		struct kvfs_node_prefix np[MAX_NODES];
+		int64_t f0;
+		long got;
+		unsigned c;
+
+		if (mb == 0)
+			continue;
+		if (mb > pcap) {
+			char **p = realloc(paths, mb * sizeof(*p));
+
+			if (!p) {
+				rc = -ENOMEM;
+				break;
+			}
+			for (size_t j = pcap; j < mb; j++)
+				p[j] = malloc(PATH_MAX);
+			paths = p;
+			pcap = mb;
+		}
+		for (uint64_t j = 0; j < mb; j++)
+			bench_block_path(m[0].mnt, t->ids[b[j]], "", paths[j], PATH_MAX);
+		got = kvfs_cluster_match_paths((const char *const *)paths, mb, np, MAX_NODES);
+		if (got < 0) {
+			bench_err("cluster: kvfs_cluster_match: %s", strerror((int)-got));
+			rc = (int)got;
+			break;
+		}
+		for (long i = 0; i < got && i < MAX_NODES; i++)
+			for (unsigned k = 0; k < nodes; k++)
+				if (!strcmp(np[i].node, ids[k]))
+					prefix[k] = np[i].blocks;
+		c = route_pick(pol, prefix, res->reqs, nodes, r, t->ids[b[0]]);
+		f0 = stat_of(&m[c], "remote.fetched");
+		for (; hits < mb; hits++) {
+			char path[PATH_MAX];
+			int fd;
+
+			bench_block_path(m[c].mnt, t->ids[b[hits]], "", path, sizeof(path));
+			fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0) {
+				if (errno != ENOENT)
+					rc = -errno;
+				break;
+			}
+			rc = bench_block_check(fd, path, rbuf, ebuf, RD_BLOCK, t->ids[b[hits]]);
+			close(fd);
+			if (rc)
+				break;
+		}
+		res->fetched += (uint64_t)(stat_of(&m[c], "remote.fetched") - f0);
+		for (uint64_t j = hits; j < mb && !rc; j++) {
+			bench_block_fill(wbuf, RD_BLOCK, t->ids[b[j]]);
+			rc = bench_block_write(m[c].mnt, t->ids[b[j]], wbuf, RD_BLOCK);
+			if (rc == -ENOSPC)
+				rc = 0; /* nothing evictable now: not kept, a miss later */
+		}
+		res->reqs[c]++;
+		res->blocks += mb;
+		res->cluster_hits += hits;
+	}
+	if (!rc) {
+		uint64_t max = 0, sum = 0;
+
+		res->local_hits = res->cluster_hits - KVFS_BENCH_MIN(res->fetched, res->cluster_hits);
+		for (unsigned k = 0; k < nodes; k++) {
+			sum += res->reqs[k];
+			max = res->reqs[k] > max ? res->reqs[k] : max;
+		}
+		res->spread = sum ? (double)max * nodes / (double)sum : 0;
+	}
+out:
+	for (unsigned k = 0; k < nodes; k++)
+		bench_mount_stop(&m[k]);
+	for (size_t j = 0; j < pcap; j++)
+		free(paths[j]);
+	free(paths);
+	free(seen);
+	bench_buf_free(rbuf, RD_BLOCK + 1);
+	bench_buf_free(wbuf, RD_BLOCK);
+	bench_buf_free(ebuf, RD_BLOCK);
+	return rc;
+}
+
+static int routing_daemons(const char *trace_path, unsigned nodes, double fraction, uint32_t nreq,
+			   json_t *out)
+{
+	static const enum route_policy pols[] = {ROUTE_KV, ROUTE_RR, ROUTE_HASH};
+	struct bench_redis rs = {0};
+	struct route_result res;
+	char token[] = "/tmp/kvfs-bench-route-token-XXXXXX";
+	struct trace t;
+	json_t *rows = json_array();
+	int rc, fd;
+
+	rc = bench_trace_load(trace_path, nreq, &t);
+	if (rc) {
+		json_decref(rows);
+		return rc;
+	}
+	fd = mkstemp(token);
+	if (fd < 0 || write(fd, "kvfs-bench-route-shared-secret\n", 31) != 31) {
+		bench_err("cluster: cannot write a token file");
+		rc = -EIO;
+	}
+	if (fd >= 0)
+		close(fd);
+	if (!rc)
+		rc = bench_redis_start(&rs);
+	if (!rc) {
+		char url[64];
+
+		snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rs.port);
+		printf("\n== cluster routing on %u kvfs daemons: the first %u requests of the Mooncake "
+		       "trace, 16 KiB blocks, DRAM %.0f%% of their footprint each; routed by "
+		       "kvfs_cluster_match ==\n",
+		       nodes, t.nreq, fraction * 100);
+		printf("%-12s %10s %12s %12s %10s  %s\n", "routing", "local hit", "cluster hit",
+		       "fetched/blk", "max/mean", "requests per node");
+		for (size_t p = 0; p < sizeof(pols) / sizeof(pols[0]) && !rc; p++) {
+			char per[128] = "";
+			size_t used = 0;
+
+			bench_note("cluster: %s on %u daemons", route_names[pols[p]], nodes);
+			rc = daemon_run(&t, t.nreq, nodes, fraction, pols[p], url, token, &res);
+			if (rc)
+				break;
+			for (unsigned k = 0; k < nodes; k++)
+				used += (size_t)snprintf(per + used, sizeof(per) - used, "%s%llu",
+							 k ? " " : "", (unsigned long long)res.reqs[k]);
+			printf("%-12s %10.4f %12.4f %12.4f %10.2f  %s\n", route_names[pols[p]],
+			       (double)res.local_hits / (double)res.blocks,
+			       (double)res.cluster_hits / (double)res.blocks,
+			       (double)res.fetched / (double)res.blocks, res.spread, per);
+			json_array_append_new(
+				rows, json_pack("{s:s,s:f,s:f,s:f,s:f}", "routing", route_names[pols[p]],
+						"local_hit_ratio",
+						(double)res.local_hits / (double)res.blocks,
+						"cluster_hit_ratio",
+						(double)res.cluster_hits / (double)res.blocks,
+						"fetched_per_block", (double)res.fetched / (double)res.blocks,
+						"load_spread", res.spread));
+		}
+	}
+	if (!rc && out)
+		json_object_set_new(out, "routing_daemons",
+				    json_pack("{s:i,s:i,s:f,s:o}", "requests", (int)t.nreq, "nodes",
+					      (int)nodes, "dram_fraction", fraction, "rows",
+					      json_incref(rows)));
+	json_decref(rows);
+	bench_redis_stop(&rs);
+	unlink(token);
 	bench_trace_free(&t);
 	return rc;
 }
@@ -630,12 +857,13 @@ int bench_cluster(int argc, char **argv, json_t *out)
 		{"trace", required_argument, NULL, 't'},   {"nodes", required_argument, NULL, 'n'},
 		{"fraction", required_argument, NULL, 'f'}, {"limit", required_argument, NULL, 'l'},
 		{"tokens", required_argument, NULL, 'k'},  {"reps", required_argument, NULL, 'r'},
-		{"only", required_argument, NULL, 'o'},    {NULL, 0, NULL, 0},
+		{"only", required_argument, NULL, 'o'},    {"daemon-requests", required_argument, NULL, 'd'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *trace = NULL, *only = NULL;
 	unsigned nodes = 4, ntok = 4096, reps = 3;
 	double fraction = 0.10;
-	unsigned long limit = 0;
+	unsigned long limit = 0, dreq = 1000;
 	json_t *res = json_object();
 	int c, rc = 0;
 
@@ -663,6 +891,9 @@ int bench_cluster(int argc, char **argv, json_t *out)
 		case 'o':
 			only = optarg;
 			break;
+		case 'd':
+			dreq = strtoul(optarg, NULL, 10);
+			break;
 		default:
 			json_decref(res);
 			return -EINVAL;
@@ -684,6 +915,8 @@ int bench_cluster(int argc, char **argv, json_t *out)
 			rc = -EINVAL;
 		} else {
 			rc = routing(trace, nodes, fraction, (uint32_t)limit, res);
+			if (!rc && dreq)
+				rc = routing_daemons(trace, nodes, fraction, (uint32_t)dreq, res);
 		}
 	}
 	if (out)

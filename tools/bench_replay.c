@@ -301,13 +301,13 @@ struct replay_result {
 /* --nvme-fraction: an NVMe tier of this fraction of the footprint (0: none). */
 static double nvme_fraction;
 
-static void block_path(const char *mnt, uint64_t id, const char *suffix, char *out, size_t len)
+void bench_block_path(const char *mnt, uint64_t id, const char *suffix, char *out, size_t len)
 {
 	bench_path(out, len, "%s/blocks/%02x/%llu.kv%s", mnt, (unsigned)(id % 256),
 		   (unsigned long long)id, suffix);
 }
 
-static void block_fill(uint8_t *buf, uint64_t size, uint64_t id)
+void bench_block_fill(uint8_t *buf, uint64_t size, uint64_t id)
 {
 	memcpy(buf, BLOCK_MAGIC, 8);
 	memcpy(buf + 8, &id, 8); /* little-endian hosts only, like the rest of kvfs */
@@ -315,8 +315,8 @@ static void block_fill(uint8_t *buf, uint64_t size, uint64_t id)
 }
 
 /* Read a hit whole and check it is block @id. @return 0, -EBADMSG if wrong. */
-static int block_check(int fd, const char *path, uint8_t *buf, uint8_t *expect, uint64_t size,
-		       uint64_t id)
+int bench_block_check(int fd, const char *path, uint8_t *buf, uint8_t *expect, uint64_t size,
+		      uint64_t id)
 {
 	uint64_t off = 0;
 	ssize_t n;
@@ -335,7 +335,7 @@ static int block_check(int fd, const char *path, uint8_t *buf, uint8_t *expect, 
 			  (unsigned long long)off, (unsigned long long)id);
 		return -EBADMSG;
 	}
-	block_fill(expect, size, id);
+	bench_block_fill(expect, size, id);
 	if (memcmp(buf, expect, size)) {
 		bench_err("%s: payload differs from block %llu", path, (unsigned long long)id);
 		return -EBADMSG;
@@ -344,15 +344,15 @@ static int block_check(int fd, const char *path, uint8_t *buf, uint8_t *expect, 
 }
 
 /* Write block @id through a temporary name and rename(). @return 0 or -errno. */
-static int block_write(const char *mnt, uint64_t id, const uint8_t *buf, uint64_t size)
+int bench_block_write(const char *mnt, uint64_t id, const uint8_t *buf, uint64_t size)
 {
 	char tmp[PATH_MAX], dst[PATH_MAX];
 	uint64_t off = 0;
 	ssize_t n = 0;
 	int fd, rc = 0;
 
-	block_path(mnt, id, ".tmp", tmp, sizeof(tmp));
-	block_path(mnt, id, "", dst, sizeof(dst));
+	bench_block_path(mnt, id, ".tmp", tmp, sizeof(tmp));
+	bench_block_path(mnt, id, "", dst, sizeof(dst));
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
@@ -456,7 +456,7 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 		for (; j < end; j++) {
 			uint64_t id = t->ids[t->blk[j]];
 
-			block_path(m.mnt, id, "", path, sizeof(path));
+			bench_block_path(m.mnt, id, "", path, sizeof(path));
 			fd = open(path, O_RDONLY | O_CLOEXEC);
 			if (fd < 0) {
 				if (errno == ENOENT)
@@ -465,7 +465,7 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 				bench_err("open %s: %s", path, strerror(errno));
 				break;
 			}
-			rc = block_check(fd, path, rbuf, ebuf, bsize, id);
+			rc = bench_block_check(fd, path, rbuf, ebuf, bsize, id);
 			close(fd);
 			if (rc)
 				break;
@@ -478,7 +478,7 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 
 			/* the first miss is known missing; later ones are checked */
 			if (k > j) {
-				block_path(m.mnt, id, "", path, sizeof(path));
+				bench_block_path(m.mnt, id, "", path, sizeof(path));
 				if (stat(path, &sb) == 0) {
 					res->skipped++;
 					continue;
@@ -489,15 +489,15 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 					break;
 				}
 			}
-			block_fill(wbuf, bsize, id);
-			rc = block_write(m.mnt, id, wbuf, bsize);
+			bench_block_fill(wbuf, bsize, id);
+			rc = bench_block_write(m.mnt, id, wbuf, bsize);
 			if (rc == -ENOSPC) {
 				res->enospc++;
 				rc = 0;
 				continue;
 			}
 			if (rc) {
-				block_path(m.mnt, id, "", path, sizeof(path));
+				bench_block_path(m.mnt, id, "", path, sizeof(path));
 				bench_err("saving %s: %s", path, strerror(-rc));
 				break;
 			}
