@@ -17,9 +17,9 @@
  *   including its prefetch wait) and bytes moved between nodes per prompt
  *   token; the first token of each run is checked against the recompute's.
  *
- * routing: a simulation (not daemons: 4 daemons replaying 12k requests
- *   through FUSE take far longer than a bench run on 2 cores) of --nodes
- *   nodes, each with an exact LRU cache of --fraction of the trace's
+ * routing: first a simulation over the whole trace (4 daemons replaying
+ *   12k requests through FUSE take far longer than a bench run on 2 cores)
+ *   of --nodes nodes, each with an exact LRU cache of --fraction of the trace's
  *   footprint (the LRU that `kvfs-bench replay` checks against the daemon),
  *   on the Mooncake conversation trace (--trace; `make bench` unpacks the
  *   copy in tools/workloads/). An exact index of which node holds which
@@ -37,7 +37,11 @@
  *   the next ones any node holds (cluster-wide hits: the remote tier's
  *   fetch on a miss), computes the rest, and keeps them all (prefix
  *   semantics, as `kvfs-bench replay`). Load spread = max/mean requests per
- *   node.
+ *   node. Then the same three policies on --nodes real kvfs daemons in one
+ *   cluster for the first --daemon-requests requests (default 1000; 0
+ *   skips it), routed from kvfs_cluster_match_paths() — the index as a
+ *   router sees it, published asynchronously — with the daemons' own
+ *   eviction (mq) and their own fetch on a local miss (see daemon_run).
  */
 #include <errno.h>
 #include <fcntl.h>

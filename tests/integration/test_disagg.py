@@ -399,12 +399,13 @@ class Handoff(Base):
         req = d["requests"][0]
         self.assertEqual(req["reused_tokens"], nblocks * 16)
         # kvfs_cluster_match as the request left the queue: the prefill node
-        # held all of it (with push, b held it too, and b comes first: no transfer)
+        # held all of it (with push, b held it too, and b comes first on a tie)
         lp = req["longest_prefix"]
         self.assertEqual(lp["blocks"], nblocks)
-        if push:  # lent copies, or already taken into local files by the early prefetch
-            self.assertEqual((lp["node"], lp["self"]), ("b", True))
-            self.assertIn(lp["tier"], ("lent", "dram"))
+        if push:
+            # b's lent copies, or a: the early prefetch may be moving b's copies from
+            # lent memory into local files, which the index learns a moment later
+            self.assertIn((lp["node"], lp["self"]), (("b", True), ("a", False)))
         else:
             self.assertEqual((lp["node"], lp["tier"], lp["self"]), ("a", "dram", False))
         self.assertFalse(req["fallback"])
