@@ -96,8 +96,8 @@ struct dg {
 	struct pf_item *head, *tail;
 	struct pf_item *flying; /* taken by a worker, not done */
 	unsigned depth;
-	uint64_t charged;	 /* bytes queued or in flight */
-	uint64_t last_fetch;	 /* size of the last fetched file (the charge estimate) */
+	uint64_t charged;    /* bytes queued or in flight */
+	uint64_t last_fetch; /* size of the last fetched file (the charge estimate) */
 	unsigned nthreads;
 	pthread_t *threads;
 	unsigned waiters; /* `#wait` writes waiting (each holds a FUSE thread) */
@@ -241,7 +241,7 @@ static void batch_put_locked(struct pf_batch *b)
 enum { PF_DROPPED, PF_NEW, PF_JOINED };
 
 static int pf_enqueue_locked(struct dg *dg, struct pf_batch *b, struct kvfs_inode *in,
-			      const char *path, uint64_t charge)
+			     const char *path, uint64_t charge)
 {
 	const struct kvfs_config *c = &dg->fs->cfg;
 	size_t pl = strlen(path);
@@ -257,8 +257,7 @@ static int pf_enqueue_locked(struct dg *dg, struct pf_batch *b, struct kvfs_inod
 				return PF_JOINED;
 			}
 	if (dg->stop || dg->depth >= c->prefetch_queue ||
-	    (dg->charged && dg->charged + charge > c->prefetch_bytes) ||
-	    charge > c->prefetch_bytes)
+	    (dg->charged && dg->charged + charge > c->prefetch_bytes) || charge > c->prefetch_bytes)
 		return PF_DROPPED;
 	it = malloc(sizeof(*it) + pl + 1);
 	if (!it)
@@ -289,7 +288,7 @@ static int pf_enqueue_locked(struct dg *dg, struct pf_batch *b, struct kvfs_inod
 static int pf_fetch(struct kvfs_fs *fs, const char *item_path, uint64_t *size)
 {
 	struct kvfs_inode *cur = fs->root, *next;
-	bool here = false; /* the file was local by the time we looked */
+	bool here = false;		/* the file was local by the time we looked */
 	char path[PATH_MAX], *p = path; /* cut up here: the item's own is read by others */
 	int rc = 0;
 
@@ -515,7 +514,8 @@ int dg_prefetch(struct kvfs_fs *fs, const struct kvfs_cred *cred, const char *bu
 			break;
 		case PF_ABSENT:
 			if (nremote == cap) {
-				char **p = realloc(remote_paths, (cap = cap ? cap * 2 : 64) * sizeof(*p));
+				char **p = realloc(remote_paths,
+						   (cap = cap ? cap * 2 : 64) * sizeof(*p));
 
 				if (!p) {
 					rc = -ENOMEM;
@@ -540,13 +540,15 @@ int dg_prefetch(struct kvfs_fs *fs, const struct kvfs_cred *cred, const char *bu
 			goto out;
 		}
 		r = rmt_hold(fs);
-		k = r ? remote_locate(r, (const char *const *)remote_paths, nremote, loc) : -ENOTCONN;
+		k = r ? remote_locate(r, (const char *const *)remote_paths, nremote, loc)
+		      : -ENOTCONN;
 		rmt_unhold(fs);
 		index_down = r && k != 0;
 		for (size_t i = 0; i < nremote; i++) {
 			int q;
 
-			if (k || !(loc[i].holders || (loc[i].self_tiers & (1u << REMOTE_TIER_LENT)))) {
+			if (k ||
+			    !(loc[i].holders || (loc[i].self_tiers & (1u << REMOTE_TIER_LENT)))) {
 				n.missing++;
 				continue;
 			}
@@ -593,8 +595,8 @@ int dg_prefetch(struct kvfs_fs *fs, const struct kvfs_cred *cred, const char *bu
 		char *more = NULL;
 		size_t ml = 0;
 
-		rc = answer(&more, &ml, "%sfetched %llu\npromoted %llu\nfailed %llu\npending %u\n", *out,
-			    (unsigned long long)b->fetched, (unsigned long long)b->promoted,
+		rc = answer(&more, &ml, "%sfetched %llu\npromoted %llu\nfailed %llu\npending %u\n",
+			    *out, (unsigned long long)b->fetched, (unsigned long long)b->promoted,
 			    (unsigned long long)b->failed, b->pending);
 		free(*out);
 		*out = more;
@@ -751,8 +753,7 @@ void dg_sealed_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
 	for (int i = 0; i < PUSH_RULES && rule < 0; i++)
 		if (dg->rules[i].dir_ino == dir_ino)
 			rule = i;
-	if (rule < 0 || dg->stop || dg->pdepth >= PUSH_QUEUE_MAX ||
-	    !(it = malloc(sizeof(*it)))) {
+	if (rule < 0 || dg->stop || dg->pdepth >= PUSH_QUEUE_MAX || !(it = malloc(sizeof(*it)))) {
 		if (rule >= 0)
 			atomic_fetch_add(&fs->ctr.push_fallbacks, 1);
 		pthread_mutex_unlock(&dg->lock);

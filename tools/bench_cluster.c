@@ -56,7 +56,7 @@
 #include "kvfs/kvfs.h"
 #include "tools/bench.h"
 
-#define MAX_NODES 16
+#define MAX_NODES	     16
 #define KVFS_BENCH_MIN(a, b) ((a) < (b) ? (a) : (b))
 
 /* --- routing simulation -------------------------------------------------------------------- */
@@ -122,7 +122,7 @@ static void sim_keep(struct sim *s, unsigned k, uint32_t b)
 		uint32_t v = l->next[head];
 
 		lru_unlink(l, v);
-		s->held[v] &= (uint16_t)~(1u << k);
+		s->held[v] &= (uint16_t) ~(1u << k);
 		l->count--;
 	}
 	lru_push_mru(l, head, b);
@@ -269,17 +269,18 @@ static int routing(const char *trace_path, unsigned nodes, double fraction, uint
 		if (rc)
 			break;
 		for (unsigned k = 0; k < nodes; k++)
-			used += (size_t)snprintf(per + used, sizeof(per) - used, "%s%llu", k ? " " : "",
-						 (unsigned long long)res[p].reqs[k]);
+			used += (size_t)snprintf(per + used, sizeof(per) - used, "%s%llu",
+						 k ? " " : "", (unsigned long long)res[p].reqs[k]);
 		printf("%-12s %10.4f %12.4f %12.4f %10.2f  %s\n", route_names[p],
 		       (double)res[p].local_hits / (double)res[p].blocks,
 		       (double)res[p].cluster_hits / (double)res[p].blocks,
 		       (double)res[p].fetched / (double)res[p].blocks, res[p].spread, per);
-		row = json_pack("{s:s,s:f,s:f,s:f,s:f}", "routing", route_names[p], "local_hit_ratio",
-				(double)res[p].local_hits / (double)res[p].blocks, "cluster_hit_ratio",
-				(double)res[p].cluster_hits / (double)res[p].blocks,
-				"fetched_per_block", (double)res[p].fetched / (double)res[p].blocks,
-				"load_spread", res[p].spread);
+		row = json_pack(
+			"{s:s,s:f,s:f,s:f,s:f}", "routing", route_names[p], "local_hit_ratio",
+			(double)res[p].local_hits / (double)res[p].blocks, "cluster_hit_ratio",
+			(double)res[p].cluster_hits / (double)res[p].blocks, "fetched_per_block",
+			(double)res[p].fetched / (double)res[p].blocks, "load_spread",
+			res[p].spread);
 		json_array_append_new(rows, row);
 	}
 	if (!rc && out)
@@ -335,9 +336,19 @@ static int daemon_run(const struct trace *t, uint32_t nreq, unsigned nodes, doub
 		dram = 1u << 20;
 	snprintf(cname, sizeof(cname), "route%d", (int)pol);
 	for (unsigned k = 0; k < nodes && !rc; k++) {
-		const char *extra[] = {"--cluster", url, "--cluster-token", token, "--cluster-name",
-				       cname, "--node-id", ids[k], "--listen", "127.0.0.1:0",
-				       "--page-size", "16K", NULL};
+		const char *extra[] = {"--cluster",
+				       url,
+				       "--cluster-token",
+				       token,
+				       "--cluster-name",
+				       cname,
+				       "--node-id",
+				       ids[k],
+				       "--listen",
+				       "127.0.0.1:0",
+				       "--page-size",
+				       "16K",
+				       NULL};
 
 		snprintf(ids[k], sizeof(ids[k]), "n%u", k);
 		rc = bench_mount_start(&m[k], ids[k], dram, extra);
@@ -421,7 +432,8 @@ static int daemon_run(const struct trace *t, uint32_t nreq, unsigned nodes, doub
 	if (!rc) {
 		uint64_t max = 0, sum = 0;
 
-		res->local_hits = res->cluster_hits - KVFS_BENCH_MIN(res->fetched, res->cluster_hits);
+		res->local_hits =
+			res->cluster_hits - KVFS_BENCH_MIN(res->fetched, res->cluster_hits);
 		for (unsigned k = 0; k < nodes; k++) {
 			sum += res->reqs[k];
 			max = res->reqs[k] > max ? res->reqs[k] : max;
@@ -470,7 +482,8 @@ static int routing_daemons(const char *trace_path, unsigned nodes, double fracti
 		char url[64];
 
 		snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rs.port);
-		printf("\n== cluster routing on %u kvfs daemons: the first %u requests of the Mooncake "
+		printf("\n== cluster routing on %u kvfs daemons: the first %u requests of the "
+		       "Mooncake "
 		       "trace, 16 KiB blocks, DRAM %.0f%% of their footprint each; routed by "
 		       "kvfs_cluster_match ==\n",
 		       nodes, t.nreq, fraction * 100);
@@ -486,18 +499,20 @@ static int routing_daemons(const char *trace_path, unsigned nodes, double fracti
 				break;
 			for (unsigned k = 0; k < nodes; k++)
 				used += (size_t)snprintf(per + used, sizeof(per) - used, "%s%llu",
-							 k ? " " : "", (unsigned long long)res.reqs[k]);
+							 k ? " " : "",
+							 (unsigned long long)res.reqs[k]);
 			printf("%-12s %10.4f %12.4f %12.4f %10.2f  %s\n", route_names[pols[p]],
 			       (double)res.local_hits / (double)res.blocks,
 			       (double)res.cluster_hits / (double)res.blocks,
 			       (double)res.fetched / (double)res.blocks, res.spread, per);
 			json_array_append_new(
-				rows, json_pack("{s:s,s:f,s:f,s:f,s:f}", "routing", route_names[pols[p]],
-						"local_hit_ratio",
+				rows, json_pack("{s:s,s:f,s:f,s:f,s:f}", "routing",
+						route_names[pols[p]], "local_hit_ratio",
 						(double)res.local_hits / (double)res.blocks,
 						"cluster_hit_ratio",
 						(double)res.cluster_hits / (double)res.blocks,
-						"fetched_per_block", (double)res.fetched / (double)res.blocks,
+						"fetched_per_block",
+						(double)res.fetched / (double)res.blocks,
 						"load_spread", res.spread));
 		}
 	}
@@ -513,7 +528,8 @@ static int routing_daemons(const char *trace_path, unsigned nodes, double fracti
 	return rc;
 }
 
-/* --- handoff ------------------------------------------------------------------------------------ */
+/* --- handoff ------------------------------------------------------------------------------------
+ */
 
 static char bin_dir[PATH_MAX];
 
@@ -540,7 +556,8 @@ static int run_tool(char *const *argv, const char *out)
 	if (pid < 0)
 		return -errno;
 	if (pid == 0) {
-		int fd = open(out ? out : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		int fd = open(out ? out : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+			      0644);
 
 		if (fd < 0 || dup2(fd, 1) < 0)
 			_exit(126);
@@ -607,7 +624,8 @@ static int llm(const char *work, const char *model, const char *prompt, const ch
 	res->ttft_ms = json_real_value(json_object_get(req, "ttft_ms"));
 	res->prefetch_ms = json_real_value(json_object_get(req, "prefetch_ms"));
 	res->reused = (long)json_integer_value(json_object_get(req, "reused_tokens"));
-	res->first_token = (long)json_integer_value(json_array_get(json_object_get(req, "tokens"), 0));
+	res->first_token =
+		(long)json_integer_value(json_array_get(json_object_get(req, "tokens"), 0));
 	json_decref(doc);
 	return 0;
 }
@@ -647,8 +665,8 @@ static int wait_published(const char *nsdir, const uint8_t *prompt, size_t ntok,
 		goto out;
 	for (size_t i = 0; i < ntok; i++)
 		tok[i] = prompt[i];
-	if (kvfs_key_root("0", &root) || kvfs_key_chain(&root, 0, tok, ntok, 16, NULL, keys, nk) !=
-						 (long)nk)
+	if (kvfs_key_root("0", &root) ||
+	    kvfs_key_chain(&root, 0, tok, ntok, 16, NULL, keys, nk) != (long)nk)
 		goto out;
 	for (size_t i = 0; i < nk; i++) {
 		char hex[KVFS_KEY_HEX + 1];
@@ -710,9 +728,10 @@ static int handoff(unsigned ntok, unsigned reps, json_t *out)
 	bench_path(prompt_path, sizeof(prompt_path), "%s/prompt.txt", work);
 	{
 		char max_pos[16];
-		char *gm[] = {"kvfs-genmodel", "--out", model, "--layers", "6", "--hidden", "256",
-			      "--heads", "4", "--kv-heads", "2", "--intermediate", "768",
-			      "--max-pos", max_pos, "--seed", "1", NULL};
+		char *gm[] = {
+			"kvfs-genmodel", "--out",     model,   "--layers",   "6", "--hidden",
+			"256",		 "--heads",   "4",     "--kv-heads", "2", "--intermediate",
+			"768",		 "--max-pos", max_pos, "--seed",     "1", NULL};
 
 		snprintf(max_pos, sizeof(max_pos), "%u", ntok + 64);
 		bench_note("cluster: generating the model");
@@ -733,10 +752,12 @@ static int handoff(unsigned ntok, unsigned reps, json_t *out)
 		goto out;
 	snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rs.port);
 	{
-		const char *ea[] = {"--cluster", url, "--cluster-token", token, "--node-id", "a",
-				    "--listen", "127.0.0.1:0", "--lend", "256M", NULL};
-		const char *eb[] = {"--cluster", url, "--cluster-token", token, "--node-id", "b",
-				    "--listen", "127.0.0.1:0", "--lend", "512M", NULL};
+		const char *ea[] = {
+			"--cluster", url,	    "--cluster-token", token,  "--node-id", "a",
+			"--listen",  "127.0.0.1:0", "--lend",	       "256M", NULL};
+		const char *eb[] = {
+			"--cluster", url,	    "--cluster-token", token,  "--node-id", "b",
+			"--listen",  "127.0.0.1:0", "--lend",	       "512M", NULL};
 
 		rc = bench_mount_start(&a, "cluster-a", 1ull << 30, ea);
 		if (!rc)
@@ -818,15 +839,17 @@ static int handoff(unsigned ntok, unsigned reps, json_t *out)
 			.same_tokens = same,
 		};
 
-		printf("\n== cluster handoff: a %u-token prompt prefilled on node a, decoded on node "
+		printf("\n== cluster handoff: a %u-token prompt prefilled on node a, decoded on "
+		       "node "
 		       "b (kvfs-llm, 6-layer model; median of %u; tcp on 127.0.0.1) ==\n",
 		       ntok, reps);
 		printf("%-34s %12s %10s %14s %16s\n", "decode side", "TTFT", "speedup",
 		       "of it: fetch", "bytes moved/tok");
 		printf("%-34s %9.1f ms %10s %14s %16s\n", "recompute the prompt (no cache)",
 		       row.recompute, "1.00x", "", "0");
-		printf("%-34s %9.1f ms %9.2fx %11.1f ms %16.0f\n", "pull (prefetch from a, then load)",
-		       row.pull, row.recompute / row.pull, row.pull_prefetch, row.pull_bytes);
+		printf("%-34s %9.1f ms %9.2fx %11.1f ms %16.0f\n",
+		       "pull (prefetch from a, then load)", row.pull, row.recompute / row.pull,
+		       row.pull_prefetch, row.pull_bytes);
 		printf("%-34s %9.1f ms %9.2fx %11.1f ms %16.0f\n", "push (a wrote into b's DRAM)",
 		       row.push, row.recompute / row.push, row.push_prefetch, row.push_bytes);
 		printf("first token equal to the recompute's in every run: %s\n",
@@ -834,10 +857,10 @@ static int handoff(unsigned ntok, unsigned reps, json_t *out)
 		if (out)
 			json_object_set_new(
 				out, "handoff",
-				json_pack("{s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:b}", "tokens", (int)ntok,
-					  "recompute_ttft_ms", row.recompute, "pull_ttft_ms", row.pull,
-					  "push_ttft_ms", row.push, "pull_speedup",
-					  row.recompute / row.pull, "push_speedup",
+				json_pack("{s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:b}", "tokens",
+					  (int)ntok, "recompute_ttft_ms", row.recompute,
+					  "pull_ttft_ms", row.pull, "push_ttft_ms", row.push,
+					  "pull_speedup", row.recompute / row.pull, "push_speedup",
 					  row.recompute / row.push, "pull_bytes_per_token",
 					  row.pull_bytes, "push_bytes_per_token", row.push_bytes,
 					  "same_tokens", row.same_tokens));
@@ -858,10 +881,14 @@ out:
 int bench_cluster(int argc, char **argv, json_t *out)
 {
 	static const struct option lo[] = {
-		{"trace", required_argument, NULL, 't'},   {"nodes", required_argument, NULL, 'n'},
-		{"fraction", required_argument, NULL, 'f'}, {"limit", required_argument, NULL, 'l'},
-		{"tokens", required_argument, NULL, 'k'},  {"reps", required_argument, NULL, 'r'},
-		{"only", required_argument, NULL, 'o'},    {"daemon-requests", required_argument, NULL, 'd'},
+		{"trace", required_argument, NULL, 't'},
+		{"nodes", required_argument, NULL, 'n'},
+		{"fraction", required_argument, NULL, 'f'},
+		{"limit", required_argument, NULL, 'l'},
+		{"tokens", required_argument, NULL, 'k'},
+		{"reps", required_argument, NULL, 'r'},
+		{"only", required_argument, NULL, 'o'},
+		{"daemon-requests", required_argument, NULL, 'd'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *trace = NULL, *only = NULL;
@@ -904,8 +931,10 @@ int bench_cluster(int argc, char **argv, json_t *out)
 		}
 	}
 	if (nodes < 2 || nodes > MAX_NODES || fraction <= 0 || fraction > 1 || ntok < 16 ||
-	    ntok > 65536 || reps < 1 || (only && strcmp(only, "handoff") && strcmp(only, "routing"))) {
-		bench_err("cluster: --nodes 2..16, --fraction (0,1], --tokens 16..65536, --reps >= 1, "
+	    ntok > 65536 || reps < 1 ||
+	    (only && strcmp(only, "handoff") && strcmp(only, "routing"))) {
+		bench_err("cluster: --nodes 2..16, --fraction (0,1], --tokens 16..65536, --reps >= "
+			  "1, "
 			  "--only handoff|routing");
 		json_decref(res);
 		return -EINVAL;
@@ -914,8 +943,10 @@ int bench_cluster(int argc, char **argv, json_t *out)
 		rc = handoff(ntok, reps, res);
 	if (!rc && (!only || !strcmp(only, "routing"))) {
 		if (!trace) {
-			bench_err("cluster: routing needs --trace FILE (the Mooncake conversation trace; "
-				  "make bench unpacks tools/workloads/mooncake-conversation-trace.jsonl.gz)");
+			bench_err("cluster: routing needs --trace FILE (the Mooncake conversation "
+				  "trace; "
+				  "make bench unpacks "
+				  "tools/workloads/mooncake-conversation-trace.jsonl.gz)");
 			rc = -EINVAL;
 		} else {
 			rc = routing(trace, nodes, fraction, (uint32_t)limit, res);

@@ -22,7 +22,7 @@
 #include "rdma/rdma_i.h"
 #include "tests/unit/rdma_testlib.h"
 
-#define MiB (1024ull * 1024)
+#define MiB   (1024ull * 1024)
 #define CHAIN 100
 
 static struct tl_redis rs;
@@ -152,7 +152,7 @@ static void test_match_prefixes(void **state)
 	assert_int_equal(remote_match(A, chain, CHAIN, m, 1), 3);
 	assert_string_equal(m[0].node, "B");
 	/* a chain nobody holds the first block of */
-	assert_int_equal(remote_match(A, chain + 45, 1, m, 8), 1); /* C has 45 (nvme) */
+	assert_int_equal(remote_match(A, chain + 45, 1, m, 8), 1);  /* C has 45 (nvme) */
 	assert_int_equal(remote_match(A, chain + 20, 10, m, 8), 1); /* B: 20..29 */
 	assert_int_equal(remote_match(A, chain, 0, m, 8), -EINVAL);
 	assert_int_equal(remote_match(A, NULL, 3, m, 8), -EINVAL);
@@ -222,7 +222,8 @@ static void test_dead_node_drops_out(void **state)
 	assert_int_equal(remote_match(A, chain, CHAIN, m, 8), 2);
 	assert_string_equal(m[0].node, "B");
 	assert_string_equal(m[1].node, "A");
-	assert_int_equal(remote_push(A, "C", "push/w", &(struct iovec){names, 16}, 1, 0), -EHOSTDOWN);
+	assert_int_equal(remote_push(A, "C", "push/w", &(struct iovec){names, 16}, 1, 0),
+			 -EHOSTDOWN);
 }
 
 int main(void)
