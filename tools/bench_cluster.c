@@ -240,6 +240,25 @@ out:
 	return rc;
 }
 
+/* One line of a routing table, and its JSON row into @rows. */
+static void route_row(const char *name, const struct route_result *r, unsigned nodes, json_t *rows)
+{
+	double b = r->blocks ? (double)r->blocks : 1;
+	char per[128] = "";
+	size_t used = 0;
+
+	for (unsigned k = 0; k < nodes; k++)
+		used += (size_t)snprintf(per + used, sizeof(per) - used, "%s%llu", k ? " " : "",
+					 (unsigned long long)r->reqs[k]);
+	printf("%-12s %10.4f %12.4f %12.4f %10.2f  %s\n", name, (double)r->local_hits / b,
+	       (double)r->cluster_hits / b, (double)r->fetched / b, r->spread, per);
+	json_array_append_new(rows,
+			      json_pack("{s:s,s:f,s:f,s:f,s:f}", "routing", name, "local_hit_ratio",
+					(double)r->local_hits / b, "cluster_hit_ratio",
+					(double)r->cluster_hits / b, "fetched_per_block",
+					(double)r->fetched / b, "load_spread", r->spread));
+}
+
 static int routing(const char *trace_path, unsigned nodes, double fraction, uint32_t limit,
 		   json_t *out)
 {
@@ -261,27 +280,10 @@ static int routing(const char *trace_path, unsigned nodes, double fraction, uint
 	printf("%-12s %10s %12s %12s %10s  %s\n", "routing", "local hit", "cluster hit",
 	       "fetched/blk", "max/mean", "requests per node");
 	for (int p = 0; p < ROUTE_NR && !rc; p++) {
-		json_t *row;
-		char per[128] = "";
-		size_t used = 0;
-
 		rc = simulate(&t, nodes, cap, (enum route_policy)p, &res[p]);
 		if (rc)
 			break;
-		for (unsigned k = 0; k < nodes; k++)
-			used += (size_t)snprintf(per + used, sizeof(per) - used, "%s%llu",
-						 k ? " " : "", (unsigned long long)res[p].reqs[k]);
-		printf("%-12s %10.4f %12.4f %12.4f %10.2f  %s\n", route_names[p],
-		       (double)res[p].local_hits / (double)res[p].blocks,
-		       (double)res[p].cluster_hits / (double)res[p].blocks,
-		       (double)res[p].fetched / (double)res[p].blocks, res[p].spread, per);
-		row = json_pack(
-			"{s:s,s:f,s:f,s:f,s:f}", "routing", route_names[p], "local_hit_ratio",
-			(double)res[p].local_hits / (double)res[p].blocks, "cluster_hit_ratio",
-			(double)res[p].cluster_hits / (double)res[p].blocks, "fetched_per_block",
-			(double)res[p].fetched / (double)res[p].blocks, "load_spread",
-			res[p].spread);
-		json_array_append_new(rows, row);
+		route_row(route_names[p], &res[p], nodes, rows);
 	}
 	if (!rc && out)
 		json_object_set_new(out, "routing",
@@ -490,30 +492,11 @@ static int routing_daemons(const char *trace_path, unsigned nodes, double fracti
 		printf("%-12s %10s %12s %12s %10s  %s\n", "routing", "local hit", "cluster hit",
 		       "fetched/blk", "max/mean", "requests per node");
 		for (size_t p = 0; p < sizeof(pols) / sizeof(pols[0]) && !rc; p++) {
-			char per[128] = "";
-			size_t used = 0;
-
 			bench_note("cluster: %s on %u daemons", route_names[pols[p]], nodes);
 			rc = daemon_run(&t, t.nreq, nodes, fraction, pols[p], url, token, &res);
 			if (rc)
 				break;
-			for (unsigned k = 0; k < nodes; k++)
-				used += (size_t)snprintf(per + used, sizeof(per) - used, "%s%llu",
-							 k ? " " : "",
-							 (unsigned long long)res.reqs[k]);
-			printf("%-12s %10.4f %12.4f %12.4f %10.2f  %s\n", route_names[pols[p]],
-			       (double)res.local_hits / (double)res.blocks,
-			       (double)res.cluster_hits / (double)res.blocks,
-			       (double)res.fetched / (double)res.blocks, res.spread, per);
-			json_array_append_new(
-				rows, json_pack("{s:s,s:f,s:f,s:f,s:f}", "routing",
-						route_names[pols[p]], "local_hit_ratio",
-						(double)res.local_hits / (double)res.blocks,
-						"cluster_hit_ratio",
-						(double)res.cluster_hits / (double)res.blocks,
-						"fetched_per_block",
-						(double)res.fetched / (double)res.blocks,
-						"load_spread", res.spread));
+			route_row(route_names[pols[p]], &res, nodes, rows);
 		}
 	}
 	if (!rc && out)
