@@ -545,7 +545,7 @@ struct match_ctx {
 	remote *r;
 	uint64_t *held; /* n words per peer slot: bit i%64 of word [slot*words + i/64] */
 	uint64_t *fast;
-	uint8_t *slow;	/* per slot per path: the tier */
+	uint8_t *slow; /* per slot per path: the tier */
 	size_t n, words, slots;
 };
 
@@ -593,7 +593,8 @@ int remote_match(remote *r, const char *const *paths, size_t n, struct remote_no
 	if (!paths || (!out && max > 0) || max < 0 || n == 0 || n > 65536)
 		return -EINVAL;
 	pthread_mutex_lock(&r->peer_lock);
-	slots = m.slots = r->npeers ? r->npeers : 1; /* slots are never reused: a prefix is stable */
+	slots = m.slots =
+		r->npeers ? r->npeers : 1; /* slots are never reused: a prefix is stable */
 	pthread_mutex_unlock(&r->peer_lock);
 	m.held = calloc(slots * m.words, sizeof(*m.held));
 	m.fast = calloc(slots * m.words, sizeof(*m.fast));

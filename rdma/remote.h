@@ -194,8 +194,8 @@ int remote_locate(remote *r, const char *const *paths, size_t n, struct remote_l
 /* How much of a chain each live node holds (remote_match). */
 struct remote_node_match {
 	char node[REMOTE_NODE_ID_MAX];
-	uint32_t blocks;      /* the longest prefix of the chain it holds: paths [0, blocks) */
-	uint32_t fast_blocks; /* of those, in GPU or DRAM (its own or lent) */
+	uint32_t blocks;	  /* the longest prefix of the chain it holds: paths [0, blocks) */
+	uint32_t fast_blocks;	  /* of those, in GPU or DRAM (its own or lent) */
 	enum remote_tier slowest; /* the slowest tier in that prefix */
 	bool self;
 };

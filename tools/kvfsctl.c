@@ -69,6 +69,7 @@ static struct {
 	const char *keys;	 /* route */
 	const char *seed;	 /* route: the hash seed */
 	unsigned block_tokens; /* route */
+	bool route_opts;       /* --seed or --block-tokens given */
 } opt = {.seed = "0", .block_tokens = 16};
 
 /* --- small helpers -------------------------------------------------------------------------- */
@@ -1868,7 +1869,9 @@ static int run(int argc, char **argv)
 				opt.keys = v;
 			} else if (!strcmp(a, "--seed")) {
 				opt.seed = v;
+				opt.route_opts = true;
 			} else {
+				opt.route_opts = true;
 				char *end;
 				unsigned long bt = strtoul(v, &end, 10);
 
@@ -1905,6 +1908,15 @@ static int run(int argc, char **argv)
 	cmd = pos[0];
 	if (opt.recursive && strcmp(cmd, "ls")) {
 		rc = usage_error("-R", "only ls takes it");
+		goto out;
+	}
+	if (opt.wait && strcmp(cmd, "prefetch")) {
+		rc = usage_error("--wait", "only prefetch takes it");
+		goto out;
+	}
+	if ((opt.tokens || opt.keys || opt.route_opts) && strcmp(cmd, "route")) {
+		rc = usage_error(opt.tokens ? "--tokens" : opt.keys ? "--keys" : "--seed/--block-tokens",
+				 "only route takes it");
 		goto out;
 	}
 	if ((opt.repair || opt.no_verify) && strcmp(cmd, "fsck")) {

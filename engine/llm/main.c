@@ -70,11 +70,11 @@ struct run {
 	json_t *requests; /* --json */
 	size_t n, prompt_tokens, reused_tokens, generated, fallbacks;
 	double ttft_sum, ttft_max, decode_ms;
-	double prefetch_ms; /* this request's wait for its prefetch (decode role) */
-	struct kvfs_prefetch_info pf; /* what that prefetch did */
+	double prefetch_ms;	       /* this request's wait for its prefetch (decode role) */
+	struct kvfs_prefetch_info pf;  /* what that prefetch did */
 	struct kvfs_node_prefix where; /* who held the longest prefix when it left the queue */
 	long where_n;		       /* nodes holding some of it; < 0: the index's error */
-	uint64_t fetched;   /* blocks brought from other nodes, all requests */
+	uint64_t fetched;	       /* blocks brought from other nodes, all requests */
 	double *ttfts;
 	size_t ttft_cap;
 };
@@ -184,14 +184,18 @@ static int report(struct run *r, const char *label, const uint32_t *out, size_t 
 
 		if (r->o->role == ROLE_DECODE) {
 			json_object_set_new(j, "prefetch_ms", json_real(r->prefetch_ms));
-			json_object_set_new(j, "prefetch_fetched", json_integer((json_int_t)r->pf.fetched));
-			json_object_set_new(j, "prefetch_present", json_integer((json_int_t)r->pf.present));
-			json_object_set_new(j, "prefetch_missing", json_integer((json_int_t)r->pf.missing));
+			json_object_set_new(j, "prefetch_fetched",
+					    json_integer((json_int_t)r->pf.fetched));
+			json_object_set_new(j, "prefetch_present",
+					    json_integer((json_int_t)r->pf.present));
+			json_object_set_new(j, "prefetch_missing",
+					    json_integer((json_int_t)r->pf.missing));
 			if (r->where_n > 0)
-				json_object_set_new(j, "longest_prefix",
-						    json_pack("{s:s,s:i,s:s,s:b}", "node", r->where.node,
-							      "blocks", (int)r->where.blocks, "tier",
-							      r->where.tier, "self", r->where.self));
+				json_object_set_new(
+					j, "longest_prefix",
+					json_pack("{s:s,s:i,s:s,s:b}", "node", r->where.node,
+						  "blocks", (int)r->where.blocks, "tier",
+						  r->where.tier, "self", r->where.self));
 		}
 
 		for (size_t i = 0; i < max_new; i++)
@@ -654,10 +658,12 @@ int main(int argc, char **argv)
 		free(o.prompt_files);
 		return EXIT_USAGE;
 	}
-	if ((o.role != ROLE_BOTH && (!o.cache || o.no_cache)) || (o.push && o.role != ROLE_PREFILL)) {
-		fprintf(stderr, "kvfs-llm: %s\n", o.push && o.role != ROLE_PREFILL
-						       ? "--push goes with --role prefill"
-						       : "--role needs --cache (a namespace on a kvfs mount)");
+	if ((o.role != ROLE_BOTH && (!o.cache || o.no_cache)) ||
+	    (o.push && o.role != ROLE_PREFILL)) {
+		fprintf(stderr, "kvfs-llm: %s\n",
+			o.push && o.role != ROLE_PREFILL
+				? "--push goes with --role prefill"
+				: "--role needs --cache (a namespace on a kvfs mount)");
 		free(o.prompt_files);
 		return EXIT_USAGE;
 	}
