@@ -36,6 +36,7 @@ static const char *const ctl_names[CTL_NR] = {
 	[CTL_WHERE] = "where",
 	[CTL_PREFETCH] = "prefetch",
 	[CTL_MATCH] = "match",
+	[CTL_DRAIN] = "drain",
 };
 
 #define CTL_INO_BASE (UINT64_MAX - 16)
@@ -62,8 +63,10 @@ void ctl_init(struct kvfs_fs *fs)
 		} else {
 			in->kind = KIND_CTL_FILE;
 			in->ctl_id = (uint8_t)(i - 1);
-			/* where, prefetch, match: anyone; each checks what it serves */
-			in->mode = S_IFREG | (in->ctl_id == CTL_FAULT ? 0200
+			/* fault and drain: the owner (root) only; where, prefetch,
+			 * match: anyone, each checks what it serves */
+			in->mode = S_IFREG | (in->ctl_id == CTL_FAULT	 ? 0200
+					      : in->ctl_id == CTL_DRAIN	 ? 0200
 					      : ctl_writable(in->ctl_id) ? 0666
 									 : 0444);
 			in->ino = CTL_INO_BASE + i;
@@ -427,10 +430,12 @@ static char *render_stats(struct kvfs_fs *fs)
 		json_object_set_new(root, "faults_injected", faults);
 	}
 	{
-		json_t *r = rmt_stats_json(fs);
+		json_t *r = rmt_stats_json(fs), *d = rmt_drain_json(fs);
 
 		if (r)
 			json_object_set_new(root, "remote", r);
+		if (d)
+			json_object_set_new(root, "drain", d);
 	}
 	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(root);
@@ -575,12 +580,13 @@ int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len)
 
 bool ctl_writable(unsigned id)
 {
-	return id == CTL_FAULT || id == CTL_WHERE || id == CTL_PREFETCH || id == CTL_MATCH;
+	return id == CTL_FAULT || id == CTL_WHERE || id == CTL_DRAIN || id == CTL_PREFETCH ||
+	       id == CTL_MATCH;
 }
 
 bool ctl_readable(unsigned id)
 {
-	return id != CTL_FAULT;
+	return id != CTL_FAULT && id != CTL_DRAIN;
 }
 
 int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, const char *buf,
@@ -604,6 +610,8 @@ int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, con
 		*outlen = n;
 		return 0;
 	}
+	if (id == CTL_DRAIN)
+		return rmt_drain(fs, false);
 	if (id != CTL_FAULT)
 		return -EACCES;
 	if (len == 0 || len >= sizeof(spec))

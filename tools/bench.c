@@ -950,6 +950,9 @@ static void usage(FILE *out)
 		     "      disaggregated serving: prefill->decode handoff (pull, push) vs\n"
 		     "      recomputing; KV-aware routing vs round-robin vs hashing the first\n"
 		     "      block on the Mooncake trace (simulated nodes, then real daemons)\n"
+		     "  scalein [--trace FILE] [--nodes 4] [--fraction 0.1] [--limit 2000]\n"
+		     "      the Mooncake trace on a cluster of daemons while one node leaves\n"
+		     "      halfway: drained (kvfsctl drain) vs killed; hit ratio after it\n"
 		     "  all\n"
 		     "      everything with its defaults (replay: --limit 4000)\n"
 		     "\n"
@@ -1033,6 +1036,7 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "throughput") && strcmp(cmd, "fuse-settings") && strcmp(cmd, "replay") &&
 	    strcmp(cmd, "libkvfs") && strcmp(cmd, "nvme") && strcmp(cmd, "restart") &&
 	    strcmp(cmd, "remote") && strcmp(cmd, "cluster") &&
+	    strcmp(cmd, "remote") && strcmp(cmd, "scalein") &&
 	    strcmp(cmd, "all")) {
 		bench_err("unknown command '%s' (see kvfs-bench --help)", cmd);
 		free(args);
@@ -1070,6 +1074,8 @@ int main(int argc, char **argv)
 		rc = bench_remote(nargs, args, results);
 	else if (!strcmp(cmd, "cluster"))
 		rc = bench_cluster(nargs, args, results);
+	else if (!strcmp(cmd, "scalein"))
+		rc = bench_scalein(nargs, args, results);
 	else
 		rc = run_all(results);
 	cleanup_all();

@@ -167,6 +167,22 @@ void bench_block_fill(uint8_t *buf, uint64_t size, uint64_t id);
 int bench_block_write(const char *mnt, uint64_t id, const uint8_t *buf, uint64_t size);
 int bench_block_check(int fd, const char *path, uint8_t *buf, uint8_t *expect, uint64_t size,
 		      uint64_t id);
+/* MNT/blocks/00..ff. @return 0 or -errno (said why). */
+int bench_block_dirs(const char *mnt);
+
+/* What one request of a replay did on a mount (bench_replay_request). */
+struct bench_req_result {
+	uint64_t hits, writes, skipped, enospc;
+};
+
+/*
+ * Replay request @r of @t on @mnt, with the engines' prefix semantics: open
+ * its blocks in order until the first miss (each success a hit, read whole
+ * and checked), then save every missing block from there on. @rbuf holds
+ * @bsize + 1 bytes, @wbuf and @ebuf @bsize. @return 0 or -errno (said why).
+ */
+int bench_replay_request(const char *mnt, const struct trace *t, uint32_t r, uint64_t bsize,
+			 uint8_t *rbuf, uint8_t *wbuf, uint8_t *ebuf, struct bench_req_result *res);
 
 int bench_throughput(int argc, char **argv, json_t *out);
 int bench_fuse_settings(int argc, char **argv, json_t *out);
@@ -176,5 +192,6 @@ int bench_nvme(int argc, char **argv, json_t *out);
 int bench_restart(int argc, char **argv, json_t *out);
 int bench_remote(int argc, char **argv, json_t *out);
 int bench_cluster(int argc, char **argv, json_t *out);
+int bench_scalein(int argc, char **argv, json_t *out);
 
 #endif

@@ -316,7 +316,7 @@ static int daemon_run(const struct trace *t, uint32_t nreq, unsigned nodes, doub
 		      struct route_result *res)
 {
 	struct bench_mount m[MAX_NODES];
-	char cname[32], ids[MAX_NODES][16], dir[PATH_MAX];
+	char cname[32], ids[MAX_NODES][16];
 	uint8_t *rbuf = bench_buf_alloc(RD_BLOCK + 1), *wbuf = bench_buf_alloc(RD_BLOCK),
 		*ebuf = bench_buf_alloc(RD_BLOCK), *seen = calloc(t->nuniq + 1, 1);
 	char **paths = NULL;
@@ -354,17 +354,8 @@ static int daemon_run(const struct trace *t, uint32_t nreq, unsigned nodes, doub
 
 		snprintf(ids[k], sizeof(ids[k]), "n%u", k);
 		rc = bench_mount_start(&m[k], ids[k], dram, extra);
-		for (unsigned x = 0; !rc && x < 256; x++) {
-			bench_path(dir, sizeof(dir), "%s/blocks/%02x", m[k].mnt, x);
-			if (x == 0) {
-				bench_path(dir, sizeof(dir), "%s/blocks", m[k].mnt);
-				if (mkdir(dir, 0755) && errno != EEXIST)
-					rc = -errno;
-				bench_path(dir, sizeof(dir), "%s/blocks/%02x", m[k].mnt, x);
-			}
-			if (!rc && mkdir(dir, 0755) && errno != EEXIST)
-				rc = -errno;
-		}
+		if (!rc)
+			rc = bench_block_dirs(m[k].mnt);
 	}
 	for (unsigned k = 0; k < nodes && !rc; k++)
 		rc = wait_stat(&m[k], "remote.peers_alive", nodes - 1);

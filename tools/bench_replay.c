@@ -375,18 +375,99 @@ int bench_block_write(const char *mnt, uint64_t id, const uint8_t *buf, uint64_t
 	return rc;
 }
 
+/* See bench.h. */
+int bench_replay_request(const char *mnt, const struct trace *t, uint32_t r, uint64_t bsize,
+			 uint8_t *rbuf, uint8_t *wbuf, uint8_t *ebuf, struct bench_req_result *res)
+{
+	uint64_t j = t->off[r], end = t->off[r + 1];
+	char path[PATH_MAX];
+	int rc = 0, fd;
+
+	memset(res, 0, sizeof(*res));
+	/* lookup: leading hits until the first miss */
+	for (; j < end; j++) {
+		uint64_t id = t->ids[t->blk[j]];
+
+		bench_block_path(mnt, id, "", path, sizeof(path));
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			if (errno == ENOENT)
+				break;
+			rc = -errno;
+			bench_err("open %s: %s", path, strerror(errno));
+			return rc;
+		}
+		rc = bench_block_check(fd, path, rbuf, ebuf, bsize, id);
+		close(fd);
+		if (rc)
+			return rc;
+		res->hits++;
+	}
+	/* save: every missing block from the first miss on */
+	for (uint64_t k = j; k < end; k++) {
+		uint64_t id = t->ids[t->blk[k]];
+		struct stat sb;
+
+		/* the first miss is known missing; later ones are checked */
+		if (k > j) {
+			bench_block_path(mnt, id, "", path, sizeof(path));
+			if (stat(path, &sb) == 0) {
+				res->skipped++;
+				continue;
+			}
+			if (errno != ENOENT) {
+				rc = -errno;
+				bench_err("stat %s: %s", path, strerror(errno));
+				return rc;
+			}
+		}
+		bench_block_fill(wbuf, bsize, id);
+		rc = bench_block_write(mnt, id, wbuf, bsize);
+		if (rc == -ENOSPC) {
+			res->enospc++;
+			continue;
+		}
+		if (rc) {
+			bench_block_path(mnt, id, "", path, sizeof(path));
+			bench_err("saving %s: %s", path, strerror(-rc));
+			return rc;
+		}
+		res->writes++;
+	}
+	return 0;
+}
+
+int bench_block_dirs(const char *mnt)
+{
+	char path[PATH_MAX];
+
+	bench_path(path, sizeof(path), "%s/blocks", mnt);
+	if (mkdir(path, 0755) && errno != EEXIST)
+		goto fail;
+	for (int i = 0; i < 256; i++) {
+		bench_path(path, sizeof(path), "%s/blocks/%02x", mnt, i);
+		if (mkdir(path, 0755) && errno != EEXIST)
+			goto fail;
+	}
+	return 0;
+fail:
+	bench_err("mkdir %s: %s", path, strerror(errno));
+	return -errno;
+}
+
 static int replay_daemon(const struct trace *t, const char *policy, uint64_t dram, uint64_t nvme,
 			 uint64_t page, uint64_t bsize, struct replay_result *res)
 {
 	const char *extra[8];
-	char pagebuf[32], path[PATH_MAX], nvdir[64] = "", nvarg[PATH_MAX];
+	char pagebuf[32], nvdir[64] = "", nvarg[PATH_MAX];
+	struct bench_req_result rr;
 	int64_t hd0 = 0, hn0 = 0;
 	uint8_t *rbuf = NULL, *wbuf = NULL, *ebuf = NULL;
 	struct bench_mount m;
 	int64_t ev0 = 0, ev1 = 0, h0 = 0, h1 = 0, er0 = 0, er1 = 0;
 	double t0;
 	json_t *st;
-	int rc, fd;
+	int rc;
 
 	memset(res, 0, sizeof(*res));
 	memset(&m, 0, sizeof(m));
@@ -418,20 +499,9 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 	rc = bench_mount_start(&m, policy, dram, extra);
 	if (rc)
 		goto out;
-	bench_path(path, sizeof(path), "%s/blocks", m.mnt);
-	if (mkdir(path, 0755)) {
-		rc = -errno;
-		bench_err("mkdir %s: %s", path, strerror(errno));
+	rc = bench_block_dirs(m.mnt);
+	if (rc)
 		goto out;
-	}
-	for (int i = 0; i < 256; i++) {
-		bench_path(path, sizeof(path), "%s/blocks/%02x", m.mnt, i);
-		if (mkdir(path, 0755)) {
-			rc = -errno;
-			bench_err("mkdir %s: %s", path, strerror(errno));
-			goto out;
-		}
-	}
 	st = bench_mount_json(&m, "stats");
 	if (!st) {
 		rc = -EIO;
@@ -446,63 +516,15 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 
 	t0 = bench_now();
 	for (uint32_t r = 0; r < t->nreq && !rc; r++) {
-		uint64_t j = t->off[r], end = t->off[r + 1];
-
 		if (bench_interrupted) {
 			rc = -EINTR;
 			break;
 		}
-		/* lookup: leading hits until the first miss */
-		for (; j < end; j++) {
-			uint64_t id = t->ids[t->blk[j]];
-
-			bench_block_path(m.mnt, id, "", path, sizeof(path));
-			fd = open(path, O_RDONLY | O_CLOEXEC);
-			if (fd < 0) {
-				if (errno == ENOENT)
-					break;
-				rc = -errno;
-				bench_err("open %s: %s", path, strerror(errno));
-				break;
-			}
-			rc = bench_block_check(fd, path, rbuf, ebuf, bsize, id);
-			close(fd);
-			if (rc)
-				break;
-			res->hits++;
-		}
-		/* save: every missing block from the first miss on */
-		for (uint64_t k = j; k < end && !rc; k++) {
-			uint64_t id = t->ids[t->blk[k]];
-			struct stat sb;
-
-			/* the first miss is known missing; later ones are checked */
-			if (k > j) {
-				bench_block_path(m.mnt, id, "", path, sizeof(path));
-				if (stat(path, &sb) == 0) {
-					res->skipped++;
-					continue;
-				}
-				if (errno != ENOENT) {
-					rc = -errno;
-					bench_err("stat %s: %s", path, strerror(errno));
-					break;
-				}
-			}
-			bench_block_fill(wbuf, bsize, id);
-			rc = bench_block_write(m.mnt, id, wbuf, bsize);
-			if (rc == -ENOSPC) {
-				res->enospc++;
-				rc = 0;
-				continue;
-			}
-			if (rc) {
-				bench_block_path(m.mnt, id, "", path, sizeof(path));
-				bench_err("saving %s: %s", path, strerror(-rc));
-				break;
-			}
-			res->writes++;
-		}
+		rc = bench_replay_request(m.mnt, t, r, bsize, rbuf, wbuf, ebuf, &rr);
+		res->hits += rr.hits;
+		res->writes += rr.writes;
+		res->skipped += rr.skipped;
+		res->enospc += rr.enospc;
 	}
 	res->wall = bench_now() - t0;
 	if (rc)

@@ -31,37 +31,19 @@ static remote *A, *B, *C;
 
 static struct remote_stats stats(remote *r)
 {
-	struct remote_stats s;
-
-	remote_get_stats(r, &s);
-	return s;
-}
-
-static bool alive(remote *r, const char *id)
-{
-	struct remote_peer p[16];
-	int n = remote_peers(r, p, 16);
-
-	for (int i = 0; i < n && i < 16; i++)
-		if (strcmp(p[i].node, id) == 0)
-			return p[i].alive;
-	return false;
+	return tl_stats(r);
 }
 
 static void wait_alive(remote *r, const char *id, bool want)
 {
-	for (int i = 0; i < 400 && alive(r, id) != want; i++)
+	for (int i = 0; i < 400 && tl_peer_alive(r, id) != want; i++)
 		tl_sleep_ms(10);
-	assert_int_equal(alive(r, id), want);
+	assert_int_equal(tl_peer_alive(r, id), want);
 }
 
 static void flush(remote *r)
 {
-	int rc = -1;
-
-	for (int i = 0; i < 300 && rc; i++)
-		rc = remote_flush(r, 100);
-	assert_int_equal(rc, 0);
+	assert_int_equal(tl_flush(r, 300), 0);
 }
 
 static int group_setup(void **state)
