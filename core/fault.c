@@ -22,6 +22,7 @@ static const char *const fault_names[KVFS_FAULT_NR] = {
 	[KVFS_FAULT_NVME_WRITE] = "nvme_write",
 	[KVFS_FAULT_NVME_FSYNC] = "nvme_fsync",
 	[KVFS_FAULT_NET_READ] = "net_read",
+	[KVFS_FAULT_GPU_COPY] = "gpu_copy",
 };
 
 static const struct {

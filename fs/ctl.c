@@ -358,6 +358,17 @@ static const struct figure figures[] = {
 	{"push.fallbacks", "kvfs_push_fallbacks_total", COUNTER,
 	 "Pushes that could not be placed (peer dead, full, failed): kept local",
 	 CTR(push_fallbacks), NULL},
+	{"gpu.registrations", "kvfs_gpu_registrations_total", COUNTER,
+	 "Engine device memory registered under .kvfs/iovs", CTR(gpu_registrations), NULL},
+	{"gpu.refused", "kvfs_gpu_refused_total", COUNTER,
+	 "Device memory registrations refused (bad, stale or foreign handles)", CTR(gpu_refused),
+	 NULL},
+	{"gpu.copy_errors", "kvfs_gpu_copy_errors_total", COUNTER,
+	 "Copies to or from engine device memory that failed", CTR(gpu_copy_errors), NULL},
+	{"gpu.loaded_bytes", "kvfs_gpu_loaded_bytes_total", COUNTER,
+	 "Bytes copied into engine device memory", CTR(gpu_loaded_bytes), NULL},
+	{"gpu.saved_blocks", "kvfs_gpu_saved_blocks_total", COUNTER,
+	 "Blocks stored from engine device memory", CTR(gpu_saved_blocks), NULL},
 };
 
 static void take_snapshot(struct kvfs_fs *fs, struct snapshot *s)
@@ -437,6 +448,25 @@ static char *render_stats(struct kvfs_fs *fs)
 		if (d)
 			json_object_set_new(root, "drain", d);
 	}
+	{
+		struct gpupool_stat g[8];
+		unsigned n = gpupool_stats(fs, g, 8);
+		json_t *pools = json_array();
+
+		for (unsigned i = 0; i < n; i++) {
+			json_t *p = json_object();
+
+			json_object_set_new(p, "device", json_integer(g[i].device));
+			json_object_set_new(p, "impl", json_string(g[i].impl));
+			json_object_set_new(p, "bytes", json_integer((json_int_t)g[i].bytes));
+			json_object_set_new(p, "block_bytes",
+					    json_integer((json_int_t)g[i].block_bytes));
+			json_object_set_new(p, "blocks", json_integer(g[i].blocks));
+			json_object_set_new(p, "free_blocks", json_integer(g[i].free_blocks));
+			json_array_append_new(pools, p);
+		}
+		json_set_path(root, "gpu.pools", pools);
+	}
 	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(root);
 	return out;
@@ -497,6 +527,23 @@ static char *render_metrics(struct kvfs_fs *fs)
 			     "# HELP kvfs_uptime_seconds Seconds since the daemon started\n"
 			     "# TYPE kvfs_uptime_seconds gauge\nkvfs_uptime_seconds %.3f\n",
 			     s.hit_rate < 0 ? 0.0 : s.hit_rate, s.uptime);
+	if (!rc) {
+		struct gpupool_stat g[8];
+		unsigned n = gpupool_stats(fs, g, 8);
+
+		if (n)
+			rc = appendf(&buf, &len, &cap,
+				     "# HELP kvfs_gpu_pool_bytes Bytes of each --gpu pool\n"
+				     "# TYPE kvfs_gpu_pool_bytes gauge\n"
+				     "# HELP kvfs_gpu_pool_free_bytes Free bytes of each --gpu pool\n"
+				     "# TYPE kvfs_gpu_pool_free_bytes gauge\n");
+		for (unsigned i = 0; i < n && !rc; i++)
+			rc = appendf(&buf, &len, &cap,
+				     "kvfs_gpu_pool_bytes{device=\"%d\"} %llu\n"
+				     "kvfs_gpu_pool_free_bytes{device=\"%d\"} %llu\n",
+				     g[i].device, (unsigned long long)g[i].bytes, g[i].device,
+				     (unsigned long long)(g[i].free_blocks * g[i].block_bytes));
+	}
 	if (rc) {
 		free(buf);
 		return NULL;
@@ -537,6 +584,15 @@ static char *render_config(struct kvfs_fs *fs)
 	json_object_set_new(root, "prefetch_bytes", json_integer((json_int_t)c->prefetch_bytes));
 	json_object_set_new(root, "fuse_options", json_string(c->fuse_opts));
 	json_object_set_new(root, "log", c->log_path ? json_string(c->log_path) : json_null());
+	{
+		json_t *g = json_array();
+
+		for (unsigned i = 0; i < c->gpu_count; i++)
+			json_array_append_new(g, json_pack("{s:i,s:I}", "device", c->gpu[i].dev,
+							   "bytes", (json_int_t)c->gpu[i].bytes));
+		json_object_set_new(root, "gpu", g);
+		json_object_set_new(root, "gpu_standin", json_boolean(c->gpu_standin));
+	}
 	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(root);
 	return out;

@@ -179,6 +179,12 @@ struct kvfs_counters {
 	_Atomic uint64_t pf_requests, pf_paths, pf_queued, pf_present, pf_missing, pf_denied,
 		pf_dropped, pf_fetched, pf_promoted, pf_failed, pf_bytes;
 	_Atomic uint64_t cluster_matches, pushed, pushed_bytes, push_fallbacks;
+	/* engines' device memory (fastpath.c, gpupool.c) */
+	_Atomic uint64_t gpu_registrations;
+	_Atomic uint64_t gpu_refused;
+	_Atomic uint64_t gpu_copy_errors;
+	_Atomic uint64_t gpu_loaded_bytes;
+	_Atomic uint64_t gpu_saved_blocks;
 };
 
 struct kvfs_config {
@@ -197,6 +203,13 @@ struct kvfs_config {
 	struct tier_nvme_dev nvme[16];
 	unsigned nvme_count;
 	bool persist_through;
+	/* --gpu DEV:SIZE (gpupool.c); gpu_standin: the tests' stand-in device */
+	struct {
+		int dev;
+		uint64_t bytes;
+	} gpu[8];
+	unsigned gpu_count;
+	bool gpu_standin;
 	bool fsck, fsck_repair, fsck_no_verify;
 	/* the remote tier: on with --cluster or --listen */
 	const char *fabric;
@@ -229,6 +242,8 @@ struct kvfs_fs {
 	struct rmt *rmt;
 	pthread_rwlock_t rmt_lock;
 	struct dg *dg; /* prefetch and push (disagg.c) */
+	/* the GPU pools (gpupool.c), one per --gpu; set at start, never changed */
+	struct gpupool *gpu;
 	struct rmt_drain *drain; /* from the first drain on (fs->lock) */
 
 	pthread_mutex_t lock;
@@ -408,6 +423,39 @@ struct kvfs_inode *fp_lookup(struct kvfs_fs *fs, const char *name);
 int fp_entry(struct kvfs_fs *fs, uint64_t index, char *name, size_t len, struct kvfs_inode **in);
 /* Stop every ring and unmap everything (at unmount). */
 void fp_shutdown(struct kvfs_fs *fs);
+
+/* --- gpupool.c: device pools of --gpu (gpu/gpu.h) ----------------------------------- */
+
+/*
+ * Open each --gpu device and allocate its pool, in the daemon process.
+ * @return 0; or -errno with @err a one-line reason (no driver, no device,
+ * out of memory, built without CUDA).
+ */
+int gpupool_start(struct kvfs_fs *fs, char *err, size_t errlen);
+/* Free the pools. Safe when none were started. */
+void gpupool_stop(struct kvfs_fs *fs);
+struct kvfs_ring_devreg;
+struct gpu_dev;
+/*
+ * Map the allocation holding an engine's device memory named by @rec (its
+ * offset + bytes at least) on the --gpu device it is on, for the
+ * registering process @owner; *mem is the allocation's start.
+ * @return 0 with *dev and *mem set; -ENODEV (no --gpu pool of that kind);
+ * -EPERM (a stand-in handle that @owner did not export);
+ * -EXDEV (on none of our devices); -EINVAL, -ESTALE (a bad or stale
+ * handle); -ENOMEM; gpu_error() says why.
+ */
+int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, pid_t owner,
+		     struct gpu_dev **dev, void **mem);
+void gpupool_ipc_close(struct gpu_dev *dev, void *mem);
+struct gpupool_stat {
+	int device;
+	const char *impl; /* "cuda", or "shm" for the tests' stand-in */
+	uint64_t bytes, block_bytes;
+	uint32_t blocks, free_blocks;
+};
+/* The figures of up to @max pools into @out. @return how many (0 without --gpu). */
+unsigned gpupool_stats(struct kvfs_fs *fs, struct gpupool_stat *out, unsigned max);
 
 /* --- remote.c: the remote tier (rdma/remote.h) ------------------------------------ */
 
