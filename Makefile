@@ -148,8 +148,12 @@ test: deps
 unit: $(UNIT_BINS)
 	$(Q)sh tests/run-unit.sh $(UNIT_BINS)
 
+# The suites about names, eviction and NVMe run a second time with every read
+# through the daemon (--no-passthrough), so both read paths stay tested.
+NOPT_TESTS ?= test_namespace test_eviction test_nvme test_passthrough
 integration: $(BINS) $(B)/tests/fpdrv
 	$(Q)KVFS_BUILD=$(B) $(PYTHON) tests/integration/run.py $(TESTS)
+	$(Q)$(if $(TESTS),true,KVFS_BUILD=$(B) KVFS_TEST_NO_PASSTHROUGH=1 $(PYTHON) tests/integration/run.py $(NOPT_TESTS))
 
 # A libkvfs client the fast-path suite drives.
 # It uses the tests' stand-in GPU (gpu/shm.c) for device buffers.

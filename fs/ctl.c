@@ -211,7 +211,7 @@ static const struct figure figures[] = {
 	{"directories", "kvfs_directories", GAUGE, "Directories, not counting the root", CTR(dirs),
 	 NULL},
 	{"open_handles", "kvfs_open_handles", GAUGE, "Open file handles", CTR(open_handles), NULL},
-	{"tiers.dram.capacity_bytes", "kvfs_dram_capacity_bytes", GAUGE, "DRAM arena size", -1,
+	{"tiers.dram.capacity_bytes", "kvfs_dram_capacity_bytes", GAUGE, "DRAM budget", -1,
 	 g_dram_capacity},
 	{"tiers.dram.used_bytes", "kvfs_dram_used_bytes", GAUGE, "DRAM pages in use, in bytes", -1,
 	 g_dram_used},
@@ -276,6 +276,15 @@ static const struct figure figures[] = {
 	{"busy_opens", "kvfs_busy_opens_total", COUNTER,
 	 "Opens refused because the file was being written (EBUSY)", CTR(busy_opens), NULL},
 	{"reads", "kvfs_reads_total", COUNTER, "Read requests served", CTR(reads), NULL},
+	{"passthrough_opens", "kvfs_passthrough_opens_total", COUNTER,
+	 "Opens whose reads the kernel serves from the DRAM file (FUSE passthrough)",
+	 CTR(pt_opens), NULL},
+	{"passthrough_refused", "kvfs_passthrough_refused_total", COUNTER,
+	 "Opens on the read path because the kernel refused the backing file", CTR(pt_refused),
+	 NULL},
+	{"passthrough_no_room", "kvfs_passthrough_no_room_total", COUNTER,
+	 "Opens on the read path because the file could not be brought into DRAM",
+	 CTR(pt_no_room), NULL},
 	{"read_bytes", "kvfs_read_bytes_total", COUNTER, "Bytes read", CTR(read_bytes), NULL},
 	{"writes", "kvfs_writes_total", COUNTER, "Write requests", CTR(writes), NULL},
 	{"write_bytes", "kvfs_write_bytes_total", COUNTER, "Bytes written", CTR(write_bytes), NULL},
@@ -441,6 +450,23 @@ static char *render_stats(struct kvfs_fs *fs)
 		json_object_set_new(root, "faults_injected", faults);
 	}
 	{
+		/* the tier backends in placement order, fastest first (tier/backend.h) */
+		json_t *bk = json_array();
+
+		for (unsigned i = 0; i < s.ts.nbackends; i++) {
+			const struct tier_backend_stats *b = &s.ts.backend[i];
+
+			json_array_append_new(
+				bk, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "name", b->name,
+					      "capacity_bytes", (json_int_t)b->capacity, "used_bytes",
+					      (json_int_t)b->used, "files", (json_int_t)b->files,
+					      "reads", (json_int_t)b->reads, "read_bytes",
+					      (json_int_t)b->read_bytes, "writes", (json_int_t)b->writes,
+					      "write_bytes", (json_int_t)b->write_bytes));
+		}
+		json_object_set_new(root, "backends", bk);
+	}
+	{
 		json_t *r = rmt_stats_json(fs), *d = rmt_drain_json(fs);
 
 		if (r)
@@ -571,6 +597,9 @@ static char *render_config(struct kvfs_fs *fs)
 	json_object_set_new(root, "negative_timeout", json_real(c->negative_timeout));
 	json_object_set_new(root, "read_ahead_kb", json_integer(c->read_ahead_kb));
 	json_object_set_new(root, "keep_cache", json_boolean(!c->no_keep_cache));
+	json_object_set_new(root, "passthrough", json_boolean(pt_enabled()));
+	json_object_set_new(root, "dram_store",
+			    json_string(tier_dram_private(fs->tier) ? "tmpfs" : "memfd"));
 	{
 		json_t *nv = json_array();
 

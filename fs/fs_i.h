@@ -117,6 +117,12 @@ struct kvfs_inode {
 	uint32_t writers; /* writable handles not yet released */
 	uint32_t flushed; /* of which closed (flushed) and not written since */
 	uint32_t opens;   /* open handles */
+	/* FUSE passthrough (passthrough.c): the kernel refuses to mix passthrough
+	 * and cached opens of one inode, so each reader open is one or the other,
+	 * decided under the inode lock against these counts */
+	int32_t pt_id;         /* backing id while pt_opens > 0, else 0 */
+	uint32_t pt_opens;     /* open handles passed through */
+	uint32_t cached_opens; /* reader handles on the read path */
 	_Atomic bool sealed;
 	bool sealing;  /* the last writer is validating; no new writers */
 	bool invalid;  /* a native block that failed validation */
@@ -146,6 +152,9 @@ struct kvfs_counters {
 	_Atomic uint64_t hits_nvme; /* of which found on NVMe only */
 	_Atomic uint64_t opens;
 	_Atomic uint64_t reads;
+	_Atomic uint64_t pt_opens;     /* opens passed through to a DRAM file */
+	_Atomic uint64_t pt_refused;   /* of the others: BACKING_OPEN refused by the kernel */
+	_Atomic uint64_t pt_no_room;   /* of the others: only on NVMe, and no DRAM to bring it in */
 	_Atomic uint64_t read_bytes;
 	_Atomic uint64_t writes;
 	_Atomic uint64_t write_bytes;
@@ -200,6 +209,7 @@ struct kvfs_config {
 	double negative_timeout;
 	unsigned read_ahead_kb;
 	bool no_keep_cache; /* drop the page cache at every open (for measurement) */
+	bool no_passthrough; /* every read through the daemon, even with kernel support */
 	struct tier_nvme_dev nvme[16];
 	unsigned nvme_count;
 	bool persist_through;
@@ -563,5 +573,45 @@ static inline fuse_ino_t inode_to_ino(struct kvfs_fs *fs, const struct kvfs_inod
 {
 	return in == fs->root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)in;
 }
+
+/* --- passthrough.c: FUSE passthrough on libfuse 3.14 ------------------------------ */
+
+/*
+ * Install the /dev/fuse hook on fs->se (after fuse_session_mount): it
+ * agrees passthrough at INIT when the kernel offers it and
+ * fs->cfg.no_passthrough is not set, and logs which read path is in use.
+ * @return 0; -EINVAL if libfuse refused the hook (passthrough stays off).
+ */
+int pt_setup(struct kvfs_fs *fs);
+/* Whether INIT agreed passthrough. */
+bool pt_enabled(void);
+/*
+ * Register @fd (a DRAM file) with the kernel for passthrough.
+ * @return the backing id (> 0); -errno of the ioctl or the fault seam
+ * (EPERM without CAP_SYS_ADMIN or before INIT agreed it).
+ */
+int pt_backing_open(int fd);
+/* Give up a backing id (after the last release of the opens using it). */
+void pt_backing_close(int id);
+/* The next fuse_reply_open() of this thread passes through @backing_id (0: none). */
+void pt_reply_open_next(int backing_id);
+
+enum pt_mode {
+	PT_NONE,   /* not a reader of a sealed file */
+	PT_PASS,   /* passed through: reads never reach the daemon */
+	PT_CACHED, /* the read path, through the page cache */
+};
+
+/*
+ * Decide how a reader open of sealed @in, holding a lease on @data, reads:
+ * passthrough when agreed at INIT, no read-path open of the inode is live,
+ * its bytes are (or can be brought) in DRAM and the kernel takes the
+ * backing file; the read path otherwise (counted in pt_refused/pt_no_room).
+ * Every passthrough open of an inode shares one backing id (*@id).
+ * Takes the inode lock; may promote from NVMe (call with no lock held).
+ */
+enum pt_mode pt_open(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data, int *id);
+/* The handle opened as @mode is released (before its lease is given up). */
+void pt_release(struct kvfs_inode *in, enum pt_mode mode);
 
 #endif

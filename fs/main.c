@@ -61,6 +61,8 @@ static void usage(FILE *out)
 		"  --read-ahead SIZE      kernel read-ahead for the mount (default 1M)\n"
 		"  --no-keep-cache        drop a file's kernel page cache at each open (for\n"
 		"                         measuring what the cache buys; default keeps it)\n"
+		"  --no-passthrough       read sealed files through the daemon even when the\n"
+		"                         kernel offers FUSE passthrough (default: use it)\n"
 		"  --log FILE             log file (default: stderr with -f, else STATE/kvfs.log)\n"
 		"  --log-level LEVEL      err, warn, info (default) or debug\n"
 		"  -o OPT[,OPT...]        FUSE mount options (allow_other, ...); repeatable\n"
@@ -132,6 +134,7 @@ enum {
 	OPT_LOG,
 	OPT_LOG_LEVEL,
 	OPT_NO_KEEP_CACHE,
+	OPT_NO_PASSTHROUGH,
 	OPT_NVME,
 	OPT_PERSIST,
 	OPT_FSCK,
@@ -167,6 +170,7 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"log", required_argument, NULL, OPT_LOG},
 		{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
 		{"no-keep-cache", no_argument, NULL, OPT_NO_KEEP_CACHE},
+		{"no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH},
 		{"nvme", required_argument, NULL, OPT_NVME},
 		{"persist", required_argument, NULL, OPT_PERSIST},
 		{"fsck", no_argument, NULL, OPT_FSCK},
@@ -254,6 +258,9 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			break;
 		case OPT_LOG:
 			c->log_path = optarg;
+			break;
+		case OPT_NO_PASSTHROUGH:
+			c->no_passthrough = true;
 			break;
 		case OPT_NO_KEEP_CACHE:
 			c->no_keep_cache = true;
@@ -617,6 +624,7 @@ static int run(struct kvfs_fs *fs)
 		goto out_signals;
 	}
 	set_read_ahead(c->mountpoint, c->read_ahead_kb);
+	pt_setup(fs); /* before the session loop reads INIT */
 	log_info("mounted %s: dram %llu bytes, state %s, policy %s, %u threads", c->mountpoint,
 		 (unsigned long long)c->dram_bytes, c->state_dir, c->policy ? c->policy : "mq",
 		 c->threads);
