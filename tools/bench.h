@@ -153,6 +153,11 @@ struct trace {
 };
 
 /* Load @limit requests (0: all) of the JSONL trace at @path. @return 0 or -errno (said why). */
+/*
+ * The Mooncake conversation trace shipped in the repository (gzip), relative
+ * to the repository root where `make bench` runs.
+ */
+#define BENCH_DEFAULT_TRACE "tools/workloads/mooncake-conversation-trace.jsonl.gz"
 int bench_trace_load(const char *path, uint32_t limit, struct trace *t);
 void bench_trace_free(struct trace *t);
 
