@@ -509,6 +509,47 @@ int tier_gpu_writedown(tier_obj *o)
 	return rc;
 }
 
+size_t gpu_flush(tier_mgr *m)
+{
+	struct policy *p = &m->gpu_policy;
+	struct policy_node *n;
+	struct policy_iter it;
+	tier_obj **v = NULL;
+	size_t nv = 0, cap = 0, stored = 0;
+
+	if (!m->nvme || !m->ngpu)
+		return 0;
+	pthread_mutex_lock(&p->lock);
+	policy_iter_init(p, &it);
+	while ((n = policy_iter_next(p, &it))) {
+		tier_obj *o = container_of(n, tier_obj, gpn);
+
+		if (nv == cap) {
+			size_t nc = cap ? cap * 2 : 64;
+			tier_obj **a = realloc(v, nc * sizeof(*v));
+
+			if (!a)
+				break;
+			v = a;
+			cap = nc;
+		}
+		if (!obj_try_claim(o, OBJ_GPU, OBJ_DRAM | OBJ_NVME))
+			continue;
+		tier_obj_get(o);
+		v[nv++] = o;
+	}
+	pthread_mutex_unlock(&p->lock);
+	for (size_t i = nv; i-- > 0;) {
+		/* the NVMe backend's store writes a GPU-only file down first */
+		if (tier_nvme_backend.store(v[i], false) == 0)
+			stored++;
+		obj_unclaim(v[i]);
+		tier_obj_put(v[i]);
+	}
+	free(v);
+	return stored;
+}
+
 unsigned tier_gpu_get_stats(tier_mgr *m, struct tier_gpu_stats *out, unsigned max)
 {
 	unsigned n;

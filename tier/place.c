@@ -832,6 +832,7 @@ void tier_flush(tier_mgr *m)
 		tier_obj_put(v[i]);
 	}
 	free(v);
+	stored += gpu_flush(m); /* files only in a GPU pool */
 	if (nvme_sync(m->nvme))
 		log_err("NVMe: sync at shutdown failed");
 	log_info("NVMe: %zu DRAM-only files written at shutdown", stored);

@@ -152,9 +152,10 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 void tier_close(tier_mgr *m);
 
 /*
- * Clean shutdown: write every sealed file that is only in DRAM to NVMe (as
- * far as its free space goes, evicting nothing), record it, and sync, so a
- * planned restart loses nothing. A no-op without NVMe.
+ * Clean shutdown: write every sealed file that is only in DRAM, or only in
+ * a GPU pool (written down into DRAM first), to NVMe (as far as its free
+ * space goes, evicting nothing on NVMe), record it, and sync, so a planned
+ * restart loses nothing. A no-op without NVMe.
  */
 void tier_flush(tier_mgr *m);
 

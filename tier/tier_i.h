@@ -235,6 +235,8 @@ int obj_map_locked(tier_obj *o);
 
 /* Write claimed, GPU-only @o down into DRAM (as obj_dram_fill). */
 int gpu_writedown(tier_obj *o, bool clean);
+/* At shutdown (tier_flush): write GPU-only files down and onto NVMe. @return how many. */
+size_t gpu_flush(tier_mgr *m);
 
 /* --- place.c: moving bytes between DRAM and NVMe ----------------------------- */
 

@@ -21,7 +21,8 @@
 
 #include "core/catalog.h"
 #include "core/util.h"
-#include "tier/tier.h"
+#include "gpu/gpu.h"
+#include "tier/tier_i.h"
 
 #define PS (64u << 10)
 
@@ -365,6 +366,52 @@ static void test_write_through_before_seal_returns(void **state)
 	}
 }
 
+/*
+ * A file only in a GPU pool (its DRAM copy dropped, no NVMe copy) is
+ * written down and onto NVMe by a clean shutdown, and comes back.
+ */
+static void test_flush_writes_gpu_only_files_down(void **state)
+{
+	struct env *e = *state;
+	size_t size = 3 * PS + 5;
+	uint8_t *buf = malloc(size);
+	struct tier_gpu_part part = {.off = 0, .len = size, .src = buf};
+	struct tier_gpu_stats gs;
+	gpu_dev *d;
+	gpu_pool *pool;
+	tier_obj *o, *r;
+	cat_batch *b = cat_batch_new();
+
+	gpu_shm_configure(1, 64ull << 20);
+	assert_int_equal(gpu_open(gpu_shm(), 0, &d), 0);
+	assert_int_equal(gpu_pool_new(d, 16 * PS, PS, &pool), 0);
+	assert_int_equal(tier_gpu_attach(e->m, d, pool), 0);
+	o = make(e, 20, size);
+	for (size_t i = 0; i < size; i++)
+		buf[i] = (uint8_t)(20 * 31 + i * 7);
+	assert_int_equal(tier_gpu_store_parts(o, d, &part, 1), 0);
+	/* as a DRAM victim with no NVMe to take it would: GPU-only */
+	assert_true(obj_try_claim(o, OBJ_DRAM, 0));
+	assert_int_equal(tier_dram_backend.drop(o), 0);
+	assert_int_equal(tier_where(o), TIER_GPU);
+	tier_flush(e->m);
+	assert_int_equal(tier_where(o), TIER_GPU | TIER_DRAM | TIER_NVME);
+	assert_int_equal(tier_gpu_get_stats(e->m, &gs, 1), 1);
+	assert_int_equal(gs.writedowns, 1);
+	release(o);
+	tier_close(e->m); /* before the pool goes */
+	gpu_pool_free(pool);
+	gpu_close(d);
+	open_tier(e);
+	assert_int_equal(tier_recover_begin(e->m), 0);
+	assert_int_equal(tier_recover(e->m, 20, size, 0, NULL, &r), 0);
+	check(r, 20, size);
+	release(r);
+	tier_recover_end(e->m, b);
+	cat_batch_free(b);
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -378,6 +425,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_evicted_extents_wait_for_owner, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_promote_on_demand, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_flush_writes_gpu_only_files_down, setup,
+						teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
