@@ -1800,7 +1800,8 @@ static void gpu_env_open(struct gpu_env *e, uint64_t dram, uint32_t blocks)
 {
 	e->m = open_mgr(dram, PS, "lru");
 	gpu_shm_configure(1, 64ull << 20);
-	if (gpu_open(gpu_shm(), 0, &e->d) || gpu_pool_new(e->d, (uint64_t)blocks * PS, PS, &e->pool))
+	if (gpu_open(gpu_shm(), 0, &e->d) ||
+	    gpu_pool_new(e->d, (uint64_t)blocks * PS, PS, &e->pool))
 		fail_msg("stand-in device: %s", gpu_error());
 	assert_int_equal(tier_gpu_attach(e->m, e->d, e->pool), 0);
 }
@@ -2000,6 +2001,117 @@ static void test_gpu_promote_hot(void **state)
 	gpu_env_close(&e);
 }
 
+/*
+ * Readers, promoters and a writer making DRAM pressure race over a small
+ * pool: every byte read is right (from DRAM, the pool, or after a
+ * write-down), and the pool's accounting balances at the end.
+ */
+#define GRACE_OBJS 8
+struct grace {
+	struct gpu_env *e;
+	tier_obj *objs[GRACE_OBJS];
+	atomic_bool stop;
+	atomic_int bad;
+	atomic_ulong reads, promotions;
+};
+
+static void *grace_reader(void *arg)
+{
+	struct grace *g = arg;
+	uint8_t want[PS], got[PS];
+
+	while (!atomic_load(&g->stop))
+		for (int i = 0; i < GRACE_OBJS; i++) {
+			tier_obj *o = g->objs[i];
+			ssize_t n;
+
+			if (tier_lease(o))
+				continue; /* evicted (it had no pool copy) */
+			n = tier_read(o, 0, got, PS);
+			fill(want, PS, 100 + (uint64_t)i);
+			if (n != PS || memcmp(got, want, PS))
+				atomic_store(&g->bad, 1);
+			tier_unlease(o);
+			atomic_fetch_add(&g->reads, 1);
+		}
+	return NULL;
+}
+
+static void *grace_promoter(void *arg)
+{
+	struct grace *g = arg;
+
+	while (!atomic_load(&g->stop))
+		for (int i = 0; i < GRACE_OBJS; i++) {
+			tier_obj *o = g->objs[i];
+
+			if (tier_lease(o))
+				continue;
+			tier_touch(o);
+			if (tier_gpu_promote(o, g->e->d) == 0)
+				atomic_fetch_add(&g->promotions, 1);
+			tier_unlease(o);
+		}
+	return NULL;
+}
+
+static void *grace_writer(void *arg)
+{
+	struct grace *g = arg;
+
+	for (uint64_t k = 0; !atomic_load(&g->stop); k++)
+		release(sealed_obj(g->e->m, 2, k)); /* pushes the others out of DRAM */
+	return NULL;
+}
+
+static void test_gpu_races(void **state)
+{
+	struct gpu_env e;
+	struct grace *g = calloc(1, sizeof(*g));
+	struct gpu_pool_stats ps;
+	struct tier_gpu_stats gs;
+	pthread_t th[4];
+	struct timespec t = {.tv_nsec = 500 * 1000 * 1000};
+	uint64_t files = 0;
+
+	(void)state;
+	assert_non_null(g);
+	gpu_env_open(&e, 6 * PS, 4);
+	g->e = &e;
+	for (int i = 0; i < GRACE_OBJS; i++) {
+		g->objs[i] = sealed_obj(e.m, 1, 100 + (uint64_t)i);
+		if (i < 4)
+			gpu_put(&e, g->objs[i], 100 + (uint64_t)i);
+	}
+	assert_int_equal(pthread_create(&th[0], NULL, grace_reader, g), 0);
+	assert_int_equal(pthread_create(&th[1], NULL, grace_reader, g), 0);
+	assert_int_equal(pthread_create(&th[2], NULL, grace_promoter, g), 0);
+	assert_int_equal(pthread_create(&th[3], NULL, grace_writer, g), 0);
+	nanosleep(&t, NULL); /* how long to run, not synchronisation */
+	atomic_store(&g->stop, true);
+	for (int i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	gs = gpu_stats(e.m);
+	print_message("reads %lu promote calls finding it in the pool %lu writedowns %llu "
+		      "pool evictions %llu\n",
+		      atomic_load(&g->reads), atomic_load(&g->promotions),
+		      (unsigned long long)gs.writedowns, (unsigned long long)gs.evictions);
+	assert_int_equal(atomic_load(&g->bad), 0);
+	assert_true(atomic_load(&g->reads) > 0);
+	for (int i = 0; i < GRACE_OBJS; i++)
+		files += (tier_where(g->objs[i]) & TIER_GPU) != 0;
+	gpu_pool_get_stats(e.pool, &ps);
+	assert_int_equal(gs.files, files);
+	assert_int_equal(gs.used, files * PS);
+	assert_int_equal(ps.free_blocks, ps.blocks - files);
+	for (int i = 0; i < GRACE_OBJS; i++)
+		release(g->objs[i]);
+	gpu_pool_get_stats(e.pool, &ps);
+	assert_int_equal(ps.free_blocks, ps.blocks);
+	free(g);
+	gpu_env_close(&e);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2041,6 +2153,7 @@ int main(void)
 		cmocka_unit_test(test_gpu_dram_victim_stays_in_pool),
 		cmocka_unit_test(test_gpu_eviction_order_and_writedown),
 		cmocka_unit_test(test_gpu_promote_hot),
+		cmocka_unit_test(test_gpu_races),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
