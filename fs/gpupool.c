@@ -8,9 +8,9 @@
  * As built, the pools are allocated, shown in the stats and freed at
  * unmount, and the devices they are on take engines' device-buffer
  * registrations (fastpath.c): the daemon maps an engine's IPC handle on
- * whichever of its devices the memory is on. The pools are not yet a tier
- * backend: that waits for the tier backend interface (DESIGN §10 has the
- * plan). `--gpu-standin` puts the pools on gpu_shm(), the tests'
+ * whichever of its devices the memory is on. After tier_open each pool is
+ * attached to the tier manager as the fastest backend (gpupool_attach,
+ * tier/gpu.c), which owns what is placed in it. `--gpu-standin` puts the pools on gpu_shm(), the tests'
  * stand-in device, so that the start-up checks run without a GPU; it is
  * never chosen otherwise.
  *
@@ -62,8 +62,7 @@ int gpupool_start(struct kvfs_fs *fs, char *err, size_t errlen)
 			snprintf(err, errlen, "--gpu %d:%s: %s", c->gpu[i].dev, size, gpu_error());
 			return rc;
 		}
-		log_info("GPU pool on %s device %d: %s in blocks of %" PRIu64
-			 " bytes (not yet a tier backend)",
+		log_info("GPU pool on %s device %d: %s in blocks of %" PRIu64 " bytes",
 			 ops->name, c->gpu[i].dev, size, block);
 	}
 	return 0;

@@ -53,7 +53,7 @@ static void usage(FILE *out)
 		"  --negative-timeout SEC kernel cache of misses (default 1)\n"
 		"  --nvme DIR:SIZE        an NVMe tier of SIZE in DIR (repeatable: striped)\n"
 		"  --gpu DEV:SIZE         a pool of SIZE on CUDA device DEV, allocated at start\n"
-		"                         (repeatable; not yet a tier backend, see README)\n"
+		"                         (repeatable): the fastest tier, see README\n"
 		"  --gpu-standin          tests only: --gpu pools on a stand-in device in\n"
 		"                         host shared memory\n"
 		"  --persist MODE         back (default): write files to NVMe when DRAM needs\n"
