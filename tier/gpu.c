@@ -16,9 +16,10 @@
  * no host copy (DRAM or NVMe) is written down first (device-to-host into a
  * new DRAM file, which may demote DRAM victims to NVMe) and only then are
  * its blocks freed; if that fails it is not dropped. Reads by the host of a
- * GPU-only file write it down into DRAM first (then passthrough works
- * too); if DRAM has no room they are copied device-to-host straight into
- * the reader's buffer. The pool is volatile: a GPU-only file does not
+ * GPU-only file (and passthrough opens, tier_promote_clean) write it down
+ * into DRAM first when DRAM has clean room (dropping only DRAM copies that
+ * NVMe or a pool holds too); else reads are copied device-to-host straight
+ * into the reader's buffer: a read never costs another file its only copy. The pool is volatile: a GPU-only file does not
  * survive kill -9; one with an NVMe copy does. Host reads of a file that
  * NVMe holds too are copied device to host from the pool, never written down.
  *
@@ -140,8 +141,9 @@ static ssize_t gpu_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 	if (s & OBJ_DRAM)
 		return -ENODATA; /* the host copy is faster for the host */
 	if (!(s & OBJ_NVME) && obj_try_claim(o, OBJ_GPU, OBJ_DRAM | OBJ_NVME)) {
-		/* the reader holds a lease: claiming ignores it */
-		int rc = gpu_writedown(o, false);
+		/* the reader holds a lease: claiming ignores it; clean: a read
+		 * costs no other file its only copy (else device to host below) */
+		int rc = gpu_writedown(o, true);
 
 		obj_unclaim(o);
 		if (!rc) {
@@ -494,19 +496,6 @@ void tier_gpu_loaded(tier_obj *o, uint64_t bytes)
 
 	atomic_fetch_add(&s->d2d_loads, 1);
 	atomic_fetch_add(&s->d2d_bytes, bytes);
-}
-
-int tier_gpu_writedown(tier_obj *o)
-{
-	int rc;
-
-	if (!gpu_holds(o) || (atomic_load(&o->state) & (OBJ_DRAM | OBJ_NVME)))
-		return 0;
-	if (!obj_try_claim(o, OBJ_GPU, OBJ_DRAM))
-		return (atomic_load(&o->state) & OBJ_DRAM) ? 0 : -EBUSY;
-	rc = gpu_writedown(o, false);
-	obj_unclaim(o);
-	return rc;
 }
 
 size_t gpu_flush(tier_mgr *m)

@@ -287,12 +287,17 @@ void obj_release_pages(tier_obj *o)
  * only). @return true if it was dealt with (demoted, or lost to a lease),
  * false if it must be evicted.
  */
-static bool demote_victim(tier_obj *o, uint64_t *freed)
+static bool demote_victim(tier_obj *o, uint64_t *freed, bool clean)
 {
 	tier_mgr *m = o->mgr;
 	uint64_t bytes = tier_dram_bytes(o);
 	const struct tier_backend_ops *dram = m->backends[m->dram_at];
 
+	if (clean) { /* chosen because another backend holds it: nothing to write */
+		if (dram->drop(o) == 0)
+			*freed += bytes;
+		return true;
+	}
 	/* the first slower backend that holds it, or can take it */
 	for (unsigned i = m->dram_at + 1; i < m->nbackends; i++) {
 		const struct tier_backend_ops *b = m->backends[i];
@@ -320,9 +325,14 @@ static bool demote_victim(tier_obj *o, uint64_t *freed)
  * when there is NVMe, or evicted. If even every evictable object could not
  * make room, nothing is touched.
  */
+/* Can a DRAM victim in state @s be taken (@clean: another backend holds it)? */
+static bool dram_victim_ok(uint64_t s, bool clean)
+{
+	return (s & OBJ_DRAM) && (!clean || (s & (OBJ_NVME | OBJ_GPU)));
+}
+
 int dram_make_room(tier_mgr *m, uint64_t need, bool clean)
 {
-	uint64_t want = OBJ_DRAM | (clean ? OBJ_NVME : 0);
 	struct policy *p = &m->policy;
 
 	for (int attempt = 0; attempt < EVICT_RETRIES; attempt++) {
@@ -344,7 +354,7 @@ int dram_make_room(tier_mgr *m, uint64_t need, bool clean)
 		policy_iter_init(p, &it);
 		while (avail < deficit && (n = policy_iter_next(p, &it)))
 			if (obj_evictable(container_of(n, tier_obj, pn)) &&
-			    (atomic_load(&container_of(n, tier_obj, pn)->state) & want) == want)
+			    dram_victim_ok(atomic_load(&container_of(n, tier_obj, pn)->state), clean))
 				avail += tier_dram_bytes(container_of(n, tier_obj, pn));
 		if (avail < deficit) {
 			pthread_mutex_unlock(&p->lock);
@@ -354,6 +364,7 @@ int dram_make_room(tier_mgr *m, uint64_t need, bool clean)
 		policy_iter_init(p, &it);
 		while (freed < deficit && (n = policy_iter_next(p, &it))) {
 			tier_obj *o = container_of(n, tier_obj, pn);
+			uint64_t s = atomic_load(&o->state), bits = OBJ_DRAM;
 
 			if (nv == cap) {
 				size_t nc = cap ? cap * 2 : 16;
@@ -364,7 +375,10 @@ int dram_make_room(tier_mgr *m, uint64_t need, bool clean)
 				victims = a;
 				cap = nc;
 			}
-			if (!tier_dram_bytes(o) || !obj_try_claim(o, want, OBJ_PINNED | OBJ_LEASES))
+			/* clean: the other holder is part of the claim (its bit cannot go meanwhile) */
+			if (clean)
+				bits |= (s & OBJ_NVME) ? OBJ_NVME : OBJ_GPU;
+			if (!tier_dram_bytes(o) || !obj_try_claim(o, bits, OBJ_PINNED | OBJ_LEASES))
 				continue;
 			tier_obj_get(o); /* ours, while we move it */
 			victims[nv++] = o;
@@ -383,7 +397,7 @@ int dram_make_room(tier_mgr *m, uint64_t need, bool clean)
 			tier_obj **kill = malloc((nv ? nv : 1) * sizeof(*kill));
 
 			for (size_t i = 0; i < nv; i++) {
-				if (demote_victim(victims[i], &got))
+				if (demote_victim(victims[i], &got, clean))
 					continue;
 				/* Its last copy here: the owner may place it elsewhere first. */
 				if (m->cb.spill)
@@ -887,8 +901,15 @@ static int promote(tier_obj *o, bool clean)
 		return -ENOENT;
 	if (s & OBJ_DRAM)
 		return 0;
-	if ((s & OBJ_GPU) && !(s & OBJ_NVME)) /* GPU-only: written down */
-		return tier_gpu_writedown(o);
+	if ((s & OBJ_GPU) && !(s & OBJ_NVME)) { /* GPU-only: written down */
+		if (!obj_try_claim(o, OBJ_GPU, OBJ_DRAM | OBJ_NVME)) {
+			s = atomic_load(&o->state);
+			return (s & OBJ_DEAD) ? -ENOENT : (s & OBJ_DRAM) ? 0 : -EBUSY;
+		}
+		rc = gpu_writedown(o, clean); /* clean: an open costs no file its only copy */
+		obj_unclaim(o);
+		return rc;
+	}
 	if (!obj_try_claim(o, OBJ_NVME, OBJ_DRAM)) {
 		s = atomic_load(&o->state);
 		return (s & OBJ_DEAD) ? -ENOENT : (s & OBJ_DRAM) ? 0 : -EBUSY;

@@ -403,11 +403,6 @@ int tier_gpu_promote(tier_obj *o, struct gpu_dev *dev);
 void *tier_gpu_addr(tier_obj *o, const struct gpu_dev *dev, uint64_t off, uint64_t *len);
 /* Count a load of @bytes served device to device from @o's pool copy. */
 void tier_gpu_loaded(tier_obj *o, uint64_t bytes);
-/*
- * Make sure @o has a host copy: a GPU-only file is written down into DRAM
- * (for fsync and persistence). @return 0; -EBUSY; -ENOSPC; -EIO.
- */
-int tier_gpu_writedown(tier_obj *o);
 
 struct tier_gpu_stats {
 	int device;

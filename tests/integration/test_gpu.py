@@ -261,6 +261,15 @@ class GpuOnlyFiles(unittest.TestCase):
                 write_file(m.path("other%d" % i), os.urandom(2 << 20), tmp_suffix=".t")
             self.assertEqual(set(tiers(ns).values()), {"gpu"})  # not evicted: in the pool
             self.assertEqual(pool0(m)["writedowns"], 0)
+            # DRAM holds only copies: POSIX reads come device to host, nothing evicted
+            evictions = m.stats()["evictions"]
+            got = last_json(drv("load", ns, "posix", 23, 5).stdout)
+            self.assertEqual((got["matched"], got["bad_blocks"]), (5, 0))
+            self.assertEqual((pool0(m)["writedowns"], m.stats()["evictions"]), (0, evictions))
+            self.assertEqual(set(tiers(ns).values()), {"gpu"})
+            for i in range(12):  # room again: the next reads write them down first
+                if os.path.exists(m.path("other%d" % i)):  # the first ones were evicted
+                    os.unlink(m.path("other%d" % i))
             got = last_json(drv("load", ns, "posix", 23, 5).stdout)
             self.assertEqual((got["matched"], got["bad_blocks"]), (5, 0))
             self.assertEqual(pool0(m)["writedowns"], 5)
