@@ -758,6 +758,9 @@ static json_t *stats_json(struct rmt *rt)
 	SET("index_lookups", st.index_lookups);
 	SET("index_updates", st.index_updates);
 	SET("stale_repaired", st.stale_repaired);
+	SET("replays", st.replays);
+	SET("handshakes_dropped", st.handshakes_dropped);
+	SET("conns_cut", st.conns_cut);
 #undef SET
 	arr = json_array();
 	n = remote_peers(rt->r, peers, (int)KVFS_ARRAY_SIZE(peers));

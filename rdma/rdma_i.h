@@ -52,7 +52,7 @@ struct redisContext;
 #define RDMA_ADDR_MAX	    64 /* fabric address bytes (fi_getname) */
 #define RDMA_MAC_LEN	    16 /* truncated HMAC-SHA256 per message */
 #define RDMA_NONCE_LEN	    32
-#define RDMA_RUNS_PER_MSG   500
+#define RDMA_RUNS_PER_MSG   480 /* FILE: runs and attributes fill one buffer */
 #define RDMA_NRECV	    64
 #define RDMA_NSEND	    64
 #define RDMA_MAX_PEERS	    256
@@ -70,34 +70,48 @@ struct redisContext;
 #define RDMA_MIN_TOKEN	    16
 #define RDMA_PROV_MAX	    32
 #define RDMA_CLIENT_IDLE_NS (120ull * 1000000000ull) /* < the server's 300 s */
+#define RDMA_MAX_AV_UNPROVEN 32 /* address-vector slots for addresses not yet proven */
+#define RDMA_HS_OUTBOX	     32 /* handshake replies waiting for a connection */
+#define RDMA_REPLAY_WINDOW   64 /* sequence numbers accepted out of order */
 
 /* --- wire format (proto.c) -------------------------------------------------
  *
  * Every message: a 64-byte header, then a payload whose layout depends on
  * the type. All integers little-endian.
  *
- *   0  u32 magic "KVRM"     4  u16 version (1)     6  u16 type
+ *   0  u32 magic "KVRM"     4  u16 version (2)     6  u16 type
  *   8  u32 payload length  12  i32 status (0, or -errno in a reply)
  *  16  u64 request id      24  u64 session id
  *  32  u8  mac[16]: HMAC-SHA256(session key, message with mac zeroed), or
  *          zero for the handshake messages (HELLO, CHALLENGE, PROVE,
  *          REFUSED)
- *  48  u8  reserved[16], zero
+ *  48  u64 seq: in a MACed message, its number in the session and direction
+ *          (1, 2, ...; under the MAC); the receiver refuses a number it has
+ *          seen, or one more than RDMA_REPLAY_WINDOW below the highest
+ *          (a replay). Zero in handshake messages.
+ *  56  u8  reserved[8], zero
  *
  * Payloads (offsets from the payload start):
  *   HELLO      node[64] (NUL-padded) | u32 addr_len | addr[64] | nonce[32]
  *   CHALLENGE  node[64] | nonce[32] | mac[32]
  *   PROVE      mac[32]
  *   WELCOME    u64 warm_addr | u64 warm_key | u32 warm_len | u32 0
- *   LOOKUP, FREE, OFFLOAD
+ *   LOOKUP, FREE
  *              u64 size | u64 checksum | u32 path_len | u32 0 | path bytes
- *              (size and checksum zero except for OFFLOAD)
+ *              (size and checksum zero)
+ *   OFFLOAD    the same, then ATTRS (the file's owner and mode, kept with
+ *              the lent copy and served with it)
  *   RUNS, RELEASE, DONE
  *              u64 lease (or ticket) | u32 first | u32 0
  *   FILE, GRANT
  *              u64 lease (or ticket) | u64 size | u64 checksum | u64 key |
  *              u32 total runs | u32 first | u32 n | u8 tier | u8 pad[3] |
- *              n * (u64 addr | u64 len)
+ *              ATTRS | n * (u64 addr | u64 len)
+ *              (ATTRS all zero in a GRANT)
+ *   ATTRS      u32 uid | u32 gid | u32 mode (permission bits, <= 07777) |
+ *              u32 ndirs (<= REMOTE_ATTR_DIRS) | ndirs * (u32 uid | u32 gid |
+ *              u32 mode): the file's, then its directories' from the parent
+ *              up
  *   STATUS, REFUSED
  *              empty; status < 0
  *
@@ -107,7 +121,7 @@ struct redisContext;
  */
 
 #define RDMA_MAGIC	   0x4d52564bu /* "KVRM" */
-#define RDMA_PROTO_VERSION 1
+#define RDMA_PROTO_VERSION 2
 
 enum rdma_msg_type {
 	RDMA_MSG_HELLO = 1, /* C->S: who I am, where to answer, a nonce */
@@ -137,6 +151,7 @@ struct rdma_msg {
 	int32_t status;
 	uint64_t req_id;
 	uint64_t session;
+	uint64_t seq; /* set by the sender of a MACed message */
 	union {
 		struct {
 			char node[REMOTE_NODE_ID_MAX];
@@ -160,6 +175,7 @@ struct rdma_msg {
 			uint64_t size, checksum;
 			uint32_t path_len;
 			char path[REMOTE_PATH_MAX]; /* NUL-terminated once decoded */
+			struct remote_attrs attrs;  /* OFFLOAD */
 		} path;
 		struct {
 			uint64_t lease;
@@ -169,6 +185,7 @@ struct rdma_msg {
 			uint64_t lease, size, checksum, key;
 			uint32_t total, first, n;
 			uint8_t tier;
+			struct remote_attrs attrs; /* FILE */
 			struct rdma_run run[RDMA_RUNS_PER_MSG];
 		} file;
 	} u;
@@ -185,6 +202,17 @@ void rdma_msg_sign(uint8_t *buf, size_t len, const uint8_t key[32]);
 bool rdma_msg_verify(const uint8_t *buf, size_t len, const uint8_t key[32]);
 /* Is the mac field all zero (an unauthenticated message)? */
 bool rdma_msg_unsigned(const uint8_t *buf, size_t len);
+
+/* The sequence numbers one side of a session has accepted: the highest,
+ * and a bitmap of the RDMA_REPLAY_WINDOW below it (bit i = top - i). */
+struct rdma_replay {
+	uint64_t top;
+	uint64_t seen;
+};
+
+/* Accept @seq once (and record it): false for 0, a number already seen, or
+ * one that fell out of the window (a replay, or too late to tell). */
+bool rdma_replay_accept(struct rdma_replay *w, uint64_t seq);
 const char *rdma_msg_name(unsigned type);
 
 /* Handshake proofs: HMAC-SHA256(token, label | nonce_c | nonce_s | sid |
@@ -414,6 +442,11 @@ struct rdma_peer {
 	uint8_t key[32];
 	uint64_t warm_addr, warm_key;
 	uint32_t warm_len;
+
+	pthread_mutex_t seq_lock; /* the session's numbering (a leaf lock) */
+	uint64_t seq_sid;	  /* the session the two below belong to */
+	uint64_t tx_seq;	  /* of our last request */
+	struct rdma_replay rx;	  /* the peer's replies seen */
 };
 
 struct rdma_av_ent {
@@ -421,6 +454,7 @@ struct rdma_av_ent {
 	uint32_t len;
 	fi_addr_t fa;
 	bool used;
+	bool proven; /* a peer's (from the index, or one that proved the token) */
 };
 
 struct rdma_pending {
@@ -445,7 +479,8 @@ struct rdma_stats {
 	_Atomic uint64_t reads, read_bytes, read_failures, served, served_bytes, offloads,
 		offload_bytes, offloads_received, lent_evictions, lend_used, checksum_failures, timeouts,
 		conn_errors, auth_refused, auth_rejected, bad_messages, redis_errors,
-		redis_reconnects, resyncs, index_lookups, index_updates, stale_repaired;
+		redis_reconnects, resyncs, index_lookups, index_updates, stale_repaired, replays,
+		handshakes_dropped, conns_cut;
 };
 
 #define STAT_INC(r, f)	  atomic_fetch_add_explicit(&(r)->st.f, 1, memory_order_relaxed)
@@ -537,17 +572,28 @@ static inline void rdma_work_append_locked(remote *r, struct rdma_work *w)
 }
 
 /* xfer.c: messaging and transfers */
+void rdma_cond_init_mono(pthread_cond_t *c);
 int rdma_engine_start(remote *r);
 void rdma_engine_stop(remote *r);
 /* After the endpoint is closed, when nothing can complete any more. */
 void rdma_engine_free(remote *r);
 /* The warm-up area (RDMA_WARM_LEN bytes of msg_mr) peers read once per session. */
 uint8_t *rdma_warm_area(remote *r);
+/* The provider's handle for @addr, a peer's (proven) address: inserted if
+ * new, evicting another entry when the vector is full. */
 int rdma_av_get(remote *r, const uint8_t *addr, uint32_t len, fi_addr_t *fa);
 void rdma_av_drop(remote *r, const uint8_t *addr, uint32_t len);
 /* Encode, sign (with @key if not NULL) and send @m to @addr. */
 int rdma_send_msg(remote *r, const uint8_t *addr, uint32_t addr_len, const struct rdma_msg *m,
 		  const uint8_t *key, uint64_t deadline_ns);
+/*
+ * One attempt, no waiting, to send @len encoded bytes to @addr, an address
+ * nobody vouched for (a HELLO's): it takes one of RDMA_MAX_AV_UNPROVEN
+ * address-vector slots, evicting (and disconnecting) the oldest such
+ * address, never a proven one. @return 0; -EAGAIN (no send buffer free, or
+ * the provider is still connecting: try again later); -errno.
+ */
+int rdma_send_try(remote *r, const uint8_t *addr, uint32_t addr_len, const void *buf, size_t len);
 /* Send raw bytes (tests: malformed messages). */
 int rdma_send_raw(remote *r, const uint8_t *addr, uint32_t addr_len, const void *buf, size_t len,
 		  uint64_t deadline_ns);
@@ -582,6 +628,9 @@ void rdma_xfer_drain(remote *r, struct rdma_xfer *x);
 uint32_t rdma_xfer_take(struct rdma_xfer *x);
 
 /* server.c */
+/* @path's attributes from remote_ops.attrs, checked; root-only ones if the
+ * daemon has none to give. */
+void rdma_attrs_of(remote *r, const char *path, struct remote_attrs *out);
 int rdma_server_init(remote *r);
 void rdma_server_fini(remote *r);
 void *rdma_server_main(void *arg);

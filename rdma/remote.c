@@ -550,6 +550,9 @@ void remote_get_stats(remote *r, struct remote_stats *s)
 	LOAD(index_lookups);
 	LOAD(index_updates);
 	LOAD(stale_repaired);
+	LOAD(replays);
+	LOAD(handshakes_dropped);
+	LOAD(conns_cut);
 #undef LOAD
 	s->lend_capacity = r->lend_bytes;
 }
@@ -679,8 +682,10 @@ int remote_open(const struct remote_config *cfg, remote **out, char *err, size_t
 	pthread_mutex_init(&r->q_lock, NULL);
 	cond_mono(&r->iq_cond);
 	cond_mono(&r->iq_done);
-	for (int i = 0; i < RDMA_MAX_PEERS; i++)
+	for (int i = 0; i < RDMA_MAX_PEERS; i++) {
 		pthread_mutex_init(&r->peers[i].sess_lock, NULL);
+		pthread_mutex_init(&r->peers[i].seq_lock, NULL);
+	}
 
 	rc = load_token(r, cfg, err, errlen);
 	if (rc)

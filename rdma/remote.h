@@ -90,6 +90,23 @@ enum remote_tier {
 	REMOTE_TIER_LENT = 4, /* an offloaded copy in a peer's lent memory */
 };
 
+/* Who may read a file, as the node that holds it says: travels with the file
+ * under the session MAC (in the fetch reply, and with an offloaded copy). */
+struct remote_attr {
+	uint32_t uid, gid;
+	uint32_t mode; /* permission bits only (07777) */
+};
+
+#define REMOTE_ATTR_DIRS 32
+
+struct remote_attrs {
+	struct remote_attr file;
+	/* The file's directories, from its parent up, as far as REMOTE_ATTR_DIRS
+	 * reach (the mount root is not one of them). */
+	uint32_t ndirs;
+	struct remote_attr dirs[REMOTE_ATTR_DIRS];
+};
+
 /* A sealed file the daemon leases to a peer (filled by remote_ops.lookup). */
 struct remote_file {
 	uint64_t size;
@@ -116,6 +133,14 @@ struct remote_ops {
 	int (*lookup)(void *ctx, const char *path, struct remote_file *out);
 	/* The lease taken by lookup ends (the peer is done, died or timed out). */
 	void (*release)(void *ctx, struct remote_file *f);
+	/*
+	 * The owner and mode of @path and of its directories (remote_attrs).
+	 * Called on the server thread after a successful lookup, and on the
+	 * caller's thread by remote_offload(). NULL, or an error, sends
+	 * root-only attributes (uid 0, gid 0, mode 0600, directories 0700): a
+	 * file never travels more open than its holder can vouch for.
+	 */
+	int (*attrs)(void *ctx, const char *path, struct remote_attrs *out);
 };
 
 struct remote_config {
@@ -236,7 +261,8 @@ struct remote_fetch_info {
 	enum remote_tier tier;
 	uint64_t size;
 	uint64_t checksum;
-	uint32_t attempts; /* holders tried */
+	uint32_t attempts;	   /* holders tried */
+	struct remote_attrs attrs; /* owner and mode at the holder (checked: mode <= 07777) */
 };
 
 /*
@@ -324,6 +350,9 @@ struct remote_stats {
 	uint64_t index_lookups;	 /* paths looked up */
 	uint64_t index_updates;	 /* publish/unpublish written to Redis */
 	uint64_t stale_repaired; /* entries a holder denied, removed */
+	uint64_t replays;	 /* MACed messages refused: their sequence number was seen */
+	uint64_t handshakes_dropped; /* handshake replies to addresses that never took them */
+	uint64_t conns_cut;	     /* connections closed that proved nothing in time */
 };
 
 void remote_get_stats(remote *r, struct remote_stats *st);

@@ -26,6 +26,9 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include "core/fault.h"
 #include "rdma/rdma_i.h"
 #include "tests/unit/rdma_testlib.h"
@@ -631,10 +634,10 @@ static void test_malformed_messages(void **state)
 	wait_bad(B, ++bad);
 	buf[0] ^= 1;
 
-	buf[4] = 2; /* version */
+	buf[4] = RDMA_PROTO_VERSION + 1; /* version */
 	assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
 	wait_bad(B, ++bad);
-	buf[4] = 1;
+	buf[4] = RDMA_PROTO_VERSION;
 
 	assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len - 1, dl), 0); /* length */
 	wait_bad(B, ++bad);
@@ -678,6 +681,174 @@ static void test_malformed_messages(void **state)
 	wait_releases(&dB);
 	free(m);
 	free(s.buf);
+}
+
+/* --- outsiders: HELLO floods, replays -------------------------------------- */
+
+/* A TCP listener that completes connections and never says a word: the
+ * reply address of a forged HELLO. @return its fd; *@addr gets the fabric
+ * address for it (B's, with the port changed). */
+static int black_hole(uint8_t *addr, uint32_t *alen)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	socklen_t sl = sizeof(sin);
+	const uint8_t *b = rdma_self_addr(B, alen);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(listen(fd, 1024), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
+	memcpy(addr, b, *alen);
+	if (*alen != sizeof(sin) || ((const struct sockaddr_in *)(const void *)b)->sin_family !=
+					    AF_INET)
+		skip(); /* not an IPv4 socket address: cannot forge one */
+	memcpy(addr + offsetof(struct sockaddr_in, sin_port), &sin.sin_port, 2);
+	return fd;
+}
+
+/* Copies @size bytes of @seed to B's lent memory as @path (via A). */
+static void lend_to_b(const char *path, uint64_t size, uint64_t seed, uint8_t *src)
+{
+	struct rdma_peer *pb = rdma_peer_find(A, "nodeB");
+	struct iovec iov = {src, size};
+
+	tl_fill(src, size, seed);
+	atomic_store(&pb->down_until, 0);
+	assert_int_equal(rdma_offload_to(A, pb, path, &iov, 1, size, remote_checksum(&iov, 1)), 0);
+}
+
+/*
+ * Issue 11 item 4: HELLOs without the token, each naming a reply address
+ * that accepts TCP and never answers, once held B's server thread for
+ * timeout_ms each, and every lookup miss on B (remote_take_lent) waited
+ * behind them without a bound. Now the handshake reply is sent without
+ * waiting, and B goes on serving its peers and its own takes.
+ */
+static void test_hello_flood(void **state)
+{
+	uint8_t hole[RDMA_ADDR_MAX], *src = malloc(MiB), *buf = malloc(RDMA_MSG_SIZE);
+	struct rdma_msg *m = calloc(1, sizeof(*m));
+	struct sink s = {.cap = 2 * MiB};
+	struct remote_sink rs = {sink_prepare, &s};
+	struct remote_fetch_info info;
+	uint32_t hlen, alen;
+	const uint8_t *baddr = rdma_self_addr(B, &alen);
+	int hfd = black_hole(hole, &hlen), len;
+	uint64_t t0, ms;
+
+	(void)state;
+	s.buf = malloc(s.cap);
+	lend_to_b("flood/lent.bin", MiB, 41, src);
+	for (int i = 0; i < 50; i++) {
+		memset(m, 0, sizeof(*m));
+		m->type = RDMA_MSG_HELLO;
+		m->req_id = 1000 + (uint64_t)i;
+		snprintf(m->u.hello.node, sizeof(m->u.hello.node), "forged-%d", i);
+		m->u.hello.addr_len = hlen;
+		memcpy(m->u.hello.addr, hole, hlen);
+		len = rdma_msg_encode(m, buf, RDMA_MSG_SIZE);
+		assert_true(len > 0);
+		assert_int_equal(rdma_send_raw(A, baddr, alen, buf, (size_t)len, UINT64_MAX), 0);
+	}
+	/* B still answers its peers: A's fetch (bounded by A's 2 s timeout)
+	 * gets its bytes... */
+	assert_int_equal(fetch(A, "nodeB", "m/one.bin", &s, NULL), 0);
+	/* ... and a lookup miss on B takes the lent copy at once, not after
+	 * 50 stalled handshakes (100 s before the fix). */
+	t0 = tl_now_ms();
+	assert_int_equal(remote_take_lent(B, "flood/lent.bin", &rs, &info), 0);
+	ms = tl_now_ms() - t0;
+	assert_int_equal(s.size, MiB);
+	assert_memory_equal(s.buf, src, MiB);
+	print_message("      take behind 50 forged HELLOs: %llu ms\n", (unsigned long long)ms);
+	assert_true(ms < 10 * 2000);
+	close(hfd);
+	wait_releases(&dB);
+	free(s.buf);
+	free(src);
+	free(buf);
+	free(m);
+}
+
+/*
+ * Issue 11 item 9: a MACed request captured on the wire and sent again is
+ * refused. A FREE of a lent copy is captured; the copy is offloaded again;
+ * the replayed FREE must not drop the new copy.
+ */
+static void test_replay_refused(void **state)
+{
+	struct rdma_peer *pb = rdma_peer_find(A, "nodeB");
+	struct rdma_msg *m = calloc(1, sizeof(*m));
+	uint8_t *buf = malloc(RDMA_MSG_SIZE), *src = malloc(MiB);
+	struct sink s = {.cap = 2 * MiB};
+	uint64_t dl = UINT64_MAX, r0 = stats(B).replays, used;
+	uint32_t alen;
+	const uint8_t *addr = rdma_self_addr(B, &alen);
+	int len;
+
+	(void)state;
+	s.buf = malloc(s.cap);
+	lend_to_b("replay/x.bin", MiB, 5, src);
+	used = stats(B).lend_used;
+	/* A FREE in A's session, numbered and signed as A's client does. */
+	m->type = RDMA_MSG_FREE;
+	m->req_id = 77;
+	m->session = pb->sid;
+	pthread_mutex_lock(&pb->seq_lock);
+	m->seq = ++pb->tx_seq;
+	pthread_mutex_unlock(&pb->seq_lock);
+	strcpy(m->u.path.path, "replay/x.bin");
+	m->u.path.path_len = 12;
+	len = rdma_msg_encode(m, buf, RDMA_MSG_SIZE);
+	rdma_msg_sign(buf, (size_t)len, pb->key);
+	assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
+	for (int i = 0; i < 400 && stats(B).lend_used == used; i++)
+		tl_sleep_ms(5);
+	assert_true(stats(B).lend_used < used); /* the genuine FREE worked */
+	assert_int_equal(fetch(A, "nodeB", "replay/x.bin", &s, NULL), -ENOENT);
+
+	/* The copy comes back; the captured FREE is sent again. */
+	lend_to_b("replay/x.bin", MiB, 6, src);
+	assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
+	for (int i = 0; i < 400 && stats(B).replays == r0; i++)
+		tl_sleep_ms(5);
+	assert_int_equal(stats(B).replays, r0 + 1);
+	assert_int_equal(fetch(A, "nodeB", "replay/x.bin", &s, NULL), 0);
+	assert_memory_equal(s.buf, src, MiB);
+	/* A LOOKUP replayed is refused too, and never reaches the daemon (of a
+	 * missing file: the genuine one leaves no lease behind). */
+	{
+		int lookups = dB.lookups;
+
+		memset(m, 0, sizeof(*m));
+		m->type = RDMA_MSG_LOOKUP;
+		m->req_id = 78;
+		m->session = pb->sid;
+		pthread_mutex_lock(&pb->seq_lock);
+		m->seq = ++pb->tx_seq;
+		pthread_mutex_unlock(&pb->seq_lock);
+		strcpy(m->u.path.path, "m/none.bin");
+		m->u.path.path_len = 10;
+		len = rdma_msg_encode(m, buf, RDMA_MSG_SIZE);
+		rdma_msg_sign(buf, (size_t)len, pb->key);
+		assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
+		for (int i = 0; i < 400 && dB.lookups == lookups; i++)
+			tl_sleep_ms(5);
+		assert_int_equal(dB.lookups, lookups + 1);
+		assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
+		for (int i = 0; i < 400 && stats(B).replays == r0 + 1; i++)
+			tl_sleep_ms(5);
+		assert_int_equal(stats(B).replays, r0 + 2);
+		assert_int_equal(dB.lookups, lookups + 1);
+	}
+	assert_int_equal(rdma_free_at(A, pb, "replay/x.bin"), 0);
+	wait_releases(&dB);
+	free(s.buf);
+	free(src);
+	free(buf);
+	free(m);
 }
 
 /* --- corruption ----------------------------------------------------------- */
@@ -867,6 +1038,8 @@ int main(void)
 		cmocka_unit_test(test_offload_no_room),
 		cmocka_unit_test(test_wrong_token),
 		cmocka_unit_test(test_malformed_messages),
+		cmocka_unit_test(test_hello_flood),
+		cmocka_unit_test(test_replay_refused),
 		cmocka_unit_test(test_corruption_caught),
 		cmocka_unit_test(test_peer_killed_mid_transfer),
 		cmocka_unit_test(test_peer_stopped_times_out),
