@@ -129,6 +129,7 @@ struct kvfs_inode {
 	bool published;	 /* in the cluster index under its path (fs->lock) */
 	bool xxh_ok;	 /* xxh is the XXH3-64 of the sealed bytes (inode lock) */
 	uint64_t xxh;
+	bool attrs_pending; /* a directory made for the cluster, owner and mode not yet known */
 
 	/* stats flush queue */
 	_Atomic bool dirty;

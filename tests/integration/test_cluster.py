@@ -11,9 +11,12 @@ import errno
 import hashlib
 import os
 import shutil
+import json
 import signal
 import socket
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +36,44 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+NOBODY = 65534
+
+_CHILD = r"""
+import json, os, sys
+out = []
+for op, path in json.loads(sys.argv[1]):
+    try:
+        if op == "read":
+            with open(path, "rb") as f:
+                out.append([0, len(f.read())])
+        elif op == "listdir":
+            out.append([0, sorted(os.listdir(path))])
+        elif op == "create":
+            with open(path, "wb") as f:
+                f.write(b"x")
+            out.append([0, 1])
+    except OSError as e:
+        out.append([e.errno, None])
+print(json.dumps(out), flush=True)
+"""
+
+
+def run_as(uid, ops):
+    """Run [(op, path)...] in a child as uid/gid @uid; return [[errno, result]...]."""
+    def drop():
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    # the system's interpreter: one under a private home is out of reach
+    py = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    r = subprocess.run([py, "-c", _CHILD, json.dumps(ops)], preexec_fn=drop,
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError("child as uid %d failed: %s" % (uid, r.stderr))
+    return json.loads(r.stdout)
 
 
 def wait_for(fn, timeout=8.0, step=0.1):
@@ -387,6 +428,55 @@ class Cluster(unittest.TestCase):
         st = self.c.stats()["remote"]
         self.assertGreaterEqual(st["checksum_failures"], 2)
         self.assertEqual(st["fetched"], 1)
+
+    def test_permissions_travel_with_the_file(self):
+        """Issue 11 item 5: owner, group and mode come from the node that holds the
+        file, for the file and for the directories made for it."""
+        if os.getuid() != 0:
+            self.skipTest("needs root to run a child as another user")
+        d = self.node("d", lend=None, extra=("-o", "allow_other"))
+        os.chmod(d.base, 0o755)  # others may reach the mount point
+        for m in self.mounts:
+            self.assertTrue(wait_for(lambda m=m: m.stats()["remote"]["peers_alive"] >= 3))
+        # on a, root makes a private directory and file, a public pair, and a
+        # file that belongs to nobody and is private to it
+        os.mkdir(self.a.path("priv"), 0o700)
+        write_file(self.a.path("priv", "s"), b"root only")
+        os.chmod(self.a.path("priv", "s"), 0o600)
+        os.makedirs(self.a.path("pub", "sub"))
+        os.chmod(self.a.path("pub"), 0o751)
+        write_file(self.a.path("pub", "sub", "p"), b"for all")
+        os.chmod(self.a.path("pub", "sub", "p"), 0o644)
+        write_file(self.a.path("pub", "sub", "mine"), b"nobody's")
+        os.chown(self.a.path("pub", "sub", "mine"), NOBODY, NOBODY)
+        os.chmod(self.a.path("pub", "sub", "mine"), 0o600)
+        for p in ("priv/s", "pub/sub/p", "pub/sub/mine"):
+            self.assertTrue(wait_for(lambda p=p: self.published(p, "a")), p)
+        # on d, an unprivileged user asks for all of them
+        res = run_as(NOBODY, [("read", d.path("priv", "s")),
+                              ("read", d.path("pub", "sub", "p")),
+                              ("read", d.path("pub", "sub", "mine")),
+                              ("create", d.path("pub", "sub", "new"))])
+        self.assertEqual(res[0][0], errno.EACCES, res)
+        self.assertEqual(res[1], [0, 7], res)
+        self.assertEqual(res[2], [0, 8], res)
+        self.assertEqual(res[3][0], errno.EACCES, res)  # sub is root's 0755, as on a
+        self.assertEqual(d.stats()["remote"]["fetched"], 3)
+        # what d made carries a's owner and mode
+        want = {("priv",): (0o700, 0, stat.S_IFDIR), ("priv", "s"): (0o600, 0, stat.S_IFREG),
+                ("pub",): (0o751, 0, stat.S_IFDIR), ("pub", "sub"): (0o755, 0, stat.S_IFDIR),
+                ("pub", "sub", "p"): (0o644, 0, stat.S_IFREG),
+                ("pub", "sub", "mine"): (0o600, NOBODY, stat.S_IFREG)}
+        for parts, (mode, uid, kind) in want.items():
+            got = lambda: os.stat(d.path(*parts))
+            self.assertTrue(wait_for(lambda: (stat.S_IMODE(got().st_mode), got().st_uid) ==
+                                     (mode, uid)), (parts, oct(got().st_mode), got().st_uid))
+            self.assertEqual(stat.S_IFMT(got().st_mode), kind, parts)
+            self.assertEqual(got().st_gid, NOBODY if uid == NOBODY else 0, parts)
+        # and the kernel enforces them: the private directory cannot be listed
+        res = run_as(NOBODY, [("listdir", d.path("priv")), ("read", d.path("priv", "s"))])
+        self.assertEqual(res[0][0], errno.EACCES, res)
+        self.assertEqual(res[1][0], errno.EACCES, res)
 
     def test_status_and_metrics_show_the_cluster(self):
         r = subprocess.run([KVFSCTL, "status", self.a.mnt], capture_output=True, text=True)

@@ -851,6 +851,62 @@ static void test_replay_refused(void **state)
 	free(m);
 }
 
+/*
+ * Issue 11 item 5: owner and mode travel with a file, as its holder says,
+ * and with an offloaded copy as the offloading node said; a holder that
+ * says nothing sends root-only attributes.
+ */
+static void test_attrs_travel(void **state)
+{
+	struct rdma_peer *pb = rdma_peer_find(A, "nodeB");
+	struct sink s = {.cap = 2 * MiB};
+	struct remote_fetch_info info;
+	struct remote_attrs want = {.file = {1000, 100, 0640}, .ndirs = 1};
+	uint8_t *src = malloc(MiB);
+	struct iovec iov = {src, MiB};
+
+	(void)state;
+	s.buf = malloc(s.cap);
+	want.dirs[0] = (struct remote_attr){1000, 100, 02750};
+	pthread_mutex_lock(&dB.lock);
+	dB.attrs = want;
+	dB.give_attrs = true;
+	pthread_mutex_unlock(&dB.lock);
+	assert_int_equal(fetch(A, "nodeB", "m/one.bin", &s, &info), 0);
+	assert_memory_equal(&info.attrs, &want, sizeof(want));
+	pthread_mutex_lock(&dB.lock);
+	dB.give_attrs = false;
+	pthread_mutex_unlock(&dB.lock);
+	assert_int_equal(fetch(A, "nodeB", "m/one.bin", &s, &info), 0);
+	assert_int_equal(info.attrs.file.uid, 0);
+	assert_int_equal(info.attrs.file.mode, 0600);
+	assert_int_equal(info.attrs.ndirs, 1); /* "m" */
+	assert_int_equal(info.attrs.dirs[0].mode, 0700);
+
+	/* A's attributes go with its offloaded copy, and come back with it. */
+	want.file = (struct remote_attr){7, 8, 0604};
+	want.ndirs = 2;
+	want.dirs[1] = (struct remote_attr){0, 0, 0755};
+	pthread_mutex_lock(&dA.lock);
+	dA.attrs = want;
+	dA.give_attrs = true;
+	pthread_mutex_unlock(&dA.lock);
+	tl_fill(src, MiB, 3);
+	atomic_store(&pb->down_until, 0);
+	assert_int_equal(rdma_offload_to(A, pb, "at/x/y.bin", &iov, 1, MiB, remote_checksum(&iov, 1)),
+			 0);
+	pthread_mutex_lock(&dA.lock);
+	dA.give_attrs = false;
+	pthread_mutex_unlock(&dA.lock);
+	assert_int_equal(fetch(A, "nodeB", "at/x/y.bin", &s, &info), 0);
+	assert_int_equal(info.tier, REMOTE_TIER_LENT);
+	assert_memory_equal(&info.attrs, &want, sizeof(want));
+	assert_int_equal(rdma_free_at(A, pb, "at/x/y.bin"), 0);
+	wait_releases(&dB);
+	free(s.buf);
+	free(src);
+}
+
 /* --- corruption ----------------------------------------------------------- */
 
 static void test_corruption_caught(void **state)
@@ -1038,6 +1094,7 @@ int main(void)
 		cmocka_unit_test(test_offload_no_room),
 		cmocka_unit_test(test_wrong_token),
 		cmocka_unit_test(test_malformed_messages),
+		cmocka_unit_test(test_attrs_travel),
 		cmocka_unit_test(test_hello_flood),
 		cmocka_unit_test(test_replay_refused),
 		cmocka_unit_test(test_corruption_caught),

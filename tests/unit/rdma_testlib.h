@@ -163,6 +163,8 @@ struct tl_daemon {
 	struct tl_file files[TL_MAX_FILES];
 	int nfiles;
 	int leases, releases, lookups;
+	bool give_attrs; /* answer remote_ops.attrs with attrs (else: no answer) */
+	struct remote_attrs attrs;
 	pthread_mutex_t lock;
 	uint8_t outside_buf[4096];
 };
@@ -206,9 +208,25 @@ static inline void tl_release(void *ctx, struct remote_file *f)
 	pthread_mutex_unlock(&d->lock);
 }
 
+static inline int tl_attrs(void *ctx, const char *path, struct remote_attrs *out)
+{
+	struct tl_daemon *d = ctx;
+	int rc = -ENOENT;
+
+	(void)path;
+	pthread_mutex_lock(&d->lock);
+	if (d->give_attrs) {
+		*out = d->attrs;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
 static const struct remote_ops tl_ops = {
 	.lookup = tl_lookup,
 	.release = tl_release,
+	.attrs = tl_attrs,
 };
 
 static inline int tl_daemon_init(struct tl_daemon *d, uint64_t arena_bytes)
