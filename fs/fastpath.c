@@ -119,8 +119,8 @@ static int read_creds(pid_t pid, struct fp_reg *r)
 
 	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
 	f = fopen(path, "re");
-	if (!f)
-		return -ESRCH;
+	if (!f) /* gone; or we are out of descriptors or memory: say so */
+		return errno == ENOENT || errno == ESRCH ? -ESRCH : -errno;
 	while (fgets(line, sizeof(line), f)) {
 		if (sscanf(line, "Tgid: %d", &r->tgid) == 1) {
 			found |= 1;

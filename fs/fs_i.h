@@ -204,6 +204,7 @@ struct kvfs_config {
 	const char *token_file;
 	uint64_t lend_bytes;
 	unsigned remote_timeout_ms;
+	unsigned unproven_conns; /* 0 = the library's default */
 	bool foreground;
 	bool debug;
 	const char *log_path;

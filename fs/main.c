@@ -70,6 +70,9 @@ static void usage(FILE *out)
 		"  --cluster-name NAME    key prefix in Redis (default kvfs)\n"
 		"  --remote-timeout MS    a peer that makes no progress for this long fails the\n"
 		"                         transfer: a miss (default 2000)\n"
+		"  --unproven-conns N     connections to --listen kept for hosts that have not\n"
+		"                         proven the cluster token, each for at most 10 s\n"
+		"                         (default 64)\n"
 		"  --fsck --state DIR     check a state directory offline (no MOUNTPOINT);\n"
 		"         [--repair]      delete the bad records; [--no-verify] skip reading\n"
 		"         [--no-verify]   every NVMe extent back\n"
@@ -132,6 +135,7 @@ enum {
 	OPT_LEND,
 	OPT_TOKEN,
 	OPT_REMOTE_TIMEOUT,
+	OPT_UNPROVEN_CONNS,
 };
 
 static int parse_args(int argc, char **argv, struct kvfs_config *c)
@@ -162,6 +166,7 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"lend", required_argument, NULL, OPT_LEND},
 		{"cluster-token", required_argument, NULL, OPT_TOKEN},
 		{"remote-timeout", required_argument, NULL, OPT_REMOTE_TIMEOUT},
+		{"unproven-conns", required_argument, NULL, OPT_UNPROVEN_CONNS},
 		{"foreground", no_argument, NULL, 'f'},
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
@@ -287,6 +292,15 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			c->remote_timeout_ms = (unsigned)ms;
 			break;
 		}
+		case OPT_UNPROVEN_CONNS: {
+			char *end;
+			unsigned long n = strtoul(optarg, &end, 10);
+
+			if (!*optarg || *end || optarg[0] == '-' || n < 1 || n > 65536)
+				return fail("invalid --unproven-conns '%s' (1..65536)", optarg);
+			c->unproven_conns = (unsigned)n;
+			break;
+		}
 		case OPT_FSCK:
 			c->fsck = true;
 			break;
@@ -349,7 +363,7 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 	if (rmt_configured(c) && !c->token_file)
 		return fail("--cluster and --listen need --cluster-token FILE (the shared secret)");
 	if (!rmt_configured(c) && (c->token_file || c->node_id || c->lend_bytes || c->fabric ||
-				   c->cluster_name || c->remote_timeout_ms))
+				   c->cluster_name || c->remote_timeout_ms || c->unproven_conns))
 		return fail("remote tier options need --cluster URL or --listen HOST:PORT");
 	if (optind != argc - 1)
 		return fail(optind == argc ? "missing MOUNTPOINT (see kvfs --help)"

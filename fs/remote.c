@@ -742,6 +742,7 @@ int rmt_start(struct kvfs_fs *fs, char *err, size_t errlen)
 	rc.arena_bytes = arena_bytes;
 	rc.lend_bytes = c->lend_bytes;
 	rc.timeout_ms = c->remote_timeout_ms;
+	rc.max_unproven_conns = c->unproven_conns;
 	rc.ops = &serve_ops;
 	rc.ops_ctx = rt;
 	r = remote_open(&rc, &rt->r, err, errlen);

@@ -324,6 +324,7 @@ int rdma_session(remote *r, struct rdma_peer *p)
 	p->open = true;
 	p->sess_gen = gen;
 	atomic_store(&p->last_used, kvfs_mono_ns());
+	rdma_guard_vouch(r, c->addr, c->addr_len);
 	goto out_free;
 out_failed:
 	pthread_mutex_unlock(&p->sess_lock);

@@ -27,6 +27,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -73,6 +74,7 @@ struct redisContext;
 #define RDMA_MAX_AV_UNPROVEN 32 /* address-vector slots for addresses not yet proven */
 #define RDMA_HS_OUTBOX	     32 /* handshake replies waiting for a connection */
 #define RDMA_REPLAY_WINDOW   64 /* sequence numbers accepted out of order */
+#define RDMA_GUARD_HOSTS     512 /* hosts vouched for (guard.c) */
 
 /* --- wire format (proto.c) -------------------------------------------------
  *
@@ -489,6 +491,13 @@ struct rdma_stats {
 struct rdma_srv; /* server.c */
 struct rdma_iq_op;
 
+/* A host with a proven session (guard.c). */
+struct rdma_vouch {
+	uint64_t until_ns; /* 0 = free */
+	sa_family_t family;
+	uint8_t a[16];
+};
+
 struct remote {
 	char node_id[REMOTE_NODE_ID_MAX];
 	uint64_t boot; /* this incarnation */
@@ -552,8 +561,14 @@ struct remote {
 	pthread_mutex_t pub_lock;
 	void *pub; /* paths we publish: a tsearch tree of struct rdma_pub */
 
-	pthread_t progress_thr, server_thr, index_thr;
-	bool progress_started, server_started, index_started;
+	/* connections nobody vouched for (guard.c) */
+	uint32_t max_unproven_conns, unproven_conn_ms;
+	pthread_mutex_t guard_lock;
+	pthread_cond_t guard_cond;
+	struct rdma_vouch vouched[RDMA_GUARD_HOSTS];
+
+	pthread_t progress_thr, server_thr, index_thr, guard_thr;
+	bool progress_started, server_started, index_started, guard_started;
 	_Atomic bool stop;
 
 	struct rdma_stats st;
@@ -635,6 +650,14 @@ int rdma_server_init(remote *r);
 void rdma_server_fini(remote *r);
 void *rdma_server_main(void *arg);
 uint64_t rdma_server_lend_free(remote *r);
+
+/* guard.c */
+/* Start the thread that bounds unproven connections (no-op when
+ * max_unproven_conns is 0 or fabric names are not IP sockets). */
+int rdma_guard_start(remote *r);
+void rdma_guard_stop(remote *r);
+/* The host of fabric address @addr has a proven session with us. */
+void rdma_guard_vouch(remote *r, const uint8_t *addr, uint32_t len);
 
 /* client.c */
 /* Fetch @path from @p. *@sink_failed (if not NULL) says whether a failure

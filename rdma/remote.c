@@ -680,6 +680,12 @@ int remote_open(const struct remote_config *cfg, remote **out, char *err, size_t
 	pthread_mutex_init(&r->pub_lock, NULL);
 	pthread_mutex_init(&r->iq_lock, NULL);
 	pthread_mutex_init(&r->q_lock, NULL);
+	pthread_mutex_init(&r->guard_lock, NULL);
+	cond_mono(&r->guard_cond);
+	r->max_unproven_conns = cfg->max_unproven_conns == UINT32_MAX ? 0
+				: cfg->max_unproven_conns	 ? cfg->max_unproven_conns
+								 : 64;
+	r->unproven_conn_ms = cfg->unproven_conn_ms ? cfg->unproven_conn_ms : 10000;
 	cond_mono(&r->iq_cond);
 	cond_mono(&r->iq_done);
 	for (int i = 0; i < RDMA_MAX_PEERS; i++) {
@@ -756,6 +762,11 @@ int remote_open(const struct remote_config *cfg, remote **out, char *err, size_t
 		goto fail;
 	}
 	r->server_started = true;
+	rc = rdma_guard_start(r);
+	if (rc) {
+		snprintf(err, errlen, "guarding connections: %s", strerror(-rc));
+		goto fail;
+	}
 	if (r->cluster) {
 		rc = rdma_index_start(r);
 		if (rc)
@@ -778,6 +789,7 @@ void remote_close(remote *r)
 	if (!r)
 		return;
 	atomic_store(&r->stop, true);
+	rdma_guard_stop(r);
 	rdma_index_stop(r);
 	if (r->server_started) {
 		pthread_mutex_lock(&r->work_lock);

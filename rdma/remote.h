@@ -159,6 +159,11 @@ struct remote_config {
 	uint32_t lend_page;   /* allocation unit of the lent region; 0 = 64 KiB */
 
 	uint32_t timeout_ms;   /* a transfer with no progress for this long fails; 0 = 2000 */
+	/* Connections to the listen port from hosts without a proven session
+	 * (rdma/guard.c): at most this many are kept (0 = 64; UINT32_MAX = no
+	 * guard), each for at most unproven_conn_ms (0 = 10000). */
+	uint32_t max_unproven_conns;
+	uint32_t unproven_conn_ms;
 	uint32_t heartbeat_ms; /* 0 = 1000 */
 	uint32_t node_ttl_ms;  /* 0 = 3 * heartbeat_ms */
 

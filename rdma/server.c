@@ -61,6 +61,7 @@
 #define IDLE_NS	     (300ull * 1000000000ull)
 #define EXPIRE_EVERY (100ull * 1000000ull)
 #define OUTBOX_EVERY (1000000ull)
+#define VOUCH_EVERY  (10ull * 1000000000ull)
 
 struct rdma_session {
 	uint64_t sid; /* 0 = free */
@@ -73,6 +74,7 @@ struct rdma_session {
 	uint64_t last_ns;
 	uint64_t tx_seq;	 /* of our last MACed reply */
 	struct rdma_replay rx; /* the peer's requests seen */
+	uint64_t vouched_ns;	 /* last told the connection guard */
 };
 
 struct rdma_lent {
@@ -461,6 +463,8 @@ static void on_prove(remote *r, const uint8_t *buf, const struct rdma_msg *in)
 	rdma_session_key(r->token, r->token_len, se->nonce_c, se->nonce_s, se->sid, se->key);
 	se->open = true;
 	se->last_ns = kvfs_mono_ns();
+	se->vouched_ns = se->last_ns;
+	rdma_guard_vouch(r, se->addr, se->addr_len);
 	memset(m, 0, sizeof(m->u.welcome) + offsetof(struct rdma_msg, u));
 	m->type = RDMA_MSG_WELCOME;
 	m->req_id = in->req_id;
@@ -1112,6 +1116,10 @@ static void on_request(remote *r, const uint8_t *buf, uint32_t len)
 		return;
 	}
 	se->last_ns = kvfs_mono_ns();
+	if (se->last_ns - se->vouched_ns > VOUCH_EVERY) {
+		se->vouched_ns = se->last_ns;
+		rdma_guard_vouch(r, se->addr, se->addr_len);
+	}
 	switch (in->type) {
 	case RDMA_MSG_LOOKUP:
 		on_lookup(r, se, in);

@@ -22,7 +22,8 @@ import threading
 import time
 import unittest
 
-from harness import KVFS, KVFSCTL, Mount, errno_of, fuse_available, read_file, write_file
+from harness import (BUILD, KVFS, KVFSCTL, Mount, errno_of, fuse_available, read_file,
+                     write_file)
 
 MiB = 1 << 20
 
@@ -477,6 +478,50 @@ class Cluster(unittest.TestCase):
         res = run_as(NOBODY, [("listdir", d.path("priv")), ("read", d.path("priv", "s"))])
         self.assertEqual(res[0][0], errno.EACCES, res)
         self.assertEqual(res[1][0], errno.EACCES, res)
+
+    def listen_addr(self, node):
+        """The 127.0.0.1 port @node listens on, from its record in the index."""
+        rec = self.redis.cli("GET", "%s:node:%s" % (self.cname, node)).split()
+        raw = bytes.fromhex(rec[1])  # a sockaddr_in: family, port (big-endian), address
+        return socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4], "big")
+
+    def test_connection_flood_leaves_room_for_peers(self):
+        """Issue 11 item 8: idle connections to the listen port are cut down to
+        --unproven-conns; the node keeps the descriptors its peers and its
+        fast path need."""
+        import resource
+        d = self.node("d", lend=None, extra=("--unproven-conns", "8"))
+        for m in self.mounts:
+            self.assertTrue(wait_for(lambda m=m: m.stats()["remote"]["peers_alive"] >= 3))
+        write_file(self.a.path("wanted"), content("wanted", MiB))
+        self.assertTrue(wait_for(lambda: self.published("wanted", "a")))
+        # the daemon gets 100 descriptors more than it uses; 300 connections come
+        used = len(os.listdir("/proc/%d/fd" % d.pid))
+        resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (used + 100, used + 100))
+        host, port = self.listen_addr("d")
+        flood = []
+        try:
+            for _ in range(300):
+                s = socket.socket()
+                s.settimeout(10)
+                s.connect((host, port))
+                flood.append(s)
+            # the daemon cuts them down to 8 (and each after 10 s)
+            cut = lambda: d.stats()["remote"]["conns_cut"]
+            self.assertTrue(wait_for(lambda: cut() >= 292, timeout=30), cut())
+            self.assertLess(len(os.listdir("/proc/%d/fd" % d.pid)), used + 100)
+            # a peer's file is fetched, and the fast path registers
+            self.assertEqual(read_file(d.path("wanted")), content("wanted", MiB))
+            fpdrv = os.path.join(BUILD, "tests", "fpdrv")
+            r = subprocess.run([fpdrv, "save", d.path("ns"), "fast", "1", "2"],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1])["fast"], 1,
+                             r.stdout + r.stderr)
+        finally:
+            for s in flood:
+                s.close()
+        self.assertTrue(d.alive())
 
     def test_status_and_metrics_show_the_cluster(self):
         r = subprocess.run([KVFSCTL, "status", self.a.mnt], capture_output=True, text=True)

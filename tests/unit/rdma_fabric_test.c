@@ -28,6 +28,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 
 #include "core/fault.h"
 #include "rdma/rdma_i.h"
@@ -907,6 +908,107 @@ static void test_attrs_travel(void **state)
 	free(src);
 }
 
+/* Has the other end closed @fd (EOF or reset)? */
+static bool closed_by_peer(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+	char c;
+
+	if (poll(&p, 1, 0) != 1)
+		return false;
+	return recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
+}
+
+static int count_closed(const int *fds, int n)
+{
+	int k = 0;
+
+	for (int i = 0; i < n; i++)
+		k += fds[i] >= 0 && closed_by_peer(fds[i]);
+	return k;
+}
+
+/*
+ * Issue 11 item 8: idle connections to the listen port once held a
+ * descriptor each for ever. With at most 4 unproven connections, each for
+ * at most 1 s, a flood of 40 is cut down to 4 at once and to none soon
+ * after, while a peer that proved the token keeps its connection and is
+ * served throughout.
+ */
+static void test_connection_flood(void **state)
+{
+	struct tl_daemon dD;
+	struct remote_config cfg = {
+		.node_id = "nodeD",
+		.fabric = "tcp",
+		.listen = "127.0.0.1:0",
+		.token = TOKEN,
+		.token_len = strlen(TOKEN),
+		.timeout_ms = 2000,
+		.max_unproven_conns = 4,
+		.unproven_conn_ms = 1000,
+		.ops = &tl_ops,
+		.ops_ctx = &dD,
+	};
+	struct sockaddr_in sin;
+	struct sink s = {.cap = MiB};
+	const struct tl_file *f;
+	const uint8_t *addr;
+	char err[256] = "";
+	remote *D = NULL;
+	uint32_t alen;
+	int fds[40], n = 40, left = -1;
+
+	(void)state;
+	assert_int_equal(tl_daemon_init(&dD, 8 * MiB), 0);
+	f = tl_add(&dD, "d/file", 300000, 17, 0, false);
+	cfg.arena = dD.arena;
+	cfg.arena_bytes = dD.arena_bytes;
+	assert_int_equal(remote_open(&cfg, &D, err, sizeof(err)), 0);
+	addr = rdma_self_addr(D, &alen);
+	if (alen != sizeof(sin))
+		skip();
+	memcpy(&sin, addr, sizeof(sin));
+	assert_int_equal(rdma_peer_add_fixed(A, "nodeD", addr, alen, 0, 0), 0);
+	s.buf = malloc(s.cap);
+	/* A proves the token and reads: its connection is vouched for. */
+	assert_int_equal(fetch(A, "nodeD", "d/file", &s, NULL), 0);
+	assert_same(f, s.buf);
+
+	for (int i = 0; i < n; i++) {
+		fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		assert_true(fds[i] >= 0);
+		assert_int_equal(connect(fds[i], (struct sockaddr *)&sin, sizeof(sin)), 0);
+	}
+	/* At most 4 left open within a scan or two... */
+	for (uint64_t t0 = tl_now_ms(); tl_now_ms() - t0 < 5000;) {
+		if (n - count_closed(fds, n) <= 4)
+			break;
+		tl_sleep_ms(20);
+	}
+	assert_true(n - count_closed(fds, n) <= 4);
+	/* ... while A is served as ever, on the same connection... */
+	assert_int_equal(fetch(A, "nodeD", "d/file", &s, NULL), 0);
+	assert_same(f, s.buf);
+	/* ... and none once they outlived 1 s. */
+	for (uint64_t t0 = tl_now_ms(); tl_now_ms() - t0 < 10000;) {
+		left = n - count_closed(fds, n);
+		if (left == 0)
+			break;
+		tl_sleep_ms(50);
+	}
+	assert_int_equal(left, 0);
+	assert_int_equal(stats(D).conns_cut, (uint64_t)n);
+	assert_int_equal(fetch(A, "nodeD", "d/file", &s, NULL), 0);
+	assert_int_equal(stats(D).conns_cut, (uint64_t)n); /* A's was never cut */
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	remote_close(D);
+	atomic_store(&rdma_peer_find(A, "nodeD")->down_until, UINT64_MAX);
+	tl_daemon_fini(&dD);
+	free(s.buf);
+}
+
 /* --- corruption ----------------------------------------------------------- */
 
 static void test_corruption_caught(void **state)
@@ -1096,6 +1198,7 @@ int main(void)
 		cmocka_unit_test(test_malformed_messages),
 		cmocka_unit_test(test_attrs_travel),
 		cmocka_unit_test(test_hello_flood),
+		cmocka_unit_test(test_connection_flood),
 		cmocka_unit_test(test_replay_refused),
 		cmocka_unit_test(test_corruption_caught),
 		cmocka_unit_test(test_peer_killed_mid_transfer),
