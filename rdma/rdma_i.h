@@ -18,7 +18,8 @@
  * Locks (never held across a wait on the network, except q_lock which only
  * guards the query connection to Redis): peer_lock (membership, ring),
  * peer->sess_lock (one handshake per peer at a time), av_lock, pend_lock,
- * send_lock, xfer_lock, work_lock, iq_lock, pub_lock. No two are nested
+ * send_lock, xfer_lock, work_lock, iq_lock, pub_lock, guard_lock and
+ * peer->seq_lock (leaves). No two are nested
  * except peer->sess_lock -> (peer_lock | pend_lock | send_lock | av_lock),
  * peer_lock -> av_lock, and q_lock -> peer_lock.
  */

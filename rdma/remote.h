@@ -27,8 +27,12 @@
  *
  * Security. Every peer proves it knows the cluster token (a HELLO exchange,
  * HMAC-SHA256 challenge both ways) before any other request; every later
- * control message carries a MAC under a per-session key. Remote memory keys
- * are only handed to authenticated peers.
+ * control message carries a MAC under a per-session key and a sequence
+ * number (replays are refused). Remote memory keys, files and their owner
+ * and mode (remote_attrs) are only handed to authenticated peers. What an
+ * unauthenticated sender can cost a node is bounded: handshake replies never
+ * wait on the address it names, and connections from hosts without a proven
+ * session are capped and expire (cfg.max_unproven_conns, rdma/guard.c).
  *
  * Cluster index (Redis; <c> is cfg.cluster_name, default "kvfs"):
  *
