@@ -346,7 +346,8 @@ static void scan(struct guard *g)
 			look_at(g, atoi(e->d_name), (uint64_t)ino, now);
 	}
 	conns_prune(g);
-	qsort(g->cands, g->ncands, sizeof(*g->cands), cand_cmp);
+	if (g->ncands)
+		qsort(g->cands, g->ncands, sizeof(*g->cands), cand_cmp);
 	over = g->ncands > r->max_unproven_conns ? g->ncands - r->max_unproven_conns : 0;
 	for (size_t i = 0; i < g->ncands; i++)
 		if (i < over || now - g->cands[i].first_ns >= ttl)
