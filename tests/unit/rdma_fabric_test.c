@@ -773,6 +773,68 @@ static void test_hello_flood(void **state)
 	free(m);
 }
 
+struct bg_fetch {
+	pthread_t thr;
+	struct sink s;
+	int rc;
+};
+
+static void *bg_fetch_main(void *arg)
+{
+	struct bg_fetch *b = arg;
+	struct remote_sink rs = {sink_prepare, &b->s};
+
+	b->rc = rdma_fetch_from(A, rdma_peer_find(A, "nodeB"), "m/none.bin", &rs, NULL, NULL);
+	return NULL;
+}
+
+/*
+ * Issue 11 item 4, the other half: whatever holds B's server thread (here a
+ * daemon lookup that blocks for 3 s), a lookup miss on B waits for the lent
+ * copy at most timeout_ms (2 s), then gives up; the abandoned take is never
+ * run late, and the copy is still there for the next one.
+ */
+static void test_take_is_bounded(void **state)
+{
+	uint8_t *src = malloc(MiB);
+	struct bg_fetch bg = {.s = {.cap = 2 * MiB}};
+	struct sink s = {.cap = 2 * MiB};
+	struct remote_sink rs = {sink_prepare, &s};
+	uint64_t t0, ms, to = stats(B).timeouts;
+	int rc;
+
+	(void)state;
+	s.buf = malloc(s.cap);
+	bg.s.buf = malloc(bg.s.cap);
+	lend_to_b("take/bounded.bin", MiB, 8, src);
+	/* A asks B for a file B's daemon takes 3 s to look up (and lacks). */
+	atomic_store(&dB.lookup_delay_ms, 3000);
+	atomic_store(&rdma_peer_find(A, "nodeB")->down_until, 0);
+	assert_int_equal(pthread_create(&bg.thr, NULL, bg_fetch_main, &bg), 0);
+	for (int i = 0; i < 400 && atomic_load(&dB.delaying) == 0; i++)
+		tl_sleep_ms(5);
+	assert_int_equal(atomic_load(&dB.delaying), 1); /* B's server thread is stuck in it */
+	t0 = tl_now_ms();
+	rc = remote_take_lent(B, "take/bounded.bin", &rs, NULL);
+	ms = tl_now_ms() - t0;
+	atomic_store(&dB.lookup_delay_ms, 0);
+	assert_int_equal(rc, -ETIMEDOUT);
+	assert_int_equal(stats(B).timeouts, to + 1);
+	assert_int_equal(s.prepared, 0); /* abandoned: never run */
+	print_message("      take behind a stuck server thread: %s after %llu ms\n", strerror(-rc),
+		      (unsigned long long)ms);
+	pthread_join(bg.thr, NULL);
+	assert_int_equal(bg.rc, -ETIMEDOUT); /* A gave up on B too, bounded as ever */
+	/* The server is free again: the copy was left in place. */
+	assert_int_equal(remote_take_lent(B, "take/bounded.bin", &rs, NULL), 0);
+	assert_int_equal(s.prepared, 1);
+	assert_memory_equal(s.buf, src, MiB);
+	wait_releases(&dB);
+	free(s.buf);
+	free(bg.s.buf);
+	free(src);
+}
+
 /*
  * Issue 11 item 9: a MACed request captured on the wire and sent again is
  * refused. A FREE of a lent copy is captured; the copy is offloaded again;
@@ -1199,6 +1261,7 @@ int main(void)
 		cmocka_unit_test(test_attrs_travel),
 		cmocka_unit_test(test_hello_flood),
 		cmocka_unit_test(test_connection_flood),
+		cmocka_unit_test(test_take_is_bounded),
 		cmocka_unit_test(test_replay_refused),
 		cmocka_unit_test(test_corruption_caught),
 		cmocka_unit_test(test_peer_killed_mid_transfer),

@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,6 +165,8 @@ struct tl_daemon {
 	int nfiles;
 	int leases, releases, lookups;
 	bool give_attrs; /* answer remote_ops.attrs with attrs (else: no answer) */
+	_Atomic unsigned lookup_delay_ms; /* lookup blocks this long (a daemon that misbehaves) */
+	_Atomic int delaying;		  /* lookups blocked right now */
 	struct remote_attrs attrs;
 	pthread_mutex_t lock;
 	uint8_t outside_buf[4096];
@@ -174,6 +177,11 @@ static inline int tl_lookup(void *ctx, const char *path, struct remote_file *out
 	struct tl_daemon *d = ctx;
 	int rc = -ENOENT;
 
+	if (atomic_load(&d->lookup_delay_ms)) {
+		atomic_fetch_add(&d->delaying, 1);
+		tl_sleep_ms(atomic_load(&d->lookup_delay_ms));
+		atomic_fetch_sub(&d->delaying, 1);
+	}
 	pthread_mutex_lock(&d->lock);
 	d->lookups++;
 	for (int i = 0; i < d->nfiles; i++) {
