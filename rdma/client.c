@@ -107,7 +107,7 @@ void rdma_peer_failed(remote *r, struct rdma_peer *p, int err)
 
 /*
  * Sequence numbers of session @sid with @p (a new session starts both
- * directions over): the next for a request, and whether a reply's number
+ * directions over): those of our requests, and whether a reply's number
  * is new (not a replay).
  */
 static void seq_session_locked(struct rdma_peer *p, uint64_t sid)
@@ -117,17 +117,6 @@ static void seq_session_locked(struct rdma_peer *p, uint64_t sid)
 		p->tx_seq = 0;
 		memset(&p->rx, 0, sizeof(p->rx));
 	}
-}
-
-static uint64_t seq_next(struct rdma_peer *p, uint64_t sid)
-{
-	uint64_t seq;
-
-	pthread_mutex_lock(&p->seq_lock);
-	seq_session_locked(p, sid);
-	seq = ++p->tx_seq;
-	pthread_mutex_unlock(&p->seq_lock);
-	return seq;
 }
 
 static bool seq_accept(remote *r, struct rdma_peer *p, uint64_t sid, uint64_t seq)
@@ -143,11 +132,26 @@ static bool seq_accept(remote *r, struct rdma_peer *p, uint64_t sid, uint64_t se
 	return ok;
 }
 
-/* Send c->out (numbered and MACed with @sign) to c->p. */
+/*
+ * Send c->out (numbered and MACed with @sign) to c->p. Numbers are taken
+ * and posted under the peer's seq_lock, so they go out in order (one
+ * provider connection keeps it) and concurrent calls never push one another
+ * out of the server's replay window.
+ */
 static int call_send(remote *r, struct rdma_call *c, bool sign, uint64_t dl)
 {
-	c->out.seq = sign ? seq_next(c->p, c->out.session) : 0;
-	return rdma_send_msg(r, c->addr, c->addr_len, &c->out, sign ? c->key : NULL, dl);
+	int rc;
+
+	if (!sign) {
+		c->out.seq = 0;
+		return rdma_send_msg(r, c->addr, c->addr_len, &c->out, NULL, dl);
+	}
+	pthread_mutex_lock(&c->p->seq_lock);
+	seq_session_locked(c->p, c->out.session);
+	c->out.seq = ++c->p->tx_seq;
+	rc = rdma_send_msg(r, c->addr, c->addr_len, &c->out, c->key, dl);
+	pthread_mutex_unlock(&c->p->seq_lock);
+	return rc;
 }
 
 /* Send c->out and wait for its reply in c->in. With @sign the request is

@@ -18,10 +18,11 @@
  * Locks (never held across a wait on the network, except q_lock which only
  * guards the query connection to Redis): peer_lock (membership, ring),
  * peer->sess_lock (one handshake per peer at a time), av_lock, pend_lock,
- * send_lock, xfer_lock, work_lock, iq_lock, pub_lock, guard_lock and
- * peer->seq_lock (leaves). No two are nested
- * except peer->sess_lock -> (peer_lock | pend_lock | send_lock | av_lock),
- * peer_lock -> av_lock, and q_lock -> peer_lock.
+ * send_lock, xfer_lock, work_lock, iq_lock, pub_lock, guard_lock (a leaf),
+ * peer->seq_lock (a request is numbered and posted under it). No two are
+ * nested except peer->sess_lock -> (peer_lock | pend_lock | send_lock |
+ * av_lock | seq_lock), peer->seq_lock -> (send_lock | av_lock), peer_lock ->
+ * av_lock, and q_lock -> peer_lock.
  */
 #ifndef KVFS_RDMA_I_H
 #define KVFS_RDMA_I_H
@@ -446,7 +447,7 @@ struct rdma_peer {
 	uint64_t warm_addr, warm_key;
 	uint32_t warm_len;
 
-	pthread_mutex_t seq_lock; /* the session's numbering (a leaf lock) */
+	pthread_mutex_t seq_lock; /* the session's numbering; held while a request is posted */
 	uint64_t seq_sid;	  /* the session the two below belong to */
 	uint64_t tx_seq;	  /* of our last request */
 	struct rdma_replay rx;	  /* the peer's replies seen */
