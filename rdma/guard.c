@@ -162,7 +162,7 @@ struct guard {
 };
 
 /* Duplicate @fd into g->slot if it is socket @ino. @return the slot, or -1. */
-static int hold(struct guard *g, int fd, uint64_t ino, struct stat *st)
+static int guard_hold(struct guard *g, int fd, uint64_t ino, struct stat *st)
 {
 	if (fd == g->slot || fd == g->null_fd || fd == dirfd(g->fds))
 		return -1;
@@ -250,7 +250,7 @@ static void conns_prune(struct guard *g)
 static void cut(struct guard *g, const struct cand *c)
 {
 	struct stat st;
-	int dup = hold(g, c->fd, c->ino, &st);
+	int dup = guard_hold(g, c->fd, c->ino, &st);
 
 	if (dup < 0)
 		return;
@@ -276,7 +276,7 @@ static void look_at(struct guard *g, int fd, uint64_t ino, uint64_t now)
 	socklen_t ol = sizeof(listening);
 	struct conn *c;
 
-	dup = hold(g, fd, ino, &st);
+	dup = guard_hold(g, fd, ino, &st);
 	if (dup < 0)
 		return;
 	if (getsockopt(dup, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ol) || listening ||

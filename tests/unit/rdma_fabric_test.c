@@ -139,6 +139,16 @@ static void wait_releases(struct tl_daemon *d)
 	fail_msg("leases %d, releases %d", d->leases, d->releases);
 }
 
+static int lookups_of(struct tl_daemon *d)
+{
+	int n;
+
+	pthread_mutex_lock(&d->lock);
+	n = d->lookups;
+	pthread_mutex_unlock(&d->lock);
+	return n;
+}
+
 static struct remote_stats stats(remote *r)
 {
 	struct remote_stats s;
@@ -883,7 +893,7 @@ static void test_replay_refused(void **state)
 	/* A LOOKUP replayed is refused too, and never reaches the daemon (of a
 	 * missing file: the genuine one leaves no lease behind). */
 	{
-		int lookups = dB.lookups;
+		int lookups = lookups_of(&dB);
 
 		memset(m, 0, sizeof(*m));
 		m->type = RDMA_MSG_LOOKUP;
@@ -897,14 +907,14 @@ static void test_replay_refused(void **state)
 		len = rdma_msg_encode(m, buf, RDMA_MSG_SIZE);
 		rdma_msg_sign(buf, (size_t)len, pb->key);
 		assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
-		for (int i = 0; i < 400 && dB.lookups == lookups; i++)
+		for (int i = 0; i < 400 && lookups_of(&dB) == lookups; i++)
 			tl_sleep_ms(5);
-		assert_int_equal(dB.lookups, lookups + 1);
+		assert_int_equal(lookups_of(&dB), lookups + 1);
 		assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
 		for (int i = 0; i < 400 && stats(B).replays == r0 + 1; i++)
 			tl_sleep_ms(5);
 		assert_int_equal(stats(B).replays, r0 + 2);
-		assert_int_equal(dB.lookups, lookups + 1);
+		assert_int_equal(lookups_of(&dB), lookups + 1);
 	}
 	assert_int_equal(rdma_free_at(A, pb, "replay/x.bin"), 0);
 	wait_releases(&dB);
