@@ -105,7 +105,8 @@ void rdma_guard_vouch(remote *r, const uint8_t *addr, uint32_t len)
 			slot = i;
 			break;
 		}
-		if (slot < 0 || (r->vouched[slot].until_ns && v->until_ns < r->vouched[slot].until_ns))
+		if (slot < 0 ||
+		    (r->vouched[slot].until_ns && v->until_ns < r->vouched[slot].until_ns))
 			slot = i; /* a free one, or the one that expires first */
 	}
 	r->vouched[slot].family = h.family;
@@ -138,13 +139,11 @@ struct conn {
 
 /* One unproven connection of this scan. */
 struct cand {
-	int fd;	     /* the provider's descriptor number */
+	int fd;	      /* the provider's descriptor number */
 	uint64_t ino; /* its socket, to recognise it again */
 	uint64_t first_ns;
 	bool silent;
 };
-
-
 
 struct guard {
 	remote *r;
@@ -285,7 +284,8 @@ static void look_at(struct guard *g, int fd, uint64_t ino, uint64_t now)
 	    local.family != g->self.family)
 		goto out_close;
 	sl = sizeof(ss);
-	if (getpeername(dup, (struct sockaddr *)&ss, &sl) || !host_of_sockaddr(&ss, sl, &peer, NULL))
+	if (getpeername(dup, (struct sockaddr *)&ss, &sl) ||
+	    !host_of_sockaddr(&ss, sl, &peer, NULL))
 		goto out_close;
 	memset(&ti, 0, sizeof(ti));
 	if (getsockopt(dup, IPPROTO_TCP, TCP_INFO, &ti, &tl))

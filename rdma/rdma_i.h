@@ -73,9 +73,11 @@ struct redisContext;
 #define RDMA_MIN_TOKEN	    16
 #define RDMA_PROV_MAX	    32
 #define RDMA_CLIENT_IDLE_NS (120ull * 1000000000ull) /* < the server's 300 s */
-#define RDMA_MAX_AV_UNPROVEN 32 /* address-vector slots for addresses not yet proven */
-#define RDMA_HS_OUTBOX	     32 /* handshake replies waiting for a connection */
-#define RDMA_REPLAY_WINDOW   64 /* sequence numbers accepted out of order */
+
+/* What an outsider may hold (server.c, xfer.c, guard.c). */
+#define RDMA_MAX_AV_UNPROVEN 32	 /* address-vector slots for addresses not yet proven */
+#define RDMA_HS_OUTBOX	     32	 /* handshake replies waiting for a connection */
+#define RDMA_REPLAY_WINDOW   64	 /* sequence numbers accepted out of order */
 #define RDMA_GUARD_HOSTS     512 /* hosts vouched for (guard.c) */
 
 /* --- wire format (proto.c) -------------------------------------------------

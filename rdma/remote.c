@@ -683,8 +683,8 @@ int remote_open(const struct remote_config *cfg, remote **out, char *err, size_t
 	pthread_mutex_init(&r->guard_lock, NULL);
 	cond_mono(&r->guard_cond);
 	r->max_unproven_conns = cfg->max_unproven_conns == UINT32_MAX ? 0
-				: cfg->max_unproven_conns	 ? cfg->max_unproven_conns
-								 : 64;
+				: cfg->max_unproven_conns	      ? cfg->max_unproven_conns
+								      : 64;
 	r->unproven_conn_ms = cfg->unproven_conn_ms ? cfg->unproven_conn_ms : 10000;
 	cond_mono(&r->iq_cond);
 	cond_mono(&r->iq_done);

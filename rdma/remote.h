@@ -162,7 +162,7 @@ struct remote_config {
 	uint64_t lend_bytes;  /* DRAM lent to peers; 0 = none */
 	uint32_t lend_page;   /* allocation unit of the lent region; 0 = 64 KiB */
 
-	uint32_t timeout_ms;   /* a transfer with no progress for this long fails; 0 = 2000 */
+	uint32_t timeout_ms; /* a transfer with no progress for this long fails; 0 = 2000 */
 	/* Connections to the listen port from hosts without a proven session
 	 * (rdma/guard.c): at most this many are kept (0 = 64; UINT32_MAX = no
 	 * guard), each for at most unproven_conn_ms (0 = 10000). */
@@ -355,11 +355,11 @@ struct remote_stats {
 	uint64_t bad_messages;	    /* malformed or unauthenticated messages dropped */
 	uint64_t redis_errors;
 	uint64_t redis_reconnects;
-	uint64_t resyncs;	 /* full reconciliations of our entries */
-	uint64_t index_lookups;	 /* paths looked up */
-	uint64_t index_updates;	 /* publish/unpublish written to Redis */
-	uint64_t stale_repaired; /* entries a holder denied, removed */
-	uint64_t replays;	 /* MACed messages refused: their sequence number was seen */
+	uint64_t resyncs;	     /* full reconciliations of our entries */
+	uint64_t index_lookups;	     /* paths looked up */
+	uint64_t index_updates;	     /* publish/unpublish written to Redis */
+	uint64_t stale_repaired;     /* entries a holder denied, removed */
+	uint64_t replays;	     /* MACed messages refused: their sequence number was seen */
 	uint64_t handshakes_dropped; /* handshake replies to addresses that never took them */
 	uint64_t conns_cut;	     /* connections closed that proved nothing in time */
 };

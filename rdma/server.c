@@ -72,9 +72,9 @@ struct rdma_session {
 	uint8_t nonce_c[RDMA_NONCE_LEN], nonce_s[RDMA_NONCE_LEN];
 	uint8_t key[32];
 	uint64_t last_ns;
-	uint64_t tx_seq;	 /* of our last MACed reply */
+	uint64_t tx_seq;       /* of our last MACed reply */
 	struct rdma_replay rx; /* the peer's requests seen */
-	uint64_t vouched_ns;	 /* last told the connection guard */
+	uint64_t vouched_ns;   /* last told the connection guard */
 };
 
 struct rdma_lent {
@@ -335,8 +335,7 @@ static void send_to(remote *r, struct rdma_session *se, struct rdma_msg *m, bool
 			  strerror(-rc));
 }
 
-static void reply_status(remote *r, struct rdma_session *se, uint64_t req_id, int status,
-			 bool sign)
+static void reply_status(remote *r, struct rdma_session *se, uint64_t req_id, int status, bool sign)
 {
 	struct rdma_msg *m = &r->srv->out;
 
@@ -1181,7 +1180,8 @@ void *rdma_server_main(void *arg)
 		if (!r->work_head) {
 			struct timespec ts;
 			/* Handshake replies waiting for a connection: retry soon. */
-			uint64_t until = kvfs_mono_ns() + (s->outbox_n ? OUTBOX_EVERY : EXPIRE_EVERY);
+			uint64_t until =
+				kvfs_mono_ns() + (s->outbox_n ? OUTBOX_EVERY : EXPIRE_EVERY);
 
 			ts.tv_sec = (time_t)(until / 1000000000ull);
 			ts.tv_nsec = (long)(until % 1000000000ull);

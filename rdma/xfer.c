@@ -231,8 +231,9 @@ static void queue_work(remote *r, uint8_t kind, const uint8_t *buf, uint32_t len
 		pthread_mutex_unlock(&r->work_lock);
 		if (now - last >= 1000000000ull &&
 		    atomic_compare_exchange_strong(&last_log_ns, &last, now))
-			log_warn("rdma: server queue full: %llu messages dropped so far (last a %s)",
-				 (unsigned long long)n, kind ? "write immediate" : "request");
+			log_warn(
+				"rdma: server queue full: %llu messages dropped so far (last a %s)",
+				(unsigned long long)n, kind ? "write immediate" : "request");
 		return;
 	}
 	pthread_mutex_unlock(&r->work_lock);

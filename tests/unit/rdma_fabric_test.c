@@ -712,8 +712,8 @@ static int black_hole(uint8_t *addr, uint32_t *alen)
 	assert_int_equal(listen(fd, 1024), 0);
 	assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
 	memcpy(addr, b, *alen);
-	if (*alen != sizeof(sin) || ((const struct sockaddr_in *)(const void *)b)->sin_family !=
-					    AF_INET)
+	if (*alen != sizeof(sin) ||
+	    ((const struct sockaddr_in *)(const void *)b)->sin_family != AF_INET)
 		skip(); /* not an IPv4 socket address: cannot forge one */
 	memcpy(addr + offsetof(struct sockaddr_in, sin_port), &sin.sin_port, 2);
 	return fd;
@@ -966,8 +966,8 @@ static void test_attrs_travel(void **state)
 	pthread_mutex_unlock(&dA.lock);
 	tl_fill(src, MiB, 3);
 	atomic_store(&pb->down_until, 0);
-	assert_int_equal(rdma_offload_to(A, pb, "at/x/y.bin", &iov, 1, MiB, remote_checksum(&iov, 1)),
-			 0);
+	assert_int_equal(
+		rdma_offload_to(A, pb, "at/x/y.bin", &iov, 1, MiB, remote_checksum(&iov, 1)), 0);
 	pthread_mutex_lock(&dA.lock);
 	dA.give_attrs = false;
 	pthread_mutex_unlock(&dA.lock);

@@ -543,8 +543,7 @@ int main(void)
 		cmocka_unit_test(test_round_trip_all_types), cmocka_unit_test(test_layout_pinned),
 		cmocka_unit_test(test_malformed_refused),    cmocka_unit_test(test_hello_fields),
 		cmocka_unit_test(test_runs_checked),	     cmocka_unit_test(test_mac),
-		cmocka_unit_test(test_seq_under_mac),
-		cmocka_unit_test(test_replay_window),
+		cmocka_unit_test(test_seq_under_mac),	     cmocka_unit_test(test_replay_window),
 		cmocka_unit_test(test_hello_proofs),	     cmocka_unit_test(test_validators),
 	};
 

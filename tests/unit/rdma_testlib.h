@@ -164,7 +164,7 @@ struct tl_daemon {
 	struct tl_file files[TL_MAX_FILES];
 	int nfiles;
 	int leases, releases, lookups;
-	bool give_attrs; /* answer remote_ops.attrs with attrs (else: no answer) */
+	bool give_attrs;		  /* answer remote_ops.attrs with attrs (else: no answer) */
 	_Atomic unsigned lookup_delay_ms; /* lookup blocks this long (a daemon that misbehaves) */
 	_Atomic int delaying;		  /* lookups blocked right now */
 	struct remote_attrs attrs;
