@@ -578,6 +578,15 @@ struct remote {
 	struct rdma_stats st;
 };
 
+/* For log lines an outsider can cause: true at most once a second per
+ * @last (a flood must not become a flood of log lines). */
+static inline bool rdma_log_due(_Atomic uint64_t *last, uint64_t now_ns)
+{
+	uint64_t prev = atomic_load(last);
+
+	return now_ns - prev >= 1000000000ull && atomic_compare_exchange_strong(last, &prev, now_ns);
+}
+
 /* Append @w to the server's work queue and wake it (r->work_lock held). */
 static inline void rdma_work_append_locked(remote *r, struct rdma_work *w)
 {

@@ -449,7 +449,12 @@ static void on_prove(remote *r, const uint8_t *buf, const struct rdma_msg *in)
 		       se->node, want);
 	if (CRYPTO_memcmp(want, in->u.prove.mac, 32) != 0) {
 		STAT_INC(r, auth_refused);
-		log_warn("rdma: refused node %s: it does not hold the cluster token", se->node);
+		static _Atomic uint64_t last_log;
+
+		if (rdma_log_due(&last_log, kvfs_mono_ns()))
+			log_warn("rdma: refused node %s: it does not hold the cluster token "
+				 "(auth_refused counts every one)",
+				 se->node);
 		memset(m, 0, offsetof(struct rdma_msg, u));
 		m->type = RDMA_MSG_REFUSED;
 		m->status = -EACCES;

@@ -223,14 +223,11 @@ static void queue_work(remote *r, uint8_t kind, const uint8_t *buf, uint32_t len
 
 	pthread_mutex_lock(&r->work_lock);
 	if (r->work_n >= RDMA_MAX_WORK) {
-		/* A flood must not become a flood of log lines: one a second. */
-		static _Atomic uint64_t dropped, last_log_ns;
-		uint64_t n = atomic_fetch_add(&dropped, 1) + 1, now = kvfs_mono_ns();
-		uint64_t last = atomic_load(&last_log_ns);
+		static _Atomic uint64_t dropped, last_log;
+		uint64_t n = atomic_fetch_add(&dropped, 1) + 1;
 
 		pthread_mutex_unlock(&r->work_lock);
-		if (now - last >= 1000000000ull &&
-		    atomic_compare_exchange_strong(&last_log_ns, &last, now))
+		if (rdma_log_due(&last_log, kvfs_mono_ns()))
 			log_warn(
 				"rdma: server queue full: %llu messages dropped so far (last a %s)",
 				(unsigned long long)n, kind ? "write immediate" : "request");
