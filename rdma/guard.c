@@ -16,7 +16,9 @@
  * A connection is vouched for when its remote host is one this node has a
  * proven session with (a peer that proved the cluster token to us, or that
  * we proved it with; rdma_guard_vouch, valid for the server's session idle
- * time) and it has carried bytes. Every other accepted connection is
+ * time) and it has carried bytes both ways (the provider answered its
+ * connection request: a socket that only ever sent garbage has not).
+ * Every other accepted connection is
  * unproven; unproven connections are shut down (shutdown(2) on our
  * duplicate; the provider then closes its descriptor) when
  *   - they are older than cfg.unproven_conn_ms, or
@@ -293,7 +295,7 @@ static void look_at(struct guard *g, int fd, uint64_t ino, uint64_t now)
 	c = conn_seen(g, (uint64_t)st.st_ino, now);
 	if (!c)
 		goto out_close;
-	if (ti.tcpi_bytes_received > 0 && vouched(g->r, &peer, now))
+	if (ti.tcpi_bytes_received > 0 && ti.tcpi_bytes_acked > 0 && vouched(g->r, &peer, now))
 		goto out_close; /* a proven peer's */
 	if (g->ncands == g->cap) {
 		size_t nc = g->cap ? 2 * g->cap : 256;

@@ -1029,6 +1029,7 @@ static void test_connection_flood(void **state)
 	char err[256] = "";
 	remote *D = NULL;
 	uint32_t alen;
+	uint64_t cut;
 	int fds[40], n = 40, left = -1;
 
 	(void)state;
@@ -1051,6 +1052,10 @@ static void test_connection_flood(void **state)
 		fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		assert_true(fds[i] >= 0);
 		assert_int_equal(connect(fds[i], (struct sockaddr *)&sin, sizeof(sin)), 0);
+		/* A few talk too (from A's host, which is vouched for): bytes one
+		 * way only buy nothing. */
+		if (i % 8 == 0)
+			assert_int_equal(send(fds[i], "not a connection request", 4, 0), 4);
 	}
 	/* At most 4 left open within a scan or two... */
 	for (uint64_t t0 = tl_now_ms(); tl_now_ms() - t0 < 5000;) {
@@ -1070,9 +1075,11 @@ static void test_connection_flood(void **state)
 		tl_sleep_ms(50);
 	}
 	assert_int_equal(left, 0);
-	assert_int_equal(stats(D).conns_cut, (uint64_t)n);
+	/* (the provider may close a talker itself, on bytes it cannot parse) */
+	cut = stats(D).conns_cut;
+	assert_true(cut >= (uint64_t)(n - n / 8) && cut <= (uint64_t)n);
 	assert_int_equal(fetch(A, "nodeD", "d/file", &s, NULL), 0);
-	assert_int_equal(stats(D).conns_cut, (uint64_t)n); /* A's was never cut */
+	assert_int_equal(stats(D).conns_cut, cut); /* A's was never cut */
 	for (int i = 0; i < n; i++)
 		close(fds[i]);
 	remote_close(D);
