@@ -18,10 +18,10 @@
  * Outsiders cost bounded work. Before PROVE nothing is known about a peer,
  * not even that the reply address in its HELLO is its own: the handshake
  * replies (CHALLENGE, REFUSED) are sent without waiting, and while the
- * provider is still connecting they wait in a small outbox, retried every
- * millisecond from this loop until timeout_ms (the oldest gives way when
- * it is full), and those addresses only get the few unproven slots of the
- * address vector (xfer.c). Half-open sessions are capped (the oldest goes).
+ * provider is still connecting they wait in a small outbox, retried from
+ * this loop (after 1 ms, backing off to 64 ms) until timeout_ms (the oldest
+ * gives way when it is full), and those addresses only get the few
+ * unproven slots of the address vector (xfer.c). Half-open sessions are capped (the oldest goes).
  * So this thread never blocks on an address an outsider chose, and
  * remote_take_lent() (the daemon's lookup miss) waits at most timeout_ms
  * for it in any case.
@@ -119,6 +119,8 @@ struct rdma_ticket {
  * connects, until it expires. */
 struct rdma_hs_out {
 	uint64_t expires_ns; /* 0 = free */
+	uint64_t next_ns;    /* the next attempt: 1 ms after the first, doubling to 64 ms */
+	uint32_t wait_ms;
 	uint8_t addr[RDMA_ADDR_MAX];
 	uint32_t addr_len;
 	uint32_t len;
@@ -291,6 +293,8 @@ static void hs_send(remote *r, const uint8_t *addr, uint32_t addr_len, struct rd
 	else
 		s->outbox_n++;
 	o->expires_ns = kvfs_mono_ns() + (uint64_t)r->timeout_ms * 1000000ull;
+	o->wait_ms = 1;
+	o->next_ns = kvfs_mono_ns() + 1000000ull;
 	memcpy(o->addr, addr, addr_len);
 	o->addr_len = addr_len;
 	memcpy(o->buf, s->hs_buf, (size_t)len);
@@ -306,11 +310,14 @@ static void outbox_run(remote *r, uint64_t now)
 		struct rdma_hs_out *e = &s->outbox[i];
 		int rc;
 
-		if (!e->expires_ns)
+		if (!e->expires_ns || (now < e->next_ns && now < e->expires_ns))
 			continue;
 		rc = rdma_send_try(r, e->addr, e->addr_len, e->buf, e->len);
-		if (rc == -EAGAIN && now < e->expires_ns)
+		if (rc == -EAGAIN && now < e->expires_ns) {
+			e->wait_ms = KVFS_MIN(2 * e->wait_ms, 64u);
+			e->next_ns = now + (uint64_t)e->wait_ms * 1000000ull;
 			continue;
+		}
 		if (rc == -EAGAIN)
 			STAT_INC(r, handshakes_dropped);
 		e->expires_ns = 0;
