@@ -82,8 +82,14 @@ static bool host_of_sockaddr(const void *sa, size_t len, struct host *h, uint16_
 	if (ss.ss_family == AF_INET6 && len >= sizeof(struct sockaddr_in6)) {
 		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
 
-		h->family = AF_INET6;
-		memcpy(h->a, &in6->sin6_addr, 16);
+		/* An IPv4 peer of a dual-stack socket is the same host as in IPv4. */
+		if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+			h->family = AF_INET;
+			memcpy(h->a, &in6->sin6_addr.s6_addr[12], 4);
+		} else {
+			h->family = AF_INET6;
+			memcpy(h->a, &in6->sin6_addr, 16);
+		}
 		if (port)
 			*port = in6->sin6_port;
 		return true;
@@ -282,8 +288,7 @@ static void look_at(struct guard *g, int fd, uint64_t ino, uint64_t now)
 		return;
 	if (getsockopt(dup, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ol) || listening ||
 	    getsockname(dup, (struct sockaddr *)&ss, &sl) ||
-	    !host_of_sockaddr(&ss, sl, &local, &port) || port != g->port ||
-	    local.family != g->self.family)
+	    !host_of_sockaddr(&ss, sl, &local, &port) || port != g->port)
 		goto out_close;
 	sl = sizeof(ss);
 	if (getpeername(dup, (struct sockaddr *)&ss, &sl) ||
