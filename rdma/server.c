@@ -1179,6 +1179,23 @@ static void expire(remote *r, uint64_t now)
 	}
 }
 
+/* Do one work item, and free it. */
+static void run_work(remote *r, struct rdma_work *w)
+{
+	if (w->kind == 0) {
+		on_request(r, w->buf, w->len);
+	} else if (w->kind == 2) {
+		struct rdma_take *t;
+
+		memcpy(&t, w->buf, sizeof(t));
+		on_take(r, t);
+		take_put(t);
+	} else {
+		on_immediate(r, w->imm);
+	}
+	free(w);
+}
+
 void *rdma_server_main(void *arg)
 {
 	remote *r = arg;
@@ -1203,21 +1220,22 @@ void *rdma_server_main(void *arg)
 		r->work_head = r->work_tail = NULL;
 		r->work_n = 0;
 		pthread_mutex_unlock(&r->work_lock);
+		/* This node's own lookup misses first: they are local work, and a
+		 * batch of peers' (or outsiders') messages must not delay them. */
+		for (struct rdma_work **pw = &w; *pw;) {
+			struct rdma_work *t = *pw;
+
+			if (t->kind != 2) {
+				pw = &t->next;
+				continue;
+			}
+			*pw = t->next;
+			run_work(r, t);
+		}
 		while (w) {
 			struct rdma_work *next = w->next;
 
-			if (w->kind == 0) {
-				on_request(r, w->buf, w->len);
-			} else if (w->kind == 2) {
-				struct rdma_take *t;
-
-				memcpy(&t, w->buf, sizeof(t));
-				on_take(r, t);
-				take_put(t);
-			} else {
-				on_immediate(r, w->imm);
-			}
-			free(w);
+			run_work(r, w);
 			w = next;
 		}
 		now = kvfs_mono_ns();
