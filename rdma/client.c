@@ -729,6 +729,12 @@ out:
 int rdma_offload_to(remote *r, struct rdma_peer *p, const char *path, const struct iovec *src,
 		    int n, uint64_t size, uint64_t checksum)
 {
+	return rdma_offload_attrs_to(r, p, path, src, n, size, checksum, NULL);
+}
+
+int rdma_offload_attrs_to(remote *r, struct rdma_peer *p, const char *path, const struct iovec *src,
+			  int n, uint64_t size, uint64_t checksum, const struct remote_attrs *attrs)
+{
 	struct rdma_call *c;
 	struct rdma_regs g = {0};
 	struct rdma_run *runs = NULL;
@@ -744,7 +750,10 @@ int rdma_offload_to(remote *r, struct rdma_peer *p, const char *path, const stru
 		return rc;
 	c->out.u.path.size = size;
 	c->out.u.path.checksum = checksum;
-	rdma_attrs_of(r, path, &c->out.u.path.attrs);
+	if (attrs)
+		c->out.u.path.attrs = *attrs;
+	else
+		rdma_attrs_of(r, path, &c->out.u.path.attrs);
 	rc = exchange(r, c, true, true);
 	if (rc)
 		goto out_failed;

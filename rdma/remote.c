@@ -382,6 +382,12 @@ static bool can_make_room(void *arg, uint32_t node)
 
 int remote_offload(remote *r, const char *path, const struct iovec *src, int n, uint64_t checksum)
 {
+	return rdma_offload(r, path, src, n, checksum, NULL);
+}
+
+int rdma_offload(remote *r, const char *path, const struct iovec *src, int n, uint64_t checksum,
+		 const struct remote_attrs *attrs)
+{
 	struct pick_ctx pc = {r, 0, kvfs_mono_ns()};
 	struct rdma_peer *cand[MAX_TRIES];
 	uint32_t nodes[MAX_TRIES], got;
@@ -407,7 +413,7 @@ int remote_offload(remote *r, const char *path, const struct iovec *src, int n, 
 
 		if (i && kvfs_mono_ns() - pc.now > (uint64_t)r->timeout_ms * 1000000ull)
 			break; /* bounded like remote_fetch */
-		e = rdma_offload_to(r, cand[i], path, src, n, pc.size, checksum);
+		e = rdma_offload_attrs_to(r, cand[i], path, src, n, pc.size, checksum, attrs);
 
 		if (e == 0) {
 			pthread_mutex_lock(&r->peer_lock);
@@ -554,6 +560,8 @@ void remote_get_stats(remote *r, struct remote_stats *s)
 	LOAD(handshakes_dropped);
 	LOAD(conns_cut);
 #undef LOAD
+	s->index_redirects = atomic_load(&r->rst.moved) + atomic_load(&r->rst.asked);
+	s->index_map_refreshes = atomic_load(&r->rst.refreshes);
 	s->lend_capacity = r->lend_bytes;
 }
 
@@ -643,12 +651,8 @@ int remote_open(const struct remote_config *cfg, remote **out, char *err, size_t
 		snprintf(err, errlen, "--node-id: 1 to 63 of A-Z a-z 0-9 . _ -");
 		return -EINVAL;
 	}
-	if (cfg->cluster && strncmp(cfg->cluster, "redis://", 8) != 0 &&
-	    strncmp(cfg->cluster, "unix:", 5) != 0) {
-		snprintf(err, errlen, "--cluster %s: expected redis://HOST:PORT or unix:PATH",
-			 cfg->cluster);
+	if (cfg->cluster && rdma_rconn_check_url(cfg->cluster, err, errlen))
 		return -EINVAL;
-	}
 	if (cfg->cluster_name && !name_ok(cfg->cluster_name)) {
 		snprintf(err, errlen, "cluster name: 1 to 32 of A-Z a-z 0-9 . _ -");
 		return -EINVAL;
