@@ -3,24 +3,46 @@
 tests/integration/fpdrv.c is the engine side (a libkvfs client); these tests
 drive it against a mount and check what the daemon did.
 """
+import atexit
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 
 from harness import BUILD, Mount, MountTest, write_file
 
 FPDRV = os.path.join(BUILD, "tests", "fpdrv")
 NOBODY = 65534
+_reachable = {}
+
+
+def fpdrv_as_other_user():
+    """A copy of fpdrv that another user can run, wherever the tree is: the
+    checkout may lie under a directory only its owner can traverse (a
+    `mktemp -d` directory, /root). The copy is in a fresh 0755 directory of
+    its own, removed at exit."""
+    if "fpdrv" not in _reachable:
+        d = tempfile.mkdtemp(prefix="kvfs-fpdrv-")
+        atexit.register(shutil.rmtree, d, True)
+        os.chmod(d, 0o755)
+        path = os.path.join(d, "fpdrv")
+        shutil.copy(FPDRV, path)
+        os.chmod(path, 0o755)
+        _reachable["fpdrv"] = path
+    return _reachable["fpdrv"]
 
 
 def drv(*args, user=None, stdin=None, check=True):
     def demote():
-        os.setgid(NOBODY)
+        os.setgid(user)
         os.setgroups([])
-        os.setuid(NOBODY)
-    r = subprocess.run([FPDRV, *map(str, args)], capture_output=True, text=True, timeout=120,
-                       preexec_fn=demote if user == NOBODY else None, input=stdin)
+        os.setuid(user)
+    exe = FPDRV if user is None else fpdrv_as_other_user()
+    r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=120,
+                       preexec_fn=demote if user is not None else None, input=stdin,
+                       cwd=None if user is None else os.path.dirname(exe))
     if check and r.returncode != 0:
         raise AssertionError("fpdrv %s failed (%d): %s%s" % (args, r.returncode, r.stdout, r.stderr))
     return r
