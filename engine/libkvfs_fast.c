@@ -2,7 +2,7 @@
  * engine/libkvfs_fast.c — libkvfs's fast path: shared-memory rings to the
  * kvfs daemon (the protocol is core/ring.h).
  *
- * Owns, per namespace: one ring (a memfd registered under
+ * Owns, per namespace: one ring (a sealed memfd registered under
  * `<mount>/.kvfs/iovs/ring.<pid>.<id>`), the namespace id the daemon gave
  * it, a staging buffer for block headers, and the list of buffers handed
  * out by kvfs_alloc() (each registered as `buf.<pid>.<id>`) so that engine

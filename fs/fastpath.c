@@ -5,11 +5,12 @@
  * buffers of engine processes, each mapped here from the memfd the engine
  * named in its own descriptor table; the ring servers; and the reaper.
  *
- * Memory. Only a memfd sealed with F_SEAL_SHRINK is accepted: the daemon
- * keeps it mapped, and a file that shrank under the mapping would make the
- * next access a SIGBUS that kills the daemon. (Growth is harmless: the
- * mapping covers the size at registration.) The mapping is not populated:
- * a sparse buffer costs the daemon nothing until bytes are copied into it.
+ * Memory. Only a memfd sealed with F_SEAL_SHRINK (and not on hugetlbfs) is
+ * accepted: the daemon keeps it mapped, and a file that shrank under the
+ * mapping would make the next access a SIGBUS that kills the daemon.
+ * (Growth is harmless: the mapping covers the size at registration.) The
+ * mapping is not populated: a sparse buffer costs the daemon nothing until
+ * bytes are copied into it.
  *
  * Limits, per user (uid): rings (--fp-rings), buffers (--fp-buffers) and
  * the bytes of both (--fp-bytes); a registration past one fails with
@@ -60,12 +61,14 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/futex.h>
+#include <linux/magic.h>
 #include <stdio.h>
 #include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -561,6 +564,7 @@ int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name
 	struct fp_reg *r = NULL, *other, *stale = NULL;
 	char path[64];
 	unsigned long fdno;
+	struct statfs sfs;
 	struct stat st;
 	char rest;
 	int fd = -1, rc;
@@ -599,8 +603,13 @@ int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name
 		rc = -errno == -ENOENT ? -EBADF : -errno;
 		goto out_free;
 	}
-	/* Only memory: a memfd (or shm file), owned by the caller. */
-	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_nlink != 0 ||
+	/*
+	 * Only memory: a memfd (or shm file), owned by the caller. Not hugetlbfs:
+	 * a hole punched there faults in a new huge page, and with the pool
+	 * empty that fault is a SIGBUS, sealed or not.
+	 */
+	if (fstat(fd, &st) || fstatfs(fd, &sfs) || sfs.f_type == HUGETLBFS_MAGIC ||
+	    !S_ISREG(st.st_mode) || st.st_nlink != 0 ||
 	    (st.st_uid != r->uid && r->uid != 0) || st.st_size <= 0 ||
 	    (uint64_t)st.st_size > (r->kind == REG_RING ? KVFS_RING_MAX_BYTES : (1ull << 40))) {
 		rc = -EINVAL;

@@ -26,6 +26,8 @@ Knobs (the defaults are CI's short run):
   KVFS_CRASH_SECONDS  a time budget: no new round starts after it (default
                       none); the rounds done are printed either way
   KVFS_CRASH_FAULTS   0 to run without fault injection (default 1)
+  KVFS_CRASH_FAULT_OPS  the seam's operations to arm, comma-separated
+                      (default nvme_write,nvme_read,nvme_fsync,cat_write)
   KVFS_CRASH_SEED     replays a run
 Every round checks that the promised files are there and reads the files
 written since the last full check and a sample of the others; every 25th

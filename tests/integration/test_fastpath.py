@@ -242,7 +242,10 @@ iovs, plan = sys.argv[1], json.loads(sys.argv[2])
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 
 def memfd(kind, size, sealed):
-    fd = os.memfd_create("t", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    huge = kind.endswith("-huge")
+    kind = kind.replace("-huge", "")
+    fd = os.memfd_create("t", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING |
+                         (os.MFD_HUGETLB if huge else 0))
     os.ftruncate(fd, size)
     if kind == "ring":  # core/ring.h: 64 entries, SQ at 4K, CQ after it, payload at 64K
         with mmap.mmap(fd, size) as m:
@@ -256,6 +259,7 @@ fds, res = [], []
 for i, (kind, size, sealed) in enumerate(plan):
     fd = memfd(kind, size, sealed)
     fds.append(fd)
+    kind = kind.replace("-huge", "")
     try:
         os.symlink("/proc/self/fd/%d" % fd,
                    os.path.join(iovs, "%s.%d.%d" % (kind, os.getpid(), i + 1)))
@@ -383,6 +387,21 @@ class Reclaim(AsNobody):
         self.assertTrue(wait_for(lambda: own_entries(self.iovs, k.pid) == []),
                         os.listdir(self.iovs))
         self.assertEqual(self.m.stats()["fast_path"]["reclaimed"] - before, 2)
+
+
+class HugePages(AsNobody):
+    """hugetlbfs memory is refused even sealed: a hole punched in it faults
+    in a new huge page, a SIGBUS when the pool is empty."""
+    dram = "64M"
+
+    def test_hugetlb_memfd_is_refused(self):
+        try:
+            os.close(os.memfd_create("probe", os.MFD_HUGETLB))
+        except OSError as e:
+            self.skipTest("no hugetlbfs memfds here: %s" % e)
+        k = self.registrant([["buf-huge", 2 << 20, True]])
+        self.assertEqual(k.res, [errno.EINVAL])
+        self.assertTrue(self.m.alive())
 
 
 class Limits(AsNobody):
