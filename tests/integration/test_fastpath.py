@@ -411,6 +411,9 @@ class Limits(AsNobody):
     args = OtherUserTest.args + ("--fp-rings", "3", "--fp-buffers", "4", "--fp-bytes", "12M")
 
     def test_rings_per_user(self):
+        self.assertEqual(self.m.config()["fast_path"],
+                         {"threads": 4, "rings_per_user": 3, "buffers_per_user": 4,
+                          "bytes_per_user": 12 << 20})
         k = self.registrant([RING] * 5)
         self.assertEqual(k.res, [0, 0, 0, errno.EDQUOT, errno.EDQUOT])
         # another user is not held back by nobody's rings
