@@ -59,8 +59,10 @@ static void usage(FILE *out)
 		"  --log FILE             log file (default: stderr with -f, else STATE/kvfs.log)\n"
 		"  --log-level LEVEL      err, warn, info (default) or debug\n"
 		"  -o OPT[,OPT...]        FUSE mount options (allow_other, ...); repeatable\n"
-		"  --cluster URL          join a cluster: its index in Redis, redis://HOST:PORT\n"
-		"                         or unix:PATH (needs --cluster-token)\n"
+		"  --cluster URL          join a cluster: its index in Redis, redis://HOST:PORT,\n"
+		"                         unix:PATH, or a Redis Cluster\n"
+		"                         redis-cluster://HOST:PORT[,HOST:PORT...] (needs\n"
+		"                         --cluster-token)\n"
 		"  --cluster-token FILE   the cluster's shared secret (16+ bytes); peers\n"
 		"                         without it are refused\n"
 		"  --listen HOST:PORT     where peers reach this node (default: any port)\n"
@@ -75,6 +77,9 @@ static void usage(FILE *out)
 		"  --fp-buffers N         fast-path buffers per user (default 1024)\n"
 		"  --fp-bytes SIZE        bytes of fast-path buffers and rings per user\n"
 		"                         (default: the machine's memory)\n"
+		"  --drain                on SIGTERM (any shutdown), leave the cluster gracefully\n"
+		"                         first: hand lent copies and files held only here to\n"
+		"                         the peers (as `kvfsctl drain` does)\n"
 		"  --fsck --state DIR     check a state directory offline (no MOUNTPOINT);\n"
 		"         [--repair]      delete the bad records; [--no-verify] skip reading\n"
 		"         [--no-verify]   every NVMe extent back\n"
@@ -141,6 +146,7 @@ enum {
 	OPT_FP_RINGS,
 	OPT_FP_BUFFERS,
 	OPT_FP_BYTES,
+	OPT_DRAIN,
 };
 
 static int parse_args(int argc, char **argv, struct kvfs_config *c)
@@ -175,6 +181,7 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"fp-rings", required_argument, NULL, OPT_FP_RINGS},
 		{"fp-buffers", required_argument, NULL, OPT_FP_BUFFERS},
 		{"fp-bytes", required_argument, NULL, OPT_FP_BYTES},
+		{"drain", no_argument, NULL, OPT_DRAIN},
 		{"foreground", no_argument, NULL, 'f'},
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
@@ -275,8 +282,10 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			c->listen = optarg;
 			break;
 		case OPT_CLUSTER:
-			if (strncmp(optarg, "redis://", 8) && strncmp(optarg, "unix:", 5))
-				return fail("invalid --cluster '%s' (redis://HOST:PORT or unix:PATH)",
+			if (strncmp(optarg, "redis://", 8) && strncmp(optarg, "unix:", 5) &&
+			    strncmp(optarg, "redis-cluster://", 16))
+				return fail("invalid --cluster '%s' (redis://HOST:PORT, unix:PATH or "
+					    "redis-cluster://HOST:PORT[,HOST:PORT...])",
 					    optarg);
 			c->cluster = optarg;
 			break;
@@ -330,6 +339,9 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			if (kvfs_parse_size(optarg, &v) || v == 0)
 				return fail("invalid --fp-bytes '%s' (e.g. 64G)", optarg);
 			c->fp_max_bytes = v;
+			break;
+		case OPT_DRAIN:
+			c->drain_on_exit = true;
 			break;
 		case OPT_FSCK:
 			c->fsck = true;
@@ -393,7 +405,7 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 	if (rmt_configured(c) && !c->token_file)
 		return fail("--cluster and --listen need --cluster-token FILE (the shared secret)");
 	if (!rmt_configured(c) && (c->token_file || c->node_id || c->lend_bytes || c->fabric ||
-				   c->cluster_name || c->remote_timeout_ms))
+				   c->cluster_name || c->remote_timeout_ms || c->drain_on_exit))
 		return fail("remote tier options need --cluster URL or --listen HOST:PORT");
 	if (optind != argc - 1)
 		return fail(optind == argc ? "missing MOUNTPOINT (see kvfs --help)"
@@ -611,6 +623,10 @@ static int run(struct kvfs_fs *fs)
 	log_info("unmounting %s", c->mountpoint);
 	ns_notify_off(fs); /* before the unmount closes /dev/fuse */
 	fuse_session_unmount(fs->se);
+	/* --drain: what only we hold goes to the peers before we leave (the
+	 * mount is gone, the bytes are not). */
+	if (c->drain_on_exit && rmt_drain(fs, true) == 0)
+		log_info("drained before exit");
 	rmt_stop(fs); /* leaves the cluster; peers' leases end */
 	/* A planned restart loses nothing: DRAM-only files go to NVMe now. */
 	tier_flush(fs->tier);
@@ -628,6 +644,7 @@ out:
 		rc = 1;
 	}
 	rmt_stop(fs);
+	rmt_drain_join(fs);
 	ns_close(fs);
 	cat_close(fs->cat);
 	tier_close(fs->tier);
