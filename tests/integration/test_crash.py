@@ -27,8 +27,7 @@ Knobs (the defaults are CI's short run):
                       none); the rounds done are printed either way
   KVFS_CRASH_FAULTS   0 to run without fault injection (default 1)
   KVFS_CRASH_FAULT_OPS  the seam's operations to arm, comma-separated
-                      (default nvme_write,nvme_fsync,cat_write; nvme_read too
-                      once reads of lost copies fail instead of ending early)
+                      (default nvme_write,nvme_read,nvme_fsync,cat_write)
   KVFS_CRASH_SEED     replays a run
 Every round checks that the promised files are there and reads the files
 written since the last full check and a sample of the others; every 25th
@@ -55,10 +54,8 @@ SAMPLE = 200
 # Errors a load process may get from an armed fault seam; anything else
 # (ENOTCONN from the killed daemon above all) ends it.
 FAULT_ERRNOS = (5, 28)  # EIO, ENOSPC
-# nvme_read is not armed by default until a read whose copy fails is never a
-# short file (issue 11, item 1): armed, it finds exactly that.
 FAULT_OPS = tuple(os.environ.get("KVFS_CRASH_FAULT_OPS",
-                                 "nvme_write,nvme_fsync,cat_write").split(","))
+                                 "nvme_write,nvme_read,nvme_fsync,cat_write").split(","))
 
 
 def expected(name, size):
