@@ -2,8 +2,9 @@
  * core/ring.h — the fast path's shared-memory ring and request format,
  * spoken by the daemon (fs/fastpath.c) and libkvfs (engine/libkvfs_fast.c).
  *
- * An engine process creates two kinds of shared memory, each a memfd, and
- * registers them with the daemon through the namespace, the way 3FS's
+ * An engine process creates two kinds of shared memory, each a memfd sealed
+ * with F_SEAL_SHRINK (the daemon refuses any other: a file that shrank
+ * under its mapping would fault it), and registers them with the daemon through the namespace, the way 3FS's
  * USRBIO registers its buffers: symlink("/proc/self/fd/N",
  * "<mount>/.kvfs/iovs/<kind>.<name>"). The daemon learns the caller's
  * credentials from that FUSE request and maps the memfd it names in the
