@@ -98,15 +98,24 @@ int kvfs_fault_parse(const char *spec)
 		char *f[4] = {0}, *s2 = NULL, *end;
 		int nf = 0;
 
-		for (char *t = strtok_r(item, ":", &s2); t && nf < 4; t = strtok_r(NULL, ":", &s2))
+		for (char *t = strtok_r(item, ":", &s2); t; t = strtok_r(NULL, ":", &s2)) {
+			if (nf == 4)
+				goto out; /* a fifth field */
 			f[nf++] = t;
+		}
 		if (nf < 3 || n == 16)
 			goto out;
 		parsed[n].op = -1;
 		for (int i = 0; i < KVFS_FAULT_NR; i++)
 			if (strcmp(f[0], fault_names[i]) == 0)
 				parsed[n].op = i;
+		/* digits only (strtoull would take "-1"), and a count that fits the slot */
+		if (f[1][0] < '0' || f[1][0] > '9')
+			goto out;
+		errno = 0;
 		parsed[n].nth = strtoull(f[1], &end, 10);
+		if (errno == ERANGE || parsed[n].nth > INT64_MAX)
+			goto out;
 		parsed[n].err = parse_errno(f[2]);
 		parsed[n].sticky = nf == 4 && strcmp(f[3], "sticky") == 0;
 		if (parsed[n].op < 0 || *end || !*f[1] || parsed[n].err < 0 ||

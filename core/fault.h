@@ -55,8 +55,9 @@ void kvfs_fault_arm(enum kvfs_fault_op op, uint64_t nth, int err, bool sticky);
  * Arm faults from a spec: comma-separated "op:nth:errno[:sticky]", for
  * example "nvme_write:3:EIO,cat_write:1:ENOSPC:sticky". Errno names or
  * numbers are accepted.
- * @return 0, or -EINVAL for an unknown op, errno or malformed spec (nothing
- * is armed then).
+ * @return 0, or -EINVAL for an unknown op, errno or malformed spec (a
+ * count that is not plain decimal or over INT64_MAX, a fifth field):
+ * nothing is armed then.
  */
 int kvfs_fault_parse(const char *spec);
 

@@ -550,8 +550,6 @@ bool ctl_readable(unsigned id)
 int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len, char **out,
 	      size_t *outlen)
 {
-	char spec[512];
-
 	if (id == CTL_WHERE) {
 		char *ans = NULL;
 		size_t n = 0;
@@ -565,12 +563,6 @@ int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len, char
 	}
 	if (id != CTL_FAULT)
 		return -EACCES;
-	if (len == 0 || len >= sizeof(spec))
-		return -EINVAL;
-	memcpy(spec, buf, len);
-	spec[len] = '\0';
-	if (spec[len - 1] == '\n')
-		spec[len - 1] = '\0';
 	(void)fs;
-	return kvfs_fault_parse(spec);
+	return ctl_fault_input(buf, len);
 }

@@ -366,6 +366,16 @@ int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len, char
 bool ctl_writable(unsigned id);
 bool ctl_readable(unsigned id);
 
+/* --- ctl_input.c: writes to the control files, parsed (pure) ---------------------- */
+
+/* A write to .kvfs/fault: one fault spec (kvfs_fault_parse), an optional
+ * trailing newline. @return 0 (armed) or -EINVAL (nothing armed). */
+int ctl_fault_input(const char *buf, size_t len);
+/* A write to .kvfs/where: a path relative to the mount (leading '/' and a
+ * trailing newline or NUL dropped) into @path of @cap bytes, NUL-terminated.
+ * @return 0, or -EINVAL: empty, too long, a NUL inside, not UTF-8. */
+int ctl_where_input(const char *req, size_t len, char *path, size_t cap);
+
 /* --- fastpath.c: rings and buffers registered under .kvfs/iovs ------------------ */
 
 /* Register @target ("/proc/self/fd/N") as @name; *link gets a referenced inode. */

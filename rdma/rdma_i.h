@@ -349,6 +349,13 @@ void rdma_index_stop(remote *r);
 void rdma_index_queue(remote *r, int kind, const char *path, int tier, const char *node);
 /* One holder of path number @i of a batch (rdma_index_holders). */
 typedef void (*rdma_holder_fn)(void *ctx, size_t i, const char *node, int tier);
+struct redisReply;
+/* The holders in one HGETALL reply (for path number @i): pairs of a node id
+ * and a tier name; @fn is called for each well-formed pair, the others are
+ * skipped. Pure: tests/fuzz/fuzz_index.c feeds it replies hiredis parsed.
+ * @return how many pairs went to @fn, or -EBADMSG if @rep is not an array
+ * of pairs. */
+int rdma_holders_reply(const struct redisReply *rep, size_t i, rdma_holder_fn fn, void *ctx);
 /* Look up the holders of @n paths in one pipelined round trip on the query
  * connection; @fn is called for each well-formed entry. @return 0 or
  * -ENOTCONN (Redis unreachable; counted). */
