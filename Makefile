@@ -264,7 +264,8 @@ $(FZ_CORE) $(FZ_TIER) $(FZ_RDMA) $(FZ_FS):
 $(FZ)/fuzz_%: $(FZ)/obj/tests/fuzz/fuzz_%.o $(FZ_FS) $(FZ_RDMA) $(FZ_TIER) $(FZ_CORE)
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
-	$(Q)$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -Wl,--as-needed -o $@ $^ $(LDLIBS)
+	$(Q)$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -Wl,--as-needed -o $@ $< \
+	  -Wl,--start-group $(filter %.a,$^) -Wl,--end-group $(LDLIBS)
 
 # The seed writer is an ordinary program of the gcc build.
 $(B)/tests/mkcorpus: $(call obj,tests/fuzz/mkcorpus.c) $(RDMA_LIB) $(CORE_LIB)
