@@ -232,7 +232,8 @@ fzobj              = $(patsubst %.c,$(FZ)/obj/%.o,$(1))
 FZ_CORE           := $(FZ)/lib/libkvfs-core.a
 FZ_TIER           := $(FZ)/lib/libkvfs-tier.a
 FZ_RDMA           := $(FZ)/lib/libkvfs-rdma.a
-# fs/ without the daemon's main(): the targets link only what they call.
+# fs/ with the daemon's main() renamed (libFuzzer has the main): a target
+# links only the objects it calls into and what they need.
 FZ_FS             := $(FZ)/lib/libkvfs-fs.a
 
 .PHONY: fuzz fuzz-build fuzz-regress fuzz-corpus
@@ -255,7 +256,8 @@ $(FZ)/obj/%.o: %.c
 $(FZ_CORE): $(call fzobj,$(CORE_SRC))
 $(FZ_TIER): $(call fzobj,$(TIER_SRC))
 $(FZ_RDMA): $(call fzobj,$(RDMA_SRC))
-$(FZ_FS): $(call fzobj,$(filter-out fs/main.c,$(FS_SRC)))
+$(FZ_FS): $(call fzobj,$(FS_SRC))
+$(FZ)/obj/fs/main.o: FUZZ_KCFLAGS += -Dmain=kvfs_daemon_main -Wno-missing-prototypes
 $(FZ_CORE) $(FZ_TIER) $(FZ_RDMA) $(FZ_FS):
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  AR      $@"
