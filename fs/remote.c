@@ -803,7 +803,7 @@ static int where(struct rmt *rt, const char *req, size_t len, char **out, size_t
 	json_t *root, *arr;
 	int n;
 
-	if (ctl_where_input(req, len, path, sizeof(path)))
+	if (ctl_where_path(req, len, path, sizeof(path)))
 		return -EINVAL;
 	n = remote_where(rt->r, path, h, (int)KVFS_ARRAY_SIZE(h));
 	if (n < 0)

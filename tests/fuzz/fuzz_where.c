@@ -1,5 +1,5 @@
 /*
- * tests/fuzz/fuzz_where.c — a write to `.kvfs/where` (ctl_where_input()),
+ * tests/fuzz/fuzz_where.c — a write to `.kvfs/where` (ctl_where_path()),
  * a file any user of the mount may write: the path whose holders in the
  * cluster the daemon then looks up and renders as JSON.
  *
@@ -27,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	CHECK(buf);
 	memcpy(buf, data, size);
-	rc = ctl_where_input(buf, size, path, sizeof(path));
+	rc = ctl_where_path(buf, size, path, sizeof(path));
 	CHECK(rc == 0 || rc == -EINVAL);
 	if (rc == 0) {
 		size_t n = strlen(path);

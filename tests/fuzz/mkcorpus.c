@@ -296,7 +296,7 @@ static void texts(void)
 	static const char *const sizes[] = {"4096", "512K", "8G", "1TiB", "64MB", "15E",
 					    "0.5",  "30",   "1e-3", "debug", "bf16", "mla"};
 	static const char *const faults[] = {"nvme_write:3:EIO", "cat_write:1:ENOSPC:sticky\n",
-					     "nvme_read:1:5,arena:2:ENOMEM",
+					     "nvme_read:1:5,cat_write:2:ENOMEM",
 					     "net_read:1:EBADMSG:sticky,nvme_fsync:10:EROFS"};
 	static const char *const wheres[] = {"models/llama/0123abcd\n", "/a/b", "x"};
 	char name[32];
