@@ -339,6 +339,23 @@ struct rdma_rconn_stats {
 uint16_t rdma_crc16(const void *buf, size_t len);
 /* The hash slot (0..16383) of a key, honouring {hash tags}. */
 uint16_t rdma_key_slot(const char *key, size_t len);
+
+/* One slot range of a CLUSTER SLOTS reply: slots first..last (within
+ * 0..16383) served by the master at host:port; host_len 0 when the node
+ * did not know its own address (it is then the node that was asked). */
+struct rdma_slot_range {
+	uint16_t first, last;
+	const char *host; /* host_len bytes, not NUL-terminated */
+	size_t host_len;
+	int port; /* 1..65535 */
+};
+/* Walk a CLUSTER SLOTS reply (pure): each well-formed range, clipped to
+ * the 16384 slots, goes to @fn; malformed ones are skipped. tests/fuzz/
+ * fuzz_index.c feeds it replies hiredis parsed.
+ * @return the number of ranges passed on, or -EBADMSG if @rep is not an
+ * array. */
+int rdma_slots_reply(const struct redisReply *rep,
+		     void (*fn)(void *ctx, const struct rdma_slot_range *r), void *ctx);
 /* Is @url one of redis://HOST:PORT, unix:PATH,
  * redis-cluster://HOST:PORT[,HOST:PORT...]? @return 0 or -EINVAL (a
  * one-line reason in @err). */

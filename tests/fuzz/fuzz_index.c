@@ -9,12 +9,15 @@
  *   1  raw RESP bytes, parsed by hiredis's own reader as the query
  *      connection does, then walked as a HGETALL reply of holders:
  *      rdma_holders_reply();
- *   2  a tier name (rdma_tier_parse) and a path (rdma_path_ancestors).
+ *   2  a tier name (rdma_tier_parse) and a path (rdma_path_ancestors);
+ *   3  raw RESP bytes walked as a CLUSTER SLOTS reply: rdma_slots_reply().
  *
  * Oracles besides the sanitizers: a record that parses formats and parses
  * back to the same record, within the bounds the parser promises; every
- * holder handed on has a valid node id and a known tier; a tier name
- * round-trips; ancestors are increasing prefix lengths at '/'.
+ * holder handed on has a valid node id and a known tier; a slot range
+ * handed on lies within the 16384 slots with a real port (and is found in
+ * time: a range is never walked slot by slot from outside them); a tier
+ * name round-trips; ancestors are increasing prefix lengths at '/'.
  */
 #include <errno.h>
 #include <signal.h>
@@ -73,7 +76,15 @@ static bool huge_array(const uint8_t *d, size_t n)
 	return false;
 }
 
-static void holders(const uint8_t *d, size_t n)
+static void slot_range(void *ctx, const struct rdma_slot_range *r)
+{
+	(void)ctx;
+	CHECK(r->first <= r->last && r->last < 16384);
+	CHECK(r->port >= 1 && r->port <= 65535);
+	CHECK(r->host_len == 0 || r->host != NULL);
+}
+
+static void holders(const uint8_t *d, size_t n, bool slots)
 {
 	redisReader *rd;
 	void *reply = NULL;
@@ -84,11 +95,12 @@ static void holders(const uint8_t *d, size_t n)
 	CHECK(rd);
 	if (redisReaderFeed(rd, (const char *)d, n) == REDIS_OK) {
 		while (redisReaderGetReply(rd, &reply) == REDIS_OK && reply) {
-			int got = rdma_holders_reply(reply, 7, holder, NULL);
 			const redisReply *r = reply;
+			int got = slots ? rdma_slots_reply(r, slot_range, NULL)
+					: rdma_holders_reply(r, 7, holder, NULL);
 
 			CHECK(got == -EBADMSG ||
-			      (got >= 0 && (size_t)got <= r->elements / 2));
+			      (got >= 0 && (size_t)got <= (slots ? r->elements : r->elements / 2)));
 			freeReplyObject(reply);
 			reply = NULL;
 		}
@@ -145,15 +157,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	s = malloc(size - 1 ? size - 1 : 1);
 	CHECK(s);
 	memcpy(s, data + 1, size - 1);
-	switch (data[0] % 3) {
+	switch (data[0] % 4) {
 	case 0:
 		node_rec(s, size - 1);
 		break;
 	case 1:
-		holders((const uint8_t *)s, size - 1);
+		holders((const uint8_t *)s, size - 1, false);
 		break;
 	case 2:
 		names(s, size - 1);
+		break;
+	case 3:
+		holders((const uint8_t *)s, size - 1, true);
 		break;
 	}
 	free(s);

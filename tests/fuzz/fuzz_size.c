@@ -2,7 +2,8 @@
  * tests/fuzz/fuzz_size.c — the daemon's option values: sizes (--dram,
  * --nvme DIR:SIZE, --lend, --read-ahead, --page-size: kvfs_parse_size),
  * durations (--entry-timeout and the other timeouts: kvfs_parse_seconds),
- * log levels, and the dtype and kind names of a namespace layout.
+ * the --cluster URL (rdma_rconn_check_url), log levels, and the dtype and
+ * kind names of a namespace layout.
  *
  * Input: the text of one option value (a NUL ends it, as in argv).
  *
@@ -19,6 +20,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "kvfs/format.h"
+#include "rdma/rdma_i.h"
 #include "tests/fuzz/fuzz.h"
 
 /* The size grammar, written out again as simply as possible. */
@@ -78,6 +80,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	else
 		CHECK(secs == -1);
 
+	{
+		char err[256];
+
+		err[0] = '\0';
+		k = rdma_rconn_check_url(s, err, sizeof(err));
+		CHECK(k == 0 || k == -EINVAL || k == -ENOMEM);
+		CHECK(memchr(err, '\0', sizeof(err)) != NULL);
+		CHECK(k != -EINVAL || err[0]);
+	}
 	k = kvfs_log_level_parse(s);
 	CHECK(k == -EINVAL || (k >= 0 && k <= KVFS_LOG_DEBUG));
 	k = kvfs_dtype_parse(s);

@@ -239,6 +239,10 @@ static void index_seeds(void)
 				    .boot = 0x0123456789abcdefull};
 	static const char holders[] = "*4\r\n$6\r\nnode-a\r\n$4\r\ndram\r\n"
 				      "$6\r\nnode-b\r\n$4\r\nlent\r\n";
+	static const char slots[] = "*2\r\n*4\r\n:0\r\n:8191\r\n"
+				    "*3\r\n$9\r\n127.0.0.1\r\n:7000\r\n$3\r\nabc\r\n"
+				    "*3\r\n$9\r\n127.0.0.1\r\n:7003\r\n$3\r\ndef\r\n"
+				    "*3\r\n:8192\r\n:16383\r\n*2\r\n$1\r\n?\r\n:7001\r\n";
 	static const char nested[] = "*2\r\n*1\r\n:5\r\n$-1\r\n-ERR wrong type\r\n+OK\r\n";
 	char text[512];
 	int n;
@@ -251,6 +255,7 @@ static void index_seeds(void)
 	put_sel("index", "noderec", 0, text, (size_t)n);
 	put_sel("index", "holders", 1, holders, sizeof(holders) - 1);
 	put_sel("index", "replies", 1, nested, sizeof(nested) - 1);
+	put_sel("index", "slots", 3, slots, sizeof(slots) - 1);
 	put_sel("index", "tier", 2, "nvme", 4);
 	put_sel("index", "path", 2, "models/llama/0123", 17);
 }
@@ -294,7 +299,9 @@ static void rings(void)
 static void texts(void)
 {
 	static const char *const sizes[] = {"4096", "512K", "8G", "1TiB", "64MB", "15E",
-					    "0.5",  "30",   "1e-3", "debug", "bf16", "mla"};
+					    "0.5",  "30",   "1e-3", "debug", "bf16", "mla",
+					    "redis://localhost:6379",
+					    "redis-cluster://127.0.0.1:7000,[::1]:7001"};
 	static const char *const faults[] = {"nvme_write:3:EIO", "cat_write:1:ENOSPC:sticky\n",
 					     "nvme_read:1:5,cat_write:2:ENOMEM",
 					     "net_read:1:EBADMSG:sticky,nvme_fsync:10:EROFS"};
