@@ -139,21 +139,25 @@ static int parse_dec(const char *s, const char **end, uint32_t *out)
 	return 0;
 }
 
-int kvfs_ring_reg_name(const char *name, int *ring, uint32_t *tgid, uint32_t *id)
+int kvfs_ring_reg_name(const char *name, int *kind, uint32_t *tgid, uint32_t *id)
 {
-	const char *p;
-	int is_ring;
+	static const struct {
+		const char *prefix;
+		int kind;
+	} kinds[] = {{"ring.", KVFS_REG_RING}, {"buf.", KVFS_REG_BUF}, {"dev.", KVFS_REG_DEV}};
 
-	if (strncmp(name, "ring.", 5) == 0)
-		is_ring = 1, p = name + 5;
-	else if (strncmp(name, "buf.", 4) == 0)
-		is_ring = 0, p = name + 4;
-	else
-		return -EINVAL;
-	if (parse_dec(p, &p, tgid) || *p != '.' || parse_dec(p + 1, &p, id) || *p)
-		return -EINVAL;
-	if (*tgid == 0 || *tgid > INT32_MAX)
-		return -EINVAL;
-	*ring = is_ring;
-	return 0;
+	for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+		size_t n = strlen(kinds[k].prefix);
+		const char *p = name + n;
+
+		if (strncmp(name, kinds[k].prefix, n) != 0)
+			continue;
+		if (parse_dec(p, &p, tgid) || *p != '.' || parse_dec(p + 1, &p, id) || *p)
+			return -EINVAL;
+		if (*tgid == 0 || *tgid > INT32_MAX)
+			return -EINVAL;
+		*kind = kinds[k].kind;
+		return 0;
+	}
+	return -EINVAL;
 }

@@ -47,7 +47,10 @@ static void name(const uint8_t *d, size_t n)
 	s[n] = '\0';
 	if (kvfs_ring_reg_name(s, &ring, &tgid, &id) == 0) {
 		CHECK(tgid >= 1 && tgid <= INT32_MAX);
-		snprintf(canon, sizeof(canon), "%s.%u.%u", ring ? "ring" : "buf", tgid, id);
+		CHECK(ring == KVFS_REG_RING || ring == KVFS_REG_BUF || ring == KVFS_REG_DEV);
+		snprintf(canon, sizeof(canon), "%s.%u.%u",
+			 ring == KVFS_REG_RING ? "ring" : ring == KVFS_REG_BUF ? "buf" : "dev", tgid,
+			 id);
 		CHECK(strcmp(canon, s) == 0);
 	}
 	free(s);

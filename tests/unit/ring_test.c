@@ -24,13 +24,15 @@ static void test_reg_names(void **state)
 
 	(void)state;
 	assert_int_equal(kvfs_ring_reg_name("ring.1234.0", &ring, &tgid, &id), 0);
-	assert_true(ring);
+	assert_int_equal(ring, KVFS_REG_RING);
 	assert_int_equal(tgid, 1234);
 	assert_int_equal(id, 0);
 	assert_int_equal(kvfs_ring_reg_name("buf.99.4294967295", &ring, &tgid, &id), 0);
-	assert_false(ring);
+	assert_int_equal(ring, KVFS_REG_BUF);
 	assert_int_equal(id, UINT32_MAX);
 	assert_int_equal(kvfs_ring_reg_name("buf.2147483647.1", &ring, &tgid, &id), 0);
+	assert_int_equal(kvfs_ring_reg_name("dev.7.3", &ring, &tgid, &id), 0);
+	assert_int_equal(ring, KVFS_REG_DEV);
 	/*
 	 * One registration, one name: sscanf("%lu") took signs, spaces and
 	 * leading zeros, so "buf.+99.7" and "buf.099.7" registered a second
@@ -40,6 +42,7 @@ static void test_reg_names(void **state)
 		"buf.+99.7", "buf.099.7", "buf. 99.7", "buf.99.07", "buf.99.+7", "buf.99. 7",
 		"buf.-1.7",  "buf.0.7",   "buf.2147483648.1", "buf.99.4294967296", "buf.99.7 ",
 		"buf.99.7.", "buf.99",    "buf..7", "ring.1.2x", "rings.1.2", "Ring.1.2", "",
+		"dev.+7.3",  "dev.07.3",  "devs.7.3",
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		assert_int_equal(kvfs_ring_reg_name(bad[i], &ring, &tgid, &id), -EINVAL);
