@@ -67,6 +67,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <linux/futex.h>
 #include <linux/magic.h>
 #include <stdio.h>
@@ -85,6 +86,9 @@
 #include "fs/fs_i.h"
 #include "gpu/gpu.h"
 #include "kvfs/format.h"
+
+/* kvfs_ring_ns_path() checks components against NAME_MAX. */
+_Static_assert(KVFS_NAME_MAX == NAME_MAX, "namespace names and NAME_MAX differ");
 
 #define SPIN_NS       (50ull * 1000)   /* poll this long after the last request */
 #define SLEEP_MS      500              /* then sleep at most this long */
@@ -296,24 +300,16 @@ static struct fp_reg *buf_get(pid_t tgid, uint32_t id)
 	return found;
 }
 
-/* "ring.<tgid>.<id>", "buf.<tgid>.<id>" or "dev.<tgid>.<id>". */
+/* "ring.<tgid>.<id>", "buf.<tgid>.<id>" or "dev.<tgid>.<id>" (kvfs_ring_reg_name). */
 static int parse_name(const char *name, enum reg_kind *kind, pid_t *tgid, uint32_t *id)
 {
-	unsigned long t, i;
-	char rest;
+	uint32_t t;
+	int ring, rc = kvfs_ring_reg_name(name, &ring, &t, id);
 
-	if (sscanf(name, "ring.%lu.%lu%c", &t, &i, &rest) == 2)
-		*kind = REG_RING;
-	else if (sscanf(name, "buf.%lu.%lu%c", &t, &i, &rest) == 2)
-		*kind = REG_BUF;
-	else if (sscanf(name, "dev.%lu.%lu%c", &t, &i, &rest) == 2)
-		*kind = REG_DEV;
-	else
-		return -EINVAL;
-	if (t == 0 || t > INT32_MAX || i > UINT32_MAX)
-		return -EINVAL;
+	if (rc)
+		return rc;
+	*kind = ring == KVFS_REG_RING ? REG_RING : ring == KVFS_REG_BUF ? REG_BUF : REG_DEV;
 	*tgid = (pid_t)t;
-	*id = (uint32_t)i;
 	return 0;
 }
 
@@ -558,30 +554,36 @@ static void ring_cleanup(struct fp_reg *r)
 		}
 }
 
-/* Check a ring's header as the engine wrote it. */
+/* Check a ring's header as the engine wrote it (kvfs_ring_check). */
 static int ring_check(struct fp_reg *r)
 {
-	struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
-	uint32_t sq = h->sq_entries, cq = h->cq_entries;
+	struct kvfs_ring_geom g;
+	int rc = kvfs_ring_check(r->mem, r->size, &g);
 
-	if (r->size < sizeof(*h) || h->magic != KVFS_RING_MAGIC || h->version != KVFS_RING_VERSION)
-		return -EPROTO;
-	if (!sq || !cq || (sq & (sq - 1)) || (cq & (cq - 1)) || sq > KVFS_RING_MAX_ENTRIES ||
-	    cq > KVFS_RING_MAX_ENTRIES || cq < sq)
-		return -EINVAL;
-	if (h->sq_off < sizeof(*h) || h->sq_off % 64 || h->cq_off % 64 || h->data_off % 64 ||
-	    h->sq_off > r->size || h->cq_off > r->size || h->data_off > r->size ||
-	    h->sq_off + (uint64_t)sq * sizeof(struct kvfs_ring_sqe) > r->size ||
-	    h->cq_off + (uint64_t)cq * sizeof(struct kvfs_ring_cqe) > r->size ||
-	    h->data_bytes > r->size - h->data_off)
-		return -EINVAL;
-	r->sq_entries = sq;
-	r->cq_entries = cq;
-	r->sq_off = h->sq_off;
-	r->cq_off = h->cq_off;
-	r->data_off = h->data_off;
-	r->data_bytes = h->data_bytes;
+	if (rc)
+		return rc;
+	r->sq_entries = g.sq_entries;
+	r->cq_entries = g.cq_entries;
+	r->sq_off = g.sq_off;
+	r->cq_off = g.cq_off;
+	r->data_off = g.data_off;
+	r->data_bytes = g.data_bytes;
 	return 0;
+}
+
+/* The geometry checked at registration, for the decoders of core/ring.c. */
+static struct kvfs_ring_geom geom(const struct fp_reg *r)
+{
+	return (struct kvfs_ring_geom){r->sq_entries, r->cq_entries, r->sq_off,
+				       r->cq_off,     r->data_off,   r->data_bytes};
+}
+
+/* Payload bytes [off, off + len) of the ring's scratch area, or NULL. */
+static const uint8_t *payload(struct fp_reg *r, uint64_t off, uint64_t len)
+{
+	struct kvfs_ring_geom g = geom(r);
+
+	return kvfs_ring_payload(&g, r->mem, off, len);
 }
 
 /*
@@ -909,43 +911,26 @@ void fp_shutdown(struct kvfs_fs *fs)
 
 /* --- requests ----------------------------------------------------------------------- */
 
-/* Payload bytes [off, off + len) of the ring's scratch area, or NULL. */
-static const uint8_t *payload(struct fp_reg *r, uint64_t off, uint64_t len)
-{
-	if (off > r->data_bytes || len > r->data_bytes - off)
-		return NULL;
-	return r->mem + r->data_off + off;
-}
-
 static int64_t op_open_ns(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
 	struct kvfs_fs *fs = r->fs;
-	const uint8_t *p = payload(r, e->args[0], e->args[1]);
-	char path[4096], *comp, *save = NULL;
+	struct kvfs_ring_geom g = geom(r);
+	char path[KVFS_RING_PATH_MAX], *comp, *save = NULL;
 	struct kvfs_inode *dir, *next;
 	unsigned slot;
 	int64_t rc = 0;
 
-	if (!p || e->args[1] == 0 || e->args[1] >= sizeof(path))
+	if (kvfs_ring_ns_path(&g, r->mem, e, KVFS_CTL_NAME, path))
 		return -EINVAL;
 	for (slot = 0; slot < KVFS_RING_MAX_NS && r->ns[slot]; slot++)
 		;
 	if (slot == KVFS_RING_MAX_NS)
 		return -EMFILE;
-	memcpy(path, p, e->args[1]);
-	path[e->args[1]] = '\0';
-	if (strlen(path) != e->args[1] || path[0] == '/')
-		return -EINVAL;
 	dir = fs->root;
 	ns_get(dir, 1);
 	for (comp = strtok_r(path, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
 		if (!may(r, dir, 1)) {
 			rc = -EACCES;
-			break;
-		}
-		if (strcmp(comp, ".") == 0 || strcmp(comp, "..") == 0 || strlen(comp) > KVFS_NAME_MAX ||
-		    (dir == fs->root && strcmp(comp, KVFS_CTL_NAME) == 0)) {
-			rc = -EINVAL;
 			break;
 		}
 		next = ns_lookup(fs, dir, comp, strlen(comp));
@@ -980,19 +965,19 @@ static int64_t op_match(struct fp_reg *r, const struct kvfs_ring_sqe *e, uint64_
 {
 	struct kvfs_fs *fs = r->fs;
 	struct kvfs_inode *dir = ns_of(r, e->ns);
-	uint64_t n = e->args[1];
-	const uint8_t *keys = payload(r, e->args[0], n * KVFS_KEY_BYTES);
+	struct kvfs_ring_geom g = geom(r);
+	const uint8_t *keys;
 	struct fp_match *m = NULL;
 	char hex[KVFS_KEY_HEX + 1];
 	unsigned slot;
-	uint32_t i;
+	uint32_t i, n;
+	int rc;
 
 	if (!dir)
 		return -EBADF;
-	if (n > KVFS_RING_MAX_MATCH)
-		return -E2BIG;
-	if (!keys)
-		return -EINVAL;
+	rc = kvfs_ring_match_keys(&g, r->mem, e, &keys, &n);
+	if (rc)
+		return rc;
 	for (slot = 0; slot < KVFS_RING_MAX_MATCHES && r->matches[slot].used; slot++)
 		;
 	if (slot == KVFS_RING_MAX_MATCHES)
@@ -1204,26 +1189,26 @@ out_dev:
 static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
 	struct fp_match *m = match_of(r, e->args[0]);
-	uint64_t n = e->args[2], total = 0;
-	const uint8_t *p = payload(r, e->args[1], n * sizeof(struct kvfs_ring_desc));
+	struct kvfs_ring_geom g = geom(r);
+	uint64_t total = 0;
+	const uint8_t *p;
 	struct fp_reg *buf = NULL;
 	struct iovec iov[MAX_IOV];
+	uint32_t n;
 	bool dev_copies = false;
 	int64_t rc = 0;
 
 	if (!m)
 		return -EBADF;
-	if (n > KVFS_RING_MAX_DESCS)
-		return -E2BIG;
-	if (!p)
-		return -EINVAL;
-	for (uint64_t i = 0; i < n && !rc; i++) {
+	rc = kvfs_ring_read_descs(&g, r->mem, e, &p, &n);
+	if (rc)
+		return rc;
+	for (uint32_t i = 0; i < n && !rc; i++) {
 		struct kvfs_ring_desc d;
 		uint64_t done = 0;
 
-		memcpy(&d, p + i * sizeof(d), sizeof(d));
-		if (d.block >= m->n || d.src_off > m->sizes[d.block] ||
-		    d.len > m->sizes[d.block] - d.src_off) {
+		kvfs_ring_desc_get(p, i, &d);
+		if (d.block >= m->n || !kvfs_ring_span_ok(d.src_off, d.len, m->sizes[d.block])) {
 			rc = -EINVAL;
 			break;
 		}
@@ -1236,7 +1221,7 @@ static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 				break;
 			}
 		}
-		if (d.dst_off > buf->size || d.len > buf->size - d.dst_off) {
+		if (!kvfs_ring_span_ok(d.dst_off, d.len, buf->size)) {
 			rc = -EFAULT;
 			break;
 		}
@@ -1327,7 +1312,8 @@ static int64_t save_file(struct fp_reg *r, struct kvfs_inode *dir, const kvfs_ke
 static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
 	struct kvfs_inode *dir = ns_of(r, e->ns);
-	const uint8_t *keyp = payload(r, e->args[3], KVFS_KEY_BYTES);
+	struct kvfs_ring_geom g = geom(r);
+	const uint8_t *keyp = kvfs_ring_save_key(&g, r->mem, e);
 	struct fp_reg *buf;
 	kvfs_key key;
 	int64_t rc;
@@ -1345,10 +1331,9 @@ static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		rc = -EINVAL; /* device memory is saved with SAVE_DEV */
 		goto out;
 	}
-	if (e->args[1] > buf->size || e->args[2] > buf->size - e->args[1] || e->args[2] == 0) {
-		rc = -EFAULT;
+	rc = kvfs_ring_save_range(e, buf->size);
+	if (rc)
 		goto out;
-	}
 	memcpy(&key, keyp, sizeof(key));
 	rc = save_file(r, dir, &key, buf->mem + e->args[1], e->args[2]);
 out:

@@ -45,6 +45,7 @@
 #include <urcu/list.h>
 
 #include "core/catalog.h"
+#include "core/fault.h"
 #include "kvfs/keys.h"
 #include "tier/tier.h"
 
@@ -426,9 +427,24 @@ int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len);
  * (malloc'd). @return 0 or -errno. */
 int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, const char *buf,
 	      size_t len, char **out, size_t *outlen);
+/*
+ * The path in a write to .kvfs/where (pure: no state). One trailing newline
+ * and leading slashes are dropped; the rest must be valid UTF-8 without NUL,
+ * with no empty, "." or ".." component, shorter than @size.
+ * @return 0 and the NUL-terminated path in @path, or -EINVAL.
+ */
+int ctl_where_path(const char *req, size_t len, char *path, size_t size);
+/*
+ * A write to .kvfs/fault (pure): a spec (kvfs_fault_parse_spec) with one
+ * optional trailing newline. `arena` is refused: the arena is made once, at
+ * start (arm it with KVFS_FAULTS there).
+ * @return the number of items in @out, or -EINVAL.
+ */
+int ctl_fault_spec(const char *buf, size_t len, struct kvfs_fault_spec *out, int max);
 /* May the control file be opened for writing? for reading? */
 bool ctl_writable(unsigned id);
 bool ctl_readable(unsigned id);
+
 
 /* --- fastpath.c: rings and buffers registered under .kvfs/iovs ------------------ */
 

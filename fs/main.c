@@ -118,17 +118,6 @@ static int fail(const char *fmt, ...)
 	return 2;
 }
 
-static int parse_seconds(const char *s, double *out)
-{
-	char *end;
-	double v = strtod(s, &end);
-
-	if (!*s || *end || v < 0 || v > 86400.0 * 365)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 enum {
 	OPT_STATE = 256,
 	OPT_DRAM,
@@ -268,7 +257,7 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 				    : opt == OPT_ATTR_TIMEOUT ? &c->attr_timeout
 							      : &c->negative_timeout;
 
-			if (parse_seconds(optarg, d))
+			if (kvfs_parse_seconds(optarg, d))
 				return fail("invalid timeout '%s' (seconds, e.g. 1 or 0.5)",
 					    optarg);
 			break;

@@ -1225,14 +1225,8 @@ static int where(struct rmt *rt, const char *req, size_t len, char **out, size_t
 	json_t *root, *arr;
 	int n;
 
-	while (len && (req[len - 1] == '\n' || req[len - 1] == '\0'))
-		len--;
-	while (len && req[0] == '/')
-		req++, len--;
-	if (len == 0 || len >= sizeof(path))
+	if (ctl_where_path(req, len, path, sizeof(path)))
 		return -EINVAL;
-	memcpy(path, req, len);
-	path[len] = '\0';
 	n = remote_where(rt->r, path, h, (int)KVFS_ARRAY_SIZE(h));
 	if (n < 0)
 		return n;

@@ -373,6 +373,23 @@ struct rdma_rconn_stats {
 uint16_t rdma_crc16(const void *buf, size_t len);
 /* The hash slot (0..16383) of a key, honouring {hash tags}. */
 uint16_t rdma_key_slot(const char *key, size_t len);
+
+/* One slot range of a CLUSTER SLOTS reply: slots first..last (within
+ * 0..16383) served by the master at host:port; host_len 0 when the node
+ * did not know its own address (it is then the node that was asked). */
+struct rdma_slot_range {
+	uint16_t first, last;
+	const char *host; /* host_len bytes, not NUL-terminated */
+	size_t host_len;
+	int port; /* 1..65535 */
+};
+/* Walk a CLUSTER SLOTS reply (pure): each well-formed range, clipped to
+ * the 16384 slots, goes to @fn; malformed ones are skipped. tests/fuzz/
+ * fuzz_index.c feeds it replies hiredis parsed.
+ * @return the number of ranges passed on, or -EBADMSG if @rep is not an
+ * array. */
+int rdma_slots_reply(const struct redisReply *rep,
+		     void (*fn)(void *ctx, const struct rdma_slot_range *r), void *ctx);
 /* Is @url one of redis://HOST:PORT, unix:PATH,
  * redis-cluster://HOST:PORT[,HOST:PORT...]? @return 0 or -EINVAL (a
  * one-line reason in @err). */
@@ -437,6 +454,13 @@ void rdma_index_stop(remote *r);
 void rdma_index_queue(remote *r, int kind, const char *path, int tier, const char *node);
 /* One holder of path number @i of a batch (rdma_index_holders). */
 typedef void (*rdma_holder_fn)(void *ctx, size_t i, const char *node, int tier);
+struct redisReply;
+/* The holders in one HGETALL reply (for path number @i): pairs of a node id
+ * and a tier name; @fn is called for each well-formed pair, the others are
+ * skipped. Pure: tests/fuzz/fuzz_index.c feeds it replies hiredis parsed.
+ * @return how many pairs went to @fn, or -EBADMSG if @rep is not an array
+ * of pairs. */
+int rdma_holders_reply(const struct redisReply *rep, size_t i, rdma_holder_fn fn, void *ctx);
 /* Look up the holders of @n paths in one pipelined round trip on the query
  * connection; @fn is called for each well-formed entry. @return 0 or
  * -ENOTCONN (Redis unreachable; counted). */
