@@ -114,6 +114,8 @@ struct kvfs_inode {
 
 	/* files (inode lock) */
 	tier_obj *data;   /* NULL once evicted or deleted */
+	uint64_t gone_size; /* tier_size() of the bytes when they were detached:
+			     * st_size stays what an open reader saw (inode lock) */
 	uint32_t writers; /* writable handles not yet released */
 	uint32_t flushed; /* of which closed (flushed) and not written since */
 	uint32_t opens;   /* open handles */
@@ -307,6 +309,12 @@ void ns_persist(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in);
 void ns_forget_record(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in);
 /* Commit @b; counts errors. @return 0 or -EIO (or the fault seam's errno). */
 int ns_commit(struct kvfs_fs *fs, cat_batch *b);
+
+/*
+ * Detach @in's bytes (inode lock held), remembering their size for stat.
+ * @return the object (the caller drops or puts it), or NULL.
+ */
+tier_obj *ns_take_data(struct kvfs_inode *in);
 
 /* A file's data is gone or no longer needed: drop it if no handle is open. */
 void ns_release_data(struct kvfs_fs *fs, struct kvfs_inode *in);

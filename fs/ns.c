@@ -392,16 +392,25 @@ int ns_commit(struct kvfs_fs *fs, cat_batch *b)
 
 /* --- data ------------------------------------------------------------------ */
 
+tier_obj *ns_take_data(struct kvfs_inode *in)
+{
+	tier_obj *o = in->data;
+
+	if (o) {
+		in->gone_size = tier_size(o);
+		tier_obj_set_owner(o, NULL);
+	}
+	in->data = NULL;
+	return o;
+}
+
 /* Detach @in's bytes (fs->lock held). @return the object to drop after unlocking. */
 static tier_obj *detach_data_locked(struct kvfs_inode *in)
 {
 	tier_obj *o;
 
 	pthread_mutex_lock(&in->lock);
-	o = in->data;
-	in->data = NULL;
-	if (o)
-		tier_obj_set_owner(o, NULL);
+	o = ns_take_data(in);
 	pthread_mutex_unlock(&in->lock);
 	return o;
 }
@@ -420,12 +429,8 @@ void ns_release_data(struct kvfs_fs *fs, struct kvfs_inode *in)
 
 	pthread_mutex_lock(&fs->lock);
 	pthread_mutex_lock(&in->lock);
-	if (!in->linked && in->opens == 0) {
-		o = in->data;
-		in->data = NULL;
-		if (o)
-			tier_obj_set_owner(o, NULL);
-	}
+	if (!in->linked && in->opens == 0)
+		o = ns_take_data(in);
 	pthread_mutex_unlock(&in->lock);
 	pthread_mutex_unlock(&fs->lock);
 	drop_obj(o);

@@ -121,10 +121,14 @@ static void fill_attr(struct kvfs_fs *fs, struct kvfs_inode *in, struct stat *st
 		break;
 	case KIND_FILE:
 		st->st_nlink = in->linked ? 1 : 0;
-		if (in->data) {
-			st->st_size = (off_t)tier_size(in->data);
+		/*
+		 * Bytes gone (evicted, or lost to a bad NVMe copy under an open
+		 * reader) keep their size: a smaller st_size would make the
+		 * kernel end that reader's file early instead of failing it.
+		 */
+		st->st_size = (off_t)(in->data ? tier_size(in->data) : in->gone_size);
+		if (in->data)
 			st->st_blocks = (blkcnt_t)(tier_dram_bytes(in->data) / 512);
-		}
 		break;
 	default:
 		st->st_nlink = 1;
@@ -791,11 +795,8 @@ static tier_obj *take_data_if_closed(struct kvfs_inode *in)
 	tier_obj *o = NULL;
 
 	pthread_mutex_lock(&in->lock);
-	if (in->kind == KIND_FILE && in->opens == 0 && in->data) {
-		o = in->data;
-		in->data = NULL;
-		tier_obj_set_owner(o, NULL);
-	}
+	if (in->kind == KIND_FILE && in->opens == 0)
+		o = ns_take_data(in);
 	pthread_mutex_unlock(&in->lock);
 	return o;
 }
@@ -1133,6 +1134,13 @@ static void kvfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		n = 0;
 		for (int i = 0; i < k; i++)
 			n += (ssize_t)iov[i].iov_len;
+		/*
+		 * Out of vectors before the end of the request (small pages, a
+		 * large read): a short reply would tell the kernel the file ends
+		 * there. Copy instead.
+		 */
+		if (k == MAX_READ_IOV && (uint64_t)n < KVFS_MIN((uint64_t)size, tier_size(data) - (uint64_t)off))
+			goto copy;
 		atomic_fetch_add(&fs->ctr.read_bytes, (uint64_t)n);
 		if (k == 0)
 			fuse_reply_buf(req, NULL, 0);

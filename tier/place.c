@@ -383,6 +383,9 @@ static void lose(tier_obj *o, int why)
 	tier_mgr *m = o->mgr;
 	tier_obj *self = o;
 
+	/* Readers of several extents fail together: one loss, one count. */
+	if (atomic_fetch_or(&o->state, OBJ_LOST) & OBJ_LOST)
+		return;
 	atomic_fetch_add(&m->nvme_read_errors, 1);
 	atomic_fetch_add(&m->lost, 1);
 	log_err("NVMe: file %llu dropped: its only copy failed (%s)", (unsigned long long)o->id,

