@@ -196,6 +196,19 @@ static uint64_t g_misses(const struct snapshot *s)
 {
 	return s->misses;
 }
+/* Durability: the tier's stores and the namespace's records, together. */
+static uint64_t g_persist_failed(const struct snapshot *s)
+{
+	return s->ts.persist_failed + s->c[CTR(record_failed)];
+}
+static uint64_t g_not_durable(const struct snapshot *s)
+{
+	return s->ts.not_durable + s->c[CTR(unrecorded)];
+}
+static uint64_t g_catalog_errors(const struct snapshot *s)
+{
+	return s->ts.cat_errors + s->c[CTR(catalog_errors)];
+}
 
 static const struct figure figures[] = {
 	{"capacity_bytes", "kvfs_capacity_bytes", GAUGE, "Bytes the tiers can hold", -1, g_capacity},
@@ -305,8 +318,13 @@ static const struct figure figures[] = {
 	 "Directory entries visited by readdir", CTR(readdir_scanned), NULL},
 	{"catalog.commits", "kvfs_catalog_commits_total", COUNTER, "Catalog batches committed",
 	 CTR(catalog_commits), NULL},
-	{"catalog.errors", "kvfs_catalog_errors_total", COUNTER, "Catalog commits that failed",
-	 CTR(catalog_errors), NULL},
+	{"catalog.errors", "kvfs_catalog_errors_total", COUNTER,
+	 "Catalog commits that failed (namespace and tier records)", -1, g_catalog_errors},
+	{"persist_failed", "kvfs_persist_failed_total", COUNTER,
+	 "Sealed files that --persist through, fsync or their record could not make durable",
+	 -1, g_persist_failed},
+	{"not_durable", "kvfs_not_durable", GAUGE,
+	 "Of which still not durable (retried every second)", -1, g_not_durable},
 	{"fast_path.registrations", "kvfs_fast_path_registrations_total", COUNTER,
 	 "Rings and buffers registered under .kvfs/iovs", CTR(fp_registrations), NULL},
 	{"fast_path.requests", "kvfs_fast_path_requests_total", COUNTER,

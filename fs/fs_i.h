@@ -121,6 +121,8 @@ struct kvfs_inode {
 	uint32_t opens;   /* open handles */
 	_Atomic bool sealed;
 	bool sealing;  /* the last writer is validating; no new writers */
+	bool sync_on_seal; /* fsync()ed while unsealed: made durable when sealed */
+	bool unrecorded; /* sealed, linked, its catalog record failed: retried (fs->lock) */
 	bool invalid;  /* a native block that failed validation */
 	bool native;   /* a valid native block: key fields are set */
 	uint64_t hits;
@@ -166,6 +168,8 @@ struct kvfs_counters {
 	_Atomic uint64_t verify_failed;
 	_Atomic uint64_t catalog_commits;
 	_Atomic uint64_t catalog_errors;
+	_Atomic uint64_t record_failed; /* sealed files whose record failed (counted once) */
+	_Atomic uint64_t unrecorded;    /* of which still not in the catalog (retried) */
 	_Atomic uint64_t readdir_scanned;
 	_Atomic uint64_t files;
 	_Atomic uint64_t dirs;
@@ -309,6 +313,12 @@ void ns_persist(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in);
 void ns_forget_record(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in);
 /* Commit @b; counts errors. @return 0 or -EIO (or the fault seam's errno). */
 int ns_commit(struct kvfs_fs *fs, cat_batch *b);
+/*
+ * Record a sealed file and its name (fs->lock held). If the commit fails
+ * the file stays (served from DRAM) but is counted not durable and the
+ * worker retries its record. @return 0 or ns_commit()'s error.
+ */
+int ns_record_file_locked(struct kvfs_fs *fs, struct kvfs_inode *in);
 
 /*
  * Detach @in's bytes (inode lock held), remembering their size for stat.

@@ -390,6 +390,29 @@ int ns_commit(struct kvfs_fs *fs, cat_batch *b)
 	return 0;
 }
 
+int ns_record_file_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	cat_batch *b = cat_batch_new();
+	int rc;
+
+	ns_persist(fs, b, in);
+	rc = ns_commit(fs, b);
+	cat_batch_free(b);
+	if (rc) {
+		in->persisted = false;
+		if (!in->unrecorded) {
+			in->unrecorded = true;
+			atomic_fetch_add(&fs->ctr.record_failed, 1);
+			atomic_fetch_add(&fs->ctr.unrecorded, 1);
+		}
+		ns_mark_dirty(fs, in); /* the worker tries again */
+	} else if (in->unrecorded) {
+		in->unrecorded = false;
+		atomic_fetch_sub(&fs->ctr.unrecorded, 1);
+	}
+	return rc;
+}
+
 /* --- data ------------------------------------------------------------------ */
 
 tier_obj *ns_take_data(struct kvfs_inode *in)
@@ -655,6 +678,16 @@ void ns_flush_dirty(struct kvfs_fs *fs)
 		struct cat_inode rec;
 
 		atomic_store(&in->dirty, false);
+		if (in->unrecorded) {
+			/* A sealed file whose record failed: again, on its own. */
+			if (in->linked) {
+				ns_record_file_locked(fs, in);
+			} else {
+				in->unrecorded = false; /* deleted or evicted meanwhile */
+				atomic_fetch_sub(&fs->ctr.unrecorded, 1);
+			}
+			continue;
+		}
 		if (!in->persisted)
 			continue;
 		pthread_mutex_lock(&in->lock);
@@ -720,6 +753,8 @@ static void *worker_main(void *arg)
 		if (kvfs_mono_ns() - last_flush >= FLUSH_INTERVAL_NS) {
 			pthread_mutex_unlock(&fs->work_lock);
 			ns_flush_dirty(fs);
+			/* Sealed files a write-through or fsync could not store: again. */
+			tier_retry_persist(fs->tier);
 			last_flush = kvfs_mono_ns();
 			pthread_mutex_lock(&fs->work_lock);
 			continue;

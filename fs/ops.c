@@ -676,14 +676,7 @@ static void kvfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 		ns_get(in, 1);
 		miss_consume(fs, dir, name);
 		atomic_fetch_add(&fs->ctr.sealed, 1);
-		{
-			cat_batch *b = cat_batch_new();
-
-			ns_persist(fs, b, in);
-			if (ns_commit(fs, b))
-				in->persisted = false;
-			cat_batch_free(b);
-		}
+		ns_record_file_locked(fs, in);
 	}
 	pthread_mutex_unlock(&fs->lock);
 	if (rc)
@@ -1270,7 +1263,7 @@ int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
 	struct kvfs_block_info bi;
 	const char *why = NULL;
 	char magic[KVFS_BLOCK_MAGIC_BYTES];
-	bool native = false;
+	bool native = false, sync;
 	int valid = 0;
 
 	/* No writer is left and new ones wait on `sealing`: the bytes are stable. */
@@ -1287,6 +1280,15 @@ int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
 			valid = -EBADMSG;
 	}
 	tier_seal(data);
+	/*
+	 * fsync()ed while it was being written: durable before anyone sees it
+	 * sealed (a failure is counted and retried by the tier).
+	 */
+	pthread_mutex_lock(&in->lock);
+	sync = in->sync_on_seal && !(native && valid);
+	pthread_mutex_unlock(&in->lock);
+	if (sync && tier_persist(data) == 0)
+		tier_sync(fs->tier);
 	/* Counted before the seal is visible: whoever waits for it sees the counts. */
 	atomic_fetch_add(&fs->ctr.sealed, 1);
 
@@ -1314,12 +1316,8 @@ int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
 	atomic_store(&in->sealed, true);
 	pthread_mutex_unlock(&in->lock);
 	if (in->linked && !in->invalid) {
-		cat_batch *b = cat_batch_new();
-
-		ns_persist(fs, b, in);
-		if (ns_commit(fs, b))
-			in->persisted = false; /* still served from DRAM; the catalog lost nothing */
-		cat_batch_free(b);
+		/* On failure still served from DRAM, counted, and retried. */
+		ns_record_file_locked(fs, in);
 		rmt_link_locked(fs, in); /* offered to the cluster */
 	}
 	if (in->invalid)
@@ -1327,6 +1325,8 @@ int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
 			 in->name ? in->name->s : "?", (unsigned long long)in->ino,
 			 why ? why : "invalid");
 	pthread_mutex_unlock(&fs->lock);
+	if (sync)
+		cat_sync(fs->cat);
 
 	pthread_mutex_lock(&fs->seal_lock);
 	pthread_cond_broadcast(&fs->seal_cond);
@@ -1384,17 +1384,69 @@ static void kvfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 		fuse_reply_err(req, 0);
 }
 
+/*
+ * Make the file @in durable: its bytes on NVMe (tier_persist) and its
+ * record in the catalog; without an NVMe tier only the record can be. A
+ * file still being written is, with @mark, marked instead: its seal makes
+ * it durable before it can be opened for reading or renamed (without
+ * @mark, for a directory's fsync, it is skipped). The caller syncs the
+ * devices and the catalog afterwards. @return 0 or -EIO.
+ */
+static int persist_file(struct kvfs_fs *fs, struct kvfs_inode *in, bool mark)
+{
+	tier_obj *data = NULL;
+	int rc = 0;
+
+	if (seal_pending_unlocked(in))
+		wait_sealed(fs, in); /* closed a moment ago: its release is on the way */
+	pthread_mutex_lock(&in->lock);
+	if (!atomic_load(&in->sealed) && mark)
+		in->sync_on_seal = true; /* read by ops_seal after the tier seals */
+	if (in->invalid || (!atomic_load(&in->sealed) && !mark))
+		rc = 0; /* refused (never recorded), or not sealed: nothing to keep */
+	else if (!in->data)
+		rc = -EIO; /* lost or evicted under an open handle */
+	else
+		tier_obj_get(data = in->data);
+	pthread_mutex_unlock(&in->lock);
+	if (data) {
+		/*
+		 * -EINVAL: not sealed in the tier yet, so the seal still reads
+		 * sync_on_seal; -EOPNOTSUPP: no persistent tier.
+		 */
+		rc = tier_persist(data);
+		if (rc == -EOPNOTSUPP || rc == -EINVAL)
+			rc = 0;
+		tier_obj_put(data);
+	}
+	if (rc)
+		return -EIO;
+	pthread_mutex_lock(&fs->lock);
+	if (in->unrecorded && in->linked)
+		rc = ns_record_file_locked(fs, in) ? -EIO : 0;
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+/* After persist_file(): flush the devices and the catalog. @return 0 or -EIO. */
+static int sync_all(struct kvfs_fs *fs)
+{
+	int rc = tier_sync(fs->tier);
+
+	if (cat_sync(fs->cat))
+		rc = -EIO;
+	return rc ? -EIO : 0;
+}
+
 static void kvfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
 	struct kvfs_fs *fs = req_fs(req);
 	struct kvfs_inode *in = ino_to_inode(fs, ino);
-	bool persisted;
+	int rc = in->kind == KIND_FILE ? persist_file(fs, in, true) : 0;
 
-	pthread_mutex_lock(&fs->lock); /* the seal may be recording it right now */
-	persisted = in->persisted;
-	pthread_mutex_unlock(&fs->lock);
-	/* Bytes in DRAM cannot be made durable; a persisted record can. */
-	fuse_reply_err(req, persisted && cat_sync(fs->cat) ? EIO : 0);
+	if (!rc)
+		rc = sync_all(fs);
+	fuse_reply_err(req, -rc);
 }
 
 /* --- directories ----------------------------------------------------------------- */
@@ -1613,9 +1665,49 @@ static void kvfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_inf
 	fuse_reply_err(req, 0);
 }
 
+/* fsync of a directory: every sealed file in it is made durable (persist_file). */
 static void kvfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	fuse_reply_err(req, cat_sync(req_fs(req)->cat) ? EIO : 0);
+	struct kvfs_fs *fs = req_fs(req);
+	struct kvfs_inode *dir = ino_to_inode(fs, ino), **files = NULL;
+	size_t n = 0, cap = 0;
+	struct dnode *d;
+	int rc = 0;
+
+	if (dir->kind == KIND_DIR) {
+		pthread_mutex_lock(&fs->lock);
+		cds_list_for_each_entry(d, &dir->children, link)
+		{
+			struct kvfs_inode *child = caa_container_of(d, struct kvfs_inode, dn);
+
+			if (d->is_cursor || child->kind != KIND_FILE)
+				continue;
+			if (n == cap) {
+				size_t nc = cap ? cap * 2 : 64;
+				struct kvfs_inode **p = realloc(files, nc * sizeof(*p));
+
+				if (!p) {
+					rc = -ENOMEM;
+					break;
+				}
+				files = p;
+				cap = nc;
+			}
+			ns_get(child, 1);
+			files[n++] = child;
+		}
+		pthread_mutex_unlock(&fs->lock);
+	}
+	/* No lock held: storing may evict, and waiting for a seal blocks. */
+	for (size_t i = 0; i < n; i++) {
+		if (!rc && persist_file(fs, files[i], false))
+			rc = -EIO;
+		ns_put(fs, files[i], 1);
+	}
+	free(files);
+	if (!rc)
+		rc = sync_all(fs);
+	fuse_reply_err(req, rc == -ENOMEM ? ENOMEM : rc ? EIO : 0);
 }
 
 static void kvfs_statfs(fuse_req_t req, fuse_ino_t ino)

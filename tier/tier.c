@@ -171,6 +171,9 @@ void tier_get_stats(tier_mgr *m, struct tier_stats *st)
 	st->nvme_evictions = atomic_load(&m->nvme_evictions);
 	st->lost = atomic_load(&m->lost);
 	st->nvme_files = atomic_load(&m->nvme_files);
+	st->persist_failed = atomic_load(&m->persist_failed);
+	st->not_durable = atomic_load(&m->not_durable);
+	st->cat_errors = atomic_load(&m->cat_errors);
 	if (m->nvme) {
 		struct nvme_stats ns;
 
@@ -307,6 +310,8 @@ static void obj_died(tier_obj *o, uint64_t old_state)
 		if (old_state & OBJ_SEALED) /* pinned bytes count sealed objects only */
 			atomic_fetch_sub(&m->pinned_bytes, tier_dram_bytes(o));
 	}
+	if (old_state & OBJ_PENDING)
+		atomic_fetch_sub(&m->not_durable, 1); /* nothing left to make durable */
 	atomic_fetch_sub(&m->objects, 1);
 	obj_release_pages(o);
 	if (old_state & OBJ_NVME)
@@ -777,7 +782,10 @@ int tier_seal(tier_obj *o)
 	 * it first and still be writing it when the owner's rename returns.
 	 */
 	if (m->nvme && m->persist_through && obj_try_claim(o, OBJ_DRAM, OBJ_NVME)) {
-		place_store(o, true);
+		int st = place_store(o, true);
+
+		if (st && st != -EINVAL) /* -EINVAL: empty, nothing to store */
+			place_pending(o);
 		obj_unclaim(o);
 	}
 	pthread_mutex_lock(&m->policy.lock);

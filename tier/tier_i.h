@@ -54,6 +54,7 @@ static inline uint8_t *dram_page(const struct dram_arena *a, uint32_t id)
 #define OBJ_NVME   (1ull << 36) /* a complete copy is on NVMe (ext) */
 #define OBJ_BUSY   (1ull << 37) /* one thread is moving it between tiers */
 #define OBJ_LOST   (1ull << 38) /* its only copy failed: dropped and counted once */
+#define OBJ_PENDING (1ull << 39) /* must be made durable and is not: retried (not_durable) */
 #define OBJ_LEASES 0xffffffffull
 
 struct policy_node {
@@ -145,6 +146,7 @@ struct tier_mgr {
 
 	_Atomic uint64_t demotions, promotions, nvme_write_errors, nvme_read_errors;
 	_Atomic uint64_t nvme_evictions, lost, nvme_files;
+	_Atomic uint64_t persist_failed, not_durable, cat_errors;
 
 	_Atomic uint64_t objects;
 	_Atomic uint64_t sealed;
@@ -182,5 +184,7 @@ ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len);
 void place_free(tier_obj *o);
 /* The last lease of @o went. */
 void place_unleased(tier_obj *o);
+/* A store that had to succeed failed: @o is counted not durable until one does. */
+void place_pending(tier_obj *o);
 
 #endif

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "core/catalog.h"
+#include "core/fault.h"
 #include "core/util.h"
 #include "tier/tier.h"
 
@@ -365,6 +366,82 @@ static void test_write_through_before_seal_returns(void **state)
 	}
 }
 
+/*
+ * tier_persist: a sealed DRAM-only object is on NVMe when it returns, and
+ * after tier_sync its record brings it back; an unsealed one is refused;
+ * an empty one needs nothing and comes back at restart anyway.
+ */
+static void test_persist_makes_durable(void **state)
+{
+	struct env *e = *state;
+	cat_batch *b = cat_batch_new();
+	tier_obj *a, *w, *z, *r;
+
+	a = make(e, 60, 3 * PS + 5);
+	assert_int_equal(tier_where(a), TIER_DRAM);
+	assert_int_equal(tier_persist(a), 0);
+	assert_int_equal(tier_where(a), TIER_DRAM | TIER_NVME);
+	assert_int_equal(tier_persist(a), 0); /* already there */
+	assert_int_equal(tier_sync(e->m), 0);
+	assert_int_equal(tier_obj_new(e->m, NULL, 61, &w), 0);
+	assert_int_equal(tier_persist(w), -EINVAL); /* still being written */
+	assert_int_equal(tier_obj_new(e->m, NULL, 62, &z), 0);
+	assert_int_equal(tier_seal(z), 0);
+	assert_int_equal(tier_persist(z), 0);
+	tier_obj_put(a); /* a crash: no flush, no release */
+	release(w);
+	release(z);
+	restart(e);
+	assert_int_equal(tier_recover_begin(e->m), 0);
+	assert_int_equal(tier_recover(e->m, 60, 3 * PS + 5, 0, NULL, &r), 0);
+	check(r, 60, 3 * PS + 5);
+	release(r);
+	assert_int_equal(tier_recover(e->m, 62, 0, 0, NULL, &r), 0);
+	assert_true(tier_is_sealed(r));
+	assert_int_equal(tier_size(r), 0);
+	release(r);
+	tier_recover_end(e->m, b);
+	cat_batch_free(b);
+}
+
+/*
+ * A store that had to succeed and failed (write-through, tier_persist) is
+ * counted once, stays not durable, and tier_retry_persist stores it.
+ */
+static void test_failed_persist_is_counted_and_retried(void **state)
+{
+	struct env *e = *state;
+	struct tier_stats st;
+	tier_obj *a, *b, *c;
+
+	e->cfg.persist_through = true;
+	restart(e);
+	kvfs_fault_arm(KVFS_FAULT_NVME_WRITE, 1, EIO, true);
+	a = make(e, 70, 2 * PS);
+	b = make(e, 71, PS);
+	assert_int_equal(tier_where(a), TIER_DRAM);
+	assert_int_equal(tier_persist(a), -EIO);
+	assert_int_equal(tier_retry_persist(e->m), 2);
+	tier_get_stats(e->m, &st);
+	assert_int_equal(st.persist_failed, 2); /* files, not attempts */
+	assert_int_equal(st.not_durable, 2);
+	kvfs_fault_arm(KVFS_FAULT_CAT_WRITE, 1, EIO, false);
+	kvfs_fault_arm(KVFS_FAULT_NVME_WRITE, 0, 0, false);
+	c = make(e, 72, PS); /* its record fails: a catalog error */
+	tier_get_stats(e->m, &st);
+	assert_int_equal(st.cat_errors, 1);
+	assert_int_equal(st.not_durable, 3);
+	release(b); /* a pending object that dies is no longer owed */
+	assert_int_equal(tier_retry_persist(e->m), 0);
+	assert_int_equal(tier_where(a), TIER_DRAM | TIER_NVME);
+	assert_int_equal(tier_where(c), TIER_DRAM | TIER_NVME);
+	tier_get_stats(e->m, &st);
+	assert_int_equal(st.persist_failed, 3);
+	assert_int_equal(st.not_durable, 0);
+	release(a);
+	release(c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -378,6 +455,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_evicted_extents_wait_for_owner, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_promote_on_demand, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_persist_makes_durable, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_failed_persist_is_counted_and_retried, setup,
+						teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
