@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -565,30 +566,78 @@ bool ctl_readable(unsigned id)
 	return id != CTL_FAULT;
 }
 
-int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len, char **out,
-	      size_t *outlen)
+int ctl_where_path(const char *req, size_t len, char *path, size_t size)
 {
-	char spec[512];
+	json_t *utf8;
+	const char *p;
+
+	if (len && req[len - 1] == '\n')
+		len--;
+	while (len && req[0] == '/')
+		req++, len--;
+	if (len == 0 || len >= size || memchr(req, '\0', len))
+		return -EINVAL;
+	/* jansson validates UTF-8 (and the answer is JSON, which must be). */
+	utf8 = json_stringn(req, len);
+	if (!utf8)
+		return -EINVAL;
+	json_decref(utf8);
+	memcpy(path, req, len);
+	path[len] = '\0';
+	for (p = path;;) {
+		const char *slash = strchr(p, '/');
+		size_t n = slash ? (size_t)(slash - p) : strlen(p);
+
+		if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+			return -EINVAL;
+		if (!slash)
+			return 0;
+		p = slash + 1;
+	}
+}
+
+int ctl_fault_spec(const char *buf, size_t len, struct kvfs_fault_spec *out, int max)
+{
+	int n;
+
+	if (len && buf[len - 1] == '\n')
+		len--;
+	n = kvfs_fault_parse_spec(buf, len, out, max);
+	for (int i = 0; i < n; i++)
+		if (out[i].op == KVFS_FAULT_ARENA)
+			return -EINVAL; /* made once, at start: it could never fire */
+	return n;
+}
+
+int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, const char *buf,
+	      size_t len, char **out, size_t *outlen)
+{
+	struct kvfs_fault_spec spec[KVFS_FAULT_SPEC_MAX];
+	int n;
 
 	if (id == CTL_WHERE) {
+		char path[PATH_MAX];
 		char *ans = NULL;
-		size_t n = 0;
-		int rc = rmt_where(fs, buf, len, &ans, &n);
+		size_t alen = 0;
+		int rc = ctl_where_path(buf, len, path, sizeof(path));
 
+		/* Only for a path the caller could look up itself. */
+		if (!rc)
+			rc = ns_may_lookup(fs, cred, path);
+		if (!rc)
+			rc = rmt_where(fs, path, strlen(path), &ans, &alen);
 		if (rc)
 			return rc;
 		*out = ans;
-		*outlen = n;
+		*outlen = alen;
 		return 0;
 	}
 	if (id != CTL_FAULT)
 		return -EACCES;
-	if (len == 0 || len >= sizeof(spec))
-		return -EINVAL;
-	memcpy(spec, buf, len);
-	spec[len] = '\0';
-	if (spec[len - 1] == '\n')
-		spec[len - 1] = '\0';
-	(void)fs;
-	return kvfs_fault_parse(spec);
+	n = ctl_fault_spec(buf, len, spec, KVFS_FAULT_SPEC_MAX);
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n; i++)
+		kvfs_fault_arm(spec[i].op, spec[i].nth, spec[i].err, spec[i].sticky);
+	return 0;
 }

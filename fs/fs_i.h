@@ -45,6 +45,7 @@
 #include <urcu/list.h>
 
 #include "core/catalog.h"
+#include "core/fault.h"
 #include "kvfs/keys.h"
 #include "tier/tier.h"
 
@@ -271,6 +272,18 @@ struct kvfs_fs {
 
 extern struct kvfs_fs *kvfs_fs_global;
 
+/*
+ * Who made a request: for the checks the kernel's default_permissions does
+ * not make for us (a tree walk on the caller's behalf, a path written to a
+ * control file). uid 0 may do anything, as in the kernel.
+ */
+struct kvfs_cred {
+	uid_t uid;
+	gid_t gid;
+	int ngroups; /* supplementary groups in groups[] (more are ignored) */
+	gid_t groups[64];
+};
+
 /* --- ns.c: the tree ---------------------------------------------------------- */
 
 int ns_open(struct kvfs_fs *fs, char *err, size_t errlen);
@@ -345,15 +358,40 @@ void ns_mark_dirty(struct kvfs_fs *fs, struct kvfs_inode *in);
 /* Write queued statistics now. */
 void ns_flush_dirty(struct kvfs_fs *fs);
 
+/*
+ * May @c access @in for @mask (R_OK | W_OK | X_OK), by its mode bits the
+ * way the kernel decides (owner, else group, else other)? Caller holds
+ * fs->lock or in->lock, or does not mind a racing chmod.
+ */
+bool ns_may_access(const struct kvfs_cred *c, struct kvfs_inode *in, int mask);
+/*
+ * unlink's rule for @in (fs->lock held): write and search permission on
+ * its directory, and in a sticky directory ownership of @in or of it.
+ */
+bool ns_may_remove_locked(const struct kvfs_cred *c, struct kvfs_inode *in);
+
 /* Evict a file, or every file below a directory; counts what happened. */
 struct evict_result {
 	uint64_t files;
 	uint64_t bytes;
 	uint64_t busy;
 	uint64_t pinned;
+	uint64_t denied; /* files @cred may not remove (unlink's rule) */
 };
-/* @return the ticket of the last invalidation queued, for ns_wait_inval(). */
-uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *in, struct evict_result *res);
+/*
+ * With @cred (NULL: no checks), only files @cred could unlink are evicted,
+ * and only directories it may search are walked.
+ * @return the ticket of the last invalidation queued, for ns_wait_inval().
+ */
+uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *in, const struct kvfs_cred *cred,
+		       struct evict_result *res);
+/*
+ * Resolve @path ("a/b/c", below the root) as far as it exists, as @c's
+ * lookup would: every directory on the way must be searchable by @c.
+ * @return 0 (the path, or the part of it that exists here, may be looked
+ * up); -EACCES; -ENOTDIR if a component is a file with more after it.
+ */
+int ns_may_lookup(struct kvfs_fs *fs, const struct kvfs_cred *c, const char *path);
 
 /* Fill a catalog record from an inode (inode lock held). */
 void ns_to_record(const struct kvfs_inode *in, struct cat_inode *rec);
@@ -376,10 +414,24 @@ struct kvfs_inode *ctl_lookup(const char *name);
 const char *ctl_name(unsigned id);
 /* Build a control file's contents (malloc'd) for an open. @return 0 or -errno. */
 int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len);
-/* A write to a control file; an answer to read back, if any, goes to @out
- * (malloc'd). @return 0 or -errno. */
-int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len, char **out,
-	      size_t *outlen);
+/* A write to a control file by @cred; an answer to read back, if any, goes
+ * to @out (malloc'd). @return 0 or -errno. */
+int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, const char *buf,
+	      size_t len, char **out, size_t *outlen);
+/*
+ * The path in a write to .kvfs/where (pure: no state). One trailing newline
+ * and leading slashes are dropped; the rest must be valid UTF-8 without NUL,
+ * with no empty, "." or ".." component, shorter than @size.
+ * @return 0 and the NUL-terminated path in @path, or -EINVAL.
+ */
+int ctl_where_path(const char *req, size_t len, char *path, size_t size);
+/*
+ * A write to .kvfs/fault (pure): a spec (kvfs_fault_parse_spec) with one
+ * optional trailing newline. `arena` is refused: the arena is made once, at
+ * start (arm it with KVFS_FAULTS there).
+ * @return the number of items in @out, or -EINVAL.
+ */
+int ctl_fault_spec(const char *buf, size_t len, struct kvfs_fault_spec *out, int max);
 /* May the control file be opened for writing? for reading? */
 bool ctl_writable(unsigned id);
 bool ctl_readable(unsigned id);

@@ -335,7 +335,7 @@ void ns_to_record(const struct kvfs_inode *in, struct cat_inode *rec)
 	rec->gid = in->gid;
 	rec->atime_ns = in->atime;
 	rec->mtime_ns = __atomic_load_n(&in->mtime, __ATOMIC_RELAXED); /* a write sets it */
-	rec->ctime_ns = in->ctime;
+	rec->ctime_ns = __atomic_load_n(&in->ctime, __ATOMIC_RELAXED); /* so does ctime */
 	if (in->kind == KIND_FILE) {
 		rec->size = in->data ? tier_size(in->data) : 0;
 		rec->hits = in->hits;
@@ -497,6 +497,75 @@ void ns_evicted(void *ctx, tier_obj *const *objs, size_t n)
 	cat_batch_free(b);
 }
 
+/* --- permissions on a caller's behalf ------------------------------------------ */
+
+static bool in_group(const struct kvfs_cred *c, gid_t gid)
+{
+	if (c->gid == gid)
+		return true;
+	for (int i = 0; i < c->ngroups; i++)
+		if (c->groups[i] == gid)
+			return true;
+	return false;
+}
+
+bool ns_may_access(const struct kvfs_cred *c, struct kvfs_inode *in, int mask)
+{
+	uint32_t mode = __atomic_load_n(&in->mode, __ATOMIC_RELAXED), bits;
+
+	if (c->uid == 0) /* root: everything, but execute only with some x bit */
+		return !(mask & X_OK) || S_ISDIR(mode) || (mode & 0111);
+	if (c->uid == in->uid)
+		bits = (mode >> 6) & 7;
+	else if (in_group(c, in->gid))
+		bits = (mode >> 3) & 7;
+	else
+		bits = mode & 7;
+	return (bits & (unsigned)mask) == (unsigned)mask;
+}
+
+bool ns_may_remove_locked(const struct kvfs_cred *c, struct kvfs_inode *in)
+{
+	struct kvfs_inode *dir = in->parent;
+
+	if (!dir || !ns_may_access(c, dir, W_OK | X_OK))
+		return false;
+	if ((__atomic_load_n(&dir->mode, __ATOMIC_RELAXED) & S_ISVTX) && c->uid != 0)
+		return c->uid == in->uid || c->uid == dir->uid;
+	return true;
+}
+
+int ns_may_lookup(struct kvfs_fs *fs, const struct kvfs_cred *c, const char *path)
+{
+	struct kvfs_inode *dir = fs->root, *child;
+	const char *p = path;
+	int rc = 0;
+
+	pthread_mutex_lock(&fs->lock);
+	while (*p) {
+		const char *slash = strchr(p, '/');
+		size_t len = slash ? (size_t)(slash - p) : strlen(p);
+
+		if (dir->kind != KIND_DIR) {
+			rc = -ENOTDIR;
+			break;
+		}
+		if (!ns_may_access(c, dir, X_OK)) {
+			rc = -EACCES;
+			break;
+		}
+		child = ns_find_locked(fs, dir, p, len);
+		if (!child)
+			break; /* not here: what the cluster has is all there is */
+		dir = child;
+		if (!slash)
+			break;
+		p = slash + 1;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
 static void evict_one_locked(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in,
 			     struct evict_result *res, tier_obj **dropped, size_t *ndropped,
 			     uint64_t *ticket)
@@ -528,7 +597,8 @@ static void evict_one_locked(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode
 	atomic_fetch_add(&fs->ctr.operator_evictions, 1);
 }
 
-uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *top, struct evict_result *res)
+uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *top, const struct kvfs_cred *cred,
+		       struct evict_result *res)
 {
 	uint64_t ticket = 0;
 	cat_batch *b = cat_batch_new();
@@ -554,10 +624,14 @@ uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *top, struct evict_
 				dropped = nd;
 				dcap *= 2;
 			}
-			evict_one_locked(fs, b, in, res, dropped, &ndropped, &ticket);
+			/* Evicting removes the name: only what the caller could unlink. */
+			if (cred && !ns_may_remove_locked(cred, in))
+				res->denied++;
+			else
+				evict_one_locked(fs, b, in, res, dropped, &ndropped, &ticket);
 			continue;
 		}
-		if (in->kind != KIND_DIR)
+		if (in->kind != KIND_DIR || (cred && !ns_may_access(cred, in, X_OK)))
 			continue;
 		cds_list_for_each_entry_safe(d, dt, &in->children, link)
 		{

@@ -76,6 +76,18 @@ static struct handle *fh(struct fuse_file_info *fi)
 	return (struct handle *)(uintptr_t)fi->fh;
 }
 
+/* The caller of @req, with its supplementary groups. */
+static void req_cred(fuse_req_t req, struct kvfs_cred *c)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	int n;
+
+	c->uid = ctx->uid;
+	c->gid = ctx->gid;
+	n = fuse_req_getgroups(req, (int)KVFS_ARRAY_SIZE(c->groups), c->groups);
+	c->ngroups = n < 0 ? 0 : KVFS_MIN(n, (int)KVFS_ARRAY_SIZE(c->groups));
+}
+
 static void set_ts(struct timespec *ts, int64_t ns)
 {
 	ts->tv_sec = ns / 1000000000;
@@ -106,7 +118,7 @@ static void fill_attr(struct kvfs_fs *fs, struct kvfs_inode *in, struct stat *st
 	st->st_gid = in->gid;
 	set_ts(&st->st_atim, in->atime);
 	set_ts(&st->st_mtim, __atomic_load_n(&in->mtime, __ATOMIC_RELAXED)); /* a write sets it */
-	set_ts(&st->st_ctim, in->ctime);
+	set_ts(&st->st_ctim, __atomic_load_n(&in->ctime, __ATOMIC_RELAXED)); /* so does ctime */
 	st->st_blksize = 1 << 20;
 	switch (in->kind) {
 	case KIND_DIR:
@@ -364,7 +376,8 @@ static void kvfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 	pthread_mutex_lock(&fs->lock);
 	pthread_mutex_lock(&in->lock);
 	mode = in->mode, uid = in->uid, gid = in->gid;
-	atime = in->atime, ctime = in->ctime;
+	atime = in->atime;
+	ctime = __atomic_load_n(&in->ctime, __ATOMIC_RELAXED);
 	mtime = __atomic_load_n(&in->mtime, __ATOMIC_RELAXED); /* a write sets it */
 	if (to_set & FUSE_SET_ATTR_MODE)
 		in->mode = (in->mode & S_IFMT) | (attr->st_mode & 07777);
@@ -384,7 +397,7 @@ static void kvfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 	if (to_set & FUSE_SET_ATTR_SIZE)
 		new_mtime = now;
 	__atomic_store_n(&in->mtime, new_mtime, __ATOMIC_RELAXED); /* as a write sets it */
-	in->ctime = now;
+	__atomic_store_n(&in->ctime, now, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&in->lock);
 	if (in->persisted) {
 		cat_batch *b = cat_batch_new();
@@ -396,7 +409,8 @@ static void kvfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 			/* Undo so memory and catalog agree. */
 			pthread_mutex_lock(&in->lock);
 			in->mode = mode, in->uid = uid, in->gid = gid;
-			in->atime = atime, in->ctime = ctime;
+			in->atime = atime;
+			__atomic_store_n(&in->ctime, ctime, __ATOMIC_RELAXED);
 			__atomic_store_n(&in->mtime, mtime, __ATOMIC_RELAXED);
 			pthread_mutex_unlock(&in->lock);
 		}
@@ -544,6 +558,13 @@ static int open_file(struct kvfs_fs *fs, struct kvfs_inode *in, struct fuse_file
 	if (data) {
 		tier_truncate(data, 0);
 		tier_obj_put(data);
+		/* O_TRUNC of an existing file marks mtime and ctime (POSIX). */
+		{
+			int64_t now = (int64_t)kvfs_now_ns();
+
+			__atomic_store_n(&in->mtime, now, __ATOMIC_RELAXED);
+			__atomic_store_n(&in->ctime, now, __ATOMIC_RELAXED);
+		}
 	}
 	atomic_fetch_add(&fs->ctr.opens, 1);
 	atomic_fetch_add(&fs->ctr.open_handles, 1);
@@ -593,6 +614,49 @@ int ops_adopt_file_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char
 	return 0;
 }
 
+/*
+ * A file created by a call that will not write it (mknod, an open for
+ * reading with O_CREAT): an empty file, sealed at once and recorded
+ * (fs->lock held; nobody else can have it open yet).
+ */
+static void seal_empty_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	tier_seal(in->data);
+	atomic_store(&in->sealed, true);
+	atomic_fetch_add(&fs->ctr.sealed, 1);
+	ns_record_file_locked(fs, in);
+}
+
+/*
+ * The owner of a new inode in @dir: the caller's group, or the directory's
+ * if it is setgid (and then a new directory is setgid too). A new file keeps
+ * a setgid bit only if its creator is in its group (or root).
+ */
+static void new_owner(fuse_req_t req, struct kvfs_inode *dir, bool is_dir, mode_t *mode,
+		      uid_t *uid, gid_t *gid)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	uint32_t dmode;
+
+	pthread_mutex_lock(&dir->lock);
+	dmode = dir->mode;
+	*gid = (dmode & S_ISGID) ? dir->gid : ctx->gid;
+	pthread_mutex_unlock(&dir->lock);
+	*uid = ctx->uid;
+	if ((dmode & S_ISGID) && is_dir)
+		*mode |= S_ISGID;
+	if (!is_dir && (*mode & S_ISGID) && ctx->uid != 0 && *gid != ctx->gid) {
+		struct kvfs_cred c;
+		bool member = false;
+
+		req_cred(req, &c);
+		for (int i = 0; i < c.ngroups; i++)
+			member |= c.groups[i] == *gid;
+		if (!member)
+			*mode &= ~(mode_t)S_ISGID;
+	}
+}
+
 static void kvfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 			struct fuse_file_info *fi)
 {
@@ -618,12 +682,22 @@ static void kvfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mod
 		}
 		ns_get(in, 2); /* the kernel's lookup and the handle */
 	} else {
-		rc = ops_new_file_locked(fs, dir, name, mode, fuse_req_ctx(req)->uid,
-					 fuse_req_ctx(req)->gid, &in);
+		uid_t uid;
+		gid_t gid;
+
+		new_owner(req, dir, false, &mode, &uid, &gid);
+		rc = ops_new_file_locked(fs, dir, name, mode, uid, gid, &in);
 		if (rc) {
 			pthread_mutex_unlock(&fs->lock);
 			goto out_err;
 		}
+		/*
+		 * An open that cannot write (O_RDONLY without O_TRUNC: lock
+		 * files, flock(1)) creates an empty file, sealed at once, so it
+		 * opens for reading like any other.
+		 */
+		if ((fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC))
+			seal_empty_locked(fs, in);
 		ns_get(in, 2);
 		miss_consume(fs, dir, name);
 	}
@@ -664,19 +738,19 @@ static void kvfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 	if (rc)
 		goto out_err;
 	pthread_mutex_lock(&fs->lock);
-	if (ns_find_locked(fs, dir, name, strlen(name)))
+	if (ns_find_locked(fs, dir, name, strlen(name))) {
 		rc = -EEXIST;
-	else
-		rc = ops_new_file_locked(fs, dir, name, mode, fuse_req_ctx(req)->uid,
-					 fuse_req_ctx(req)->gid, &in);
+	} else {
+		uid_t uid;
+		gid_t gid;
+
+		new_owner(req, dir, false, &mode, &uid, &gid);
+		rc = ops_new_file_locked(fs, dir, name, mode, uid, gid, &in);
+	}
 	if (!rc) {
-		/* No writer: an empty file, sealed at once. */
-		tier_seal(in->data);
-		atomic_store(&in->sealed, true);
+		seal_empty_locked(fs, in);
 		ns_get(in, 1);
 		miss_consume(fs, dir, name);
-		atomic_fetch_add(&fs->ctr.sealed, 1);
-		ns_record_file_locked(fs, in);
 	}
 	pthread_mutex_unlock(&fs->lock);
 	if (rc)
@@ -724,15 +798,17 @@ static void kvfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 {
 	struct kvfs_fs *fs = req_fs(req);
 	struct kvfs_inode *dir = ino_to_inode(fs, parent), *in = NULL;
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	int rc = writable_dir(dir, name);
+	uid_t uid;
+	gid_t gid;
 
 	if (!rc && is_ctl_name(fs, dir, name))
 		rc = -EEXIST;
 	if (rc)
 		goto out_err;
+	new_owner(req, dir, true, &mode, &uid, &gid);
 	pthread_mutex_lock(&fs->lock);
-	rc = ops_new_dir_locked(fs, dir, name, mode, ctx->uid, ctx->gid, &in);
+	rc = ops_new_dir_locked(fs, dir, name, mode, uid, gid, &in);
 	if (!rc) {
 		miss_consume(fs, dir, name);
 		ns_get(in, 1);
@@ -979,7 +1055,7 @@ static void kvfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fus
 	pthread_mutex_lock(&src->lock);
 	rc = check_native_name(src, newname);
 	if (!rc)
-		src->ctime = (int64_t)kvfs_now_ns();
+		__atomic_store_n(&src->ctime, (int64_t)kvfs_now_ns(), __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&src->lock);
 	if (rc)
 		goto out_unlock;
@@ -1174,7 +1250,10 @@ static void kvfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
 		char *ans = NULL;
 		size_t alen = 0;
 
-		rc = ctl_write(fs, in->ctl_id, buf, size, &ans, &alen);
+		struct kvfs_cred cred;
+
+		req_cred(req, &cred);
+		rc = ctl_write(fs, &cred, in->ctl_id, buf, size, &ans, &alen);
 		if (ans) { /* the answer replaces what the handle reads */
 			pthread_mutex_lock(&in->lock);
 			free(h->buf);
@@ -1207,7 +1286,13 @@ static void kvfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	__atomic_store_n(&in->mtime, (int64_t)kvfs_now_ns(), __ATOMIC_RELAXED);
+	{
+		int64_t now = (int64_t)kvfs_now_ns();
+
+		/* A write changes the data: mtime and ctime (POSIX). */
+		__atomic_store_n(&in->mtime, now, __ATOMIC_RELAXED);
+		__atomic_store_n(&in->ctime, now, __ATOMIC_RELAXED);
+	}
 	atomic_fetch_add(&fs->ctr.writes, 1);
 	atomic_fetch_add(&fs->ctr.write_bytes, size);
 	fuse_reply_write(req, size);
@@ -1732,11 +1817,6 @@ static void kvfs_statfs(fuse_req_t req, fuse_ino_t ino)
 
 /* --- extended attributes ------------------------------------------------------------ */
 
-static const char *const xattr_names[] = {
-	"user.kvfs.tier",   "user.kvfs.hits",   "user.kvfs.pin",
-	"user.kvfs.key",    "user.kvfs.parent", "user.kvfs.tokens",
-};
-
 static void tier_names(unsigned where, char *out, size_t len)
 {
 	static const struct {
@@ -1801,25 +1881,19 @@ static void kvfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size
 		fuse_reply_buf(req, val, len);
 }
 
+/*
+ * Every user.kvfs.* attribute is virtual: read-only figures (tier, hits,
+ * key, parent, tokens) or controls (pin, evict, verify). None is listed, so
+ * `cp -a` and `rsync -X` copy none of them: onto another filesystem they
+ * would be stale copies, and onto another kvfs mount writing them back
+ * fails (EPERM). They stay readable by name (getfattr -n, kvfsctl).
+ */
 static void kvfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	struct kvfs_fs *fs = req_fs(req);
-	struct kvfs_inode *in = ino_to_inode(fs, ino);
-	char list[256], val[KVFS_KEY_HEX + 8];
-	size_t n = 0;
-
-	for (size_t i = 0; i < KVFS_ARRAY_SIZE(xattr_names); i++) {
-		if (xattr_value(in, xattr_names[i], val, sizeof(val)))
-			continue;
-		memcpy(list + n, xattr_names[i], strlen(xattr_names[i]) + 1);
-		n += strlen(xattr_names[i]) + 1;
-	}
 	if (size == 0)
-		fuse_reply_xattr(req, n);
-	else if (size < n)
-		fuse_reply_err(req, ERANGE);
+		fuse_reply_xattr(req, 0);
 	else
-		fuse_reply_buf(req, list, n);
+		fuse_reply_buf(req, NULL, 0);
 }
 
 static int parse_bool(const char *value, size_t size, bool *out)
@@ -1919,6 +1993,9 @@ static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, cons
 		if (!rc)
 			rc = set_pin(fs, in, on);
 	} else if (strcmp(name, "user.kvfs.evict") == 0) {
+		struct kvfs_cred cred;
+
+		req_cred(req, &cred);
 		rc = parse_bool(value, size, &on);
 		if (!rc && !on)
 			rc = -EINVAL;
@@ -1928,10 +2005,10 @@ static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, cons
 			/* Just closed? Let the release land first. */
 			if (seal_pending_unlocked(in))
 				wait_sealed(fs, in);
-			ticket = ns_evict_tree(fs, in, &res);
+			ticket = ns_evict_tree(fs, in, &cred, &res);
 			/* Say why it stayed. */
 			if (!res.files)
-				rc = res.pinned ? -EPERM : res.busy ? -EBUSY : 0;
+				rc = res.denied ? -EACCES : res.pinned ? -EPERM : res.busy ? -EBUSY : 0;
 			/*
 			 * Gone for stat() too by the time we reply: the kernel
 			 * holds this file's lock, not its directory's, so the
@@ -1943,9 +2020,12 @@ static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, cons
 			/*
 			 * A tree: the kernel holds this directory's lock while we
 			 * run, and dropping cached names of its entries needs it,
-			 * so those invalidations land just after the reply.
+			 * so those invalidations land just after the reply. Only
+			 * files the caller could unlink go (unlink's rule).
 			 */
-			ns_evict_tree(fs, in, &res);
+			ns_evict_tree(fs, in, &cred, &res);
+			if (!res.files && res.denied)
+				rc = -EACCES;
 		}
 	} else if (strcmp(name, "user.kvfs.verify") == 0) {
 		rc = parse_bool(value, size, &on);

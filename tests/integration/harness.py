@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -240,3 +241,18 @@ class MountTest(unittest.TestCase):
             self.fail("the sanitizer reported:\n" + reports)
         if not alive and not getattr(self, "_expect_dead", False):
             self.fail("the daemon died during the test; log:\n" + log)
+
+
+def run_python_as(uid, code, *argv, timeout=60):
+    """Run Python @code with @argv in a child with uid and gid @uid (no
+    supplementary groups); @return what it printed, decoded from JSON."""
+    def drop():
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    r = subprocess.run([sys.executable, "-c", code, *argv], preexec_fn=drop,
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError("child as uid %d failed: %s" % (uid, r.stderr))
+    return json.loads(r.stdout)
