@@ -7,7 +7,10 @@
  *   stats    JSON: capacity, use and hit rates per tier, counters
  *   metrics  Prometheus text exposition format 0.0.4, the same figures
  *   config   JSON: the running configuration
- *   fault    write-only (root): arm the fault seam, e.g. "cat_write:1:EIO"
+ *   fault    write-only (root): arm the fault seam, e.g. "cat_write:1:EIO";
+ *            parsed strictly (ctl_fault_spec), all or nothing
+ *   where    read-write (0666): write a path, read back its holders in the
+ *            cluster; only for a path the caller may look up (ns_may_lookup)
  * Every figure is defined once, in the table below, and both formats are
  * generated from it. README.md documents each field.
  */

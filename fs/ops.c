@@ -9,7 +9,9 @@
  *     sealed file (EPERM), setattr refuses truncation (EPERM), and the tier
  *     refuses writes to a sealed object. A file is sealed when its last
  *     writable handle is released. Readers cannot open an unsealed file
- *     (EBUSY), so a reader never sees a partial file.
+ *     (EBUSY), so a reader never sees a partial file. An open that cannot
+ *     write (O_CREAT|O_RDONLY) of a new name makes an empty file, sealed at
+ *     once: it would otherwise never be sealed.
  *
  *     The kernel sends RELEASE asynchronously, after close() has returned,
  *     while FLUSH comes with every close() of every descriptor (a shell's
@@ -28,6 +30,12 @@
  *     of 64 hex digits that is not its key also fails with EBADMSG.
  *  5. Unsupported: hard links, symlinks, device nodes, FIFOs and sockets
  *     (EPERM); RENAME_EXCHANGE (EINVAL); xattrs outside user.kvfs.* (ENOTSUP).
+ *     The user.kvfs.* attributes are virtual: read by name, never listed.
+ *
+ * fsync and fsyncdir make sealed files durable (tier_persist: on NVMe, then
+ * synced) or fail with EIO; see persist_file(). user.kvfs.evict and
+ * .kvfs/where act on paths the kernel never checked, so the caller's
+ * credentials (req_cred) are checked here, by unlink's and lookup's rules.
  *
  * Namespace changes commit their catalog batch before they change memory,
  * under fs->lock, so a failed commit (EIO) leaves both as they were.

@@ -16,6 +16,9 @@
  *     to the owner's `evicted` callback so the owner can forget the name;
  *     the same happens to a file whose only copy fails its checksum.
  *
+ * Durability on demand: tier_persist() puts a sealed object on NVMe now
+ * (fsync); a store that had to succeed and failed is counted and retried.
+ *
  * Persistence: the tier keeps its own catalog records (NVMe extents, under
  * CAT_NS_NVME, keyed by the owner's id) and writes them only after the data
  * they point to is on the device. The owner deletes them with its own
