@@ -1216,7 +1216,8 @@ static void kvfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		 * large read): a short reply would tell the kernel the file ends
 		 * there. Copy instead.
 		 */
-		if (k == MAX_READ_IOV && (uint64_t)n < KVFS_MIN((uint64_t)size, tier_size(data) - (uint64_t)off))
+		if (k == MAX_READ_IOV &&
+		    (uint64_t)n < KVFS_MIN((uint64_t)size, tier_size(data) - (uint64_t)off))
 			goto copy;
 		atomic_fetch_add(&fs->ctr.read_bytes, (uint64_t)n);
 		if (k == 0)
@@ -1255,10 +1256,9 @@ static void kvfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
 	int rc;
 
 	if (in->kind == KIND_CTL_FILE) {
+		struct kvfs_cred cred;
 		char *ans = NULL;
 		size_t alen = 0;
-
-		struct kvfs_cred cred;
 
 		req_cred(req, &cred);
 		rc = ctl_write(fs, &cred, in->ctl_id, buf, size, &ans, &alen);
