@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import unittest
 
 from harness import Mount, errno_of, write_file
 from test_namespace import NsTest, UsersTest, run_as
@@ -120,6 +121,26 @@ class Parsing(PosixTest):
         self.assertEqual(self.m.stats()["catalog"]["errors"], 0)
         self.assertEqual(self.write_ctl("fault", b"cat_write:1:EIO\n"), 0)
         self.assertEqual(errno_of(os.mkdir, self.m.path("e")), errno.EIO)
+
+
+class ArenaFault(unittest.TestCase):
+    """The arena fault is for the start (KVFS_FAULTS), where it fires."""
+
+    def test_arena_fault_at_start(self):
+        m = Mount(dram="64M", env={"KVFS_FAULTS": "arena:1:ENOMEM"})
+        try:
+            with self.assertRaises(RuntimeError) as cm:
+                m.start()
+            self.assertIn("arena", str(cm.exception))
+        finally:
+            m.close()
+        m = Mount(dram="64M", env={"KVFS_FAULTS": "arena:-1:ENOMEM"})
+        try:
+            with self.assertRaises(RuntimeError) as cm:
+                m.start()
+            self.assertIn("KVFS_FAULTS", str(cm.exception))
+        finally:
+            m.close()
 
 
 class CreateReadOnly(PosixTest):
@@ -245,5 +266,4 @@ class Xattrs(PosixTest):
 
 
 if __name__ == "__main__":
-    import unittest
     unittest.main()
