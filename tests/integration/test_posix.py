@@ -127,20 +127,14 @@ class ArenaFault(unittest.TestCase):
     """The arena fault is for the start (KVFS_FAULTS), where it fires."""
 
     def test_arena_fault_at_start(self):
-        m = Mount(dram="64M", env={"KVFS_FAULTS": "arena:1:ENOMEM"})
-        try:
-            with self.assertRaises(RuntimeError) as cm:
-                m.start()
-            self.assertIn("arena", str(cm.exception))
-        finally:
-            m.close()
-        m = Mount(dram="64M", env={"KVFS_FAULTS": "arena:-1:ENOMEM"})
-        try:
-            with self.assertRaises(RuntimeError) as cm:
-                m.start()
-            self.assertIn("KVFS_FAULTS", str(cm.exception))
-        finally:
-            m.close()
+        for spec, says in (("arena:1:ENOMEM", "arena"), ("arena:-1:ENOMEM", "KVFS_FAULTS")):
+            m = Mount(dram="64M", env={"KVFS_FAULTS": spec})
+            try:
+                with self.assertRaises(RuntimeError) as cm:
+                    m.start()
+                self.assertIn(says, str(cm.exception))
+            finally:
+                m.close()
 
 
 class CreateReadOnly(PosixTest):
