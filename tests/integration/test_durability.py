@@ -304,9 +304,18 @@ class PersistThrough(DiskTest):
         wait_for(lambda: self.m.stats()["not_durable"] == 0, what="the retry")
         os.unlink(self.m.path("b"))
 
+    def quiet_then_arm(self, f, spec):
+        """Arm @spec once the worker has flushed what creating @f made
+        dirty (its directory's times), so the seal's commit is the next."""
+        f.flush()
+        time.sleep(1.3)
+        self.arm(spec)
+
     def test_catalog_error_at_seal_is_counted(self):
-        self.arm("cat_write:1:EIO")
-        write_file(self.m.path("a"), content("a", MiB), tmp_suffix=".t")
+        with open(self.m.path("a.t"), "wb") as f:
+            f.write(content("a", MiB))
+            self.quiet_then_arm(f, "cat_write:1:EIO")
+        os.rename(self.m.path("a.t"), self.m.path("a"))
         st = self.m.stats()
         self.assertEqual(st["catalog"]["errors"], 1)
         self.assertEqual(st["persist_failed"], 1)
@@ -315,8 +324,8 @@ class PersistThrough(DiskTest):
 
     def test_empty_file_whose_record_failed_is_retried(self):
         os.mkdir(self.m.path("d"))
-        self.arm("cat_write:1:EIO")
-        open(self.m.path("d", "empty"), "wb").close()
+        with open(self.m.path("d", "empty"), "wb") as f:
+            self.quiet_then_arm(f, "cat_write:1:EIO")
         # readable: sealed; its record failed and is counted
         with open(self.m.path("d", "empty"), "rb") as f:
             self.assertEqual(f.read(), b"")

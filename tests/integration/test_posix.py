@@ -119,8 +119,11 @@ class Parsing(PosixTest):
             self.assertEqual(self.write_ctl("fault", bad), errno.EINVAL, bad)
         os.mkdir(self.m.path("d"))  # nothing was armed
         self.assertEqual(self.m.stats()["catalog"]["errors"], 0)
-        self.assertEqual(self.write_ctl("fault", b"cat_write:1:EIO\n"), 0)
+        # well-formed: armed (sticky, so the worker's flush cannot take it first)
+        self.assertEqual(self.write_ctl("fault", b"cat_write:1:EIO:sticky\n"), 0)
         self.assertEqual(errno_of(os.mkdir, self.m.path("e")), errno.EIO)
+        self.assertEqual(self.write_ctl("fault", b"cat_write:0:EIO"), 0)
+        os.mkdir(self.m.path("e"))
 
 
 class ArenaFault(unittest.TestCase):
