@@ -37,6 +37,7 @@ static const char *const ctl_names[CTL_NR] = {
 	[CTL_CONFIG] = "config",
 	[CTL_FAULT] = "fault",
 	[CTL_WHERE] = "where",
+	[CTL_DRAIN] = "drain",
 };
 
 #define CTL_INO_BASE (UINT64_MAX - 16)
@@ -63,7 +64,9 @@ void ctl_init(struct kvfs_fs *fs)
 		} else {
 			in->kind = KIND_CTL_FILE;
 			in->ctl_id = (uint8_t)(i - 1);
+			/* fault and drain: the owner (root) only */
 			in->mode = S_IFREG | (in->ctl_id == CTL_FAULT   ? 0200
+					      : in->ctl_id == CTL_DRAIN ? 0200
 					      : in->ctl_id == CTL_WHERE ? 0666
 									: 0444);
 			in->ino = CTL_INO_BASE + i;
@@ -415,10 +418,12 @@ static char *render_stats(struct kvfs_fs *fs)
 		json_object_set_new(root, "faults_injected", faults);
 	}
 	{
-		json_t *r = rmt_stats_json(fs);
+		json_t *r = rmt_stats_json(fs), *d = rmt_drain_json(fs);
 
 		if (r)
 			json_object_set_new(root, "remote", r);
+		if (d)
+			json_object_set_new(root, "drain", d);
 	}
 	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(root);
@@ -561,12 +566,12 @@ int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len)
 
 bool ctl_writable(unsigned id)
 {
-	return id == CTL_FAULT || id == CTL_WHERE;
+	return id == CTL_FAULT || id == CTL_WHERE || id == CTL_DRAIN;
 }
 
 bool ctl_readable(unsigned id)
 {
-	return id != CTL_FAULT;
+	return id != CTL_FAULT && id != CTL_DRAIN;
 }
 
 int ctl_where_path(const char *req, size_t len, char *path, size_t size)
@@ -635,6 +640,8 @@ int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, con
 		*outlen = alen;
 		return 0;
 	}
+	if (id == CTL_DRAIN)
+		return rmt_drain(fs, false);
 	if (id != CTL_FAULT)
 		return -EACCES;
 	n = ctl_fault_spec(buf, len, spec, KVFS_FAULT_SPEC_MAX);

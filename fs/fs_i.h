@@ -210,6 +210,7 @@ struct kvfs_config {
 	const char *token_file;
 	uint64_t lend_bytes;
 	unsigned remote_timeout_ms;
+	bool drain_on_exit; /* --drain: SIGTERM drains before leaving */
 	bool foreground;
 	bool debug;
 	const char *log_path;
@@ -226,6 +227,7 @@ struct kvfs_fs {
 	 * by its users and write-held to start and stop it */
 	struct rmt *rmt;
 	pthread_rwlock_t rmt_lock;
+	struct rmt_drain *drain; /* from the first drain on (fs->lock) */
 
 	pthread_mutex_t lock;
 	struct cds_lfht *ht;
@@ -404,6 +406,7 @@ enum ctl_file {
 	CTL_CONFIG,
 	CTL_FAULT,
 	CTL_WHERE, /* write a path, read back its holders in the cluster */
+	CTL_DRAIN, /* write anything: leave the cluster gracefully (rmt_drain) */
 	CTL_NR,
 };
 
@@ -475,6 +478,19 @@ void rmt_moved(void *ctx, tier_obj *o);
 struct json_t *rmt_stats_json(struct kvfs_fs *fs);
 /* .kvfs/where: the holders of the path in @req, as JSON (malloc'd). */
 int rmt_where(struct kvfs_fs *fs, const char *req, size_t len, char **out, size_t *outlen);
+/*
+ * Leave the cluster gracefully (`kvfsctl drain`, SIGTERM with --drain): take
+ * no more offloads, hand the lent copies we hold and our hottest files that
+ * no other live node holds (up to the peers' lent memory) to the peers,
+ * then leave (rmt_stop). Runs on its own thread; @wait blocks until done.
+ * A second call while one runs or after it is a no-op.
+ * @return 0; -ENOTCONN if this node is in no cluster; -ENOMEM; -EAGAIN.
+ */
+int rmt_drain(struct kvfs_fs *fs, bool wait);
+/* The drain's progress for .kvfs/stats ("drain"), or NULL if none began. */
+struct json_t *rmt_drain_json(struct kvfs_fs *fs);
+/* At exit, after rmt_stop: wait for the drain thread and free its state. */
+void rmt_drain_join(struct kvfs_fs *fs);
 
 /* --- fsck.c: the offline checker ------------------------------------------------- */
 

@@ -59,8 +59,10 @@ static void usage(FILE *out)
 		"  --log FILE             log file (default: stderr with -f, else STATE/kvfs.log)\n"
 		"  --log-level LEVEL      err, warn, info (default) or debug\n"
 		"  -o OPT[,OPT...]        FUSE mount options (allow_other, ...); repeatable\n"
-		"  --cluster URL          join a cluster: its index in Redis, redis://HOST:PORT\n"
-		"                         or unix:PATH (needs --cluster-token)\n"
+		"  --cluster URL          join a cluster: its index in Redis, redis://HOST:PORT,\n"
+		"                         unix:PATH, or a Redis Cluster\n"
+		"                         redis-cluster://HOST:PORT[,HOST:PORT...] (needs\n"
+		"                         --cluster-token)\n"
 		"  --cluster-token FILE   the cluster's shared secret (16+ bytes); peers\n"
 		"                         without it are refused\n"
 		"  --listen HOST:PORT     where peers reach this node (default: any port)\n"
@@ -70,6 +72,9 @@ static void usage(FILE *out)
 		"  --cluster-name NAME    key prefix in Redis (default kvfs)\n"
 		"  --remote-timeout MS    a peer that makes no progress for this long fails the\n"
 		"                         transfer: a miss (default 2000)\n"
+		"  --drain                on SIGTERM (any shutdown), leave the cluster gracefully\n"
+		"                         first: hand lent copies and files held only here to\n"
+		"                         the peers (as `kvfsctl drain` does)\n"
 		"  --fsck --state DIR     check a state directory offline (no MOUNTPOINT);\n"
 		"         [--repair]      delete the bad records; [--no-verify] skip reading\n"
 		"         [--no-verify]   every NVMe extent back\n"
@@ -132,6 +137,7 @@ enum {
 	OPT_LEND,
 	OPT_TOKEN,
 	OPT_REMOTE_TIMEOUT,
+	OPT_DRAIN,
 };
 
 static int parse_args(int argc, char **argv, struct kvfs_config *c)
@@ -162,6 +168,7 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"lend", required_argument, NULL, OPT_LEND},
 		{"cluster-token", required_argument, NULL, OPT_TOKEN},
 		{"remote-timeout", required_argument, NULL, OPT_REMOTE_TIMEOUT},
+		{"drain", no_argument, NULL, OPT_DRAIN},
 		{"foreground", no_argument, NULL, 'f'},
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
@@ -258,8 +265,10 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			c->listen = optarg;
 			break;
 		case OPT_CLUSTER:
-			if (strncmp(optarg, "redis://", 8) && strncmp(optarg, "unix:", 5))
-				return fail("invalid --cluster '%s' (redis://HOST:PORT or unix:PATH)",
+			if (strncmp(optarg, "redis://", 8) && strncmp(optarg, "unix:", 5) &&
+			    strncmp(optarg, "redis-cluster://", 16))
+				return fail("invalid --cluster '%s' (redis://HOST:PORT, unix:PATH or "
+					    "redis-cluster://HOST:PORT[,HOST:PORT...])",
 					    optarg);
 			c->cluster = optarg;
 			break;
@@ -287,6 +296,9 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			c->remote_timeout_ms = (unsigned)ms;
 			break;
 		}
+		case OPT_DRAIN:
+			c->drain_on_exit = true;
+			break;
 		case OPT_FSCK:
 			c->fsck = true;
 			break;
@@ -349,7 +361,7 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 	if (rmt_configured(c) && !c->token_file)
 		return fail("--cluster and --listen need --cluster-token FILE (the shared secret)");
 	if (!rmt_configured(c) && (c->token_file || c->node_id || c->lend_bytes || c->fabric ||
-				   c->cluster_name || c->remote_timeout_ms))
+				   c->cluster_name || c->remote_timeout_ms || c->drain_on_exit))
 		return fail("remote tier options need --cluster URL or --listen HOST:PORT");
 	if (optind != argc - 1)
 		return fail(optind == argc ? "missing MOUNTPOINT (see kvfs --help)"
@@ -567,6 +579,10 @@ static int run(struct kvfs_fs *fs)
 	log_info("unmounting %s", c->mountpoint);
 	ns_notify_off(fs); /* before the unmount closes /dev/fuse */
 	fuse_session_unmount(fs->se);
+	/* --drain: what only we hold goes to the peers before we leave (the
+	 * mount is gone, the bytes are not). */
+	if (c->drain_on_exit && rmt_drain(fs, true) == 0)
+		log_info("drained before exit");
 	rmt_stop(fs); /* leaves the cluster; peers' leases end */
 	/* A planned restart loses nothing: DRAM-only files go to NVMe now. */
 	tier_flush(fs->tier);
@@ -584,6 +600,7 @@ out:
 		rc = 1;
 	}
 	rmt_stop(fs);
+	rmt_drain_join(fs);
 	ns_close(fs);
 	cat_close(fs->cat);
 	tier_close(fs->tier);

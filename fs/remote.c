@@ -548,7 +548,9 @@ int rmt_fetch(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
 
 /* --- spilling evicted files to peers -------------------------------------------------- */
 
-static void spill(struct rmt *rt, tier_obj *o)
+/* Offload @o's bytes to a peer's lent memory under its path.
+ * @return 0 or the error of remote_offload (-ENOENT: no name, -ENOMEM). */
+static int spill(struct rmt *rt, tier_obj *o, bool evicting)
 {
 	struct kvfs_fs *fs = rt->fs;
 	struct kvfs_inode *in;
@@ -558,10 +560,10 @@ static void spill(struct rmt *rt, tier_obj *o)
 	bool have_xxh = false;
 	void *buf = NULL;
 	size_t max;
-	int n, rc;
+	int n, rc = -EIO;
 
 	if (size == 0)
-		return;
+		return -ENOENT;
 	pthread_mutex_lock(&fs->lock);
 	in = tier_obj_owner(o);
 	n = in && in->linked && in->kind == KIND_FILE ? ns_path_locked(fs, in, path, sizeof(path))
@@ -574,7 +576,7 @@ static void spill(struct rmt *rt, tier_obj *o)
 	}
 	pthread_mutex_unlock(&fs->lock);
 	if (n <= 0)
-		return;
+		return -ENOENT;
 	max = size / tier_page_size(fs->tier) + 2;
 	iov = malloc(max * sizeof(*iov));
 	n = iov ? tier_read_iov(o, 0, size, iov, (int)max) : -ENOMEM;
@@ -592,7 +594,9 @@ static void spill(struct rmt *rt, tier_obj *o)
 		if (!have_xxh)
 			xxh = remote_checksum(iov, n);
 		rc = remote_offload(rt->r, path, iov, n, xxh);
-		if (rc == 0) {
+		if (!evicting) {
+			/* a drain's hand-over: counted there */
+		} else if (rc == 0) {
 			atomic_fetch_add(&rt->spilled, 1);
 		} else {
 			atomic_fetch_add(&rt->spill_failed, 1);
@@ -602,6 +606,7 @@ static void spill(struct rmt *rt, tier_obj *o)
 	}
 	free(buf);
 	free(iov);
+	return n < 0 ? n : rc;
 }
 
 void rmt_spill(void *ctx, tier_obj *o)
@@ -610,7 +615,7 @@ void rmt_spill(void *ctx, tier_obj *o)
 
 	pthread_rwlock_rdlock(&fs->rmt_lock);
 	if (fs->rmt)
-		spill(fs->rmt, o);
+		(void)spill(fs->rmt, o, true);
 	pthread_rwlock_unlock(&fs->rmt_lock);
 }
 
@@ -628,6 +633,323 @@ void rmt_moved(void *ctx, tier_obj *o)
 		pthread_mutex_unlock(&fs->lock);
 	}
 	pthread_rwlock_unlock(&fs->rmt_lock);
+}
+
+/* --- leaving the cluster gracefully (drain) ------------------------------------------------ */
+
+enum drain_state { DRAIN_NONE, DRAIN_LENT, DRAIN_FILES, DRAIN_LEAVING, DRAIN_DONE };
+
+static const char *const drain_names[] = {
+	[DRAIN_NONE] = "none",
+	[DRAIN_LENT] = "handing over lent copies",
+	[DRAIN_FILES] = "handing over files held only here",
+	[DRAIN_LEAVING] = "leaving",
+	[DRAIN_DONE] = "drained",
+};
+
+/* One per daemon, from the first drain on (fs->drain; freed by rmt_drain_join). */
+struct rmt_drain {
+	struct kvfs_fs *fs;
+	pthread_t thread;
+	_Atomic int state;
+	_Atomic uint64_t lent_total, lent_moved, lent_failed, files_only_here, files_moved,
+		files_failed, files_no_room, bytes_moved, budget;
+	uint64_t started_ns;
+	_Atomic uint64_t done_ns;
+};
+
+/* A file of ours that may go to a peer: its path and how hot it is. */
+struct drain_cand {
+	char *path;
+	uint64_t hits, size;
+	int64_t atime;
+};
+
+struct drain_list {
+	struct drain_cand *v;
+	size_t n, cap;
+};
+
+/* Every sealed, named file below @in (fs->lock held). */
+static void collect_locked(struct kvfs_fs *fs, struct kvfs_inode *in, struct drain_list *l)
+{
+	struct dnode *d;
+
+	if (in->kind == KIND_DIR) {
+		cds_list_for_each_entry(d, &in->children, link) if (!d->is_cursor)
+			collect_locked(fs, caa_container_of(d, struct kvfs_inode, dn), l);
+		return;
+	}
+	if (in->kind != KIND_FILE || !in->linked)
+		return;
+	{
+		struct drain_cand c = {0};
+		char path[PATH_MAX];
+		bool ok;
+
+		pthread_mutex_lock(&in->lock);
+		ok = in->data && atomic_load(&in->sealed) && !in->invalid;
+		if (ok) {
+			c.hits = in->hits;
+			c.atime = in->atime;
+			c.size = tier_size(in->data);
+		}
+		pthread_mutex_unlock(&in->lock);
+		if (!ok || !c.size || ns_path_locked(fs, in, path, sizeof(path)) <= 0)
+			return;
+		if (l->n == l->cap) {
+			size_t cap = l->cap ? 2 * l->cap : 256;
+			struct drain_cand *v = realloc(l->v, cap * sizeof(*v));
+
+			if (!v)
+				return;
+			l->v = v;
+			l->cap = cap;
+		}
+		c.path = strdup(path);
+		if (c.path)
+			l->v[l->n++] = c;
+	}
+}
+
+/* Hottest first: more hits, then more recently used. */
+static int cand_cmp(const void *a, const void *b)
+{
+	const struct drain_cand *x = a, *y = b;
+
+	if (x->hits != y->hits)
+		return x->hits < y->hits ? 1 : -1;
+	return x->atime < y->atime ? 1 : x->atime > y->atime ? -1 : 0;
+}
+
+/* Offload the file at @path, if it is still ours and sealed. */
+static int hand_over_file(struct rmt *rt, const char *path)
+{
+	struct kvfs_inode *in = resolve(rt->fs, path);
+	tier_obj *o = NULL;
+	int rc = -ENOENT;
+
+	if (!in)
+		return -ENOENT;
+	pthread_mutex_lock(&in->lock);
+	if (in->kind == KIND_FILE && in->data && atomic_load(&in->sealed) && !in->invalid &&
+	    tier_lease(in->data) == 0) {
+		o = in->data;
+		tier_obj_get(o);
+	}
+	pthread_mutex_unlock(&in->lock);
+	if (o) {
+		rc = spill(rt, o, false);
+		tier_unlease(o);
+		tier_obj_put(o);
+	}
+	ns_put(rt->fs, in, 1);
+	return rc;
+}
+
+/*
+ * What the live peers' lent memory holds, in bytes: the budget of a drain's
+ * own files. Not only their free room: lent memory is a cache, and our
+ * hottest files, about to be lost, are worth more than the least recently
+ * used copies there, which an offload to a full lender displaces.
+ */
+static uint64_t peers_room(struct rmt *rt)
+{
+	struct remote_peer p[64];
+	int n = remote_peers(rt->r, p, (int)KVFS_ARRAY_SIZE(p));
+	uint64_t room = 0;
+
+	for (int i = 0; i < n && i < (int)KVFS_ARRAY_SIZE(p); i++)
+		if (p[i].alive && !p[i].self)
+			room += p[i].lend_total;
+	return room;
+}
+
+#define DRAIN_BATCH 256
+
+/* Our files that no other live node holds, hottest first, up to the peers'
+ * lent memory. */
+static void drain_files(struct rmt *rt, struct rmt_drain *d)
+{
+	struct kvfs_fs *fs = rt->fs;
+	struct drain_list l = {0};
+	uint64_t room = peers_room(rt), used = 0;
+
+	atomic_store(&d->budget, room);
+	pthread_mutex_lock(&fs->lock);
+	collect_locked(fs, fs->root, &l);
+	pthread_mutex_unlock(&fs->lock);
+	qsort(l.v, l.n, sizeof(*l.v), cand_cmp);
+	for (size_t at = 0; at < l.n; at += DRAIN_BATCH) {
+		size_t k = KVFS_MIN((size_t)DRAIN_BATCH, l.n - at);
+		const char *paths[DRAIN_BATCH];
+		struct remote_loc loc[DRAIN_BATCH];
+
+		for (size_t i = 0; i < k; i++)
+			paths[i] = l.v[at + i].path;
+		if (remote_locate(rt->r, paths, k, loc)) {
+			/* The index is unreachable: whoever holds what is unknown;
+			 * hand over the batch (a copy too many is only a cache). */
+			memset(loc, 0, sizeof(loc));
+		}
+		for (size_t i = 0; i < k; i++) {
+			const struct drain_cand *c = &l.v[at + i];
+			int rc;
+
+			if (loc[i].holders)
+				continue; /* another live node has it */
+			atomic_fetch_add(&d->files_only_here, 1);
+			if (used + c->size > room) {
+				atomic_fetch_add(&d->files_no_room, 1);
+				continue;
+			}
+			rc = hand_over_file(rt, c->path);
+			if (rc == 0) {
+				used += c->size;
+				atomic_fetch_add(&d->files_moved, 1);
+				atomic_fetch_add(&d->bytes_moved, c->size);
+			} else if (rc == -ENOSPC) {
+				atomic_fetch_add(&d->files_no_room, 1);
+			} else if (rc != -ENOENT) {
+				atomic_fetch_add(&d->files_failed, 1);
+			}
+		}
+	}
+	for (size_t i = 0; i < l.n; i++)
+		free(l.v[i].path);
+	free(l.v);
+}
+
+static void drain_run(struct kvfs_fs *fs, struct rmt_drain *d)
+{
+	struct rmt *rt;
+	char **paths = NULL;
+	int n;
+
+	pthread_rwlock_rdlock(&fs->rmt_lock);
+	rt = fs->rmt;
+	if (!rt)
+		goto out_unlock;
+	remote_set_draining(rt->r);
+	log_info("remote: draining: taking no more offloads, handing over what we hold");
+	atomic_store(&d->state, DRAIN_LENT);
+	n = remote_lent_paths(rt->r, &paths);
+	atomic_store(&d->lent_total, n > 0 ? (uint64_t)n : 0);
+	for (int i = 0; i < n; i++) {
+		uint64_t bytes = 0;
+		int rc = remote_hand_over_lent(rt->r, paths[i], &bytes);
+
+		if (rc == 0) {
+			atomic_fetch_add(&d->lent_moved, 1);
+			atomic_fetch_add(&d->bytes_moved, bytes);
+		} else if (rc != -ENOENT) {
+			atomic_fetch_add(&d->lent_failed, 1);
+		}
+	}
+	if (n > 0)
+		remote_free_paths(paths, (size_t)n);
+	atomic_store(&d->state, DRAIN_FILES);
+	drain_files(rt, d);
+out_unlock:
+	pthread_rwlock_unlock(&fs->rmt_lock);
+	/* Our entries and heartbeat go; peers see us gone at their next refresh. */
+	atomic_store(&d->state, DRAIN_LEAVING);
+	rmt_stop(fs);
+	atomic_store(&d->done_ns, kvfs_mono_ns());
+	atomic_store(&d->state, DRAIN_DONE);
+	log_info("remote: drained: %llu lent copies and %llu files handed over (%llu bytes), "
+		 "left the cluster",
+		 (unsigned long long)atomic_load(&d->lent_moved),
+		 (unsigned long long)atomic_load(&d->files_moved),
+		 (unsigned long long)atomic_load(&d->bytes_moved));
+}
+
+static void *drain_thread(void *arg)
+{
+	struct rmt_drain *d = arg;
+
+	drain_run(d->fs, d);
+	return NULL;
+}
+
+int rmt_drain(struct kvfs_fs *fs, bool wait)
+{
+	struct rmt_drain *d;
+	bool joined;
+	int rc = 0;
+
+	pthread_rwlock_rdlock(&fs->rmt_lock);
+	joined = fs->rmt && fs->cfg.cluster;
+	pthread_rwlock_unlock(&fs->rmt_lock);
+	pthread_mutex_lock(&fs->lock);
+	d = fs->drain;
+	if (d)
+		goto out_unlock; /* under way or done: nothing new */
+	if (!joined) {
+		rc = -ENOTCONN;
+		goto out_unlock;
+	}
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		rc = -ENOMEM;
+		goto out_unlock;
+	}
+	d->fs = fs;
+	d->started_ns = kvfs_mono_ns();
+	atomic_store(&d->state, DRAIN_LENT);
+	rc = -pthread_create(&d->thread, NULL, drain_thread, d);
+	if (rc) {
+		free(d);
+		d = NULL;
+		goto out_unlock;
+	}
+	fs->drain = d;
+out_unlock:
+	pthread_mutex_unlock(&fs->lock);
+	if (rc == 0 && wait && d)
+		while (atomic_load(&d->state) != DRAIN_DONE)
+			usleep(10000);
+	return rc;
+}
+
+void rmt_drain_join(struct kvfs_fs *fs)
+{
+	if (!fs->drain)
+		return;
+	pthread_join(fs->drain->thread, NULL);
+	free(fs->drain);
+	fs->drain = NULL;
+}
+
+json_t *rmt_drain_json(struct kvfs_fs *fs)
+{
+	struct rmt_drain *d;
+	json_t *o;
+	uint64_t end;
+
+	pthread_mutex_lock(&fs->lock);
+	d = fs->drain;
+	pthread_mutex_unlock(&fs->lock);
+	if (!d)
+		return NULL;
+	end = atomic_load(&d->done_ns);
+	o = json_object();
+	json_object_set_new(o, "state", json_string(drain_names[atomic_load(&d->state)]));
+#define SET(name, v) json_object_set_new(o, name, json_integer((json_int_t)atomic_load(&d->v)))
+	SET("lent_copies", lent_total);
+	SET("lent_moved", lent_moved);
+	SET("lent_failed", lent_failed);
+	SET("files_only_here", files_only_here);
+	SET("files_moved", files_moved);
+	SET("files_failed", files_failed);
+	SET("files_no_room", files_no_room);
+	SET("bytes_moved", bytes_moved);
+	SET("peers_room_bytes", budget);
+#undef SET
+	json_object_set_new(
+		o, "seconds",
+		json_real((double)((end ? end : kvfs_mono_ns()) - d->started_ns) / 1e9));
+	return o;
 }
 
 /* --- start, stop -------------------------------------------------------------------------- */
@@ -695,12 +1017,16 @@ int rmt_start(struct kvfs_fs *fs, char *err, size_t errlen)
 
 void rmt_stop(struct kvfs_fs *fs)
 {
-	struct rmt *rt = fs->rmt;
+	struct rmt *rt;
 
-	if (!rt)
-		return;
-	/* No more publishing, fetching or spilling; those under way finish first. */
+	/* No more publishing, fetching or spilling; those under way finish first.
+	 * (A drain's thread and the shut-down may both get here: one stops it.) */
 	pthread_rwlock_wrlock(&fs->rmt_lock);
+	rt = fs->rmt;
+	if (!rt) {
+		pthread_rwlock_unlock(&fs->rmt_lock);
+		return;
+	}
 	pthread_mutex_lock(&fs->lock);
 	__atomic_store_n(&fs->rmt, NULL, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&fs->lock);
@@ -758,6 +1084,8 @@ static json_t *stats_json(struct rmt *rt)
 	SET("index_lookups", st.index_lookups);
 	SET("index_updates", st.index_updates);
 	SET("stale_repaired", st.stale_repaired);
+	SET("index_redirects", st.index_redirects);
+	SET("index_map_refreshes", st.index_map_refreshes);
 #undef SET
 	arr = json_array();
 	n = remote_peers(rt->r, peers, (int)KVFS_ARRAY_SIZE(peers));

@@ -278,10 +278,66 @@ void remote_unpublish(remote *r, const char *path)
  * command group per path: its entries (resync), or their removal (leave). */
 struct pub_walk {
 	remote *r;
-	redisContext *c;
+	struct rdma_rconn *c;
 	size_t n;
 	bool leave;
 };
+
+/* remote_lent_paths(): collect the paths published as lent copies. */
+struct lent_walk {
+	char **paths;
+	size_t n, cap;
+	int rc;
+};
+
+static void lent_visit(const void *node, VISIT which, void *arg)
+{
+	const struct rdma_pub *p = *(struct rdma_pub *const *)node;
+	struct lent_walk *w = arg;
+
+	if ((which != postorder && which != leaf) || p->tier != REMOTE_TIER_LENT || w->rc)
+		return;
+	if (w->n == w->cap) {
+		size_t cap = w->cap ? 2 * w->cap : 64;
+		char **np = realloc(w->paths, cap * sizeof(*np));
+
+		if (!np) {
+			w->rc = -ENOMEM;
+			return;
+		}
+		w->paths = np;
+		w->cap = cap;
+	}
+	w->paths[w->n] = strdup(p->path);
+	if (!w->paths[w->n]) {
+		w->rc = -ENOMEM;
+		return;
+	}
+	w->n++;
+}
+
+int remote_lent_paths(remote *r, char ***out)
+{
+	struct lent_walk w = {0};
+
+	*out = NULL;
+	pthread_mutex_lock(&r->pub_lock);
+	twalk_r(r->pub, lent_visit, &w);
+	pthread_mutex_unlock(&r->pub_lock);
+	if (w.rc) {
+		remote_free_paths(w.paths, w.n);
+		return w.rc;
+	}
+	*out = w.paths;
+	return (int)w.n;
+}
+
+void remote_free_paths(char **paths, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(paths[i]);
+	free(paths);
+}
 
 /* --- the update queue ----------------------------------------------------- */
 
@@ -362,43 +418,16 @@ int remote_flush(remote *r, uint32_t timeout_ms)
 
 /* --- Redis plumbing ------------------------------------------------------- */
 
-static redisContext *redis_connect(const char *url, uint32_t timeout_ms)
+typedef struct rdma_rconn rconn;
+
+/* Queue one command of @argc binary-safe arguments (the key is argv[1]). */
+static void cmd(rconn *c, int argc, const char **argv, const size_t *lens)
 {
-	struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
-	redisContext *c = NULL;
-
-	if (strncmp(url, "unix:", 5) == 0) {
-		const char *path = url + 5;
-
-		if (strncmp(path, "//", 2) == 0)
-			path += 2;
-		c = redisConnectUnixWithTimeout(path, tv);
-	} else if (strncmp(url, "redis://", 8) == 0) {
-		char host[256];
-		const char *hp = url + 8, *colon = strrchr(hp, ':');
-		size_t n = colon ? (size_t)(colon - hp) : strlen(hp);
-		int port = colon ? atoi(colon + 1) : 6379;
-
-		if (n == 0 || n >= sizeof(host))
-			return NULL;
-		memcpy(host, hp, n);
-		host[n] = '\0';
-		c = redisConnectWithTimeout(host, port, tv);
-	}
-	if (c && (c->err || redisSetTimeout(c, tv) != REDIS_OK)) {
-		redisFree(c);
-		c = NULL;
-	}
-	return c;
+	if (rdma_rconn_append(c, argc, argv, lens))
+		log_debug("rdma: redis: out of memory queueing %.*s", (int)lens[0], argv[0]);
 }
 
-/* Queue one command of @argc binary-safe arguments. */
-static void cmd(redisContext *c, int argc, const char **argv, const size_t *lens)
-{
-	redisAppendCommandArgv(c, argc, argv, lens);
-}
-
-static void cmd2(redisContext *c, const char *a, const char *b, size_t blen)
+static void cmd2(rconn *c, const char *a, const char *b, size_t blen)
 {
 	const char *argv[] = {a, b};
 	size_t lens[] = {strlen(a), blen};
@@ -406,8 +435,7 @@ static void cmd2(redisContext *c, const char *a, const char *b, size_t blen)
 	cmd(c, 2, argv, lens);
 }
 
-static void cmd3(redisContext *c, const char *a, const char *b, size_t blen, const char *d,
-		 size_t dlen)
+static void cmd3(rconn *c, const char *a, const char *b, size_t blen, const char *d, size_t dlen)
 {
 	const char *argv[] = {a, b, d};
 	size_t lens[] = {strlen(a), blen, dlen};
@@ -415,26 +443,45 @@ static void cmd3(redisContext *c, const char *a, const char *b, size_t blen, con
 	cmd(c, 3, argv, lens);
 }
 
-/* Read @n replies. @return 0; -EIO if the connection broke (replies that
- * are errors are counted, not fatal). */
-static int replies(remote *r, redisContext *c, size_t n)
+/* Send what is queued and drop the replies. @return 0; -EIO if some got no
+ * reply (the connection broke; a cluster could not reach a slot's node in
+ * time); replies that are errors are counted, not fatal. */
+static int replies(remote *r, rconn *c)
 {
-	for (size_t i = 0; i < n; i++) {
-		redisReply *rep = NULL;
+	redisReply **reps;
+	size_t n;
+	int rc = rdma_rconn_exec(c, &reps, &n);
 
-		if (redisGetReply(c, (void **)&rep) != REDIS_OK || !rep)
-			return -EIO;
-		if (rep->type == REDIS_REPLY_ERROR) {
+	for (size_t i = 0; i < n; i++)
+		if (reps[i] && reps[i]->type == REDIS_REPLY_ERROR) {
 			STAT_INC(r, redis_errors);
-			log_debug("rdma: redis: %s", rep->str);
+			log_debug("rdma: redis: %s", reps[i]->str);
 		}
-		freeReplyObject(rep);
+	rdma_rconn_free_replies(reps, n);
+	return rc ? -EIO : 0;
+}
+
+/* Send what is queued, which ends with one command whose reply is wanted:
+ * @return it (free with freeReplyObject), or NULL if it got none. */
+static redisReply *last_reply(remote *r, rconn *c)
+{
+	redisReply **reps, *rep = NULL;
+	size_t n;
+
+	rdma_rconn_exec(c, &reps, &n);
+	if (n) {
+		rep = reps[n - 1];
+		reps[n - 1] = NULL;
 	}
-	return 0;
+	for (size_t i = 0; i + 1 < n; i++)
+		if (reps[i] && reps[i]->type == REDIS_REPLY_ERROR)
+			STAT_INC(r, redis_errors);
+	rdma_rconn_free_replies(reps, n);
+	return rep;
 }
 
 /* HSET f:<path> <node> <tier>; SADD held:<node> <path>; SADD dirs <ancestors>. */
-static size_t put_pub(remote *r, redisContext *c, const char *path, size_t len, int tier)
+static size_t put_pub(remote *r, rconn *c, const char *path, size_t len, int tier)
 {
 	char key[KEY_MAX], held[256];
 	const char *tname = rdma_tier_name(tier);
@@ -468,7 +515,7 @@ static size_t put_pub(remote *r, redisContext *c, const char *path, size_t len, 
 }
 
 /* HDEL f:<path> <node>; SREM held:<node> <path>. */
-static size_t put_unpub(remote *r, redisContext *c, const char *path, size_t len, const char *node)
+static size_t put_unpub(remote *r, rconn *c, const char *path, size_t len, const char *node)
 {
 	char key[KEY_MAX], held[256];
 	int kl = rdma_key(key, sizeof(key), r->prefix, "f:", path);
@@ -479,7 +526,7 @@ static size_t put_unpub(remote *r, redisContext *c, const char *path, size_t len
 	return 2;
 }
 
-static int heartbeat(remote *r, redisContext *c)
+static int heartbeat(remote *r, rconn *c)
 {
 	struct rdma_node_rec rec = {0};
 	char key[256], nodes[128], val[256], px[32];
@@ -487,8 +534,10 @@ static int heartbeat(remote *r, redisContext *c)
 
 	memcpy(rec.addr, r->fab.name, r->fab.name_len);
 	rec.addr_len = (uint32_t)r->fab.name_len;
-	rec.lend_total = r->srv ? r->lend_bytes : 0;
-	rec.lend_free = rdma_server_lend_free(r);
+	/* A draining node offers no lent memory: peers take it off their
+	 * rings at their next membership refresh. */
+	rec.lend_total = r->srv && !atomic_load(&r->draining) ? r->lend_bytes : 0;
+	rec.lend_free = rec.lend_total ? rdma_server_lend_free(r) : 0;
 	rec.boot = r->boot;
 	snprintf(rec.prov, sizeof(rec.prov), "%s", r->fab.prov);
 	vl = rdma_node_rec_format(val, sizeof(val), &rec);
@@ -504,25 +553,26 @@ static int heartbeat(remote *r, redisContext *c)
 		cmd(c, 5, argv, lens);
 	}
 	cmd3(c, "SADD", nodes, strlen(nodes), r->node_id, strlen(r->node_id));
-	return replies(r, c, 2);
+	return replies(r, c);
 }
 
-static int membership(remote *r, redisContext *c)
+/* SMEMBERS nodes, then GET node:<id> for each (pipelined; one GET per key
+ * rather than an MGET, whose keys a cluster would spread over slots). */
+static int membership(remote *r, rconn *c)
 {
 	char nodes[128];
 	char(*ids)[REMOTE_NODE_ID_MAX] = NULL;
 	struct rdma_node_rec *recs = NULL;
 	bool *ok = NULL;
-	redisReply *rep = NULL, *vals = NULL;
-	const char **argv = NULL;
-	size_t *lens = NULL;
-	char(*keys)[128] = NULL;
+	redisReply *rep = NULL, **vals = NULL;
+	size_t nvals = 0;
 	uint32_t n = 0;
 	int rc = 0;
 
 	rdma_key(nodes, sizeof(nodes), r->prefix, "nodes", NULL);
 	cmd2(c, "SMEMBERS", nodes, strlen(nodes));
-	if (redisGetReply(c, (void **)&rep) != REDIS_OK || !rep)
+	rep = last_reply(r, c);
+	if (!rep)
 		return -EIO;
 	if (rep->type != REDIS_REPLY_ARRAY) {
 		STAT_INC(r, redis_errors);
@@ -531,15 +581,13 @@ static int membership(remote *r, redisContext *c)
 	ids = calloc(RDMA_MAX_PEERS, sizeof(*ids));
 	recs = calloc(RDMA_MAX_PEERS, sizeof(*recs));
 	ok = calloc(RDMA_MAX_PEERS, sizeof(*ok));
-	argv = calloc(RDMA_MAX_PEERS + 1, sizeof(*argv));
-	lens = calloc(RDMA_MAX_PEERS + 1, sizeof(*lens));
-	keys = calloc(RDMA_MAX_PEERS, sizeof(*keys));
-	if (!ids || !recs || !ok || !argv || !lens || !keys) {
+	if (!ids || !recs || !ok) {
 		rc = -ENOMEM;
 		goto out;
 	}
 	for (size_t i = 0; i < rep->elements && n < RDMA_MAX_PEERS; i++) {
 		redisReply *e = rep->element[i];
+		char key[128];
 
 		if (e->type != REDIS_REPLY_STRING || e->len >= REMOTE_NODE_ID_MAX)
 			continue;
@@ -547,25 +595,17 @@ static int membership(remote *r, redisContext *c)
 		ids[n][e->len] = '\0';
 		if (!rdma_node_id_valid(ids[n]))
 			continue;
-		rdma_key(keys[n], sizeof(keys[n]), r->prefix, "node:", ids[n]);
-		argv[1 + n] = keys[n];
-		lens[1 + n] = strlen(keys[n]);
+		rdma_key(key, sizeof(key), r->prefix, "node:", ids[n]);
+		cmd2(c, "GET", key, strlen(key));
 		n++;
 	}
 	if (n) {
-		argv[0] = "MGET";
-		lens[0] = 4;
-		cmd(c, (int)n + 1, argv, lens);
-		if (redisGetReply(c, (void **)&vals) != REDIS_OK || !vals) {
+		if (rdma_rconn_exec(c, &vals, &nvals) || nvals != n) {
 			rc = -EIO;
 			goto out;
 		}
-		if (vals->type != REDIS_REPLY_ARRAY || vals->elements != n) {
-			STAT_INC(r, redis_errors);
-			goto out;
-		}
 		for (uint32_t i = 0; i < n; i++) {
-			redisReply *e = vals->element[i];
+			redisReply *e = vals[i];
 
 			ok[i] = e->type == REDIS_REPLY_STRING &&
 				rdma_node_rec_parse(e->str, e->len, &recs[i]) == 0;
@@ -573,19 +613,14 @@ static int membership(remote *r, redisContext *c)
 	}
 	rdma_members_apply(r, ids, recs, ok, n);
 out:
-	if (vals)
-		freeReplyObject(vals);
+	rdma_rconn_discard(c);
+	rdma_rconn_free_replies(vals, nvals);
 	freeReplyObject(rep);
 	free(ids);
 	free(recs);
 	free(ok);
-	free(argv);
-	free(lens);
-	free(keys);
 	return rc;
 }
-
-static size_t put_pub(remote *r, redisContext *c, const char *path, size_t len, int tier);
 
 static void pub_visit(const void *node, VISIT which, void *arg)
 {
@@ -610,7 +645,7 @@ static void pub_visit(const void *node, VISIT which, void *arg)
  * the entries of <c>:held:<self> we no longer hold, write every one we do.
  * The commands are only buffered under pub_lock; the round trip is after.
  */
-static int resync(remote *r, redisContext *c)
+static int resync(remote *r, rconn *c)
 {
 	char held[256];
 	redisReply *rep = NULL;
@@ -619,7 +654,8 @@ static int resync(remote *r, redisContext *c)
 
 	rdma_key(held, sizeof(held), r->prefix, "held:", r->node_id);
 	cmd2(c, "SMEMBERS", held, strlen(held));
-	if (redisGetReply(c, (void **)&rep) != REDIS_OK || !rep)
+	rep = last_reply(r, c);
+	if (!rep)
 		return -EIO;
 	pthread_mutex_lock(&r->pub_lock);
 	if (rep->type == REDIS_REPLY_ARRAY) {
@@ -638,7 +674,7 @@ static int resync(remote *r, redisContext *c)
 	twalk_r(r->pub, pub_visit, &w);
 	pthread_mutex_unlock(&r->pub_lock);
 	freeReplyObject(rep);
-	rc = replies(r, c, w.n);
+	rc = replies(r, c);
 	if (rc == 0) {
 		STAT_INC(r, resyncs);
 		log_info("rdma: index resynchronised (%zu commands)", w.n);
@@ -647,7 +683,7 @@ static int resync(remote *r, redisContext *c)
 }
 
 /* Write up to IQ_BATCH queued operations in one pipeline. */
-static int drain(remote *r, redisContext *c)
+static int drain(remote *r, rconn *c)
 {
 	struct rdma_iq_op *head, *op;
 	uint64_t last = 0, nops = 0;
@@ -681,7 +717,8 @@ static int drain(remote *r, redisContext *c)
 		else
 			n += put_unpub(r, c, op->path, op->len, op->node);
 	}
-	rc = replies(r, c, n);
+	(void)n;
+	rc = replies(r, c);
 	while (head) {
 		op = head->next;
 		free(head);
@@ -699,7 +736,7 @@ static int drain(remote *r, redisContext *c)
 }
 
 /* Leaving: our heartbeat and every entry of ours go. */
-static void leave(remote *r, redisContext *c)
+static void leave(remote *r, rconn *c)
 {
 	char key[256], held[256], nodes[128];
 	struct pub_walk w = {r, c, 0, true};
@@ -713,7 +750,7 @@ static void leave(remote *r, redisContext *c)
 	twalk_r(r->pub, pub_visit, &w);
 	pthread_mutex_unlock(&r->pub_lock);
 	cmd2(c, "DEL", held, strlen(held));
-	replies(r, c, w.n + 3);
+	replies(r, c);
 }
 
 static void set_connected(remote *r, bool up)
@@ -733,7 +770,7 @@ static void set_connected(remote *r, bool up)
 static void *index_main(void *arg)
 {
 	remote *r = arg;
-	redisContext *c = NULL;
+	rconn *c = NULL;
 	uint64_t backoff = BACKOFF_MIN, next_hb = 0, retry_at = 0;
 	bool ever = false;
 
@@ -742,8 +779,9 @@ static void *index_main(void *arg)
 		struct timespec ts;
 
 		if (!c && now >= retry_at) {
-			c = redis_connect(r->cluster, KVFS_MIN(r->timeout_ms, 1000u));
-			if (!c) {
+			if (rdma_rconn_open(r->cluster, KVFS_MIN(r->timeout_ms, 1000u), &r->rst,
+					    &c)) {
+				c = NULL;
 				STAT_INC(r, redis_errors);
 				set_connected(r, false);
 				retry_at = now + backoff;
@@ -763,7 +801,7 @@ static void *index_main(void *arg)
 					STAT_INC(r, redis_reconnects);
 				if (resync(r, c) != 0) {
 					STAT_INC(r, redis_errors);
-					redisFree(c);
+					rdma_rconn_close(c);
 					c = NULL;
 					set_connected(r, false);
 					retry_at = now + backoff;
@@ -783,12 +821,14 @@ static void *index_main(void *arg)
 				}
 			}
 		}
+		if (atomic_exchange(&r->hb_kick, false))
+			next_hb = 0;
 		if (c && kvfs_mono_ns() >= next_hb) {
 			if (heartbeat(r, c) || membership(r, c)) {
 				STAT_INC(r, redis_errors);
 				log_warn("rdma: lost redis %s; serving locally, retrying",
 					 r->cluster);
-				redisFree(c);
+				rdma_rconn_close(c);
 				c = NULL;
 				set_connected(r, false);
 				retry_at = kvfs_mono_ns() + backoff;
@@ -799,7 +839,7 @@ static void *index_main(void *arg)
 		if (c && drain(r, c)) {
 			STAT_INC(r, redis_errors);
 			log_warn("rdma: lost redis %s; serving locally, retrying", r->cluster);
-			redisFree(c);
+			rdma_rconn_close(c);
 			c = NULL;
 			set_connected(r, false);
 			retry_at = kvfs_mono_ns() + backoff;
@@ -807,7 +847,7 @@ static void *index_main(void *arg)
 		}
 		wake = c ? next_hb : retry_at;
 		pthread_mutex_lock(&r->iq_lock);
-		if (!r->iq_head || !c) {
+		if ((!r->iq_head || !c) && !atomic_load(&r->hb_kick)) {
 			ts.tv_sec = (time_t)(wake / 1000000000ull);
 			ts.tv_nsec = (long)(wake % 1000000000ull);
 			if (!atomic_load(&r->stop))
@@ -817,7 +857,7 @@ static void *index_main(void *arg)
 	}
 	if (c) {
 		leave(r, c);
-		redisFree(c);
+		rdma_rconn_close(c);
 	}
 	set_connected(r, false);
 	return NULL;
@@ -847,7 +887,7 @@ void rdma_index_stop(remote *r)
 /* --- queries (callers' threads) ------------------------------------------- */
 
 /* The query connection, connecting if it is time to try. Under q_lock. */
-static redisContext *qconn(remote *r)
+static rconn *qconn(remote *r)
 {
 	uint64_t now = kvfs_mono_ns();
 
@@ -855,8 +895,8 @@ static redisContext *qconn(remote *r)
 		return r->qctx;
 	if (now < r->q_retry_ns)
 		return NULL;
-	r->qctx = redis_connect(r->cluster, KVFS_MIN(r->timeout_ms, 1000u));
-	if (!r->qctx) {
+	if (rdma_rconn_open(r->cluster, KVFS_MIN(r->timeout_ms, 1000u), &r->rst, &r->qctx)) {
+		r->qctx = NULL;
 		STAT_INC(r, redis_errors);
 		r->q_retry_ns = now + 1000000000ull;
 	}
@@ -866,18 +906,54 @@ static redisContext *qconn(remote *r)
 static void qbroken(remote *r)
 {
 	STAT_INC(r, redis_errors);
-	redisFree(r->qctx);
+	rdma_rconn_close(r->qctx);
 	r->qctx = NULL;
 	r->q_retry_ns = kvfs_mono_ns() + 200000000ull;
 }
 
+/* The holders in one HGETALL reply for path number @i. */
+static void holders_of(remote *r, const redisReply *rep, size_t i, rdma_holder_fn fn, void *ctx)
+{
+	if (rep->type == REDIS_REPLY_ERROR) {
+		STAT_INC(r, redis_errors);
+		return;
+	}
+	if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2)
+		return;
+	for (size_t k = 0; k + 1 < rep->elements; k += 2) {
+		const redisReply *nd = rep->element[k], *tv = rep->element[k + 1];
+		char node[REMOTE_NODE_ID_MAX];
+		int tier;
+
+		if (nd->type != REDIS_REPLY_STRING || tv->type != REDIS_REPLY_STRING ||
+		    nd->len >= REMOTE_NODE_ID_MAX)
+			continue;
+		memcpy(node, nd->str, nd->len);
+		node[nd->len] = '\0';
+		tier = rdma_tier_parse(tv->str, tv->len);
+		if (tier < 0 || !rdma_node_id_valid(node))
+			continue;
+		fn(ctx, i, node, tier);
+	}
+}
+
+/*
+ * With a cluster, a path whose slot could not be reached in time (a master
+ * failing over) has no holders this time: a miss, never a wrong holder. The
+ * connection is reopened (and the map reloaded) on the next call; only when
+ * no path at all got an answer is the batch -ENOTCONN.
+ */
 int rdma_index_holders(remote *r, const char *const *paths, size_t n, rdma_holder_fn fn, void *ctx)
 {
-	redisContext *c;
+	redisReply **reps = NULL;
+	size_t got = 0, answered = 0;
+	rconn *c;
 	int rc = 0;
 
 	if (!r->cluster)
 		return -ENOTCONN;
+	if (!n)
+		return 0;
 	pthread_mutex_lock(&r->q_lock);
 	c = qconn(r);
 	if (!c) {
@@ -890,36 +966,18 @@ int rdma_index_holders(remote *r, const char *const *paths, size_t n, rdma_holde
 
 		cmd2(c, "HGETALL", key, kl < 0 ? 0 : (size_t)kl);
 	}
-	for (size_t i = 0; i < n; i++) {
-		redisReply *rep = NULL;
-
-		if (redisGetReply(c, (void **)&rep) != REDIS_OK || !rep) {
-			qbroken(r);
-			rc = -ENOTCONN;
-			goto out;
+	rc = rdma_rconn_exec(c, &reps, &got);
+	for (size_t i = 0; i < got; i++)
+		if (reps[i]) {
+			holders_of(r, reps[i], i, fn, ctx);
+			answered++;
 		}
-		if (rep->type == REDIS_REPLY_ARRAY && rep->elements % 2 == 0) {
-			for (size_t k = 0; k + 1 < rep->elements; k += 2) {
-				redisReply *nd = rep->element[k], *tv = rep->element[k + 1];
-				char node[REMOTE_NODE_ID_MAX];
-				int tier;
-
-				if (nd->type != REDIS_REPLY_STRING ||
-				    tv->type != REDIS_REPLY_STRING || nd->len >= REMOTE_NODE_ID_MAX)
-					continue;
-				memcpy(node, nd->str, nd->len);
-				node[nd->len] = '\0';
-				tier = rdma_tier_parse(tv->str, tv->len);
-				if (tier < 0 || !rdma_node_id_valid(node))
-					continue;
-				fn(ctx, i, node, tier);
-			}
-		} else if (rep->type == REDIS_REPLY_ERROR) {
-			STAT_INC(r, redis_errors);
-		}
-		freeReplyObject(rep);
+	if (rc || got != n) {
+		qbroken(r);
+		rc = answered ? 0 : -ENOTCONN;
 	}
-	STAT_ADD(r, index_lookups, n);
+	STAT_ADD(r, index_lookups, answered);
+	rdma_rconn_free_replies(reps, got);
 out:
 	pthread_mutex_unlock(&r->q_lock);
 	return rc;
@@ -928,8 +986,8 @@ out:
 int remote_dir_exists(remote *r, const char *dir)
 {
 	char key[128];
-	redisContext *c;
-	redisReply *rep = NULL;
+	redisReply *rep;
+	rconn *c;
 	int rc;
 
 	if (!r->cluster)
@@ -942,7 +1000,8 @@ int remote_dir_exists(remote *r, const char *dir)
 		goto out;
 	}
 	cmd3(c, "SISMEMBER", key, strlen(key), dir, strlen(dir));
-	if (redisGetReply(c, (void **)&rep) != REDIS_OK || !rep) {
+	rep = last_reply(r, c);
+	if (!rep) {
 		qbroken(r);
 		rc = -ENOTCONN;
 		goto out;
@@ -972,7 +1031,6 @@ void rdma_index_free(remote *r)
 	pthread_mutex_lock(&r->iq_lock);
 	iq_clear_locked(r);
 	pthread_mutex_unlock(&r->iq_lock);
-	if (r->qctx)
-		redisFree(r->qctx);
+	rdma_rconn_close(r->qctx);
 	r->qctx = NULL;
 }

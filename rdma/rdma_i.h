@@ -317,6 +317,60 @@ uint32_t rdma_chash_pick(const struct rdma_chash *c, const void *key, size_t len
 			 bool (*ok)(void *ctx, uint32_t node), void *ctx, uint32_t *out,
 			 uint32_t max);
 
+/* --- the connection to the index (rcluster.c) ------------------------------ */
+
+/* A single Redis server or a Redis Cluster behind one pipeline interface;
+ * see the top of rcluster.c. Not thread-safe. */
+struct rdma_rconn;
+struct redisReply;
+
+#define RDMA_RCONN_MAX_NODES 64
+
+/* Counters; several connections may share one (relaxed atomics). */
+struct rdma_rconn_stats {
+	_Atomic uint64_t moved;		/* MOVED redirects followed */
+	_Atomic uint64_t asked;		/* ASK redirects followed */
+	_Atomic uint64_t refreshes;	/* slot map reloads (CLUSTER SLOTS) */
+	_Atomic uint64_t conn_failures; /* connections that failed or broke */
+	_Atomic uint64_t undelivered;	/* commands unanswered at an exec's deadline */
+};
+
+/* CRC16-XMODEM (Redis Cluster's key hash). */
+uint16_t rdma_crc16(const void *buf, size_t len);
+/* The hash slot (0..16383) of a key, honouring {hash tags}. */
+uint16_t rdma_key_slot(const char *key, size_t len);
+/* Is @url one of redis://HOST:PORT, unix:PATH,
+ * redis-cluster://HOST:PORT[,HOST:PORT...]? @return 0 or -EINVAL (a
+ * one-line reason in @err). */
+int rdma_rconn_check_url(const char *url, char *err, size_t errlen);
+/* Connect (cluster: to the first seed that answers, and load the slot map);
+ * every network step is bounded by @timeout_ms. @return 0; -EINVAL (bad
+ * URL); -ENOTCONN (unreachable; a cluster node that is not in cluster mode);
+ * -ENOMEM. @st: counters to add to (NULL: the connection's own). */
+int rdma_rconn_open(const char *url, uint32_t timeout_ms, struct rdma_rconn_stats *st,
+		    struct rdma_rconn **out);
+void rdma_rconn_close(struct rdma_rconn *rc);
+bool rdma_rconn_is_cluster(const struct rdma_rconn *rc);
+/* Tests: point every slot at the next master of the map (a stale map). */
+void rdma_rconn_debug_rotate_map(struct rdma_rconn *rc);
+/* Queue one command; its key, if any, is argv[1]. @return 0 or -ENOMEM. */
+int rdma_rconn_append(struct rdma_rconn *rc, int argc, const char **argv, const size_t *lens);
+/* Commands queued and not yet executed. */
+size_t rdma_rconn_queued(const struct rdma_rconn *rc);
+/*
+ * Send every queued command and collect the replies: (*@out)[i] answers
+ * command i, *@n of them; the caller owns them (rdma_rconn_free_replies).
+ * The queue is empty afterwards. Within timeout_ms a cluster follows
+ * MOVED/ASK and waits out a failover.
+ * @return 0; -EIO if some commands got no reply (their entries are NULL;
+ * single server: the connection broke, and is reopened by the next exec);
+ * -ENOMEM (nothing sent, *@n = 0).
+ */
+int rdma_rconn_exec(struct rdma_rconn *rc, struct redisReply ***out, size_t *n);
+void rdma_rconn_free_replies(struct redisReply **reps, size_t n);
+/* Drop the queued commands unsent. */
+void rdma_rconn_discard(struct rdma_rconn *rc);
+
 /* --- index key schema and records (index.c) ------------------------------- */
 
 struct rdma_node_rec {
@@ -512,14 +566,17 @@ struct remote {
 	bool iq_connected;	     /* connected and resynchronised */
 	bool iq_tried;		     /* the index thread's first connection attempt is over */
 	pthread_mutex_t q_lock;	     /* the query connection */
-	struct redisContext *qctx;
+	struct rdma_rconn *qctx;
 	uint64_t q_retry_ns;
+	struct rdma_rconn_stats rst; /* both connections' routing counters */
 	pthread_mutex_t pub_lock;
 	void *pub; /* paths we publish: a tsearch tree of struct rdma_pub */
 
 	pthread_t progress_thr, server_thr, index_thr;
 	bool progress_started, server_started, index_started;
 	_Atomic bool stop;
+	_Atomic bool draining; /* remote_set_draining(): no lent memory offered or taken */
+	_Atomic bool hb_kick;  /* the index thread writes the heartbeat now */
 
 	struct rdma_stats st;
 };

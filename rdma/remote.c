@@ -551,6 +551,8 @@ void remote_get_stats(remote *r, struct remote_stats *s)
 	LOAD(index_updates);
 	LOAD(stale_repaired);
 #undef LOAD
+	s->index_redirects = atomic_load(&r->rst.moved) + atomic_load(&r->rst.asked);
+	s->index_map_refreshes = atomic_load(&r->rst.refreshes);
 	s->lend_capacity = r->lend_bytes;
 }
 
@@ -640,12 +642,8 @@ int remote_open(const struct remote_config *cfg, remote **out, char *err, size_t
 		snprintf(err, errlen, "--node-id: 1 to 63 of A-Z a-z 0-9 . _ -");
 		return -EINVAL;
 	}
-	if (cfg->cluster && strncmp(cfg->cluster, "redis://", 8) != 0 &&
-	    strncmp(cfg->cluster, "unix:", 5) != 0) {
-		snprintf(err, errlen, "--cluster %s: expected redis://HOST:PORT or unix:PATH",
-			 cfg->cluster);
+	if (cfg->cluster && rdma_rconn_check_url(cfg->cluster, err, errlen))
 		return -EINVAL;
-	}
 	if (cfg->cluster_name && !name_ok(cfg->cluster_name)) {
 		snprintf(err, errlen, "cluster name: 1 to 32 of A-Z a-z 0-9 . _ -");
 		return -EINVAL;

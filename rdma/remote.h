@@ -122,7 +122,8 @@ struct remote_config {
 	const char *node_id;	  /* unique in the cluster: 1..63 of [A-Za-z0-9._-] */
 	const char *fabric;	  /* "auto" (NULL), "verbs", "efa" or "tcp" */
 	const char *listen;	  /* "HOST:PORT" ("[v6]:PORT"); port 0 = any; NULL = default */
-	const char *cluster;	  /* "redis://HOST:PORT" or "unix:/path"; NULL = no index */
+	const char *cluster;	  /* "redis://HOST:PORT", "unix:/path" or a Redis Cluster,
+				     "redis-cluster://HOST:PORT[,HOST:PORT...]"; NULL = no index */
 	const char *cluster_name; /* key prefix in Redis; NULL = "kvfs" */
 	const char *token_file;	  /* the shared secret, >= 16 bytes (final newline dropped) */
 	const void *token;	  /* ... or the secret itself (token_file NULL) */
@@ -296,6 +297,35 @@ int remote_offload(remote *r, const char *path, const struct iovec *src, int n, 
  */
 int remote_free(remote *r, const char *path);
 
+/* --- leaving gracefully (drain) ------------------------------------------- */
+
+/*
+ * Take no more offloads, for good: the heartbeat says this node lends
+ * nothing from now on (written at once), so peers drop it from placement at
+ * their next membership refresh; OFFLOAD requests still arriving are
+ * refused (the peer tries the next lender). Fetches and serving go on.
+ */
+void remote_set_draining(remote *r);
+bool remote_draining(remote *r);
+
+/* The paths of the lent copies this node holds (peers' files), each
+ * malloc'd, in a malloc'd array: free with remote_free_paths().
+ * @return their number, or -ENOMEM. */
+int remote_lent_paths(remote *r, char ***out);
+void remote_free_paths(char **paths, size_t n);
+
+/*
+ * Hand the lent copy of @path over to another live lender (only while
+ * draining): it leaves our lent memory and the index, and is offloaded to
+ * the peer the ring picks for it, which publishes it. A lookup meanwhile
+ * misses. @bytes (may be NULL) gets its size.
+ * @return 0; -EINVAL if not draining; -ENOENT if there is no such copy;
+ * -EBADMSG if it failed its checksum here (dropped); the errors of
+ * remote_offload() (-ENOSPC: no peer has room), after which the copy is
+ * gone, as if evicted.
+ */
+int remote_hand_over_lent(remote *r, const char *path, uint64_t *bytes);
+
 /* --- stats ---------------------------------------------------------------- */
 
 struct remote_stats {
@@ -324,6 +354,8 @@ struct remote_stats {
 	uint64_t index_lookups;	 /* paths looked up */
 	uint64_t index_updates;	 /* publish/unpublish written to Redis */
 	uint64_t stale_repaired; /* entries a holder denied, removed */
+	uint64_t index_redirects;     /* Redis Cluster MOVED/ASK replies followed */
+	uint64_t index_map_refreshes; /* Redis Cluster slot map reloads */
 };
 
 void remote_get_stats(remote *r, struct remote_stats *st);

@@ -583,7 +583,8 @@ static void on_offload(remote *r, struct rdma_session *se, const struct rdma_msg
 		reply_status(r, se, in->req_id, -EEXIST, true);
 		return;
 	}
-	if (!r->lend_mem || in->u.path.size > s->lend.bytes) {
+	if (!r->lend_mem || in->u.path.size > s->lend.bytes || atomic_load(&r->draining)) {
+		/* (a draining node takes no more copies; the peer tries the next) */
 		reply_status(r, se, in->req_id, -ENOSPC, true);
 		return;
 	}

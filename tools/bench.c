@@ -944,6 +944,9 @@ static void usage(FILE *out)
 		     "  restart [--files 1000000] [--threads 4]\n"
 		     "      daemon start time with N files in the catalog, after a clean\n"
 		     "      unmount and after kill -9\n"
+		     "  scalein [--trace FILE] [--nodes 4] [--fraction 0.1] [--limit 2000]\n"
+		     "      the Mooncake trace on a cluster of daemons while one node leaves\n"
+		     "      halfway: drained (kvfsctl drain) vs killed; hit ratio after it\n"
 		     "  all\n"
 		     "      everything with its defaults (replay: --limit 4000)\n"
 		     "\n"
@@ -1026,7 +1029,7 @@ int main(int argc, char **argv)
 	cmd = args[0];
 	if (strcmp(cmd, "throughput") && strcmp(cmd, "fuse-settings") && strcmp(cmd, "replay") &&
 	    strcmp(cmd, "libkvfs") && strcmp(cmd, "nvme") && strcmp(cmd, "restart") &&
-	    strcmp(cmd, "remote") &&
+	    strcmp(cmd, "remote") && strcmp(cmd, "scalein") &&
 	    strcmp(cmd, "all")) {
 		bench_err("unknown command '%s' (see kvfs-bench --help)", cmd);
 		free(args);
@@ -1062,6 +1065,8 @@ int main(int argc, char **argv)
 		rc = bench_restart(nargs, args, results);
 	else if (!strcmp(cmd, "remote"))
 		rc = bench_remote(nargs, args, results);
+	else if (!strcmp(cmd, "scalein"))
+		rc = bench_scalein(nargs, args, results);
 	else
 		rc = run_all(results);
 	cleanup_all();

@@ -126,6 +126,64 @@ void *bench_buf_alloc(size_t len);
 void bench_buf_free(void *buf, size_t len);
 
 /* The subcommands. @argv[0] is the subcommand; results are added to @out. */
+/* A redis-server of our own on 127.0.0.1, a free port, a temporary directory. */
+struct bench_redis {
+	pid_t pid;
+	int port;
+	char dir[64];
+};
+
+/* A TCP port free on 127.0.0.1 now, or -1. */
+int bench_free_port(void);
+/* Start it and wait until it answers PING. @return 0, -EIO (said why). */
+int bench_redis_start(struct bench_redis *r);
+void bench_redis_stop(struct bench_redis *r);
+/* A connection to it (hiredis), or NULL. */
+struct redisContext *bench_redis_connect(int port);
+
+/* The Mooncake conversation trace: each request's hash_ids as dense block indices. */
+struct trace {
+	uint32_t nreq;
+	uint64_t file_requests; /* non-empty lines in the whole file */
+	uint64_t nblocks;
+	uint64_t *off; /* nreq + 1 offsets into blk */
+	uint32_t *blk; /* dense block index per position */
+	uint64_t *ids; /* dense index -> trace id */
+	uint32_t nuniq;
+};
+
+/* Load @limit requests (0: all) of the JSONL trace at @path. @return 0 or -errno (said why). */
+int bench_trace_load(const char *path, uint32_t limit, struct trace *t);
+void bench_trace_free(struct trace *t);
+
+/*
+ * Trace blocks as files (bench_replay.c): block @id is MNT/blocks/<id%256 as
+ * 2 hex>/<id>.kv, its bytes derived from @id. Write one through a temporary
+ * name and rename() (@return 0 or -errno); check a hit read from @fd whole
+ * (@return 0, -EBADMSG if wrong, -errno).
+ */
+void bench_block_path(const char *mnt, uint64_t id, const char *suffix, char *out, size_t len);
+void bench_block_fill(uint8_t *buf, uint64_t size, uint64_t id);
+int bench_block_write(const char *mnt, uint64_t id, const uint8_t *buf, uint64_t size);
+int bench_block_check(int fd, const char *path, uint8_t *buf, uint8_t *expect, uint64_t size,
+		      uint64_t id);
+/* MNT/blocks/00..ff. @return 0 or -errno (said why). */
+int bench_block_dirs(const char *mnt);
+
+/* What one request of a replay did on a mount (bench_replay_request). */
+struct bench_req_result {
+	uint64_t hits, writes, skipped, enospc;
+};
+
+/*
+ * Replay request @r of @t on @mnt, with the engines' prefix semantics: open
+ * its blocks in order until the first miss (each success a hit, read whole
+ * and checked), then save every missing block from there on. @rbuf holds
+ * @bsize + 1 bytes, @wbuf and @ebuf @bsize. @return 0 or -errno (said why).
+ */
+int bench_replay_request(const char *mnt, const struct trace *t, uint32_t r, uint64_t bsize,
+			 uint8_t *rbuf, uint8_t *wbuf, uint8_t *ebuf, struct bench_req_result *res);
+
 int bench_throughput(int argc, char **argv, json_t *out);
 int bench_fuse_settings(int argc, char **argv, json_t *out);
 int bench_replay(int argc, char **argv, json_t *out);
@@ -133,5 +191,6 @@ int bench_libkvfs(int argc, char **argv, json_t *out);
 int bench_nvme(int argc, char **argv, json_t *out);
 int bench_restart(int argc, char **argv, json_t *out);
 int bench_remote(int argc, char **argv, json_t *out);
+int bench_scalein(int argc, char **argv, json_t *out);
 
 #endif

@@ -8,7 +8,14 @@
  * to a Llama-3-8B-like layout (32 layers, 8 KV heads of 128, bf16, 16 tokens
  * a block: 2 MiB per block), 256 blocks: a 4096-token prefix.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +23,8 @@
 
 #include "kvfs/kvfs.h"
 #include "tools/bench.h"
+
+#include <hiredis/hiredis.h>
 
 #define MATCH_ROUNDS 50
 
@@ -383,4 +392,82 @@ out:
 	bench_mount_stop(&m);
 	json_object_set_new(out, "libkvfs", res);
 	return rc;
+}
+
+/* --- redis-server, started and stopped by us ----------------------------------------------- */
+
+int bench_free_port(void)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = -1;
+
+	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+		port = ntohs(a.sin_port);
+	if (fd >= 0)
+		close(fd);
+	return port;
+}
+
+redisContext *bench_redis_connect(int port)
+{
+	struct timeval tv = {2, 0};
+	redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+
+	if (c && c->err) {
+		redisFree(c);
+		return NULL;
+	}
+	return c;
+}
+
+int bench_redis_start(struct bench_redis *r)
+{
+	char port[16];
+
+	snprintf(r->dir, sizeof(r->dir), "/tmp/kvfs-bench-redis-XXXXXX");
+	if (!mkdtemp(r->dir))
+		return -errno;
+	r->port = bench_free_port();
+	snprintf(port, sizeof(port), "%d", r->port);
+	r->pid = fork();
+	if (r->pid < 0)
+		return -errno;
+	if (r->pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+
+		dup2(null, 1);
+		dup2(null, 2);
+		execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
+		       "--save", "", "--appendonly", "no", "--dir", r->dir, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 200; i++) {
+		redisContext *c = bench_redis_connect(r->port);
+
+		if (c) {
+			redisFree(c);
+			return 0;
+		}
+		if (waitpid(r->pid, NULL, WNOHANG) == r->pid) {
+			r->pid = 0;
+			break;
+		}
+		usleep(25 * 1000);
+	}
+	bench_err("redis-server did not start (is it installed? make deps)");
+	return -EIO;
+}
+
+void bench_redis_stop(struct bench_redis *r)
+{
+	if (r->pid > 0) {
+		kill(r->pid, SIGKILL);
+		waitpid(r->pid, NULL, 0);
+		r->pid = 0;
+	}
+	if (r->dir[0])
+		bench_rmtree(r->dir);
+	r->dir[0] = '\0';
 }

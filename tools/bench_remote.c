@@ -38,90 +38,6 @@
 #define IO_SIZE (1u << 20)
 #define MIN64(a, b) ((a) < (b) ? (a) : (b))
 
-/* --- redis-server, started and stopped by us ----------------------------------------------- */
-
-struct redis_srv {
-	pid_t pid;
-	int port;
-	char dir[64];
-};
-
-static int free_port(void)
-{
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = -1;
-
-	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-		port = ntohs(a.sin_port);
-	if (fd >= 0)
-		close(fd);
-	return port;
-}
-
-static redisContext *redis_connect(int port)
-{
-	struct timeval tv = {2, 0};
-	redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-
-	if (c && c->err) {
-		redisFree(c);
-		return NULL;
-	}
-	return c;
-}
-
-static int redis_start(struct redis_srv *r)
-{
-	char port[16];
-
-	snprintf(r->dir, sizeof(r->dir), "/tmp/kvfs-bench-redis-XXXXXX");
-	if (!mkdtemp(r->dir))
-		return -errno;
-	r->port = free_port();
-	snprintf(port, sizeof(port), "%d", r->port);
-	r->pid = fork();
-	if (r->pid < 0)
-		return -errno;
-	if (r->pid == 0) {
-		int null = open("/dev/null", O_RDWR);
-
-		dup2(null, 1);
-		dup2(null, 2);
-		execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
-		       "--save", "", "--appendonly", "no", "--dir", r->dir, (char *)NULL);
-		_exit(127);
-	}
-	for (int i = 0; i < 200; i++) {
-		redisContext *c = redis_connect(r->port);
-
-		if (c) {
-			redisFree(c);
-			return 0;
-		}
-		if (waitpid(r->pid, NULL, WNOHANG) == r->pid) {
-			r->pid = 0;
-			break;
-		}
-		usleep(25 * 1000);
-	}
-	bench_err("remote: redis-server did not start (is it installed? make deps)");
-	return -EIO;
-}
-
-static void redis_stop(struct redis_srv *r)
-{
-	if (r->pid > 0) {
-		kill(r->pid, SIGKILL);
-		waitpid(r->pid, NULL, 0);
-		r->pid = 0;
-	}
-	if (r->dir[0])
-		bench_rmtree(r->dir);
-	r->dir[0] = '\0';
-}
-
 /* --- the peers: raw TCP and Redis GET ----------------------------------------------------------- */
 
 struct tcp_src {
@@ -207,7 +123,7 @@ out:
 /* Bytes/s of GETs of n blocks of fsize bytes SET before. */
 static double redis_bw(int port, const uint8_t *src, uint64_t fsize, unsigned n, uint8_t *block)
 {
-	redisContext *c = redis_connect(port);
+	redisContext *c = bench_redis_connect(port);
 	double t0, bw = -1;
 	redisReply *r;
 
@@ -342,7 +258,7 @@ int bench_remote(int argc, char **argv, json_t *out)
 {
 	uint64_t sizes[4] = {2 << 20, 32 << 20}, total = 256ull << 20;
 	int nsizes = 2, rc;
-	struct redis_srv rs = {0};
+	struct bench_redis rs = {0};
 	struct bench_mount a = {0}, b = {0};
 	char token[PATH_MAX], url[64], *tokdir = NULL;
 	char tmpl[] = "/tmp/kvfs-bench-tok-XXXXXX";
@@ -356,7 +272,7 @@ int bench_remote(int argc, char **argv, json_t *out)
 	if (!buf || !rbuf)
 		return -ENOMEM;
 	bench_fill(buf, IO_SIZE, 11);
-	rc = redis_start(&rs);
+	rc = bench_redis_start(&rs);
 	if (rc)
 		goto out;
 	tokdir = mkdtemp(tmpl);
@@ -464,7 +380,7 @@ int bench_remote(int argc, char **argv, json_t *out)
 out:
 	bench_mount_stop(&b);
 	bench_mount_stop(&a);
-	redis_stop(&rs);
+	bench_redis_stop(&rs);
 	if (tokdir)
 		bench_rmtree(tmpl);
 	bench_buf_free(buf, IO_SIZE);

@@ -40,15 +40,6 @@
 #define DEFAULT_TRACE "/work/shared/workloads/mooncake-conversation-trace.jsonl"
 #define NIL	      UINT32_MAX
 
-struct trace {
-	uint32_t nreq;
-	uint64_t file_requests; /* non-empty lines in the whole file */
-	uint64_t nblocks;
-	uint64_t *off; /* nreq + 1 offsets into blk */
-	uint32_t *blk; /* dense block index per position */
-	uint64_t *ids; /* dense index -> trace id */
-	uint32_t nuniq;
-};
 
 /* --- loading ---------------------------------------------------------------------------- */
 
@@ -120,7 +111,7 @@ static int idmap_get(struct idmap *m, uint64_t id, uint32_t next, uint32_t *out,
 	return 0;
 }
 
-static void trace_free(struct trace *t)
+void bench_trace_free(struct trace *t)
 {
 	free(t->off);
 	free(t->blk);
@@ -144,7 +135,7 @@ static int grow(void **p, uint64_t *cap, uint64_t need, size_t elem)
 	return 0;
 }
 
-static int trace_load(const char *path, uint32_t limit, struct trace *t)
+int bench_trace_load(const char *path, uint32_t limit, struct trace *t)
 {
 	struct idmap map = {0};
 	uint64_t cap_off = 0, cap_blk = 0, cap_ids = 0;
@@ -230,7 +221,7 @@ static int trace_load(const char *path, uint32_t limit, struct trace *t)
 	free(map.vals);
 	fclose(f);
 	if (rc)
-		trace_free(t);
+		bench_trace_free(t);
 	return rc;
 }
 
@@ -310,13 +301,13 @@ struct replay_result {
 /* --nvme-fraction: an NVMe tier of this fraction of the footprint (0: none). */
 static double nvme_fraction;
 
-static void block_path(const char *mnt, uint64_t id, const char *suffix, char *out, size_t len)
+void bench_block_path(const char *mnt, uint64_t id, const char *suffix, char *out, size_t len)
 {
 	bench_path(out, len, "%s/blocks/%02x/%llu.kv%s", mnt, (unsigned)(id % 256),
 		   (unsigned long long)id, suffix);
 }
 
-static void block_fill(uint8_t *buf, uint64_t size, uint64_t id)
+void bench_block_fill(uint8_t *buf, uint64_t size, uint64_t id)
 {
 	memcpy(buf, BLOCK_MAGIC, 8);
 	memcpy(buf + 8, &id, 8); /* little-endian hosts only, like the rest of kvfs */
@@ -324,8 +315,8 @@ static void block_fill(uint8_t *buf, uint64_t size, uint64_t id)
 }
 
 /* Read a hit whole and check it is block @id. @return 0, -EBADMSG if wrong. */
-static int block_check(int fd, const char *path, uint8_t *buf, uint8_t *expect, uint64_t size,
-		       uint64_t id)
+int bench_block_check(int fd, const char *path, uint8_t *buf, uint8_t *expect, uint64_t size,
+		      uint64_t id)
 {
 	uint64_t off = 0;
 	ssize_t n;
@@ -344,7 +335,7 @@ static int block_check(int fd, const char *path, uint8_t *buf, uint8_t *expect, 
 			  (unsigned long long)off, (unsigned long long)id);
 		return -EBADMSG;
 	}
-	block_fill(expect, size, id);
+	bench_block_fill(expect, size, id);
 	if (memcmp(buf, expect, size)) {
 		bench_err("%s: payload differs from block %llu", path, (unsigned long long)id);
 		return -EBADMSG;
@@ -353,15 +344,15 @@ static int block_check(int fd, const char *path, uint8_t *buf, uint8_t *expect, 
 }
 
 /* Write block @id through a temporary name and rename(). @return 0 or -errno. */
-static int block_write(const char *mnt, uint64_t id, const uint8_t *buf, uint64_t size)
+int bench_block_write(const char *mnt, uint64_t id, const uint8_t *buf, uint64_t size)
 {
 	char tmp[PATH_MAX], dst[PATH_MAX];
 	uint64_t off = 0;
 	ssize_t n = 0;
 	int fd, rc = 0;
 
-	block_path(mnt, id, ".tmp", tmp, sizeof(tmp));
-	block_path(mnt, id, "", dst, sizeof(dst));
+	bench_block_path(mnt, id, ".tmp", tmp, sizeof(tmp));
+	bench_block_path(mnt, id, "", dst, sizeof(dst));
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
@@ -384,18 +375,99 @@ static int block_write(const char *mnt, uint64_t id, const uint8_t *buf, uint64_
 	return rc;
 }
 
+/* See bench.h. */
+int bench_replay_request(const char *mnt, const struct trace *t, uint32_t r, uint64_t bsize,
+			 uint8_t *rbuf, uint8_t *wbuf, uint8_t *ebuf, struct bench_req_result *res)
+{
+	uint64_t j = t->off[r], end = t->off[r + 1];
+	char path[PATH_MAX];
+	int rc = 0, fd;
+
+	memset(res, 0, sizeof(*res));
+	/* lookup: leading hits until the first miss */
+	for (; j < end; j++) {
+		uint64_t id = t->ids[t->blk[j]];
+
+		bench_block_path(mnt, id, "", path, sizeof(path));
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			if (errno == ENOENT)
+				break;
+			rc = -errno;
+			bench_err("open %s: %s", path, strerror(errno));
+			return rc;
+		}
+		rc = bench_block_check(fd, path, rbuf, ebuf, bsize, id);
+		close(fd);
+		if (rc)
+			return rc;
+		res->hits++;
+	}
+	/* save: every missing block from the first miss on */
+	for (uint64_t k = j; k < end; k++) {
+		uint64_t id = t->ids[t->blk[k]];
+		struct stat sb;
+
+		/* the first miss is known missing; later ones are checked */
+		if (k > j) {
+			bench_block_path(mnt, id, "", path, sizeof(path));
+			if (stat(path, &sb) == 0) {
+				res->skipped++;
+				continue;
+			}
+			if (errno != ENOENT) {
+				rc = -errno;
+				bench_err("stat %s: %s", path, strerror(errno));
+				return rc;
+			}
+		}
+		bench_block_fill(wbuf, bsize, id);
+		rc = bench_block_write(mnt, id, wbuf, bsize);
+		if (rc == -ENOSPC) {
+			res->enospc++;
+			continue;
+		}
+		if (rc) {
+			bench_block_path(mnt, id, "", path, sizeof(path));
+			bench_err("saving %s: %s", path, strerror(-rc));
+			return rc;
+		}
+		res->writes++;
+	}
+	return 0;
+}
+
+int bench_block_dirs(const char *mnt)
+{
+	char path[PATH_MAX];
+
+	bench_path(path, sizeof(path), "%s/blocks", mnt);
+	if (mkdir(path, 0755) && errno != EEXIST)
+		goto fail;
+	for (int i = 0; i < 256; i++) {
+		bench_path(path, sizeof(path), "%s/blocks/%02x", mnt, i);
+		if (mkdir(path, 0755) && errno != EEXIST)
+			goto fail;
+	}
+	return 0;
+fail:
+	bench_err("mkdir %s: %s", path, strerror(errno));
+	return -errno;
+}
+
 static int replay_daemon(const struct trace *t, const char *policy, uint64_t dram, uint64_t nvme,
 			 uint64_t page, uint64_t bsize, struct replay_result *res)
 {
 	const char *extra[8];
-	char pagebuf[32], path[PATH_MAX], nvdir[64] = "", nvarg[PATH_MAX];
+	char pagebuf[32], nvdir[64] = "", nvarg[PATH_MAX];
+	struct bench_req_result rr;
 	int64_t hd0 = 0, hn0 = 0;
 	uint8_t *rbuf = NULL, *wbuf = NULL, *ebuf = NULL;
 	struct bench_mount m;
 	int64_t ev0 = 0, ev1 = 0, h0 = 0, h1 = 0, er0 = 0, er1 = 0;
 	double t0;
 	json_t *st;
-	int rc, fd;
+	int rc;
 
 	memset(res, 0, sizeof(*res));
 	memset(&m, 0, sizeof(m));
@@ -427,20 +499,9 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 	rc = bench_mount_start(&m, policy, dram, extra);
 	if (rc)
 		goto out;
-	bench_path(path, sizeof(path), "%s/blocks", m.mnt);
-	if (mkdir(path, 0755)) {
-		rc = -errno;
-		bench_err("mkdir %s: %s", path, strerror(errno));
+	rc = bench_block_dirs(m.mnt);
+	if (rc)
 		goto out;
-	}
-	for (int i = 0; i < 256; i++) {
-		bench_path(path, sizeof(path), "%s/blocks/%02x", m.mnt, i);
-		if (mkdir(path, 0755)) {
-			rc = -errno;
-			bench_err("mkdir %s: %s", path, strerror(errno));
-			goto out;
-		}
-	}
 	st = bench_mount_json(&m, "stats");
 	if (!st) {
 		rc = -EIO;
@@ -455,63 +516,15 @@ static int replay_daemon(const struct trace *t, const char *policy, uint64_t dra
 
 	t0 = bench_now();
 	for (uint32_t r = 0; r < t->nreq && !rc; r++) {
-		uint64_t j = t->off[r], end = t->off[r + 1];
-
 		if (bench_interrupted) {
 			rc = -EINTR;
 			break;
 		}
-		/* lookup: leading hits until the first miss */
-		for (; j < end; j++) {
-			uint64_t id = t->ids[t->blk[j]];
-
-			block_path(m.mnt, id, "", path, sizeof(path));
-			fd = open(path, O_RDONLY | O_CLOEXEC);
-			if (fd < 0) {
-				if (errno == ENOENT)
-					break;
-				rc = -errno;
-				bench_err("open %s: %s", path, strerror(errno));
-				break;
-			}
-			rc = block_check(fd, path, rbuf, ebuf, bsize, id);
-			close(fd);
-			if (rc)
-				break;
-			res->hits++;
-		}
-		/* save: every missing block from the first miss on */
-		for (uint64_t k = j; k < end && !rc; k++) {
-			uint64_t id = t->ids[t->blk[k]];
-			struct stat sb;
-
-			/* the first miss is known missing; later ones are checked */
-			if (k > j) {
-				block_path(m.mnt, id, "", path, sizeof(path));
-				if (stat(path, &sb) == 0) {
-					res->skipped++;
-					continue;
-				}
-				if (errno != ENOENT) {
-					rc = -errno;
-					bench_err("stat %s: %s", path, strerror(errno));
-					break;
-				}
-			}
-			block_fill(wbuf, bsize, id);
-			rc = block_write(m.mnt, id, wbuf, bsize);
-			if (rc == -ENOSPC) {
-				res->enospc++;
-				rc = 0;
-				continue;
-			}
-			if (rc) {
-				block_path(m.mnt, id, "", path, sizeof(path));
-				bench_err("saving %s: %s", path, strerror(-rc));
-				break;
-			}
-			res->writes++;
-		}
+		rc = bench_replay_request(m.mnt, t, r, bsize, rbuf, wbuf, ebuf, &rr);
+		res->hits += rr.hits;
+		res->writes += rr.writes;
+		res->skipped += rr.skipped;
+		res->enospc += rr.enospc;
 	}
 	res->wall = bench_now() - t0;
 	if (rc)
@@ -682,7 +695,7 @@ int bench_replay(int argc, char **argv, json_t *out)
 	pages_per_block = (bsize + page - 1) / page;
 
 	bench_note("replay: loading %s", trace_path);
-	rc = trace_load(trace_path, (uint32_t)limit, &t);
+	rc = bench_trace_load(trace_path, (uint32_t)limit, &t);
 	if (rc)
 		return rc;
 	footprint = (uint64_t)t.nuniq * pages_per_block * page;
@@ -871,6 +884,6 @@ int bench_replay(int argc, char **argv, json_t *out)
 	}
 out:
 	free(rows);
-	trace_free(&t);
+	bench_trace_free(&t);
 	return rc;
 }

@@ -358,6 +358,19 @@ out:
 	return root;
 }
 
+/* The drain's progress (`status`, `drain`). */
+static void print_drain(json_t *st)
+{
+	printf("drain      %s: %" PRIu64 "/%" PRIu64 " lent copies handed over (%" PRIu64
+	       " failed); %" PRIu64 "/%" PRIu64 " files held only here handed over (%" PRIu64
+	       " failed, %" PRIu64 " no room); %s in %.1f s\n",
+	       jstr(st, "drain.state"), jnum(st, "drain.lent_moved"), jnum(st, "drain.lent_copies"),
+	       jnum(st, "drain.lent_failed"), jnum(st, "drain.files_moved"),
+	       jnum(st, "drain.files_only_here"), jnum(st, "drain.files_failed"),
+	       jnum(st, "drain.files_no_room"), fmt_size(jnum(st, "drain.bytes_moved")).s,
+	       json_number_value(jget(st, "drain.seconds")));
+}
+
 static int cmd_status(char **args, int nargs)
 {
 	json_t *st, *tiers, *t, *hr;
@@ -443,6 +456,10 @@ static int cmd_status(char **args, int nargs)
 			       json_is_true(json_object_get(p, "alive")) ? "alive" : "dead",
 			       fmt_size(jnum(p, "lend_total")).s, fmt_size(jnum(p, "lend_free")).s,
 			       json_is_true(json_object_get(p, "self")) ? "  (this node)" : "");
+	}
+	if (jget(st, "drain")) {
+		putchar('\n');
+		print_drain(st);
 	}
 	json_decref(st);
 	return 0;
@@ -1527,6 +1544,53 @@ out_close:
 /* --- main ----------------------------------------------------------------------------------------
  */
 
+/* --- drain ------------------------------------------------------------------------------ */
+
+/* Start the drain (MOUNT/.kvfs/drain), then follow it in MOUNT/.kvfs/stats. */
+static int cmd_drain(char **args, int nargs)
+{
+	char *ctl;
+	json_t *st = NULL;
+	int fd, rc = 1;
+
+	if (nargs != 1) {
+		err("drain", nargs ? "one MOUNT only" : "missing MOUNT");
+		return EXIT_USAGE;
+	}
+	ctl = path_join(args[0], ".kvfs/drain");
+	fd = ctl ? open(ctl, O_WRONLY | O_CLOEXEC) : -1;
+	if (fd < 0 || write(fd, "drain\n", 6) != 6) {
+		int e = errno;
+
+		err(args[0], e == ENOTCONN ? "this mount is not in a cluster (--cluster)"
+			     : e == ENOENT ? "not a kvfs mount"
+					   : strerror(e));
+		goto out;
+	}
+	for (;;) {
+		json_decref(st);
+		st = load_stats(args[0]);
+		if (!st)
+			goto out;
+		if (!strcmp(jstr(st, "drain.state"), "drained"))
+			break;
+		usleep(100000);
+	}
+	if (opt.json) {
+		json_dumpf(jget(st, "drain"), stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+		fputc('\n', stdout);
+	} else {
+		print_drain(st);
+	}
+	rc = 0;
+out:
+	json_decref(st);
+	if (fd >= 0)
+		close(fd);
+	free(ctl);
+	return rc;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: kvfsctl [--json] COMMAND [ARGS]\n"
@@ -1543,6 +1607,9 @@ static void usage(FILE *f)
 		   "  evict PATH...      evict files, or every evictable file under a directory\n"
 		   "  verify PATH...     re-read every file under PATH, check every copy, drop bad ones\n"
 		   "  where PATH...      which nodes of the cluster hold each file, in which tier\n"
+		   "  drain MOUNT        take the node out of its cluster gracefully: no more\n"
+		   "                     offloads, lent copies and files held only here go to the\n"
+		   "                     peers, then it leaves (serving locally); waits until done\n"
 		   "  fsck STATE_DIR     check an unmounted cache's catalog and NVMe segments\n"
 		   "                     (--repair deletes bad records, --no-verify skips reading data)\n"
 		   "  help               this text\n"
@@ -1642,6 +1709,8 @@ static int run(int argc, char **argv)
 		rc = cmd_fsck(pos + 1, n - 1);
 	else if (!strcmp(cmd, "where"))
 		rc = cmd_where(pos + 1, n - 1);
+	else if (!strcmp(cmd, "drain"))
+		rc = cmd_drain(pos + 1, n - 1);
 	else {
 		rc = usage_error(cmd, "unknown command");
 		goto out;

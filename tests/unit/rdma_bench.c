@@ -4,6 +4,7 @@
  * built by the rdma section of the Makefile; nothing is asserted.
  *
  *   build/tests/rdma_bench [ITERATIONS]
+ *   build/tests/rdma_bench index     (4. alone)
  *
  * 1. Remote read of a 2 MiB and a 32 MiB file: rdma_peerd (another process)
  *    serves it over libfabric (the provider auto picks; tcp here) and this
@@ -14,8 +15,10 @@
  * 3. The same bytes as a redis-server GET over TCP 127.0.0.1 (what
  *    LMCache's remote backend does).
  * 4. The index lookup for a chain of 512 paths (remote_locate: one
- *    pipelined round trip to Redis), and the fixed cost of a fetch (the
- *    lease round trip, measured on an empty file).
+ *    pipelined round trip to Redis), on one redis-server and on a Redis
+ *    Cluster of 3 masters + 3 replicas on the same machine (a pipeline per
+ *    master); and the fixed cost of a fetch (the lease round trip,
+ *    measured on an empty file).
  * Every connection is warmed up before it is measured; figures are medians.
  */
 #include <arpa/inet.h>
@@ -200,17 +203,64 @@ static double bench_redis(redisContext *c, const char *key, uint64_t size, int i
 	return gbs;
 }
 
-static int free_port(void)
-{
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+/* --- 4. the index lookup ------------------------------------------------- */
 
-	bind(fd, (struct sockaddr *)&a, sizeof(a));
-	getsockname(fd, (struct sockaddr *)&a, &len);
-	port = ntohs(a.sin_port);
-	close(fd);
-	return port;
+/* remote_locate of a 512-path chain that another node published, 200 times
+ * after 5 warm-ups: median and p90. */
+static void bench_locate(const char *url, const char *label)
+{
+	remote *a = tl_open("idxA", NULL, 0, url, "bench", NULL, 2000, 0);
+	remote *b = tl_open("idxB", NULL, 0, url, "bench", NULL, 2000, 0);
+	const char *chain[512];
+	static char names[512][128];
+	struct remote_loc loc[512];
+	uint64_t ns[200];
+	int found = 0;
+
+	if (!a || !b) {
+		printf("index lookup, 512-path chain (%s): could not open the index\n", label);
+		goto out;
+	}
+	for (int i = 0; i < 512; i++) {
+		snprintf(names[i], sizeof(names[i]), "llama-3.1-8b/bs256/tp1/ab/cd/%064x.bin",
+			 i * 2654435761u);
+		chain[i] = names[i];
+		remote_publish(b, chain[i], REMOTE_TIER_DRAM);
+	}
+	remote_flush(b, 5000);
+	for (int i = 0; i < 300 && !tl_peer_alive(a, "idxB"); i++)
+		tl_sleep_ms(10);
+	for (int i = -5; i < 200; i++) {
+		uint64_t t0 = now_ns();
+
+		remote_locate(a, chain, 512, loc);
+		if (i >= 0)
+			ns[i] = now_ns() - t0;
+	}
+	for (int i = 0; i < 512; i++)
+		found += loc[i].holders == 1;
+	qsort(ns, 200, sizeof(ns[0]), cmp_u64);
+	printf("index lookup, 512-path chain (remote_locate, %s): median %.0f us, "
+	       "p90 %.0f us (%d/512 found)\n",
+	       label, ns[100] / 1e3, ns[180] / 1e3, found);
+out:
+	if (a)
+		remote_close(a);
+	if (b)
+		remote_close(b);
+}
+
+/* The same on a Redis Cluster of 3 masters (and 3 replicas), same machine. */
+static void bench_locate_cluster(void)
+{
+	struct tl_rcluster cl;
+
+	if (!tl_have_rcluster() || tl_rcluster_start(&cl)) {
+		printf("index lookup on a Redis Cluster: could not start one (redis-cli?)\n");
+		return;
+	}
+	bench_locate(cl.url, "Redis Cluster, 3 masters");
+	tl_rcluster_stop(&cl);
 }
 
 int main(int argc, char **argv)
@@ -236,6 +286,19 @@ int main(int argc, char **argv)
 
 	signal(SIGPIPE, SIG_IGN);
 	kvfs_log_open(NULL, KVFS_LOG_WARN);
+	if (argc > 1 && strcmp(argv[1], "index") == 0) {
+		/* The index lookup alone: one server against a Redis Cluster. */
+		int rp = tl_free_port();
+		pid_t rs = tl_redis_tcp(rp);
+		char url[64];
+
+		snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rp);
+		bench_locate(url, "redis TCP, one server");
+		bench_locate_cluster();
+		kill(rs, SIGKILL);
+		waitpid(rs, NULL, 0);
+		return 0;
+	}
 	if (n < 0 || iters < 1)
 		return 2;
 	exe[n] = '\0';
@@ -300,22 +363,12 @@ int main(int argc, char **argv)
 
 	/* Redis GET over TCP, and the 512-path index lookup. */
 	{
-		char port[16], url[64];
-		int rp = free_port();
-		pid_t rs = fork();
+		char url[64];
+		int rp = tl_free_port();
+		pid_t rs = tl_redis_tcp(rp);
 		redisContext *c = NULL;
 		uint8_t *val = malloc(32 * MiB);
 
-		snprintf(port, sizeof(port), "%d", rp);
-		if (rs == 0) {
-			int null = open("/dev/null", O_RDWR);
-
-			dup2(null, 1);
-			dup2(null, 2);
-			execl("/usr/bin/redis-server", "redis-server", "--port", port, "--bind",
-			      "127.0.0.1", "--save", "", "--appendonly", "no", (char *)NULL);
-			_exit(127);
-		}
 		for (int i = 0; i < 300 && (!c || c->err); i++) {
 			if (c)
 				redisFree(c);
@@ -329,50 +382,8 @@ int main(int argc, char **argv)
 			red[k] = bench_redis(c, paths[k], sizes[k], iters);
 
 		snprintf(url, sizeof(url), "redis://127.0.0.1:%d", rp);
-		{
-			remote *a = tl_open("idxA", NULL, 0, url, "bench", NULL, 2000, 0);
-			remote *b = tl_open("idxB", NULL, 0, url, "bench", NULL, 2000, 0);
-			const char *chain[512];
-			static char names[512][128];
-			struct remote_loc loc[512];
-			uint64_t ns[200];
-			int found = 0;
-
-			for (int i = 0; i < 512; i++) {
-				snprintf(names[i], sizeof(names[i]),
-					 "llama-3.1-8b/bs256/tp1/ab/cd/%064x.bin", i * 2654435761u);
-				chain[i] = names[i];
-				remote_publish(b, chain[i], REMOTE_TIER_DRAM);
-			}
-			remote_flush(b, 5000);
-			for (int i = 0; i < 300; i++) {
-				struct remote_peer pr[4];
-				int np = remote_peers(a, pr, 4);
-				bool up = false;
-
-				for (int k = 0; k < np && k < 4; k++)
-					up |= strcmp(pr[k].node, "idxB") == 0 && pr[k].alive;
-				if (up)
-					break;
-				tl_sleep_ms(10);
-			}
-			for (int i = -5; i < 200; i++) {
-				uint64_t t0 = now_ns();
-
-				remote_locate(a, chain, 512, loc);
-				if (i >= 0)
-					ns[i] = now_ns() - t0;
-			}
-			for (int i = 0; i < 512; i++)
-				found += loc[i].holders == 1;
-			qsort(ns, 200, sizeof(ns[0]), cmp_u64);
-			printf("index lookup, 512-path chain (remote_locate, redis TCP): median "
-			       "%.0f us, "
-			       "p90 %.0f us (%d/512 found)\n",
-			       ns[100] / 1e3, ns[180] / 1e3, found);
-			remote_close(a);
-			remote_close(b);
-		}
+		bench_locate(url, "redis TCP, one server");
+		bench_locate_cluster();
 		redisFree(c);
 		kill(rs, SIGKILL);
 		waitpid(rs, NULL, 0);

@@ -15,7 +15,8 @@
  * wrong token is refused and another holder serves; a node restarted on the
  * same address is reconnected to at once (its heartbeat names a new
  * incarnation); a killed node's entries are ignored once its heartbeat
- * expires.
+ * expires; a draining node takes no more offloads and hands the copies it
+ * holds over to another lender.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -37,30 +38,13 @@ static struct tl_redis rs;
 static struct tl_daemon dA, dB, dC;
 static remote *A, *B, *C;
 
-static struct remote_stats stats(remote *r)
-{
-	struct remote_stats s;
-
-	remote_get_stats(r, &s);
-	return s;
-}
-
-static bool alive(remote *r, const char *id)
-{
-	struct remote_peer p[16];
-	int n = remote_peers(r, p, 16);
-
-	for (int i = 0; i < n && i < 16; i++)
-		if (strcmp(p[i].node, id) == 0)
-			return p[i].alive;
-	return false;
-}
+#define stats tl_stats
 
 static void wait_alive(remote *r, const char *id, bool want)
 {
-	for (int i = 0; i < 400 && alive(r, id) != want; i++)
+	for (int i = 0; i < 400 && tl_peer_alive(r, id) != want; i++)
 		tl_sleep_ms(10);
-	assert_int_equal(alive(r, id), want);
+	assert_int_equal(tl_peer_alive(r, id), want);
 }
 
 static void flush_all(void)
@@ -519,6 +503,90 @@ static void test_restarted_then_killed_node(void **state)
 	free(buf);
 }
 
+/* Draining: C takes no more offloads (refused at once, then off A's ring),
+ * and hands the copies it holds for A over to B, the other lender. Last: C
+ * stays draining. */
+static void test_drain_hands_lent_copies_over(void **state)
+{
+	enum { N = 12, SZ = 256 * 1024 };
+	uint8_t *src = malloc(SZ), *buf = malloc(SZ);
+	struct iovec iov = {src, SZ};
+	struct remote_stats b0, c0;
+	struct remote_holder h[4];
+	char name[64], **paths;
+	uint64_t size, bytes;
+	int n, on_c = 0;
+
+	(void)state;
+	NEED_REDIS();
+	wait_cluster();
+	c0 = stats(C);
+	for (int i = 0; i < N; i++) {
+		snprintf(name, sizeof(name), "drain/%02d.bin", i);
+		tl_fill(src, SZ, 100 + (uint64_t)i);
+		assert_int_equal(remote_offload(A, name, &iov, 1, remote_checksum(&iov, 1)), 0);
+	}
+	on_c = (int)(stats(C).offloads_received - c0.offloads_received);
+	assert_true(on_c > 0 && on_c < N); /* the ring spreads 12 paths over two lenders */
+	assert_int_equal(remote_flush(C, 2000), 0);
+	n = remote_lent_paths(C, &paths);
+	assert_int_equal(n, on_c);
+	/* Not while C still lends: the ring could pick C itself again. */
+	assert_int_equal(remote_hand_over_lent(C, paths[0], NULL), -EINVAL);
+
+	remote_set_draining(C);
+	assert_true(remote_draining(C));
+	/* A has not seen C's new heartbeat yet: C refuses the copy itself. */
+	assert_int_equal(rdma_offload_to(A, rdma_peer_find(A, "C"), "drain/late.bin", &iov, 1, SZ,
+					 remote_checksum(&iov, 1)),
+			 -ENOSPC);
+	/* Then A's ring has no C: every new offload goes to B. */
+	for (int i = 0; i < 300; i++) {
+		struct remote_peer p[8];
+		int np = remote_peers(A, p, 8);
+		bool gone = false;
+
+		for (int k = 0; k < np && k < 8; k++)
+			gone |= strcmp(p[k].node, "C") == 0 && p[k].alive && p[k].lend_total == 0;
+		if (gone)
+			break;
+		tl_sleep_ms(10);
+	}
+	c0 = stats(C);
+	b0 = stats(B);
+	for (int i = 0; i < N; i++) {
+		snprintf(name, sizeof(name), "drain/new%02d.bin", i);
+		assert_int_equal(remote_offload(A, name, &iov, 1, remote_checksum(&iov, 1)), 0);
+	}
+	assert_int_equal(stats(C).offloads_received, c0.offloads_received);
+	assert_int_equal(stats(B).offloads_received, b0.offloads_received + N);
+
+	/* C hands its copies over: each is at B now, byte-exact. */
+	for (int i = 0; i < n; i++) {
+		assert_int_equal(remote_hand_over_lent(C, paths[i], &bytes), 0);
+		assert_int_equal(bytes, SZ);
+	}
+	assert_int_equal(remote_flush(C, 2000), 0);
+	assert_int_equal(remote_flush(B, 2000), 0);
+	for (int i = 0; i < n; i++) {
+		int k = atoi(paths[i] + strlen("drain/"));
+
+		assert_int_equal(remote_where(A, paths[i], h, 4), 1);
+		assert_string_equal(h[0].node, "B");
+		assert_int_equal(h[0].tier, REMOTE_TIER_LENT);
+		assert_int_equal(remote_fetch_buf(A, paths[i], buf, SZ, &size), 0);
+		tl_fill(src, SZ, 100 + (uint64_t)k);
+		assert_memory_equal(buf, src, SZ);
+	}
+	assert_int_equal(remote_hand_over_lent(C, paths[0], NULL), -ENOENT); /* gone */
+	remote_free_paths(paths, (size_t)n);
+	assert_int_equal(remote_lent_paths(C, &paths), 0);
+	remote_free_paths(paths, 0);
+	assert_int_equal(stats(C).lend_used, 0);
+	free(src);
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -530,6 +598,7 @@ int main(void)
 		cmocka_unit_test(test_take_lent),
 		cmocka_unit_test(test_wrong_token_holder_skipped),
 		cmocka_unit_test(test_restarted_then_killed_node),
+		cmocka_unit_test(test_drain_hands_lent_copies_over),
 	};
 
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);

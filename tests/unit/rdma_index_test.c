@@ -79,13 +79,7 @@ static long long integer(redisContext *c, const char *fmt, const char *a, const 
 	return v;
 }
 
-static struct remote_stats stats(remote *r)
-{
-	struct remote_stats s;
-
-	remote_get_stats(r, &s);
-	return s;
-}
+#define stats tl_stats
 
 #define NEED_REDIS()                                                                               \
 	do {                                                                                       \
@@ -169,14 +163,7 @@ static void test_key_schema(void **state)
 
 static void wait_flush(remote *r)
 {
-	int rc = -1;
-
-	for (int i = 0; i < 300 && rc != 0; i++) {
-		rc = remote_flush(r, 100);
-		if (rc)
-			tl_sleep_ms(10);
-	}
-	assert_int_equal(rc, 0);
+	assert_int_equal(tl_flush(r, 300), 0);
 }
 
 static void test_publish_writes_schema(void **state)
@@ -241,16 +228,7 @@ static void test_publish_writes_schema(void **state)
 	redisFree(c);
 }
 
-static bool peer_alive(remote *r, const char *id)
-{
-	struct remote_peer p[16];
-	int n = remote_peers(r, p, 16);
-
-	for (int i = 0; i < n && i < 16; i++)
-		if (strcmp(p[i].node, id) == 0)
-			return p[i].alive;
-	return false;
-}
+#define peer_alive tl_peer_alive
 
 static void wait_alive(remote *r, const char *id, bool alive)
 {

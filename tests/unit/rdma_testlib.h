@@ -20,6 +20,8 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -328,6 +330,295 @@ static inline remote *tl_open(const char *id, struct tl_daemon *d, uint64_t lend
 	if (rc)
 		fprintf(stderr, "remote_open(%s): %s (%s)\n", id, strerror(-rc), err);
 	return r;
+}
+
+/* --- ports and a Redis Cluster -------------------------------------------- */
+
+static inline bool tl_port_free(int port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_port = htons((uint16_t)port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+	bool ok;
+
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+/* A free loopback TCP port chosen by the kernel. */
+static inline int tl_free_port(void)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port;
+
+	bind(fd, (struct sockaddr *)&a, sizeof(a));
+	getsockname(fd, (struct sockaddr *)&a, &len);
+	port = ntohs(a.sin_port);
+	close(fd);
+	return port;
+}
+
+static inline bool tl_tcp_up(int port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_port = htons((uint16_t)port),
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+/* --- a remote's view ------------------------------------------------------- */
+
+static inline struct remote_stats tl_stats(remote *r)
+{
+	struct remote_stats s;
+
+	remote_get_stats(r, &s);
+	return s;
+}
+
+/* Is @id a live member in @r's membership table? */
+static inline bool tl_peer_alive(remote *r, const char *id)
+{
+	struct remote_peer p[16];
+	int n = remote_peers(r, p, 16);
+
+	for (int i = 0; i < n && i < 16; i++)
+		if (strcmp(p[i].node, id) == 0)
+			return p[i].alive;
+	return false;
+}
+
+/* remote_flush, retried for up to ~@tries * 110 ms. @return its last result. */
+static inline int tl_flush(remote *r, int tries)
+{
+	int rc = -1;
+
+	for (int i = 0; i < tries && rc != 0; i++) {
+		rc = remote_flush(r, 100);
+		if (rc)
+			tl_sleep_ms(10);
+	}
+	return rc;
+}
+
+/* A plain redis-server on 127.0.0.1:@port (TCP). @return its pid, or -1. */
+static inline pid_t tl_redis_tcp(int port)
+{
+	char p[16];
+	pid_t pid;
+
+	snprintf(p, sizeof(p), "%d", port);
+	pid = fork();
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+
+		dup2(null, 1);
+		dup2(null, 2);
+		execl("/usr/bin/redis-server", "redis-server", "--port", p, "--bind", "127.0.0.1",
+		      "--save", "", "--appendonly", "no", (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; pid > 0 && i < 500 && !tl_tcp_up(port); i++)
+		tl_sleep_ms(10);
+	return pid;
+}
+
+#define TL_RC_NODES 6 /* 3 masters, 3 replicas */
+
+struct tl_rcluster {
+	pid_t pid[TL_RC_NODES];
+	int port[TL_RC_NODES];
+	char dir[64];
+	char url[256]; /* redis-cluster://127.0.0.1:P1,...  (the first three) */
+};
+
+static inline bool tl_have_rcluster(void)
+{
+	return tl_have_redis() && access("/usr/bin/redis-cli", X_OK) == 0;
+}
+
+static inline pid_t tl_rc_spawn(struct tl_rcluster *c, int i)
+{
+	char port[16], conf[128];
+	pid_t pid = fork();
+
+	if (pid != 0)
+		return pid;
+	snprintf(port, sizeof(port), "%d", c->port[i]);
+	snprintf(conf, sizeof(conf), "nodes-%d.conf", c->port[i]);
+	{
+		int null = open("/dev/null", O_RDWR);
+
+		dup2(null, 0);
+		dup2(null, 1);
+		dup2(null, 2);
+	}
+	execl("/usr/bin/redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
+	      "--cluster-enabled", "yes", "--cluster-config-file", conf, "--cluster-node-timeout",
+	      "1000", "--repl-diskless-sync-delay", "0", "--save", "", "--appendonly", "no",
+	      "--dir", c->dir, "--loglevel", "warning", (char *)NULL);
+	_exit(127);
+}
+
+/* Run `redis-cli ARGS...` quietly; @return its exit status. */
+static inline int tl_redis_cli(char *const *argv)
+{
+	pid_t pid = fork();
+	int st = 0;
+
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+
+		dup2(null, 0);
+		dup2(null, 1);
+		dup2(null, 2);
+		execv("/usr/bin/redis-cli", argv);
+		_exit(127);
+	}
+	if (pid < 0 || waitpid(pid, &st, 0) < 0)
+		return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static inline void tl_rcluster_stop(struct tl_rcluster *c);
+
+/* Is the node `redis-cli ... INFO replication` asks a master, or a replica
+ * whose link to its master is up and synchronised? */
+static inline bool tl_rc_synced(char *const *argv)
+{
+	int fds[2], st = 0;
+	char out[4096] = "";
+	ssize_t n, len = 0;
+	pid_t pid;
+
+	if (pipe(fds))
+		return false;
+	pid = fork();
+	if (pid == 0) {
+		dup2(fds[1], 1);
+		close(fds[0]);
+		execv("/usr/bin/redis-cli", argv);
+		_exit(127);
+	}
+	close(fds[1]);
+	while (len < (ssize_t)sizeof(out) - 1 &&
+	       (n = read(fds[0], out + len, sizeof(out) - 1 - (size_t)len)) > 0)
+		len += n;
+	close(fds[0]);
+	waitpid(pid, &st, 0);
+	out[len] = '\0';
+	if (strstr(out, "role:master"))
+		return true;
+	return strstr(out, "master_link_status:up") && strstr(out, "master_sync_in_progress:0");
+}
+
+/*
+ * Start 6 redis-servers in cluster mode on free loopback ports (the cluster
+ * bus, port + 10000, free too), make them 3 masters with a replica each
+ * (`redis-cli --cluster create ... --cluster-replicas 1`), and wait until
+ * every slot is served. @return 0 or -1.
+ */
+static inline int tl_rcluster_start(struct tl_rcluster *c)
+{
+	char *argv[TL_RC_NODES + 8], addrs[TL_RC_NODES][32];
+	int n = 0, base = 20000 + (int)(getpid() % 2000) * 5;
+	size_t ul;
+
+	memset(c, 0, sizeof(*c));
+	snprintf(c->dir, sizeof(c->dir), "/tmp/kvfs-rcluster-XXXXXX");
+	if (!mkdtemp(c->dir))
+		return -1;
+	for (int i = 0; i < TL_RC_NODES; i++) {
+		while (base < 30000 && !(tl_port_free(base) && tl_port_free(base + 10000)))
+			base++;
+		if (base >= 30000)
+			goto fail;
+		c->port[i] = base++;
+		c->pid[i] = tl_rc_spawn(c, i);
+		if (c->pid[i] < 0)
+			goto fail;
+	}
+	for (int i = 0; i < TL_RC_NODES; i++) {
+		int k = 0;
+
+		while (k++ < 500 && !tl_tcp_up(c->port[i]))
+			tl_sleep_ms(10);
+		if (!tl_tcp_up(c->port[i]))
+			goto fail;
+	}
+	argv[n++] = "redis-cli";
+	argv[n++] = "--cluster";
+	argv[n++] = "create";
+	for (int i = 0; i < TL_RC_NODES; i++) {
+		snprintf(addrs[i], sizeof(addrs[i]), "127.0.0.1:%d", c->port[i]);
+		argv[n++] = addrs[i];
+	}
+	argv[n++] = "--cluster-replicas";
+	argv[n++] = "1";
+	argv[n++] = "--cluster-yes";
+	argv[n] = NULL;
+	if (tl_redis_cli(argv) != 0)
+		goto fail;
+	ul = (size_t)snprintf(c->url, sizeof(c->url), "redis-cluster://");
+	for (int i = 0; i < 3; i++)
+		ul += (size_t)snprintf(c->url + ul, sizeof(c->url) - ul, "%s127.0.0.1:%d",
+				       i ? "," : "", c->port[i]);
+	/* Every node agrees every slot is served. */
+	for (int i = 0; i < TL_RC_NODES; i++) {
+		char *chk[] = {"redis-cli", "--cluster", "check", addrs[i], NULL};
+		int k = 0;
+
+		while (k++ < 100 && tl_redis_cli(chk) != 0)
+			tl_sleep_ms(100);
+	}
+	/* ... and every replica has its master's data (a replica that never
+	 * synchronised cannot take over). */
+	for (int i = 0; i < TL_RC_NODES; i++) {
+		char port[16], *info[] = {"redis-cli", "-p", port, "INFO", "replication", NULL};
+		int k = 0;
+
+		snprintf(port, sizeof(port), "%d", c->port[i]);
+		while (k++ < 200 && !tl_rc_synced(info))
+			tl_sleep_ms(50);
+	}
+	return 0;
+fail:
+	tl_rcluster_stop(c);
+	return -1;
+}
+
+static inline void tl_rcluster_kill(struct tl_rcluster *c, int i)
+{
+	if (c->pid[i] > 0) {
+		kill(c->pid[i], SIGKILL);
+		waitpid(c->pid[i], NULL, 0);
+		c->pid[i] = 0;
+	}
+}
+
+static inline void tl_rcluster_stop(struct tl_rcluster *c)
+{
+	char cmd[160];
+
+	for (int i = 0; i < TL_RC_NODES; i++)
+		tl_rcluster_kill(c, i);
+	if (c->dir[0]) {
+		/* nodes-*.conf and nothing else (no --save, no AOF) */
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", c->dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "could not remove %s\n", c->dir);
+	}
+	memset(c, 0, sizeof(*c));
 }
 
 #endif
