@@ -40,11 +40,34 @@ KCFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
 LDFLAGS  += -fsanitize=$(SANITIZE)
 endif
 
+# --- the GPU layer's toolkit (gpu/, DESIGN §10) ------------------------------
+# gpu/ is built with CUDA when a toolkit is found (CUDA_HOME, or NO_CUDA=1 to
+# leave it out); the stand-in device (gpu/shm.c) is always built, for tests.
+# The runtime is linked statically, so a CUDA build starts without a driver.
+CUDA_HOME ?= /usr/local/cuda
+CUDA_ARCH ?= 90
+NVCC      := $(CUDA_HOME)/bin/nvcc
+HAVE_CUDA := $(if $(NO_CUDA),,$(shell test -x $(NVCC) && \
+               test -e $(CUDA_HOME)/include/cuda_runtime_api.h && \
+               test -e $(CUDA_HOME)/lib64/libcudart_static.a && echo 1))
+ifeq ($(HAVE_CUDA),1)
+CUDA_LIBS := $(CUDA_HOME)/lib64/libcudart_static.a -ldl -lrt -lstdc++
+NVCCFLAGS := -O2 -std=c++17 -Iinclude -I. -Xcompiler -fPIC,-Wall,-Werror \
+             -gencode arch=compute_$(CUDA_ARCH),code=[sm_$(CUDA_ARCH),compute_$(CUDA_ARCH)]
+else
+CUDA_LIBS :=
+ifeq ($(MAKELEVEL),0)
+$(info kvfs: no CUDA toolkit in $(CUDA_HOME) (set CUDA_HOME=...): building without GPU support)
+endif
+endif
+
 # --- sources, one folder a layer (DESIGN §1) -------------------------------
 CORE_SRC   := $(wildcard core/*.c)
 TIER_SRC   := $(wildcard tier/*.c)
 FS_SRC     := $(wildcard fs/*.c)
 RDMA_SRC   := $(wildcard rdma/*.c)
+GPU_SRC    := gpu/gpu.c gpu/shm.c $(if $(HAVE_CUDA),gpu/cuda.c)
+GPU_CU     := $(if $(HAVE_CUDA),gpu/kern.cu)
 # The public library: what include/kvfs/ declares.
 LIBKVFS_SRC := core/keys.c core/format.c $(wildcard engine/lib*.c)
 
@@ -53,6 +76,7 @@ obj = $(patsubst %.c,$(B)/obj/%.o,$(1))
 CORE_LIB   := $(B)/lib/libkvfs-core.a
 TIER_LIB   := $(B)/lib/libkvfs-tier.a
 RDMA_LIB   := $(B)/lib/libkvfs-rdma.a
+GPU_LIB    := $(B)/lib/libkvfs-gpu.a
 LIBKVFS_A  := $(B)/lib/libkvfs.a
 LIBKVFS_SO := $(B)/lib/libkvfs.so
 BINS       := $(B)/bin/kvfs $(if $(wildcard tools/kvfsctl.c),$(B)/bin/kvfsctl) \
@@ -77,11 +101,21 @@ $(B)/obj/%.o: %.c
 	@[ "$(V)" = 1 ] || echo "  CC      $<"
 	$(Q)$(CC) $(KCFLAGS) $(CFLAGS) -c -o $@ $<
 
+# nvcc is slow: kern.cu is its only input, compiled once per build folder.
+$(B)/obj/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  NVCC    $<"
+	$(Q)$(NVCC) $(NVCCFLAGS) -MMD -MP -c -o $@ $<
+
+$(B)/obj/gpu/gpu.o: KCFLAGS += $(if $(HAVE_CUDA),-DKVFS_CUDA)
+$(B)/obj/gpu/cuda.o: KCFLAGS += -isystem $(CUDA_HOME)/include
+
 $(CORE_LIB): $(call obj,$(CORE_SRC))
 $(TIER_LIB): $(call obj,$(TIER_SRC))
 $(RDMA_LIB): $(call obj,$(RDMA_SRC))
+$(GPU_LIB): $(call obj,$(GPU_SRC)) $(patsubst %.cu,$(B)/obj/%.cu.o,$(GPU_CU))
 $(LIBKVFS_A): $(call obj,$(LIBKVFS_SRC))
-$(CORE_LIB) $(TIER_LIB) $(RDMA_LIB) $(LIBKVFS_A):
+$(CORE_LIB) $(TIER_LIB) $(RDMA_LIB) $(GPU_LIB) $(LIBKVFS_A):
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  AR      $@"
 	$(Q)rm -f $@ && ar rcs $@ $^
@@ -91,20 +125,20 @@ $(LIBKVFS_SO): $(call obj,$(LIBKVFS_SRC))
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
 	$(Q)$(CC) -shared -Wl,-soname,libkvfs.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(B)/bin/kvfs: $(call obj,$(FS_SRC)) $(TIER_LIB) $(RDMA_LIB) $(CORE_LIB)
+$(B)/bin/kvfs: $(call obj,$(FS_SRC)) $(TIER_LIB) $(RDMA_LIB) $(GPU_LIB) $(CORE_LIB)
 $(B)/bin/kvfsctl: $(call obj,tools/kvfsctl.c) $(LIBKVFS_A)
 $(B)/bin/kvfs-bench: $(call obj,$(wildcard tools/bench*.c)) $(LIBKVFS_A)
 $(BINS):
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(if $(filter $(GPU_LIB),$^),$(CUDA_LIBS))
 
 # nvme_test makes strdup fail for one string (an allocation failure mid-open).
 $(B)/tests/nvme_test: LDFLAGS += -Wl,--wrap=strdup
-$(B)/tests/%_test: $(call obj,tests/unit/%_test.c) $(TIER_LIB) $(CORE_LIB) $(LIBKVFS_A)
+$(B)/tests/%_test: $(call obj,tests/unit/%_test.c) $(TIER_LIB) $(LIBKVFS_A) $(GPU_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS) -lcmocka
 
 # --- tests -------------------------------------------------------------------
 # `make test` installs what is missing, builds, then runs the unit suites and
@@ -116,14 +150,26 @@ test: deps
 unit: $(UNIT_BINS)
 	$(Q)sh tests/run-unit.sh $(UNIT_BINS)
 
+# The suites about names, eviction and NVMe run a second time with every read
+# through the daemon (--no-passthrough), so both read paths stay tested.
+NOPT_TESTS ?= test_namespace test_eviction test_nvme test_passthrough
 integration: $(BINS) $(B)/tests/fpdrv
 	$(Q)KVFS_BUILD=$(B) $(PYTHON) tests/integration/run.py $(TESTS)
+	$(Q)$(if $(TESTS),true,KVFS_BUILD=$(B) KVFS_TEST_NO_PASSTHROUGH=1 $(PYTHON) tests/integration/run.py $(NOPT_TESTS))
 
 # A libkvfs client the fast-path suite drives.
-$(B)/tests/fpdrv: $(call obj,tests/integration/fpdrv.c) $(LIBKVFS_A)
+# It uses the tests' stand-in GPU (gpu/shm.c) for device buffers.
+$(B)/tests/fpdrv: $(call obj,tests/integration/fpdrv.c) $(LIBKVFS_A) $(GPU_LIB) $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
+
+# The GPU tier's benchmark (tests/gpu/run.sh runs it on a device).
+all: $(B)/tests/gpu_bench
+$(B)/tests/gpu_bench: $(call obj,tests/gpu/gpu_bench.c) $(LIBKVFS_A) $(GPU_LIB) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS)
 
 bench: all
 	$(Q)KVFS_BUILD=$(B) sh tools/bench.sh

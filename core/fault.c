@@ -22,6 +22,8 @@ static const char *const fault_names[KVFS_FAULT_NR] = {
 	[KVFS_FAULT_NVME_WRITE] = "nvme_write",
 	[KVFS_FAULT_NVME_FSYNC] = "nvme_fsync",
 	[KVFS_FAULT_NET_READ] = "net_read",
+	[KVFS_FAULT_GPU_COPY] = "gpu_copy",
+	[KVFS_FAULT_BACKING_OPEN] = "backing_open",
 };
 
 static const struct {
@@ -30,7 +32,7 @@ static const struct {
 } errno_names[] = {
 	{"EIO", EIO},         {"ENOSPC", ENOSPC}, {"ENOMEM", ENOMEM}, {"EAGAIN", EAGAIN},
 	{"EBADMSG", EBADMSG}, {"EROFS", EROFS},   {"EDQUOT", EDQUOT}, {"ETIMEDOUT", ETIMEDOUT},
-	{"ECONNRESET", ECONNRESET},
+	{"ECONNRESET", ECONNRESET}, {"EPERM", EPERM}, {"EOPNOTSUPP", EOPNOTSUPP},
 };
 
 const char *kvfs_fault_name(enum kvfs_fault_op op)

@@ -23,6 +23,8 @@ enum kvfs_fault_op {
 	KVFS_FAULT_NVME_WRITE, /* an NVMe extent write */
 	KVFS_FAULT_NVME_FSYNC, /* an NVMe segment fsync */
 	KVFS_FAULT_NET_READ,   /* bytes of a remote read (corruption seam) */
+	KVFS_FAULT_GPU_COPY,   /* a device copy or gather/scatter, when it runs */
+	KVFS_FAULT_BACKING_OPEN, /* registering a DRAM file for FUSE passthrough */
 	KVFS_FAULT_NR,
 };
 

@@ -372,6 +372,26 @@ int kvfs_block_encode_header(const struct kvfs_block_desc *d, const uint64_t *ch
 	return 0;
 }
 
+int kvfs_block_set_layer_checksums(void *hdr, size_t cap, const uint64_t *checksums, uint32_t n)
+{
+	uint8_t *h = hdr;
+	uint32_t header_bytes, layers_off;
+
+	if (!h || !checksums || cap < KVFS_BLOCK_FIXED_BYTES ||
+	    memcmp(h + OFF_MAGIC, block_magic, KVFS_BLOCK_MAGIC_BYTES))
+		return -EBADMSG;
+	header_bytes = get32(h + OFF_HEADER_BYTES);
+	layers_off = get32(h + OFF_LAYERS_OFF);
+	if (header_bytes > cap || header_bytes % KVFS_BLOCK_ALIGN || !header_bytes ||
+	    get32(h + OFF_NUM_LAYERS) != n || layers_off < KVFS_BLOCK_FIXED_BYTES ||
+	    layers_off > header_bytes || (uint64_t)n * LAYER_ENTRY_BYTES > header_bytes - layers_off)
+		return -EBADMSG;
+	for (uint32_t i = 0; i < n; i++)
+		put64(h + layers_off + (size_t)i * LAYER_ENTRY_BYTES + 8, checksums[i]);
+	put64(h + OFF_HEADER_CHECKSUM, hdr_checksum(h, header_bytes));
+	return 0;
+}
+
 int kvfs_block_encode(const struct kvfs_block_desc *d, const void *const *layers, void *buf,
 		      size_t cap, kvfs_key *key)
 {

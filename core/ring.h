@@ -12,6 +12,9 @@
  *   ring.<name>  one ring: a header, a submission queue (SQ), a completion
  *                queue (CQ) and a scratch area for request payloads
  *   buf.<name>   a data buffer the daemon copies blocks into and out of
+ *   dev.<name>   device memory of the engine: a sealed memfd holding one
+ *                struct kvfs_ring_devreg (its IPC handle); the daemon maps
+ *                the device memory and copies into it as into a buffer
  *
  * Queues are single-producer single-consumer: the engine produces SQEs and
  * consumes CQEs, the daemon the reverse. Indices are free-running u32s
@@ -76,6 +79,39 @@ enum kvfs_ring_op {
 	 * for an invalid native block).
 	 */
 	KVFS_OP_SAVE = 5,
+	/*
+	 * Store a block whose layers are in registered device memory. ns =
+	 * namespace id; args[0] = buffer id, args[1] = offset, args[2] =
+	 * length of its header in a registered host buffer, as
+	 * kvfs_block_encode_header() wrote it (layer checksums 0: the daemon
+	 * computes them); payload at args[3]: the 32-byte key, then one
+	 * struct kvfs_ring_devpart per layer. The daemon copies each layer's
+	 * K (and V) out of device memory, fills in the checksums and stores
+	 * the block as SAVE does. res as SAVE.
+	 */
+	KVFS_OP_SAVE_DEV = 6,
+};
+
+/* Where one layer of a SAVE_DEV block is: offsets in a dev.<> buffer. 24 bytes. */
+struct kvfs_ring_devpart {
+	uint32_t buf;
+	uint32_t pad;
+	uint64_t k_off;
+	uint64_t v_off; /* unused for kind MLA */
+};
+
+/* The record a dev.<name> registration's memfd holds (sealed, exactly this size). */
+#define KVFS_DEVREG_MAGIC 0x6464766bu /* "kvdd" */
+struct kvfs_ring_devreg {
+	uint32_t magic;
+	uint32_t version;  /* KVFS_RING_VERSION */
+	uint32_t kind;     /* enum kvfs_dev_kind (kvfs/kvfs.h) = enum gpu_impl */
+	int32_t device;    /* the engine's device ordinal */
+	uint64_t bytes;    /* registered, from base */
+	uint64_t base;     /* its address in the engine (descriptor offsets are from here) */
+	uint64_t offset;   /* how far base lies into the exported allocation */
+	uint8_t uuid[16];
+	uint8_t handle[64];
 };
 
 /* A copy from a held block to a registered buffer. 32 bytes. */

@@ -512,8 +512,12 @@ out:
 	return NULL;
 }
 
-int kvfs_load_start(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_pages *dst,
-		    const uint32_t *block_ids, kvfs_load **out)
+/*
+ * Start a load. @device: some layers are device memory, which only the
+ * daemon can write: never fall back to the POSIX loader then.
+ */
+static int load_start(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_pages *dst,
+		      const uint32_t *block_ids, kvfs_load **out, bool device)
 {
 	kvfs_ns *ns;
 	kvfs_load *ld;
@@ -551,7 +555,7 @@ int kvfs_load_start(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_
 			ld->error = rc;
 			return 0;
 		}
-		if (rc != -ENOTSUP) {
+		if (rc != -ENOTSUP || device) {
 			/* the daemon went away: the load is a miss */
 			ld->error = rc;
 			ld->finished = true;
@@ -588,6 +592,161 @@ out_free:
 	free(ld->block_ids);
 	free(ld);
 	return rc;
+}
+
+int kvfs_load_start(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_pages *dst,
+		    const uint32_t *block_ids, kvfs_load **out)
+{
+	return load_start(m, first, n, dst, block_ids, out, false);
+}
+
+int kvfs_load_start_ex(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_pages_ex *dst,
+		       const uint32_t *block_ids, kvfs_load **out)
+{
+	struct kvfs_kv_layer *layers;
+	struct kvfs_kv_pages pages;
+	bool device = false;
+	kvfs_ns *ns;
+	int rc = 0;
+
+	if (!m || !dst || !dst->layers || !out || first > m->n || n > m->n - first ||
+	    (n && !block_ids))
+		return -EINVAL;
+	ns = m->ns;
+	layers = malloc(sizeof(*layers) * ns->layout.num_layers);
+	if (!layers)
+		return -ENOMEM;
+	for (uint32_t l = 0; l < ns->layout.num_layers; l++) {
+		const struct kvfs_kv_layer_ex *ly = &dst->layers[l];
+
+		layers[l] = (struct kvfs_kv_layer){.k = ly->k,
+						   .v = ly->v,
+						   .block_stride = ly->block_stride,
+						   .token_stride = ly->token_stride};
+		if (ly->reserved || ly->device < KVFS_DEVICE_HOST)
+			rc = -EINVAL;
+		if (ly->device == KVFS_DEVICE_HOST || rc)
+			continue;
+		device = true;
+		if (!m->fast) {
+			rc = -ENOTSUP; /* only the daemon can write device memory */
+			continue;
+		}
+		/* every engine block of the load in memory registered on that device */
+		for (size_t i = 0; i < n && !rc; i++)
+			for (int part = 0; part < (ly->v ? 2 : 1) && !rc; part++) {
+				const uint8_t *p = (const uint8_t *)(part ? ly->v : ly->k) +
+						   (size_t)block_ids[i] * ly->block_stride;
+				int dev = fast_buf_device(ns, p, ns->part_bytes);
+
+				rc = dev == ly->device ? 0 : dev >= 0 ? -EINVAL : -ENOTSUP;
+			}
+	}
+	pages.layers = layers;
+	if (!rc)
+		rc = load_start(m, first, n, &pages, block_ids, out, device);
+	free(layers);
+	return rc;
+}
+
+long kvfs_save_ex(kvfs_ns *ns, const kvfs_key *parent, size_t first_index, const uint32_t *tokens,
+		  size_t nblocks, const struct kvfs_key_extra *extra,
+		  const struct kvfs_kv_pages_ex *src, const uint32_t *block_ids)
+{
+	struct kvfs_kv_layer *layers;
+	struct kvfs_kv_pages pages;
+	uint8_t xbuf[MAX_EXTRA];
+	unsigned ndev = 0;
+	kvfs_key prev;
+	long done = 0;
+	uint32_t L, T;
+
+	if (!ns || !parent || !src || !src->layers || (nblocks && (!tokens || !block_ids)))
+		return -EINVAL;
+	L = ns->layout.num_layers;
+	T = ns->layout.tokens_per_block;
+	layers = malloc(sizeof(*layers) * L);
+	if (!layers)
+		return -ENOMEM;
+	for (uint32_t l = 0; l < L; l++) {
+		const struct kvfs_kv_layer_ex *ly = &src->layers[l];
+
+		layers[l] = (struct kvfs_kv_layer){.k = ly->k, .v = ly->v,
+						   .block_stride = ly->block_stride,
+						   .token_stride = ly->token_stride};
+		if (ly->reserved || ly->device < KVFS_DEVICE_HOST)
+			done = -EINVAL;
+		ndev += ly->device != KVFS_DEVICE_HOST;
+	}
+	pages.layers = layers;
+	if (!done && check_pages(ns, &pages))
+		done = -EINVAL;
+	if (done || !ndev) {
+		if (!done)
+			done = kvfs_save(ns, parent, first_index, tokens, nblocks, extra, &pages,
+					 block_ids);
+		goto out;
+	}
+	if (ndev != L || !ns->fast || !fast_up(ns)) {
+		done = ndev != L ? -EINVAL : -ENOTSUP;
+		goto out;
+	}
+	prev = *parent;
+	for (size_t i = 0; i < nblocks; i++) {
+		struct kvfs_block_desc d = {.layout = ns->layout, .parent = prev,
+					    .tokens = tokens + i * T};
+		long xlen = 0;
+		kvfs_key key;
+		int rc;
+
+		if (extra) {
+			xlen = kvfs_key_extra_encode(extra, first_index + i, xbuf, sizeof(xbuf));
+			if (xlen < 0) {
+				done = done ? done : xlen;
+				break;
+			}
+		}
+		d.extra_cbor = xlen ? xbuf : NULL;
+		d.extra_len = (size_t)xlen;
+		if (kvfs_key_block(&prev, d.tokens, T, d.extra_cbor, d.extra_len, &key)) {
+			done = done ? done : -EINVAL;
+			break;
+		}
+		rc = fast_save_dev(ns, &d, &key, layers, block_ids[i]);
+		prev = key;
+		if (rc == -EEXIST) {
+			atomic_fetch_add(&ns->st.saves_present, 1);
+		} else if (rc) {
+			atomic_fetch_add(&ns->st.save_errors, 1);
+			if (!done && (rc == -ENOTSUP || rc == -E2BIG)) {
+				done = rc; /* nothing of this call can be saved */
+				break;
+			}
+			continue;
+		} else {
+			atomic_fetch_add(&ns->st.saves_queued, 1);
+			atomic_fetch_add(&ns->st.saves_written, 1);
+		}
+		done++;
+	}
+out:
+	free(layers);
+	return done;
+}
+
+int kvfs_dev_register(kvfs_ns *ns, const struct kvfs_dev_buffer *b)
+{
+	if (!ns || !b || !b->base || !b->bytes || b->device < 0 ||
+	    (b->kind != KVFS_DEV_CUDA && b->kind != KVFS_DEV_STANDIN))
+		return -EINVAL;
+	if (!ns->fast)
+		return -ENOTSUP;
+	return fast_dev_register(ns, b);
+}
+
+int kvfs_dev_unregister(kvfs_ns *ns, void *base)
+{
+	return ns && ns->fast ? fast_dev_unregister(ns, base) : -ENOENT;
 }
 
 int kvfs_load_wait(kvfs_load *ld, unsigned layer)

@@ -56,7 +56,13 @@ struct fast_buf {
 	int fd;
 	uint32_t id;
 	bool registered;
+	int device; /* KVFS_DEVICE_HOST, or dev.<> registration of device memory */
 };
+
+static const char *buf_kind(const struct fast_buf *b)
+{
+	return b->device == KVFS_DEVICE_HOST ? "buf" : "dev";
+}
 
 struct fast_req {
 	bool busy, done;
@@ -86,6 +92,8 @@ struct fast {
 
 	struct fast_buf *bufs;
 	struct fast_buf *staging;
+	pthread_mutex_t devsave_lock; /* the header buffer of saves from device memory */
+	struct fast_buf *devsave;
 };
 
 /* Process-wide: registration names (kind.pid.id) are unique per process. */
@@ -179,6 +187,7 @@ static struct fast_buf *buf_new(struct fast *f, size_t bytes)
 		goto out_err;
 	b->size = bytes;
 	b->id = atomic_fetch_add(&buf_ids, 1);
+	b->device = KVFS_DEVICE_HOST;
 	return b;
 out_err:
 	if (b->fd >= 0)
@@ -190,8 +199,9 @@ out_err:
 static void buf_destroy(struct fast *f, struct fast_buf *b)
 {
 	if (b->registered)
-		do_unregister(f, "buf", b->id);
-	munmap(b->base, b->size);
+		do_unregister(f, buf_kind(b), b->id);
+	if (b->device == KVFS_DEVICE_HOST) /* device memory is the engine's */
+		munmap(b->base, b->size);
 	close(b->fd);
 	free(b);
 }
@@ -404,7 +414,7 @@ static int connect_ring(struct fast *f)
 	f->ns_id = (uint32_t)res;
 	/* Buffers registered before (a reconnect) register again. */
 	for (struct fast_buf *b = f->bufs; b; b = b->next)
-		b->registered = do_register(f, "buf", b->id, b->fd) == 0;
+		b->registered = do_register(f, buf_kind(b), b->id, b->fd) == 0;
 	return 0;
 
 out_unregister:
@@ -443,6 +453,7 @@ int fast_open(kvfs_ns *ns, bool required)
 		return -ENOMEM;
 	f->ring_fd = -1;
 	pthread_mutex_init(&f->lock, NULL);
+	pthread_mutex_init(&f->devsave_lock, NULL);
 	rc = find_mount(f, ns->dir);
 	if (rc)
 		goto out_free;
@@ -470,6 +481,7 @@ out_free:
 		f->bufs = b->next;
 		buf_destroy(f, b);
 	}
+	pthread_mutex_destroy(&f->devsave_lock);
 	pthread_mutex_destroy(&f->lock);
 	free(f);
 	return required ? rc : 0;
@@ -488,6 +500,7 @@ void fast_close(kvfs_ns *ns)
 		f->bufs = b->next;
 		buf_destroy(f, b);
 	}
+	pthread_mutex_destroy(&f->devsave_lock);
 	pthread_mutex_destroy(&f->lock);
 	free(f);
 	ns->fast = NULL;
@@ -572,7 +585,7 @@ bool fast_free(kvfs_ns *ns, void *mem)
 		return false;
 	pthread_mutex_lock(&f->lock);
 	for (pp = &f->bufs; *pp; pp = &(*pp)->next)
-		if ((*pp)->base == mem && *pp != f->staging) {
+		if ((*pp)->base == mem && *pp != f->staging && (*pp)->device == KVFS_DEVICE_HOST) {
 			b = *pp;
 			*pp = b->next;
 			break;
@@ -581,6 +594,165 @@ bool fast_free(kvfs_ns *ns, void *mem)
 	if (b)
 		buf_destroy(f, b);
 	return b != NULL;
+}
+
+/* --- device memory ----------------------------------------------------------------------- */
+
+/*
+ * The registration is a sealed memfd holding one struct kvfs_ring_devreg:
+ * the daemon reads the handle once and can trust that it never changes.
+ */
+int fast_dev_register(kvfs_ns *ns, const struct kvfs_dev_buffer *db)
+{
+	struct fast *f = ns->fast;
+	struct kvfs_ring_devreg rec = {
+		.magic = KVFS_DEVREG_MAGIC,
+		.version = KVFS_RING_VERSION,
+		.kind = db->kind,
+		.device = db->device,
+		.bytes = db->bytes,
+		.base = (uint64_t)(uintptr_t)db->base,
+		.offset = db->offset,
+	};
+	const uint8_t *lo = db->base;
+	struct fast_buf *b;
+	int rc = 0;
+
+	memcpy(rec.uuid, db->uuid, sizeof(rec.uuid));
+	memcpy(rec.handle, db->ipc_handle, sizeof(rec.handle));
+	b = calloc(1, sizeof(*b));
+	if (!b)
+		return -ENOMEM;
+	b->base = (uint8_t *)db->base;
+	b->size = db->bytes;
+	b->device = db->device;
+	b->id = atomic_fetch_add(&buf_ids, 1);
+	b->fd = memfd_create("kvfs-dev", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (b->fd < 0 || pwrite(b->fd, &rec, sizeof(rec), 0) != (ssize_t)sizeof(rec) ||
+	    fcntl(b->fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
+		rc = -errno;
+		goto out_free;
+	}
+	pthread_mutex_lock(&f->lock);
+	for (struct fast_buf *o = f->bufs; o && !rc; o = o->next)
+		if (lo < o->base + o->size && o->base < lo + db->bytes)
+			rc = -EEXIST;
+	if (!rc && !f->up)
+		rc = -ENOTCONN;
+	if (!rc)
+		rc = do_register(f, "dev", b->id, b->fd);
+	if (!rc) {
+		b->registered = true;
+		b->next = f->bufs;
+		f->bufs = b;
+	}
+	pthread_mutex_unlock(&f->lock);
+	if (!rc)
+		return 0;
+out_free:
+	if (b->fd >= 0)
+		close(b->fd);
+	free(b);
+	return rc;
+}
+
+int fast_dev_unregister(kvfs_ns *ns, void *base)
+{
+	struct fast *f = ns->fast;
+	struct fast_buf **pp, *b = NULL;
+
+	pthread_mutex_lock(&f->lock);
+	for (pp = &f->bufs; *pp; pp = &(*pp)->next)
+		if ((*pp)->base == base && (*pp)->device != KVFS_DEVICE_HOST) {
+			b = *pp;
+			*pp = b->next;
+			break;
+		}
+	pthread_mutex_unlock(&f->lock);
+	if (!b)
+		return -ENOENT;
+	buf_destroy(f, b);
+	return 0;
+}
+
+int fast_buf_device(kvfs_ns *ns, const void *p, size_t len)
+{
+	struct fast *f = ns->fast;
+	struct fast_buf *b;
+	int dev;
+
+	pthread_mutex_lock(&f->lock);
+	b = buf_of(f, p, len);
+	dev = b ? b->device : -ENOENT;
+	pthread_mutex_unlock(&f->lock);
+	return dev;
+}
+
+int fast_save_dev(kvfs_ns *ns, const struct kvfs_block_desc *d, const kvfs_key *key,
+		  const struct kvfs_kv_layer *layers, uint32_t block_id)
+{
+	struct fast *f = ns->fast;
+	uint32_t L = ns->layout.num_layers;
+	size_t plen = KVFS_KEY_BYTES + (size_t)L * sizeof(struct kvfs_ring_devpart);
+	struct kvfs_ring_sqe e = {.op = KVFS_OP_SAVE_DEV, .ns = f->ns_id};
+	uint8_t *payload = malloc(plen);
+	uint64_t *zero = calloc(L, sizeof(*zero));
+	int rc = 0;
+
+	if (!payload || !zero) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (plen > SLOT_BYTES) {
+		rc = -E2BIG;
+		goto out;
+	}
+	memcpy(payload, key, KVFS_KEY_BYTES);
+	pthread_mutex_lock(&f->lock);
+	for (uint32_t l = 0; l < L && !rc; l++) {
+		const struct kvfs_kv_layer *ly = &layers[l];
+		const uint8_t *k = (const uint8_t *)ly->k + (size_t)block_id * ly->block_stride;
+		const uint8_t *v = ly->v ? (const uint8_t *)ly->v + (size_t)block_id * ly->block_stride
+					 : NULL;
+		struct fast_buf *b = buf_of(f, k, ns->part_bytes);
+		struct kvfs_ring_devpart dp = {0};
+
+		if (!b || b->device == KVFS_DEVICE_HOST || ly->token_stride != ns->row_bytes ||
+		    (v && buf_of(f, v, ns->part_bytes) != b)) {
+			rc = -ENOTSUP;
+			break;
+		}
+		dp.buf = b->id;
+		dp.k_off = (uint64_t)(k - b->base);
+		dp.v_off = v ? (uint64_t)(v - b->base) : 0;
+		memcpy(payload + KVFS_KEY_BYTES + (size_t)l * sizeof(dp), &dp, sizeof(dp));
+	}
+	pthread_mutex_unlock(&f->lock);
+	if (rc)
+		goto out;
+	pthread_mutex_lock(&f->devsave_lock);
+	if (!f->devsave) { /* room for any header, registered once */
+		void *mem = fast_alloc(ns, KVFS_BLOCK_MAX_HEADER);
+
+		pthread_mutex_lock(&f->lock);
+		f->devsave = mem ? buf_of(f, mem, KVFS_BLOCK_MAX_HEADER) : NULL;
+		pthread_mutex_unlock(&f->lock);
+	}
+	if (!f->devsave) {
+		rc = -ENOMEM;
+	} else {
+		rc = kvfs_block_encode_header(d, zero, f->devsave->base, f->devsave->size, NULL);
+		e.args[0] = f->devsave->id;
+		e.args[1] = 0;
+		e.args[2] = kvfs_layout_header_bytes(&d->layout, d->extra_len);
+		if (!rc)
+			rc = (int)call(f, &e, payload, plen, 3, NULL);
+	}
+	pthread_mutex_unlock(&f->devsave_lock);
+out:
+	free(payload);
+	free(zero);
+	return rc;
 }
 
 /*

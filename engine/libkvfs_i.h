@@ -96,5 +96,13 @@ int fast_load_start(kvfs_load *ld);
 int fast_load_wait(kvfs_load *ld, unsigned layer);
 void fast_load_drain(kvfs_load *ld);
 int fast_save(kvfs_ns *ns, const struct save_slot *s);
+int fast_dev_register(kvfs_ns *ns, const struct kvfs_dev_buffer *b);
+int fast_dev_unregister(kvfs_ns *ns, void *base);
+/* The device of the registered memory holding [p, p+len): KVFS_DEVICE_HOST
+ * for a kvfs_alloc() buffer; -ENOENT if none holds it. */
+int fast_buf_device(kvfs_ns *ns, const void *p, size_t len);
+/* Store one block whose layers @layers are device memory (SAVE_DEV). @return as fast_save(). */
+int fast_save_dev(kvfs_ns *ns, const struct kvfs_block_desc *d, const kvfs_key *key,
+		  const struct kvfs_kv_layer *layers, uint32_t block_id);
 
 #endif

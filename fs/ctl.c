@@ -224,7 +224,7 @@ static const struct figure figures[] = {
 	{"directories", "kvfs_directories", GAUGE, "Directories, not counting the root", CTR(dirs),
 	 NULL},
 	{"open_handles", "kvfs_open_handles", GAUGE, "Open file handles", CTR(open_handles), NULL},
-	{"tiers.dram.capacity_bytes", "kvfs_dram_capacity_bytes", GAUGE, "DRAM arena size", -1,
+	{"tiers.dram.capacity_bytes", "kvfs_dram_capacity_bytes", GAUGE, "DRAM budget", -1,
 	 g_dram_capacity},
 	{"tiers.dram.used_bytes", "kvfs_dram_used_bytes", GAUGE, "DRAM pages in use, in bytes", -1,
 	 g_dram_used},
@@ -289,6 +289,15 @@ static const struct figure figures[] = {
 	{"busy_opens", "kvfs_busy_opens_total", COUNTER,
 	 "Opens refused because the file was being written (EBUSY)", CTR(busy_opens), NULL},
 	{"reads", "kvfs_reads_total", COUNTER, "Read requests served", CTR(reads), NULL},
+	{"passthrough_opens", "kvfs_passthrough_opens_total", COUNTER,
+	 "Opens whose reads the kernel serves from the DRAM file (FUSE passthrough)",
+	 CTR(pt_opens), NULL},
+	{"passthrough_refused", "kvfs_passthrough_refused_total", COUNTER,
+	 "Opens on the read path because the kernel refused the backing file", CTR(pt_refused),
+	 NULL},
+	{"passthrough_no_room", "kvfs_passthrough_no_room_total", COUNTER,
+	 "Opens on the read path because the file could not be brought into DRAM",
+	 CTR(pt_no_room), NULL},
 	{"read_bytes", "kvfs_read_bytes_total", COUNTER, "Bytes read", CTR(read_bytes), NULL},
 	{"writes", "kvfs_writes_total", COUNTER, "Write requests", CTR(writes), NULL},
 	{"write_bytes", "kvfs_write_bytes_total", COUNTER, "Bytes written", CTR(write_bytes), NULL},
@@ -346,6 +355,17 @@ static const struct figure figures[] = {
 	 "Bytes copied into engine buffers", CTR(fp_read_bytes), NULL},
 	{"fast_path.saved_blocks", "kvfs_fast_path_saved_blocks_total", COUNTER,
 	 "Blocks stored through rings", CTR(fp_saved), NULL},
+	{"gpu.registrations", "kvfs_gpu_registrations_total", COUNTER,
+	 "Engine device memory registered under .kvfs/iovs", CTR(gpu_registrations), NULL},
+	{"gpu.refused", "kvfs_gpu_refused_total", COUNTER,
+	 "Device memory registrations refused (bad, stale or foreign handles)", CTR(gpu_refused),
+	 NULL},
+	{"gpu.copy_errors", "kvfs_gpu_copy_errors_total", COUNTER,
+	 "Copies to or from engine device memory that failed", CTR(gpu_copy_errors), NULL},
+	{"gpu.loaded_bytes", "kvfs_gpu_loaded_bytes_total", COUNTER,
+	 "Bytes copied into engine device memory", CTR(gpu_loaded_bytes), NULL},
+	{"gpu.saved_blocks", "kvfs_gpu_saved_blocks_total", COUNTER,
+	 "Blocks stored from engine device memory", CTR(gpu_saved_blocks), NULL},
 };
 
 static void take_snapshot(struct kvfs_fs *fs, struct snapshot *s)
@@ -418,12 +438,48 @@ static char *render_stats(struct kvfs_fs *fs)
 		json_object_set_new(root, "faults_injected", faults);
 	}
 	{
+		/* the tier backends in placement order, fastest first (tier/backend.h) */
+		json_t *bk = json_array();
+
+		for (unsigned i = 0; i < s.ts.nbackends; i++) {
+			const struct tier_backend_stats *b = &s.ts.backend[i];
+
+			json_array_append_new(
+				bk, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "name", b->name,
+					      "capacity_bytes", (json_int_t)b->capacity, "used_bytes",
+					      (json_int_t)b->used, "files", (json_int_t)b->files,
+					      "reads", (json_int_t)b->reads, "read_bytes",
+					      (json_int_t)b->read_bytes, "writes", (json_int_t)b->writes,
+					      "write_bytes", (json_int_t)b->write_bytes));
+		}
+		json_object_set_new(root, "backends", bk);
+	}
+	{
 		json_t *r = rmt_stats_json(fs), *d = rmt_drain_json(fs);
 
 		if (r)
 			json_object_set_new(root, "remote", r);
 		if (d)
 			json_object_set_new(root, "drain", d);
+	}
+	{
+		struct gpupool_stat g[8];
+		unsigned n = gpupool_stats(fs, g, 8);
+		json_t *pools = json_array();
+
+		for (unsigned i = 0; i < n; i++) {
+			json_t *p = json_object();
+
+			json_object_set_new(p, "device", json_integer(g[i].device));
+			json_object_set_new(p, "impl", json_string(g[i].impl));
+			json_object_set_new(p, "bytes", json_integer((json_int_t)g[i].bytes));
+			json_object_set_new(p, "block_bytes",
+					    json_integer((json_int_t)g[i].block_bytes));
+			json_object_set_new(p, "blocks", json_integer(g[i].blocks));
+			json_object_set_new(p, "free_blocks", json_integer(g[i].free_blocks));
+			json_array_append_new(pools, p);
+		}
+		json_set_path(root, "gpu.pools", pools);
 	}
 	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(root);
@@ -485,6 +541,23 @@ static char *render_metrics(struct kvfs_fs *fs)
 			     "# HELP kvfs_uptime_seconds Seconds since the daemon started\n"
 			     "# TYPE kvfs_uptime_seconds gauge\nkvfs_uptime_seconds %.3f\n",
 			     s.hit_rate < 0 ? 0.0 : s.hit_rate, s.uptime);
+	if (!rc) {
+		struct gpupool_stat g[8];
+		unsigned n = gpupool_stats(fs, g, 8);
+
+		if (n)
+			rc = appendf(&buf, &len, &cap,
+				     "# HELP kvfs_gpu_pool_bytes Bytes of each --gpu pool\n"
+				     "# TYPE kvfs_gpu_pool_bytes gauge\n"
+				     "# HELP kvfs_gpu_pool_free_bytes Free bytes of each --gpu pool\n"
+				     "# TYPE kvfs_gpu_pool_free_bytes gauge\n");
+		for (unsigned i = 0; i < n && !rc; i++)
+			rc = appendf(&buf, &len, &cap,
+				     "kvfs_gpu_pool_bytes{device=\"%d\"} %llu\n"
+				     "kvfs_gpu_pool_free_bytes{device=\"%d\"} %llu\n",
+				     g[i].device, (unsigned long long)g[i].bytes, g[i].device,
+				     (unsigned long long)(g[i].free_blocks * g[i].block_bytes));
+	}
 	if (rc) {
 		free(buf);
 		return NULL;
@@ -512,6 +585,9 @@ static char *render_config(struct kvfs_fs *fs)
 	json_object_set_new(root, "negative_timeout", json_real(c->negative_timeout));
 	json_object_set_new(root, "read_ahead_kb", json_integer(c->read_ahead_kb));
 	json_object_set_new(root, "keep_cache", json_boolean(!c->no_keep_cache));
+	json_object_set_new(root, "passthrough", json_boolean(pt_enabled()));
+	json_object_set_new(root, "dram_store",
+			    json_string(tier_dram_private(fs->tier) ? "tmpfs" : "memfd"));
 	{
 		json_t *nv = json_array();
 
@@ -523,6 +599,15 @@ static char *render_config(struct kvfs_fs *fs)
 	json_object_set_new(root, "persist", json_string(c->persist_through ? "through" : "back"));
 	json_object_set_new(root, "fuse_options", json_string(c->fuse_opts));
 	json_object_set_new(root, "log", c->log_path ? json_string(c->log_path) : json_null());
+	{
+		json_t *g = json_array();
+
+		for (unsigned i = 0; i < c->gpu_count; i++)
+			json_array_append_new(g, json_pack("{s:i,s:I}", "device", c->gpu[i].dev,
+							   "bytes", (json_int_t)c->gpu[i].bytes));
+		json_object_set_new(root, "gpu", g);
+		json_object_set_new(root, "gpu_standin", json_boolean(c->gpu_standin));
+	}
 	out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	json_decref(root);
 	return out;
@@ -613,7 +698,7 @@ int ctl_fault_spec(const char *buf, size_t len, struct kvfs_fault_spec *out, int
 	n = kvfs_fault_parse_spec(buf, len, out, max);
 	for (int i = 0; i < n; i++)
 		if (out[i].op == KVFS_FAULT_ARENA)
-			return -EINVAL; /* made once, at start: it could never fire */
+			return -EINVAL; /* the DRAM store is made once, at start */
 	return n;
 }
 

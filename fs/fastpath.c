@@ -26,6 +26,13 @@
  * buffer, and seals it through the same path as a close (native blocks are
  * validated; an invalid one is removed and the request fails with EBADMSG).
  *
+ * Device memory. A dev.<> registration is a sealed record naming an
+ * engine's GPU allocation by its IPC handle (core/ring.h); the daemon maps
+ * it on its --gpu device (gpupool.c) and READs into it, or SAVE_DEVs out of
+ * it, with batched copies on the ring's own stream, completing a request
+ * only after the stream has passed it. The permission rules above apply
+ * unchanged; a stand-in handle must be the registering process's own.
+ *
  * Locking: fp_lock guards the registration list; a buffer in use by a ring
  * thread is referenced, and its mapping outlives its unregistration until
  * the last reference goes. A ring's tables (namespaces, matches) belong to
@@ -47,6 +54,8 @@
 #include "core/ring.h"
 #include "core/util.h"
 #include "fs/fs_i.h"
+#include "gpu/gpu.h"
+#include "kvfs/format.h"
 
 #define SPIN_NS       (50ull * 1000)   /* poll this long after the last request */
 #define SLEEP_MS      500              /* then sleep, waking to check the owner */
@@ -54,7 +63,7 @@
 #define MAX_GROUPS    64
 #define MAX_IOV       64
 
-enum reg_kind { REG_RING, REG_BUF };
+enum reg_kind { REG_RING, REG_BUF, REG_DEV };
 
 struct fp_match {
 	bool used;
@@ -80,6 +89,11 @@ struct fp_reg {
 	_Atomic int refs;       /* the list's, and each user's */
 	struct kvfs_inode *inode; /* the symlink the kernel sees */
 
+	/* dev.<>: the engine's device memory, mapped on one of our --gpu devices */
+	gpu_dev *gdev;
+	uint8_t *dev_map; /* the exported allocation, as mapped */
+	uint8_t *dev_mem; /* where the registered memory starts in it */
+
 	/* rings: the geometry as checked at registration (never reread) */
 	struct kvfs_fs *fs;
 	uint32_t sq_entries, cq_entries;
@@ -90,6 +104,17 @@ struct fp_reg {
 	_Atomic bool stop;
 	struct kvfs_inode *ns[KVFS_RING_MAX_NS];
 	struct fp_match *matches; /* KVFS_RING_MAX_MATCHES */
+	/* rings: copies into device memory, made at the first */
+	gpu_dev *stream_dev;
+	gpu_stream *stream;
+	uint8_t *bounce; /* NVMe bytes on their way to a device */
+	struct {         /* copies waiting to go as one batch (batch_add) */
+		void **dst;
+		const void **src;
+		size_t *len;
+		unsigned n;
+		enum gpu_dir dir;
+	} batch;
 };
 
 static pthread_mutex_t fp_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -202,6 +227,14 @@ static void reg_put(struct fp_reg *r)
 		return;
 	if (r->mem)
 		munmap(r->mem, r->size);
+	if (r->dev_map)
+		gpupool_ipc_close(r->gdev, r->dev_map);
+	if (r->stream)
+		r->stream_dev->ops->stream_free(r->stream);
+	free(r->bounce);
+	free(r->batch.dst);
+	free(r->batch.src);
+	free(r->batch.len);
 	free(r->matches);
 	free(r);
 }
@@ -213,7 +246,7 @@ static struct fp_reg *buf_get(pid_t tgid, uint32_t id)
 
 	pthread_mutex_lock(&fp_lock);
 	cds_list_for_each_entry(r, &fp_regs, link)
-		if (r->kind == REG_BUF && r->tgid == tgid && r->id == id) {
+		if ((r->kind == REG_BUF || r->kind == REG_DEV) && r->tgid == tgid && r->id == id) {
 			found = r;
 			atomic_fetch_add(&r->refs, 1);
 			break;
@@ -222,7 +255,7 @@ static struct fp_reg *buf_get(pid_t tgid, uint32_t id)
 	return found;
 }
 
-/* "ring.<tgid>.<id>" or "buf.<tgid>.<id>". */
+/* "ring.<tgid>.<id>", "buf.<tgid>.<id>" or "dev.<tgid>.<id>". */
 static int parse_name(const char *name, enum reg_kind *kind, pid_t *tgid, uint32_t *id)
 {
 	unsigned long t, i;
@@ -232,6 +265,8 @@ static int parse_name(const char *name, enum reg_kind *kind, pid_t *tgid, uint32
 		*kind = REG_RING;
 	else if (sscanf(name, "buf.%lu.%lu%c", &t, &i, &rest) == 2)
 		*kind = REG_BUF;
+	else if (sscanf(name, "dev.%lu.%lu%c", &t, &i, &rest) == 2)
+		*kind = REG_DEV;
 	else
 		return -EINVAL;
 	if (t == 0 || t > INT32_MAX || i > UINT32_MAX)
@@ -296,6 +331,36 @@ static int ring_check(struct fp_reg *r)
 	return 0;
 }
 
+/*
+ * A dev.<> registration: the sealed record in @fd names device memory of
+ * the engine by its IPC handle; map it on our --gpu device. The record must
+ * be sealed, so what was checked is what is used.
+ */
+static int dev_open(struct kvfs_fs *fs, struct fp_reg *r, int fd)
+{
+	const int seals = F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW;
+	struct kvfs_ring_devreg rec;
+	int rc;
+
+	if ((fcntl(fd, F_GET_SEALS) & seals) != seals)
+		rc = gpu_fail(-EPERM, "the registration record is not sealed");
+	else if (pread(fd, &rec, sizeof(rec), 0) != (ssize_t)sizeof(rec) ||
+		 rec.magic != KVFS_DEVREG_MAGIC || rec.version != KVFS_RING_VERSION ||
+		 !rec.bytes || rec.bytes > (1ull << 40) || rec.offset > (1ull << 40))
+		rc = gpu_fail(-EINVAL, "a malformed registration record");
+	else
+		rc = gpupool_ipc_open(fs, &rec, r->tgid, &r->gdev, (void **)&r->dev_map);
+	if (rc) {
+		log_warn("fast path: %s of pid %d refused: %s", r->name, (int)r->tgid, gpu_error());
+		atomic_fetch_add(&fs->ctr.gpu_refused, 1);
+		return rc;
+	}
+	r->dev_mem = r->dev_map + rec.offset;
+	r->size = rec.bytes;
+	atomic_fetch_add(&fs->ctr.gpu_registrations, 1);
+	return 0;
+}
+
 int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name,
 		const char *target, struct kvfs_inode **link)
 {
@@ -343,9 +408,18 @@ int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name
 	/* Only memory: a memfd (or shm file), owned by the caller. */
 	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_nlink != 0 ||
 	    (st.st_uid != r->uid && r->uid != 0) || st.st_size <= 0 ||
-	    (uint64_t)st.st_size > (r->kind == REG_RING ? KVFS_RING_MAX_BYTES : (1ull << 40))) {
+	    (uint64_t)st.st_size > (r->kind == REG_RING ? KVFS_RING_MAX_BYTES : (1ull << 40)) ||
+	    (r->kind == REG_DEV && st.st_size != sizeof(struct kvfs_ring_devreg))) {
 		rc = -EINVAL;
 		goto out_close;
+	}
+	if (r->kind == REG_DEV) {
+		rc = dev_open(fs, r, fd);
+		if (rc)
+			goto out_close;
+		close(fd);
+		fd = -1;
+		goto listed;
 	}
 	r->size = (size_t)st.st_size;
 	/*
@@ -375,6 +449,7 @@ int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name
 		h->server_pid = (uint32_t)getpid();
 		h->server_gen = fs->started_ns;
 	}
+listed:
 	r->inode = ns_inode_new(fs, KIND_CTL_LINK, S_IFLNK | 0777, r->uid, r->gid);
 	if (!r->inode) {
 		rc = -ENOMEM;
@@ -721,6 +796,154 @@ static struct fp_match *match_of(struct fp_reg *r, uint64_t id)
 	return id < KVFS_RING_MAX_MATCHES && r->matches[id].used ? &r->matches[id] : NULL;
 }
 
+#define BOUNCE_BYTES (1u << 20)
+#define SAVE_DEV_MAX_BYTES (1ull << 30)
+
+static int batch_sync(struct fp_reg *r);
+
+/* The ring's stream, on @dev (made at the first use, remade if the device changes). */
+static int ring_stream(struct fp_reg *r, gpu_dev *dev)
+{
+	if (r->stream && r->stream_dev != dev) {
+		if (batch_sync(r))
+			return -EIO;
+		r->stream_dev->ops->stream_free(r->stream);
+		r->stream = NULL;
+	}
+	if (!r->stream) {
+		if (dev->ops->stream_new(dev, &r->stream))
+			return -EIO;
+		r->stream_dev = dev;
+	}
+	return 0;
+}
+
+#define BATCH_MAX 1024
+
+/* Queue the waiting copies on the ring's stream. @return 0; -EIO. */
+static int batch_flush(struct fp_reg *r)
+{
+	int rc = 0;
+
+	if (r->batch.n)
+		rc = r->stream_dev->ops->copy_batch(r->stream, r->batch.dst, r->batch.src,
+						    r->batch.len, r->batch.n, r->batch.dir);
+	r->batch.n = 0;
+	return rc ? -EIO : 0;
+}
+
+/*
+ * Add a copy to the ring's batch (its stream made by ring_stream()),
+ * extending the last one when both sides continue it: adjacent DRAM pages,
+ * a block's K and V where the engine keeps them adjacent too. A copy the
+ * runtime is asked for costs a call and a DMA setup, whatever its size.
+ * @return 0; -ENOMEM; -EIO (flushing a full batch failed).
+ */
+static int batch_add(struct fp_reg *r, void *dst, const void *src, size_t len, enum gpu_dir dir)
+{
+	unsigned n = r->batch.n;
+	int rc;
+
+	if (!r->batch.dst) {
+		r->batch.dst = malloc(sizeof(*r->batch.dst) * BATCH_MAX);
+		r->batch.src = malloc(sizeof(*r->batch.src) * BATCH_MAX);
+		r->batch.len = malloc(sizeof(*r->batch.len) * BATCH_MAX);
+		if (!r->batch.dst || !r->batch.src || !r->batch.len) {
+			free(r->batch.dst);
+			free(r->batch.src);
+			free(r->batch.len);
+			r->batch.dst = NULL;
+			r->batch.src = NULL;
+			r->batch.len = NULL;
+			return -ENOMEM;
+		}
+	}
+	if (n && r->batch.dir == dir &&
+	    (uint8_t *)r->batch.dst[n - 1] + r->batch.len[n - 1] == (uint8_t *)dst &&
+	    (const uint8_t *)r->batch.src[n - 1] + r->batch.len[n - 1] == (const uint8_t *)src) {
+		r->batch.len[n - 1] += len;
+		return 0;
+	}
+	if (n == BATCH_MAX || (n && r->batch.dir != dir)) {
+		if ((rc = batch_flush(r)))
+			return rc;
+		n = 0;
+	}
+	r->batch.dst[n] = dst;
+	r->batch.src[n] = src;
+	r->batch.len[n] = len;
+	r->batch.dir = dir;
+	r->batch.n = n + 1;
+	return 0;
+}
+
+/* Flush the batch and wait for the stream. @return 0; -EIO. */
+static int batch_sync(struct fp_reg *r)
+{
+	int rc = batch_flush(r);
+
+	if (r->stream && r->stream_dev->ops->stream_sync(r->stream))
+		rc = -EIO;
+	return rc;
+}
+
+/*
+ * Queue the copy of @d into the device memory of @buf on the ring's stream
+ * (made at the first, on @buf's device). Bytes in DRAM are copied from the
+ * arena; bytes only on NVMe are read (checksummed) into a bounce buffer
+ * and copied from there, waiting for each chunk. The caller syncs the
+ * stream before it completes the request.
+ * @return 0; -EIO (a device error, logged with its name); -ENOMEM; or the
+ * tier's error.
+ */
+static int dev_read(struct fp_reg *r, struct fp_reg *buf, tier_obj *obj,
+		    const struct kvfs_ring_desc *d)
+{
+	struct iovec iov[MAX_IOV];
+	uint64_t done = 0;
+	int rc;
+
+	if (ring_stream(r, buf->gdev))
+		goto out_dev;
+	while (done < d->len) {
+		int k = tier_read_iov(obj, d->src_off + done, d->len - done, iov, MAX_IOV);
+
+		if (k == -ENODATA) {
+			size_t want = KVFS_MIN(d->len - done, (uint64_t)BOUNCE_BYTES);
+			ssize_t got;
+
+			if (!r->bounce && !(r->bounce = malloc(BOUNCE_BYTES)))
+				return -ENOMEM;
+			if (batch_sync(r)) /* the bounce buffer is free again */
+				goto out_dev;
+			got = tier_read(obj, d->src_off + done, r->bounce, want);
+			if (got <= 0)
+				return got < 0 ? (int)got : -EIO;
+			if (batch_add(r, buf->dev_mem + d->dst_off + done, r->bounce, (size_t)got,
+				      GPU_H2D) ||
+			    batch_sync(r))
+				goto out_dev;
+			done += (uint64_t)got;
+			continue;
+		}
+		if (k <= 0)
+			return k < 0 ? k : -EIO;
+		for (int j = 0; j < k; j++) {
+			rc = batch_add(r, buf->dev_mem + d->dst_off + done, iov[j].iov_base,
+				       iov[j].iov_len, GPU_H2D);
+			if (rc == -EIO)
+				goto out_dev;
+			if (rc)
+				return rc;
+			done += iov[j].iov_len;
+		}
+	}
+	return 0;
+out_dev:
+	log_warn("fast path: a device copy for pid %d failed: %s", (int)r->tgid, gpu_error());
+	return -EIO;
+}
+
 static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
 	struct fp_match *m = match_of(r, e->args[0]);
@@ -728,6 +951,7 @@ static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	const uint8_t *p = payload(r, e->args[1], n * sizeof(struct kvfs_ring_desc));
 	struct fp_reg *buf = NULL;
 	struct iovec iov[MAX_IOV];
+	bool dev_copies = false;
 	int64_t rc = 0;
 
 	if (!m)
@@ -759,6 +983,11 @@ static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 			rc = -EFAULT;
 			break;
 		}
+		if (buf->kind == REG_DEV) {
+			rc = dev_read(r, buf, m->objs[d.block], &d);
+			done = rc ? 0 : d.len;
+			dev_copies = true;
+		}
 		while (done < d.len && !rc) {
 			int k = tier_read_iov(m->objs[d.block], d.src_off + done, d.len - done, iov,
 					      MAX_IOV);
@@ -785,6 +1014,16 @@ static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		}
 		total += done;
 	}
+	/* the request completes when its bytes are in device memory */
+	if (dev_copies && r->stream && batch_sync(r) && !rc) {
+		log_warn("fast path: a device copy for pid %d failed: %s", (int)r->tgid,
+			 gpu_error());
+		rc = -EIO;
+	}
+	if (dev_copies && rc == -EIO)
+		atomic_fetch_add(&r->fs->ctr.gpu_copy_errors, 1);
+	else if (dev_copies && !rc)
+		atomic_fetch_add(&r->fs->ctr.gpu_loaded_bytes, total);
 	if (buf)
 		reg_put(buf);
 	atomic_fetch_add(&r->fs->ctr.read_bytes, total);
@@ -825,14 +1064,14 @@ static void unlink_failed(struct kvfs_fs *fs, struct kvfs_inode *in)
 	}
 }
 
+static int64_t save_file(struct fp_reg *r, struct kvfs_inode *dir, const kvfs_key *key,
+			 const uint8_t *bytes, uint64_t len);
+
 static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
-	struct kvfs_fs *fs = r->fs;
-	struct kvfs_inode *dir = ns_of(r, e->ns), *in = NULL;
+	struct kvfs_inode *dir = ns_of(r, e->ns);
 	const uint8_t *keyp = payload(r, e->args[3], KVFS_KEY_BYTES);
 	struct fp_reg *buf;
-	char hex[KVFS_KEY_HEX + 1];
-	tier_obj *data;
 	kvfs_key key;
 	int64_t rc;
 
@@ -845,12 +1084,35 @@ static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	buf = buf_get(r->tgid, (uint32_t)e->args[0]);
 	if (!buf)
 		return -EBADF;
+	if (buf->kind == REG_DEV) {
+		rc = -EINVAL; /* device memory is saved with SAVE_DEV */
+		goto out;
+	}
 	if (e->args[1] > buf->size || e->args[2] > buf->size - e->args[1] || e->args[2] == 0) {
 		rc = -EFAULT;
 		goto out;
 	}
 	memcpy(&key, keyp, sizeof(key));
-	kvfs_key_to_hex(&key, hex);
+	rc = save_file(r, dir, &key, buf->mem + e->args[1], e->args[2]);
+out:
+	reg_put(buf);
+	return rc;
+}
+
+/*
+ * Create `<dir>/<key hex>` from @len bytes at @bytes and seal it (a native
+ * block is validated). @return 0; -EEXIST (a hit); -ENOENT; -EBADMSG; -errno.
+ */
+static int64_t save_file(struct fp_reg *r, struct kvfs_inode *dir, const kvfs_key *key,
+			 const uint8_t *bytes, uint64_t len)
+{
+	struct kvfs_fs *fs = r->fs;
+	struct kvfs_inode *in = NULL;
+	char hex[KVFS_KEY_HEX + 1];
+	tier_obj *data;
+	int64_t rc;
+
+	kvfs_key_to_hex(key, hex);
 
 	pthread_mutex_lock(&fs->lock);
 	if (!dir->linked && dir != fs->root) {
@@ -870,9 +1132,9 @@ static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	}
 	pthread_mutex_unlock(&fs->lock);
 	if (rc)
-		goto out;
+		return rc;
 
-	rc = tier_write(in->data, 0, buf->mem + e->args[1], e->args[2]);
+	rc = tier_write(in->data, 0, bytes, len);
 	pthread_mutex_lock(&in->lock);
 	in->writers--;
 	data = in->writers == 0 && !atomic_load(&in->sealed) ? in->data : NULL;
@@ -893,8 +1155,122 @@ static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	else
 		atomic_fetch_add(&fs->ctr.fp_saved, 1);
 	ns_put(fs, in, 1);
+	return rc;
+}
+
+static uint64_t le_get(const uint8_t *p, unsigned bytes)
+{
+	uint64_t v = 0;
+
+	for (unsigned i = 0; i < bytes; i++)
+		v |= (uint64_t)p[i] << (8 * i);
+	return v;
+}
+
+/*
+ * SAVE_DEV (core/ring.h): the header from a host buffer, the layers copied
+ * out of the engine's device memory on the ring's stream into one host
+ * block, checksummed here, then stored as SAVE stores. The header is copied
+ * before it is read, and its sizes bound every copy; the seal validates the
+ * whole block (key, sizes, checksums) as for any native block.
+ */
+static int64_t op_save_dev(struct fp_reg *r, const struct kvfs_ring_sqe *e)
+{
+	struct kvfs_inode *dir = ns_of(r, e->ns);
+	struct fp_reg *hbuf = NULL, *dbuf = NULL;
+	uint8_t fixed[KVFS_BLOCK_FIXED_BYTES], *blk = NULL;
+	const uint8_t *pl;
+	uint64_t *sums = NULL, layer_bytes, stride, part, file_bytes, hb = e->args[2];
+	uint32_t L;
+	bool mla;
+	kvfs_key key;
+	int64_t rc = 0;
+
+	if (!dir)
+		return -EBADF;
+	if (!may(r, dir, 2 | 1))
+		return -EACCES;
+	hbuf = buf_get(r->tgid, (uint32_t)e->args[0]);
+	if (!hbuf || hbuf->kind != REG_BUF) {
+		rc = -EBADF;
+		goto out;
+	}
+	if (e->args[1] > hbuf->size || hb > hbuf->size - e->args[1] ||
+	    hb < KVFS_BLOCK_FIXED_BYTES || hb > KVFS_BLOCK_MAX_HEADER || hb % KVFS_BLOCK_ALIGN) {
+		rc = -EFAULT;
+		goto out;
+	}
+	memcpy(fixed, hbuf->mem + e->args[1], sizeof(fixed));
+	L = (uint32_t)le_get(fixed + 88, 4);
+	mla = le_get(fixed + 106, 2) == KVFS_KIND_MLA;
+	layer_bytes = le_get(fixed + 176, 8);
+	stride = le_get(fixed + 184, 8);
+	part = mla ? layer_bytes : layer_bytes / 2;
+	if (le_get(fixed + 12, 4) != hb || !L || L > KVFS_BLOCK_MAX_LAYERS || !part ||
+	    (!mla && layer_bytes % 2) || stride < layer_bytes ||
+	    stride > SAVE_DEV_MAX_BYTES / L || hb + L * stride > SAVE_DEV_MAX_BYTES) {
+		rc = -EINVAL;
+		goto out;
+	}
+	file_bytes = hb + L * stride;
+	pl = payload(r, e->args[3], KVFS_KEY_BYTES + (uint64_t)L * sizeof(struct kvfs_ring_devpart));
+	blk = calloc(1, file_bytes);
+	sums = malloc(sizeof(*sums) * L);
+	if (!pl || !blk || !sums) {
+		rc = pl ? -ENOMEM : -EINVAL;
+		goto out;
+	}
+	memcpy(blk, hbuf->mem + e->args[1], hb);
+	memcpy(&key, pl, sizeof(key));
+	for (uint32_t l = 0; l < L && !rc; l++) {
+		struct kvfs_ring_devpart dp;
+		uint8_t *seg = blk + hb + (uint64_t)l * stride;
+
+		memcpy(&dp, pl + KVFS_KEY_BYTES + (size_t)l * sizeof(dp), sizeof(dp));
+		if (!dbuf || dbuf->id != dp.buf) {
+			if (dbuf)
+				reg_put(dbuf);
+			dbuf = buf_get(r->tgid, dp.buf);
+			if (!dbuf || dbuf->kind != REG_DEV) {
+				rc = -EBADF;
+				break;
+			}
+		}
+		if (dp.k_off > dbuf->size || part > dbuf->size - dp.k_off ||
+		    (!mla && (dp.v_off > dbuf->size || part > dbuf->size - dp.v_off))) {
+			rc = -EFAULT;
+			break;
+		}
+		if (ring_stream(r, dbuf->gdev) ||
+		    batch_add(r, seg, dbuf->dev_mem + dp.k_off, part, GPU_D2H) ||
+		    (!mla && batch_add(r, seg + part, dbuf->dev_mem + dp.v_off, part, GPU_D2H)))
+			rc = -EIO;
+	}
+	if (r->stream && batch_sync(r) && !rc)
+		rc = -EIO;
+	if (rc == -EIO) {
+		log_warn("fast path: a device copy for pid %d failed: %s", (int)r->tgid,
+			 gpu_error());
+		atomic_fetch_add(&r->fs->ctr.gpu_copy_errors, 1);
+	}
+	if (rc)
+		goto out;
+	for (uint32_t l = 0; l < L; l++)
+		sums[l] = kvfs_block_layer_checksum(blk + hb + (uint64_t)l * stride, layer_bytes);
+	if (kvfs_block_set_layer_checksums(blk, hb, sums, L)) {
+		rc = -EBADMSG;
+		goto out;
+	}
+	rc = save_file(r, dir, &key, blk, file_bytes);
+	if (!rc)
+		atomic_fetch_add(&r->fs->ctr.gpu_saved_blocks, 1);
 out:
-	reg_put(buf);
+	if (dbuf)
+		reg_put(dbuf);
+	if (hbuf)
+		reg_put(hbuf);
+	free(sums);
+	free(blk);
 	return rc;
 }
 
@@ -944,6 +1320,9 @@ static void serve(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		break;
 	case KVFS_OP_SAVE:
 		res = op_save(r, e);
+		break;
+	case KVFS_OP_SAVE_DEV:
+		res = op_save_dev(r, e);
 		break;
 	default:
 		res = -EOPNOTSUPP;
@@ -1009,8 +1388,8 @@ static void *ring_main(void *arg)
 			reg_unlist(r);
 			self = true;
 			cds_list_for_each_entry_safe(b, tmp, &fp_regs, link)
-				if (b->kind == REG_BUF && b->tgid == r->tgid && ngone < 64 &&
-				    !owner_alive(b)) {
+				if ((b->kind == REG_BUF || b->kind == REG_DEV) && b->tgid == r->tgid &&
+				    ngone < 64 && !owner_alive(b)) {
 					reg_unlist(b);
 					gone[ngone++] = b;
 				}

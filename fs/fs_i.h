@@ -120,6 +120,12 @@ struct kvfs_inode {
 	uint32_t writers; /* writable handles not yet released */
 	uint32_t flushed; /* of which closed (flushed) and not written since */
 	uint32_t opens;   /* open handles */
+	/* FUSE passthrough (passthrough.c): the kernel refuses to mix passthrough
+	 * and cached opens of one inode, so each reader open is one or the other,
+	 * decided under the inode lock against these counts */
+	int32_t pt_id;         /* backing id while pt_opens > 0, else 0 */
+	uint32_t pt_opens;     /* open handles passed through */
+	uint32_t cached_opens; /* reader handles on the read path */
 	_Atomic bool sealed;
 	bool sealing;  /* the last writer is validating; no new writers */
 	bool sync_on_seal; /* fsync()ed while unsealed: made durable when sealed */
@@ -151,6 +157,9 @@ struct kvfs_counters {
 	_Atomic uint64_t hits_nvme; /* of which found on NVMe only */
 	_Atomic uint64_t opens;
 	_Atomic uint64_t reads;
+	_Atomic uint64_t pt_opens;     /* opens passed through to a DRAM file */
+	_Atomic uint64_t pt_refused;   /* of the others: BACKING_OPEN refused by the kernel */
+	_Atomic uint64_t pt_no_room;   /* of the others: only on NVMe, and no DRAM to bring it in */
 	_Atomic uint64_t read_bytes;
 	_Atomic uint64_t writes;
 	_Atomic uint64_t write_bytes;
@@ -182,6 +191,12 @@ struct kvfs_counters {
 	_Atomic uint64_t fp_missed;
 	_Atomic uint64_t fp_read_bytes;
 	_Atomic uint64_t fp_saved;
+	/* engines' device memory (fastpath.c, gpupool.c) */
+	_Atomic uint64_t gpu_registrations;
+	_Atomic uint64_t gpu_refused;
+	_Atomic uint64_t gpu_copy_errors;
+	_Atomic uint64_t gpu_loaded_bytes;
+	_Atomic uint64_t gpu_saved_blocks;
 };
 
 struct kvfs_config {
@@ -197,9 +212,17 @@ struct kvfs_config {
 	double negative_timeout;
 	unsigned read_ahead_kb;
 	bool no_keep_cache; /* drop the page cache at every open (for measurement) */
+	bool no_passthrough; /* every read through the daemon, even with kernel support */
 	struct tier_nvme_dev nvme[16];
 	unsigned nvme_count;
 	bool persist_through;
+	/* --gpu DEV:SIZE (gpupool.c); gpu_standin: the tests' stand-in device */
+	struct {
+		int dev;
+		uint64_t bytes;
+	} gpu[8];
+	unsigned gpu_count;
+	bool gpu_standin;
 	bool fsck, fsck_repair, fsck_no_verify;
 	/* the remote tier: on with --cluster or --listen */
 	const char *fabric;
@@ -227,6 +250,8 @@ struct kvfs_fs {
 	 * by its users and write-held to start and stop it */
 	struct rmt *rmt;
 	pthread_rwlock_t rmt_lock;
+	/* the GPU pools (gpupool.c), one per --gpu; set at start, never changed */
+	struct gpupool *gpu;
 	struct rmt_drain *drain; /* from the first drain on (fs->lock) */
 
 	pthread_mutex_t lock;
@@ -430,7 +455,7 @@ int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, con
 int ctl_where_path(const char *req, size_t len, char *path, size_t size);
 /*
  * A write to .kvfs/fault (pure): a spec (kvfs_fault_parse_spec) with one
- * optional trailing newline. `arena` is refused: the arena is made once, at
+ * optional trailing newline. `arena` is refused: the DRAM store is made once, at
  * start (arm it with KVFS_FAULTS there).
  * @return the number of items in @out, or -EINVAL.
  */
@@ -451,6 +476,39 @@ struct kvfs_inode *fp_lookup(struct kvfs_fs *fs, const char *name);
 int fp_entry(struct kvfs_fs *fs, uint64_t index, char *name, size_t len, struct kvfs_inode **in);
 /* Stop every ring and unmap everything (at unmount). */
 void fp_shutdown(struct kvfs_fs *fs);
+
+/* --- gpupool.c: device pools of --gpu (gpu/gpu.h) ----------------------------------- */
+
+/*
+ * Open each --gpu device and allocate its pool, in the daemon process.
+ * @return 0; or -errno with @err a one-line reason (no driver, no device,
+ * out of memory, built without CUDA).
+ */
+int gpupool_start(struct kvfs_fs *fs, char *err, size_t errlen);
+/* Free the pools. Safe when none were started. */
+void gpupool_stop(struct kvfs_fs *fs);
+struct kvfs_ring_devreg;
+struct gpu_dev;
+/*
+ * Map the allocation holding an engine's device memory named by @rec (its
+ * offset + bytes at least) on the --gpu device it is on, for the
+ * registering process @owner; *mem is the allocation's start.
+ * @return 0 with *dev and *mem set; -ENODEV (no --gpu pool of that kind);
+ * -EPERM (a stand-in handle that @owner did not export);
+ * -EXDEV (on none of our devices); -EINVAL, -ESTALE (a bad or stale
+ * handle); -ENOMEM; gpu_error() says why.
+ */
+int gpupool_ipc_open(struct kvfs_fs *fs, const struct kvfs_ring_devreg *rec, pid_t owner,
+		     struct gpu_dev **dev, void **mem);
+void gpupool_ipc_close(struct gpu_dev *dev, void *mem);
+struct gpupool_stat {
+	int device;
+	const char *impl; /* "cuda", or "shm" for the tests' stand-in */
+	uint64_t bytes, block_bytes;
+	uint32_t blocks, free_blocks;
+};
+/* The figures of up to @max pools into @out. @return how many (0 without --gpu). */
+unsigned gpupool_stats(struct kvfs_fs *fs, struct gpupool_stat *out, unsigned max);
 
 /* --- remote.c: the remote tier (rdma/remote.h) ------------------------------------ */
 
@@ -526,5 +584,45 @@ static inline fuse_ino_t inode_to_ino(struct kvfs_fs *fs, const struct kvfs_inod
 {
 	return in == fs->root ? FUSE_ROOT_ID : (fuse_ino_t)(uintptr_t)in;
 }
+
+/* --- passthrough.c: FUSE passthrough on libfuse 3.14 ------------------------------ */
+
+/*
+ * Install the /dev/fuse hook on fs->se (after fuse_session_mount): it
+ * agrees passthrough at INIT when the kernel offers it and
+ * fs->cfg.no_passthrough is not set, and logs which read path is in use.
+ * @return 0; -EINVAL if libfuse refused the hook (passthrough stays off).
+ */
+int pt_setup(struct kvfs_fs *fs);
+/* Whether INIT agreed passthrough. */
+bool pt_enabled(void);
+/*
+ * Register @fd (a DRAM file) with the kernel for passthrough.
+ * @return the backing id (> 0); -errno of the ioctl or the fault seam
+ * (EPERM without CAP_SYS_ADMIN or before INIT agreed it).
+ */
+int pt_backing_open(int fd);
+/* Give up a backing id (after the last release of the opens using it). */
+void pt_backing_close(int id);
+/* The next fuse_reply_open() of this thread passes through @backing_id (0: none). */
+void pt_reply_open_next(int backing_id);
+
+enum pt_mode {
+	PT_NONE,   /* not a reader of a sealed file */
+	PT_PASS,   /* passed through: reads never reach the daemon */
+	PT_CACHED, /* the read path, through the page cache */
+};
+
+/*
+ * Decide how a reader open of sealed @in, holding a lease on @data, reads:
+ * passthrough when agreed at INIT, no read-path open of the inode is live,
+ * its bytes are (or can be brought) in DRAM and the kernel takes the
+ * backing file; the read path otherwise (counted in pt_refused/pt_no_room).
+ * Every passthrough open of an inode shares one backing id (*@id).
+ * Takes the inode lock; may promote from NVMe (call with no lock held).
+ */
+enum pt_mode pt_open(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data, int *id);
+/* The handle opened as @mode is released (before its lease is given up). */
+void pt_release(struct kvfs_inode *in, enum pt_mode mode);
 
 #endif

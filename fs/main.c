@@ -30,6 +30,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "fs/fs_i.h"
+#include "gpu/gpu.h"
 
 struct kvfs_fs *kvfs_fs_global;
 
@@ -51,11 +52,17 @@ static void usage(FILE *out)
 		"  --attr-timeout SEC     kernel attribute cache timeout (default 30)\n"
 		"  --negative-timeout SEC kernel cache of misses (default 1)\n"
 		"  --nvme DIR:SIZE        an NVMe tier of SIZE in DIR (repeatable: striped)\n"
+		"  --gpu DEV:SIZE         a pool of SIZE on CUDA device DEV, allocated at start\n"
+		"                         (repeatable; not yet a tier backend, see README)\n"
+		"  --gpu-standin          tests only: --gpu pools on a stand-in device in\n"
+		"                         host shared memory\n"
 		"  --persist MODE         back (default): write files to NVMe when DRAM needs\n"
 		"                         room; through: as soon as they are sealed\n"
 		"  --read-ahead SIZE      kernel read-ahead for the mount (default 1M)\n"
 		"  --no-keep-cache        drop a file's kernel page cache at each open (for\n"
 		"                         measuring what the cache buys; default keeps it)\n"
+		"  --no-passthrough       read sealed files through the daemon even when the\n"
+		"                         kernel offers FUSE passthrough (default: use it)\n"
 		"  --log FILE             log file (default: stderr with -f, else STATE/kvfs.log)\n"
 		"  --log-level LEVEL      err, warn, info (default) or debug\n"
 		"  -o OPT[,OPT...]        FUSE mount options (allow_other, ...); repeatable\n"
@@ -124,6 +131,7 @@ enum {
 	OPT_LOG,
 	OPT_LOG_LEVEL,
 	OPT_NO_KEEP_CACHE,
+	OPT_NO_PASSTHROUGH,
 	OPT_NVME,
 	OPT_PERSIST,
 	OPT_FSCK,
@@ -137,6 +145,8 @@ enum {
 	OPT_LEND,
 	OPT_TOKEN,
 	OPT_REMOTE_TIMEOUT,
+	OPT_GPU,
+	OPT_GPU_STANDIN,
 	OPT_DRAIN,
 };
 
@@ -155,6 +165,7 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"log", required_argument, NULL, OPT_LOG},
 		{"log-level", required_argument, NULL, OPT_LOG_LEVEL},
 		{"no-keep-cache", no_argument, NULL, OPT_NO_KEEP_CACHE},
+		{"no-passthrough", no_argument, NULL, OPT_NO_PASSTHROUGH},
 		{"nvme", required_argument, NULL, OPT_NVME},
 		{"persist", required_argument, NULL, OPT_PERSIST},
 		{"fsck", no_argument, NULL, OPT_FSCK},
@@ -173,6 +184,8 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"debug", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
+		{"gpu", required_argument, NULL, OPT_GPU},
+		{"gpu-standin", no_argument, NULL, OPT_GPU_STANDIN},
 		{NULL, 0, NULL, 0},
 	};
 	uint64_t v;
@@ -239,6 +252,9 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		case OPT_LOG:
 			c->log_path = optarg;
 			break;
+		case OPT_NO_PASSTHROUGH:
+			c->no_passthrough = true;
+			break;
 		case OPT_NO_KEEP_CACHE:
 			c->no_keep_cache = true;
 			break;
@@ -255,6 +271,25 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			c->nvme[c->nvme_count++].bytes = v;
 			break;
 		}
+		case OPT_GPU: {
+			char *colon = strchr(optarg, ':'), *end;
+			long dev = strtol(optarg, &end, 10);
+
+			if (c->gpu_count == KVFS_ARRAY_SIZE(c->gpu))
+				return fail("at most %zu --gpu devices", KVFS_ARRAY_SIZE(c->gpu));
+			if (!colon || end != colon || colon == optarg || dev < 0 || dev > 1023 ||
+			    kvfs_parse_size(colon + 1, &v) || v == 0)
+				return fail("invalid --gpu '%s' (use DEV:SIZE, e.g. 0:16G)", optarg);
+			for (unsigned i = 0; i < c->gpu_count; i++)
+				if (c->gpu[i].dev == (int)dev)
+					return fail("--gpu: device %ld given twice", dev);
+			c->gpu[c->gpu_count].dev = (int)dev;
+			c->gpu[c->gpu_count++].bytes = v;
+			break;
+		}
+		case OPT_GPU_STANDIN:
+			c->gpu_standin = true;
+			break;
 		case OPT_FABRIC:
 			if (strcmp(optarg, "auto") && strcmp(optarg, "verbs") && strcmp(optarg, "efa") &&
 			    strcmp(optarg, "tcp"))
@@ -341,7 +376,8 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			usage(stdout);
 			exit(0);
 		case 'V':
-			printf("kvfs %s\n", KVFS_VERSION);
+			printf("kvfs %s (CUDA support: %s)\n", KVFS_VERSION,
+			       gpu_have_cuda() ? "yes, runtime linked statically" : "no");
 			exit(0);
 		case ':':
 			return fail("option '%s' needs a value (see kvfs --help)", argv[optind - 1]);
@@ -495,6 +531,9 @@ static int run(struct kvfs_fs *fs)
 		kvfs_log_open(NULL, c->log_level);
 	}
 
+	rc = gpupool_start(fs, err, sizeof(err));
+	if (rc)
+		goto out;
 	rc = cat_open(c->state_dir, &fs->cat, err, sizeof(err));
 	if (rc)
 		goto out;
@@ -554,6 +593,7 @@ static int run(struct kvfs_fs *fs)
 		goto out_signals;
 	}
 	set_read_ahead(c->mountpoint, c->read_ahead_kb);
+	pt_setup(fs); /* before the session loop reads INIT */
 	log_info("mounted %s: dram %llu bytes, state %s, policy %s, %u threads", c->mountpoint,
 		 (unsigned long long)c->dram_bytes, c->state_dir, c->policy ? c->policy : "mq",
 		 c->threads);
@@ -604,6 +644,7 @@ out:
 	ns_close(fs);
 	cat_close(fs->cat);
 	tier_close(fs->tier);
+	gpupool_stop(fs);
 	if (c->state_is_temp)
 		nftw(c->state_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	return rc;

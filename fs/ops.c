@@ -64,6 +64,7 @@ struct handle {
 	struct cds_list_head link; /* in fs->handles */
 	struct kvfs_inode *in;
 	bool writer;  /* counted in in->writers */
+	uint8_t rmode; /* enum pt_mode of a reader */
 	bool flushed; /* counted in in->flushed: closed, not written since */
 	tier_obj *data; /* leased and referenced: the file's bytes, even if
 			 * evicted or lost meanwhile (reads then fail) */
@@ -1156,7 +1157,18 @@ static void kvfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	if (fuse_reply_open(req, fi) != 0)
+	if (!fh(fi)->writer) {
+		int id;
+
+		fh(fi)->rmode = (uint8_t)pt_open(fs, in, fh(fi)->data, &id);
+		/* the kernel takes no other flag than NOFLUSH with passthrough */
+		if (fh(fi)->rmode == PT_PASS)
+			fi->keep_cache = 0;
+		pt_reply_open_next(id);
+	}
+	rc = fuse_reply_open(req, fi);
+	pt_reply_open_next(0);
+	if (rc != 0)
 		kvfs_ops.release(NULL, ino, fi);
 }
 
@@ -1459,6 +1471,8 @@ static void kvfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 		pthread_mutex_lock(&in->lock);
 		in->opens--;
 		pthread_mutex_unlock(&in->lock);
+		/* the kernel lets go of the backing file before the storage goes */
+		pt_release(in, (enum pt_mode)h->rmode);
 		if (h->data)
 			tier_unlease(h->data);
 		seal_file(fs, h);

@@ -265,7 +265,7 @@ static int serve_lookup(void *ctx, const char *path, struct remote_file *out)
 	if (rc)
 		goto out;
 	size = tier_size(o);
-	max = size / tier_page_size(fs->tier) + 2;
+	max = 1;
 	sv = malloc(sizeof(*sv) + max * sizeof(struct iovec));
 	n = sv ? tier_read_iov(o, 0, size, sv->iov, (int)max) : -ENOMEM;
 	/* On NVMe only: a peer wants it, so it is hot; bring it into DRAM. */
@@ -292,6 +292,7 @@ static int serve_lookup(void *ctx, const char *path, struct remote_file *out)
 	out->checksum = xxh;
 	out->iov = sv->iov;
 	out->niov = (uint32_t)n;
+	out->own_mapping = true; /* a mapping of the file in the DRAM store */
 	out->cookie = sv;
 out:
 	ns_put(fs, in, 1);
@@ -316,9 +317,9 @@ static const struct remote_ops serve_ops = {
 /* --- fetching on a local miss -------------------------------------------------------- */
 
 /*
- * Where fetched bytes land: straight in the DRAM pages of a new, unowned
- * tier object (the arena is registered with the fabric: no copy, no
- * registration), or, for a file too fragmented for one transfer, a
+ * Where fetched bytes land: straight in the DRAM file of a new, unowned
+ * tier object (its mapping, registered with the fabric for the transfer:
+ * no copy), or, if DRAM cannot describe it in the vectors given, a
  * thread's bounce buffer that is then copied in.
  */
 struct bounce {
@@ -577,7 +578,7 @@ static int spill(struct rmt *rt, tier_obj *o, bool evicting)
 	pthread_mutex_unlock(&fs->lock);
 	if (n <= 0)
 		return -ENOENT;
-	max = size / tier_page_size(fs->tier) + 2;
+	max = 1;
 	iov = malloc(max * sizeof(*iov));
 	n = iov ? tier_read_iov(o, 0, size, iov, (int)max) : -ENOMEM;
 	if (n == -ENODATA) {
@@ -959,7 +960,6 @@ int rmt_start(struct kvfs_fs *fs, char *err, size_t errlen)
 	const struct kvfs_config *c = &fs->cfg;
 	struct remote_config rc = {0};
 	struct rmt *rt;
-	uint64_t arena_bytes;
 	char host[REMOTE_NODE_ID_MAX];
 	int r;
 
@@ -982,8 +982,9 @@ int rmt_start(struct kvfs_fs *fs, char *err, size_t errlen)
 	rc.cluster = c->cluster;
 	rc.cluster_name = c->cluster_name;
 	rc.token_file = c->token_file;
-	rc.arena = tier_dram_base(fs->tier, &arena_bytes);
-	rc.arena_bytes = arena_bytes;
+	/* DRAM files are registered one by one as peers lease them (rdma/server.c). */
+	rc.arena = NULL;
+	rc.arena_bytes = 0;
 	rc.lend_bytes = c->lend_bytes;
 	rc.timeout_ms = c->remote_timeout_ms;
 	rc.ops = &serve_ops;

@@ -97,6 +97,9 @@ struct remote_file {
 	const struct iovec *iov; /* its bytes in order, each inside the arena */
 	uint32_t niov;		 /* sum of iov lengths == size */
 	void *cookie;		 /* the daemon's, for release */
+	/* iov is one mapping of a file of the daemon's DRAM store, not in the
+	 * arena: register it for this lease (and only it) */
+	bool own_mapping;
 };
 
 /* Server-side callbacks into the daemon. They run on the server thread, one
@@ -106,8 +109,9 @@ struct remote_ops {
 	/*
 	 * A peer wants @path: lease it (it must stay in place, unchanged, until
 	 * release) and describe it in @out. Only sealed files whose bytes are
-	 * all in the arena can be served (a hole or a page outside the arena
-	 * makes the library refuse it with -EIO and release it at once).
+	 * all in the arena, or in one mapping the daemon marks own_mapping,
+	 * can be served (a hole or a page outside the arena otherwise makes
+	 * the library refuse it with -EIO and release it at once).
 	 * @return 0; -ENOENT if this node does not hold it (the asking node
 	 * deletes the index entry); any other -errno (say -EAGAIN for a file
 	 * held but not in DRAM now) refuses this request, and the asking node

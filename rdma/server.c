@@ -80,6 +80,7 @@ struct rdma_lease {
 	uint32_t nruns;
 	uint64_t size, checksum, key;
 	uint8_t tier;
+	struct rdma_mr mr; /* a daemon file outside the arena, registered for this lease */
 };
 
 struct rdma_ticket {
@@ -354,6 +355,7 @@ static void lease_end(remote *r, struct rdma_lease *l)
 	} else if (r->ops && r->ops->release) {
 		r->ops->release(r->ops_ctx, &l->rf);
 	}
+	rdma_mr_close(&l->mr);
 	free(l->runs);
 	memset(l, 0, sizeof(*l));
 }
@@ -391,16 +393,34 @@ static void send_file(remote *r, const struct rdma_session *se, const struct rdm
 	send_to(r, se, m, true);
 }
 
-/* Runs of a daemon file: every iovec inside the arena, adjacent ones merged.
+/* Runs of a daemon file: every iovec inside the arena, adjacent ones merged;
+ * or one iovec elsewhere (a file of the daemon's DRAM store), registered
+ * for the lease in @l->mr.
  * @return the number of runs, or -EIO if the daemon described bytes we
  * cannot serve. */
-static int daemon_runs(remote *r, const struct remote_file *rf, struct rdma_run **out)
+static int daemon_runs(remote *r, const struct remote_file *rf, struct rdma_lease *l,
+		       struct rdma_run **out)
 {
 	struct rdma_run *runs;
 	uint64_t sum = 0;
 	int n = 0;
 
 	*out = NULL;
+	if (rf->own_mapping && rf->niov == 1 && rf->iov && rf->iov[0].iov_len == rf->size &&
+	    rf->size) {
+		runs = calloc(1, sizeof(*runs));
+		if (!runs)
+			return -ENOMEM;
+		if (rdma_mr_reg(&r->fab, rf->iov[0].iov_base, rf->size, FI_REMOTE_READ | FI_READ,
+				&l->mr)) {
+			free(runs);
+			return -EIO;
+		}
+		runs[0] = (struct rdma_run){rdma_mr_raddr(&r->fab, &l->mr, rf->iov[0].iov_base),
+					    rf->size};
+		*out = runs;
+		return 1;
+	}
 	if (rf->niov > (1u << 24) || (rf->niov && !rf->iov))
 		return -EIO;
 	runs = calloc(rf->niov ? rf->niov : 1, sizeof(*runs));
@@ -491,9 +511,10 @@ static void on_lookup(remote *r, struct rdma_session *se, const struct rdma_msg 
 			reply_status(r, se, in->req_id, rc, true);
 			return;
 		}
-		rc = daemon_runs(r, &l->rf, &l->runs);
+		rc = daemon_runs(r, &l->rf, l, &l->runs);
 		if (rc < 0) {
 			log_warn("rdma: cannot serve %s: its bytes are not all in the arena", path);
+			rdma_mr_close(&l->mr);
 			if (r->ops->release)
 				r->ops->release(r->ops_ctx, &l->rf);
 			memset(l, 0, sizeof(*l));
@@ -503,7 +524,7 @@ static void on_lookup(remote *r, struct rdma_session *se, const struct rdma_msg 
 		l->nruns = (uint32_t)rc;
 		l->size = l->rf.size;
 		l->checksum = l->rf.checksum;
-		l->key = r->arena_mr.key;
+		l->key = l->mr.mr ? l->mr.key : r->arena_mr.key;
 		l->tier = REMOTE_TIER_DRAM;
 	} else {
 		reply_status(r, se, in->req_id, -ENOENT, true);

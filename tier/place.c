@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -152,9 +153,7 @@ static void nvme_list_add(tier_obj *o)
 	if (!o->npn.linked && !(atomic_load(&o->state) & OBJ_DEAD)) {
 		tier_obj_get(o); /* the list's */
 		o->npn.hits = o->pn.hits;
-		policy_insert_locked(p, &o->npn,
-				     (uint32_t)((o->size + o->mgr->dram.page_size - 1) >>
-						o->mgr->dram.page_shift));
+		policy_insert_locked(p, &o->npn, o->size);
 		atomic_fetch_add(&o->mgr->nvme_files, 1);
 	}
 	pthread_mutex_unlock(&p->lock);
@@ -220,7 +219,7 @@ static uint64_t drop_nvme_copy(tier_obj *o)
 	o->next = 0;
 	pthread_mutex_unlock(&o->lock);
 	for (unsigned i = 0; i < n; i++)
-		bytes += (uint64_t)ext[i].npages * m->dram.page_size;
+		bytes += (uint64_t)ext[i].npages * m->page_size;
 	nvme_free(m->nvme, ext, n);
 	free(ext);
 	atomic_fetch_add(&m->nvme_evictions, 1);
@@ -278,33 +277,13 @@ static int nvme_evict(tier_mgr *m, uint64_t bytes, tier_obj *self)
 
 /* --- store: DRAM -> NVMe ------------------------------------------------------------- */
 
-/* The object's bytes as page-aligned iovecs (holes are the zero page). o->lock held. */
-static struct iovec *page_iovs(tier_obj *o, int *cnt)
-{
-	tier_mgr *m = o->mgr;
-	uint32_t ps = m->dram.page_size;
-	uint64_t n = (o->size + ps - 1) / ps;
-	struct iovec *iov = calloc(n ? n : 1, sizeof(*iov));
-
-	if (!iov)
-		return NULL;
-	for (uint64_t i = 0; i < n; i++) {
-		bool has = i < o->nslots && o->pages[i] != TIER_NO_PAGE;
-
-		iov[i].iov_base = has ? dram_page(&m->dram, o->pages[i]) : m->zero_page;
-		iov[i].iov_len = i + 1 < n ? ps : o->size - i * ps;
-	}
-	*cnt = (int)n;
-	return iov;
-}
-
 int place_store(tier_obj *o, bool evict)
 {
 	tier_mgr *m = o->mgr;
 	struct nvme_extent *ext = NULL;
-	struct iovec *iov;
+	struct iovec iov;
 	unsigned n = 0;
-	int cnt = 0, rc;
+	int rc;
 
 	if (o->size == 0)
 		return -EINVAL; /* nothing to store; an empty file costs no DRAM */
@@ -318,12 +297,17 @@ int place_store(tier_obj *o, bool evict)
 	}
 	if (rc)
 		return rc;
-	/* A claimed, sealed object in DRAM: its pages stay put while we write. */
+	/* A claimed, sealed object in DRAM: its file stays put while we write. */
 	pthread_mutex_lock(&o->lock);
-	iov = page_iovs(o, &cnt);
+	rc = obj_map_locked(o);
+	iov.iov_base = o->map;
+	iov.iov_len = (size_t)o->size;
 	pthread_mutex_unlock(&o->lock);
-	rc = iov ? nvme_write(m->nvme, ext, n, iov, cnt) : -ENOMEM;
-	free(iov);
+	if (!rc)
+		rc = nvme_write(m->nvme, ext, n, &iov, 1);
+	pthread_mutex_lock(&o->lock);
+	obj_file_idle_locked(o);
+	pthread_mutex_unlock(&o->lock);
 	if (!rc) {
 		rc = rec_commit(m, o->id, ext, n);
 		if (rc)
@@ -441,7 +425,7 @@ int place_demote(tier_obj *o)
 			return -EBUSY;
 		}
 	} while (!atomic_compare_exchange_weak(&o->state, &s, s & ~OBJ_DRAM));
-	/* No lease, no DRAM bit: nobody can be using the pages. */
+	/* No lease, no DRAM bit: nobody can be using the file. */
 	{
 		struct policy *p = &m->policy;
 		bool linked;
@@ -483,60 +467,69 @@ static void lose(tier_obj *o, int why)
 	tier_obj_put(o);
 }
 
-int place_promote(tier_obj *o)
+int place_promote(tier_obj *o, bool clean)
 {
 	tier_mgr *m = o->mgr;
-	uint32_t ps = m->dram.page_size;
-	uint64_t npages = (o->size + ps - 1) / ps;
-	uint32_t *ids = NULL;
-	struct iovec *iov = NULL;
-	int rc;
+	uint64_t want = dram_round(o->size), name = 0;
+	struct iovec iov;
+	void *p = MAP_FAILED;
+	int fd = -1, rc;
 
-	if (npages == 0)
+	if (o->size == 0)
 		return 0;
-	ids = malloc(sizeof(*ids) * npages);
-	iov = calloc(npages, sizeof(*iov));
-	if (!ids || !iov) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	rc = dram_alloc_pages(m, (uint32_t)npages, ids);
+	rc = dram_make_room(m, want, clean);
 	if (rc)
-		goto out;
-	for (uint64_t i = 0; i < npages; i++) {
-		iov[i].iov_base = dram_page(&m->dram, ids[i]);
-		iov[i].iov_len = i + 1 < npages ? ps : o->size - i * ps;
+		return rc;
+	fd = dram_create(&m->dram, &name);
+	if (fd < 0) {
+		rc = fd;
+		goto out_unreserve;
 	}
-	rc = nvme_read(m->nvme, o->ext, o->next, iov, (int)npages);
+	if (ftruncate(fd, (off_t)o->size) ||
+	    (p = mmap(NULL, (size_t)o->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) ==
+		    MAP_FAILED) {
+		rc = -errno;
+		goto out_remove;
+	}
+	iov.iov_base = p;
+	iov.iov_len = (size_t)o->size;
+	rc = nvme_read(m->nvme, o->ext, o->next, &iov, 1);
+	munmap(p, (size_t)o->size);
 	if (rc) {
-		dram_free(&m->dram, ids, (uint32_t)npages);
-		if (rc == -EBADMSG || rc == -EIO || rc < 0)
-			lose(o, rc);
-		goto out;
+		lose(o, rc);
+		goto out_remove;
 	}
 	pthread_mutex_lock(&o->lock);
-	free(o->pages);
-	o->pages = ids;
-	o->nslots = (uint32_t)npages;
-	__atomic_store_n(&o->npages, (uint32_t)npages, __ATOMIC_RELAXED);
-	ids = NULL;
+	o->fname = name;
+	if (m->dram.dirfd < 0) {
+		o->fd = fd; /* a memfd: it has no name to reopen */
+		fd = -1;
+	}
+	__atomic_store_n(&o->dbytes, want, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&o->lock);
-	/* pages first, then the bit: a reader that sees OBJ_DRAM finds them */
+	if (fd >= 0)
+		close(fd);
+	/* the file first, then the bit: a reader that sees OBJ_DRAM finds it */
 	atomic_fetch_or(&o->state, OBJ_DRAM);
 	pthread_mutex_lock(&m->policy.lock);
 	if (!o->pn.linked && !(atomic_load(&o->state) & OBJ_DEAD)) {
 		tier_obj_get(o);
-		policy_insert_locked(&m->policy, &o->pn, (uint32_t)npages);
+		policy_insert_locked(&m->policy, &o->pn, o->size);
 	}
 	pthread_mutex_unlock(&m->policy.lock);
 	if (atomic_load(&o->state) & OBJ_PINNED)
-		atomic_fetch_add(&m->pinned_bytes, npages * ps);
+		atomic_fetch_add(&m->pinned_bytes, want);
 	atomic_fetch_add(&m->promotions, 1);
 	if (m->cb.moved)
 		m->cb.moved(m->cb.ctx, o);
-out:
-	free(ids);
-	free(iov);
+	return 0;
+
+out_remove:
+	if (fd >= 0)
+		close(fd);
+	dram_remove(&m->dram, name);
+out_unreserve:
+	dram_unreserve(&m->dram, want);
 	return rc;
 }
 
@@ -566,7 +559,7 @@ static void spare_key_init(void)
 ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 {
 	tier_mgr *m = o->mgr;
-	size_t cache_bytes = (size_t)m->nvme_extent_pages * m->dram.page_size;
+	size_t cache_bytes = (size_t)m->nvme_extent_pages * m->page_size;
 	uint64_t pos = 0, end;
 	size_t done = 0;
 	uint8_t *spare;
@@ -678,7 +671,7 @@ int tier_verify(tier_obj *o)
 		return 0;
 	for (unsigned i = 0; i < o->next && !rc; i++) {
 		const struct nvme_extent *e = &o->ext[i];
-		size_t need = (size_t)e->npages * m->dram.page_size;
+		size_t need = (size_t)e->npages * m->page_size;
 		struct iovec v;
 
 		free(buf);
@@ -777,8 +770,8 @@ static struct nvme_rec *rec_find(tier_mgr *m, uint64_t id)
 	return lo < m->nrecs && m->recs[lo].id == id ? &m->recs[lo] : NULL;
 }
 
-int tier_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *owner,
-		 tier_obj **out)
+int place_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *owner,
+		  tier_obj **out)
 {
 	struct nvme_rec *r = m->nvme ? rec_find(m, id) : NULL;
 	uint64_t total = 0;

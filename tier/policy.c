@@ -4,10 +4,10 @@
  * Two policies, one mechanism. Objects sit in per-class LRU lists; the class
  * is floor(log2(hits + 1)) capped at nclasses - 1, so an object moves up a
  * class each time its hit count doubles. Each access stamps the object with
- * the policy clock, which advances by the object's size in pages, so the
+ * the policy clock, which advances by the object's size in bytes, so the
  * clock measures bytes of traffic. An object's priority is
  *
- *     stamp + class * bonus,   bonus = weight * capacity_pages
+ *     stamp + class * bonus,   bonus = weight * capacity (bytes)
  *
  * and the victim is the lowest priority over the list heads (each list is
  * already in stamp order). With one class this is plain LRU ("lru"). With
@@ -34,7 +34,7 @@ static const struct {
 	{"lru", 1, 0},
 };
 
-int policy_init(struct policy *p, const char *name, uint64_t capacity_pages)
+int policy_init(struct policy *p, const char *name, uint64_t capacity)
 {
 	memset(p, 0, sizeof(*p));
 	for (size_t i = 0; i < sizeof(policies) / sizeof(policies[0]); i++) {
@@ -42,7 +42,7 @@ int policy_init(struct policy *p, const char *name, uint64_t capacity_pages)
 			continue;
 		p->name = policies[i].name;
 		p->nclasses = policies[i].nclasses;
-		p->bonus = capacity_pages * policies[i].weight_pct / 100;
+		p->bonus = capacity * policies[i].weight_pct / 100;
 		pthread_mutex_init(&p->lock, NULL);
 		for (unsigned c = 0; c < p->nclasses; c++)
 			p->heads[c].prev = p->heads[c].next = &p->heads[c];
@@ -73,38 +73,40 @@ static void link_tail(struct policy *p, struct policy_node *n)
 	h->prev->next = n;
 	h->prev = n;
 	n->linked = true;
+	p->count++;
 }
 
-static void unlink_node(struct policy_node *n)
+static void unlink_node(struct policy *p, struct policy_node *n)
 {
+	p->count--;
 	n->prev->next = n->next;
 	n->next->prev = n->prev;
 	n->prev = n->next = NULL;
 	n->linked = false;
 }
 
-void policy_insert_locked(struct policy *p, struct policy_node *n, uint32_t pages)
+void policy_insert_locked(struct policy *p, struct policy_node *n, uint64_t bytes)
 {
-	p->clock += pages;
+	p->clock += bytes;
 	n->stamp = p->clock;
 	n->cls = (uint8_t)class_of(p, n->hits);
 	link_tail(p, n);
 }
 
-void policy_hit_locked(struct policy *p, struct policy_node *n, uint32_t pages)
+void policy_hit_locked(struct policy *p, struct policy_node *n, uint64_t bytes)
 {
 	if (n->hits != UINT32_MAX)
 		n->hits++;
 	if (!n->linked)
 		return;
-	unlink_node(n);
-	policy_insert_locked(p, n, pages);
+	unlink_node(p, n);
+	policy_insert_locked(p, n, bytes);
 }
 
 void policy_remove_locked(struct policy *p, struct policy_node *n)
 {
 	if (n->linked)
-		unlink_node(n);
+		unlink_node(p, n);
 }
 
 void policy_iter_init(struct policy *p, struct policy_iter *it)

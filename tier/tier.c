@@ -1,45 +1,52 @@
 /*
- * tier/tier.c — the tier manager and its objects.
+ * tier/tier.c — the tier manager: the backend array and the one placement
+ * loop over it, and the DRAM backend's object file.
  *
- * Owns every tier object: its page table in the DRAM arena, its state word
- * and its places in the eviction policies (one for DRAM, one for NVMe).
- * Moving bytes to and from NVMe is in place.c.
+ * Owns the array of backends (tier/backend.h), fastest first: new bytes
+ * land in backends[0] (DRAM); making room (dram_make_room) takes victims
+ * in policy order and stores each in the first slower backend that holds
+ * or takes it (demote_victim), else offers it to the owner's spill
+ * callback and evicts it; reads come from the fastest backend holding the
+ * object. The object state machine is in obj.c, NVMe in place.c.
  *
- * State word (tier_obj.state, atomic): the lease count in the low 32 bits,
- * then SEALED, PINNED and DEAD. Leasing, pinning and the decision to evict
- * are compare-and-swap loops on this word, so an open racing an eviction is
- * decided in one place: either the lease lands first and the object is not
- * evicted, or the object is marked DEAD first and the lease fails (the
- * opener sees a miss). Whoever sets DEAD releases the bytes.
+ * An object's DRAM file is opened only while needed: while it is written
+ * (unsealed), while leased (then also mapped, for tier_read_iov), and for
+ * the length of a call that reads it. obj_file_idle_locked() closes it
+ * again, so the daemon's descriptors and mappings follow the open files,
+ * not the cached ones.
  *
  * Invariants:
  *  - an object in the DRAM list is sealed, in DRAM and not dead; one in the
  *    NVMe list has an NVMe copy. Each list holds a reference;
- *  - a sealed object's page table changes only while no lease is held: a
+ *  - a sealed object's file changes only while no lease is held: a
  *    demotion clears OBJ_DRAM by compare-and-swap with zero leases before it
- *    frees the pages, and a lease taken after that sees no DRAM and reads
- *    NVMe. A promotion fills pages first and sets OBJ_DRAM last. So readers
- *    holding a lease use the page table without a lock;
+ *    removes the file, and a lease taken after that sees no DRAM and reads
+ *    NVMe. A promotion fills the file first and sets OBJ_DRAM last. The
+ *    mapping a lease holder was handed stays until the last lease goes;
  *  - OBJ_BUSY marks the one thread moving an object between tiers;
- *  - a dead object holds no pages and no extents (after its last lease).
+ *  - a dead object holds no file and no extents (after its last lease).
  *
- * Locking order: obj->lock (writers of unsealed objects) → policy.lock →
- * dram.lock. The owner's `evicted` callback runs with none of them held
+ * Locking order: obj->lock (writers of unsealed objects, the file and its
+ * mapping) → policy.lock. The owner's `evicted` callback runs with none held
  * except, possibly, the lock of the unsealed object being written (which is
  * never a victim and which the owner's callback never takes).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "core/util.h"
 #include "tier/tier_i.h"
 
 #define DEFAULT_PAGE_SIZE (64u << 10)
-#define EVICT_RETRIES     64
+#define EVICT_RETRIES	  64
 
 int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, tier_mgr **out,
 	      char *err, size_t errlen)
@@ -50,35 +57,34 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 	int rc;
 
 	if (ps < 4096 || ps > (16u << 20) || (ps & (ps - 1))) {
-		snprintf(err, errlen, "page size %u is not a power of two from 4 KiB to 16 MiB", ps);
+		snprintf(err, errlen, "page size %u is not a power of two from 4 KiB to 16 MiB",
+			 ps);
 		return -EINVAL;
 	}
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
 	m->cb = *cb;
-	rc = dram_open(&m->dram, cfg->dram_bytes, ps, err, errlen);
+	m->page_size = ps;
+	rc = dram_open(&m->dram, cfg->dram_bytes, cfg->dram_memfd, err, errlen);
 	if (rc)
 		goto out_free;
-	rc = policy_init(&m->policy, policy, m->dram.npages);
+	rc = policy_init(&m->policy, policy, m->dram.bytes);
 	if (rc) {
 		snprintf(err, errlen, "unknown eviction policy '%s' (use mq or lru)", policy);
 		goto out_dram;
 	}
-	policy_init(&m->nvme_policy, policy, m->dram.npages);
-	if (posix_memalign((void **)&m->zero_page, 4096, ps)) {
-		rc = -ENOMEM;
-		goto out_policy;
-	}
-	memset(m->zero_page, 0, ps);
+	policy_init(&m->nvme_policy, policy, m->dram.bytes);
+	m->backends[m->nbackends++] = &tier_dram_backend;
 	if (cfg->nvme_count) {
 		struct nvme_dev_config devs[16];
 		uint32_t extent_pages = ps >= (1u << 20) ? 1 : (1u << 20) / ps;
 
 		if (cfg->nvme_count > KVFS_ARRAY_SIZE(devs) || !cfg->cat) {
-			snprintf(err, errlen, "at most %zu NVMe directories", KVFS_ARRAY_SIZE(devs));
+			snprintf(err, errlen, "at most %zu NVMe directories",
+				 KVFS_ARRAY_SIZE(devs));
 			rc = -EINVAL;
-			goto out_zero;
+			goto out_policy;
 		}
 		for (unsigned i = 0; i < cfg->nvme_count; i++) {
 			devs[i].dir = cfg->nvme[i].dir;
@@ -87,20 +93,14 @@ int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, ti
 		m->nvme_extent_pages = extent_pages;
 		rc = nvme_open(devs, cfg->nvme_count, ps, extent_pages, &m->nvme, err, errlen);
 		if (rc)
-			goto out_zero;
-		/* Plain I/O still works if the kernel refuses to pin the arena. */
-		rc = nvme_register_memory(m->nvme, m->dram.base, m->dram.bytes);
-		if (rc)
-			log_warn("NVMe: DRAM arena not registered with io_uring (%s): plain I/O",
-				 strerror(-rc));
+			goto out_policy;
 		m->cat = cfg->cat;
 		m->persist_through = cfg->persist_through;
+		m->backends[m->nbackends++] = &tier_nvme_backend;
 	}
 	*out = m;
 	return 0;
 
-out_zero:
-	free(m->zero_page);
 out_policy:
 	policy_destroy(&m->nvme_policy);
 	policy_destroy(&m->policy);
@@ -120,27 +120,20 @@ void tier_close(tier_mgr *m)
 	for (size_t i = 0; i < m->nrecs; i++)
 		free(m->recs[i].ext);
 	free(m->recs);
-	free(m->zero_page);
 	policy_destroy(&m->nvme_policy);
 	policy_destroy(&m->policy);
 	dram_close(&m->dram);
 	free(m);
 }
 
-void *tier_dram_base(const tier_mgr *m, uint64_t *bytes)
-{
-	*bytes = m->dram.bytes;
-	return m->dram.base;
-}
-
-int tier_dram_fd(const tier_mgr *m)
-{
-	return m->dram.fd;
-}
-
 uint32_t tier_page_size(const tier_mgr *m)
 {
-	return m->dram.page_size;
+	return m->page_size;
+}
+
+bool tier_dram_private(const tier_mgr *m)
+{
+	return m->dram.dirfd >= 0;
 }
 
 uint64_t tier_max_size(const tier_mgr *m)
@@ -150,12 +143,10 @@ uint64_t tier_max_size(const tier_mgr *m)
 
 void tier_get_stats(tier_mgr *m, struct tier_stats *st)
 {
-	uint64_t free_pages = dram_free_pages(&m->dram);
-
 	memset(st, 0, sizeof(*st));
-	st->page_size = m->dram.page_size;
+	st->page_size = m->page_size;
 	st->dram_capacity = m->dram.bytes;
-	st->dram_used = (m->dram.npages - free_pages) * (uint64_t)m->dram.page_size;
+	st->dram_used = atomic_load(&m->dram.used);
 	st->dram_pinned = atomic_load(&m->pinned_bytes);
 	st->objects = atomic_load(&m->objects);
 	st->sealed = atomic_load(&m->sealed);
@@ -174,6 +165,9 @@ void tier_get_stats(tier_mgr *m, struct tier_stats *st)
 	st->persist_failed = atomic_load(&m->persist_failed);
 	st->not_durable = atomic_load(&m->not_durable);
 	st->cat_errors = atomic_load(&m->cat_errors);
+	st->nbackends = m->nbackends;
+	for (unsigned i = 0; i < m->nbackends; i++)
+		m->backends[i]->stats(m, &st->backend[i]);
 	if (m->nvme) {
 		struct nvme_stats ns;
 
@@ -189,283 +183,98 @@ void tier_get_stats(tier_mgr *m, struct tier_stats *st)
 	}
 }
 
-/* --- object lifetime ---------------------------------------------------- */
+/* --- the object's DRAM file ------------------------------------------------ */
 
-static void obj_died(tier_obj *o, uint64_t old_state);
-
-int tier_obj_new(tier_mgr *m, void *owner, uint64_t id, tier_obj **out)
+static void obj_unmap_locked(tier_obj *o)
 {
-	tier_obj *o = calloc(1, sizeof(*o));
+	if (o->map)
+		munmap(o->map, o->maplen);
+	__atomic_store_n(&o->map, NULL, __ATOMIC_RELEASE);
+	o->maplen = 0;
+}
 
-	if (!o)
-		return -ENOMEM;
-	atomic_init(&o->refs, 1);
-	atomic_init(&o->state, OBJ_DRAM);
-	o->id = id;
-	o->mgr = m;
-	o->owner = owner;
-	pthread_mutex_init(&o->lock, NULL);
-	atomic_fetch_add(&m->objects, 1);
-	*out = o;
+/* Open the object's file, creating it if it has none (o->lock held). */
+static int obj_open_locked(tier_obj *o)
+{
+	tier_mgr *m = o->mgr;
+	int fd;
+
+	if (o->fd >= 0)
+		return 0;
+	if (o->fname)
+		fd = dram_reopen(&m->dram, o->fname, O_RDWR);
+	else
+		fd = dram_create(&m->dram, &o->fname);
+	if (fd < 0) {
+		log_warn("DRAM: file of object %llu: %s", (unsigned long long)o->id, strerror(-fd));
+		return fd;
+	}
+	o->fd = fd;
 	return 0;
 }
 
-void tier_obj_get(tier_obj *o)
-{
-	atomic_fetch_add(&o->refs, 1);
-}
-
-void tier_obj_put(tier_obj *o)
-{
-	uint64_t old;
-
-	if (!o || atomic_fetch_sub(&o->refs, 1) != 1)
-		return;
-	/*
-	 * Last reference: an owner that never dropped it leaves the bytes to
-	 * us. The object is not in the policy lists (they hold a reference).
-	 */
-	old = atomic_fetch_or(&o->state, OBJ_DEAD);
-	if (!(old & OBJ_DEAD))
-		obj_died(o, old);
-	if (o->ext)
-		place_free(o); /* evicted by tier_evict(): kept until now */
-	pthread_mutex_destroy(&o->lock);
-	free(o->rcache);
-	free(o->pages);
-	free(o);
-}
-
-void *tier_obj_owner(const tier_obj *o)
-{
-	return o->owner;
-}
-
-void tier_obj_set_owner(tier_obj *o, void *owner)
-{
-	o->owner = owner;
-}
-
-uint64_t tier_size(const tier_obj *o)
-{
-	return __atomic_load_n(&o->size, __ATOMIC_RELAXED);
-}
-
-uint64_t tier_dram_bytes(const tier_obj *o)
-{
-	return (uint64_t)__atomic_load_n(&o->npages, __ATOMIC_RELAXED) * o->mgr->dram.page_size;
-}
-
-unsigned tier_where(const tier_obj *o)
+static void obj_close_idle(tier_obj *o, bool mover)
 {
 	uint64_t s = atomic_load(&o->state);
+	uint64_t keep = OBJ_LEASES | (mover ? 0 : OBJ_BUSY);
 
-	if (s & OBJ_DEAD)
-		return 0;
-	return ((s & OBJ_DRAM) ? TIER_DRAM : 0) | ((s & OBJ_NVME) ? TIER_NVME : 0);
+	if (!(s & OBJ_SEALED) || (s & keep))
+		return;
+	obj_unmap_locked(o);
+	if (o->fd >= 0 && o->mgr->dram.dirfd >= 0) {
+		close(o->fd);
+		o->fd = -1;
+	}
 }
 
-bool tier_is_sealed(const tier_obj *o)
+void obj_file_idle_locked(tier_obj *o)
 {
-	return atomic_load(&o->state) & OBJ_SEALED;
+	obj_close_idle(o, true);
 }
 
-bool tier_is_dead(const tier_obj *o)
+void obj_dram_unused(tier_obj *o)
 {
-	return atomic_load(&o->state) & OBJ_DEAD;
-}
-
-bool tier_is_pinned(const tier_obj *o)
-{
-	return atomic_load(&o->state) & OBJ_PINNED;
-}
-
-/* Return an object's pages to the arena (it is dead, or demoted and unleased). */
-void obj_release_pages(tier_obj *o)
-{
-	tier_mgr *m = o->mgr;
-	uint32_t n = 0;
-
 	pthread_mutex_lock(&o->lock);
-	for (uint32_t i = 0; i < o->nslots; i++)
-		if (o->pages[i] != TIER_NO_PAGE)
-			o->pages[n++] = o->pages[i];
-	dram_free(&m->dram, o->pages, n);
-	free(o->pages);
-	o->pages = NULL;
-	o->nslots = 0;
-	__atomic_store_n(&o->npages, 0, __ATOMIC_RELAXED);
+	obj_close_idle(o, false);
 	pthread_mutex_unlock(&o->lock);
 }
 
-/* Bookkeeping shared by every way an object dies; the caller set DEAD. */
-static void obj_died(tier_obj *o, uint64_t old_state)
+int obj_map_locked(tier_obj *o)
 {
-	tier_mgr *m = o->mgr;
+	void *p;
+	int rc;
 
-	if (old_state & OBJ_SEALED)
-		atomic_fetch_sub(&m->sealed, 1);
-	if (old_state & OBJ_PINNED) {
-		atomic_fetch_sub(&m->pinned, 1);
-		if (old_state & OBJ_SEALED) /* pinned bytes count sealed objects only */
-			atomic_fetch_sub(&m->pinned_bytes, tier_dram_bytes(o));
-	}
-	if (old_state & OBJ_PENDING)
-		atomic_fetch_sub(&m->not_durable, 1); /* nothing left to make durable */
-	atomic_fetch_sub(&m->objects, 1);
-	obj_release_pages(o);
-	if (old_state & OBJ_NVME)
-		place_free(o);
-}
-
-/* Take @o out of one policy list; drop the list's reference if it had one. */
-static void list_remove(struct policy *p, tier_obj *o, struct policy_node *n)
-{
-	bool linked;
-
-	pthread_mutex_lock(&p->lock);
-	linked = n->linked;
-	policy_remove_locked(p, n);
-	pthread_mutex_unlock(&p->lock);
-	if (linked)
-		tier_obj_put(o);
-}
-
-/* Out of both lists. */
-static void policy_forget(tier_obj *o)
-{
-	list_remove(&o->mgr->policy, o, &o->pn);
-	list_remove(&o->mgr->nvme_policy, o, &o->npn);
-}
-
-void tier_drop(tier_obj *o)
-{
-	uint64_t old = atomic_fetch_or(&o->state, OBJ_DEAD);
-
-	if (old & OBJ_DEAD)
-		return;
-	tier_obj_get(o); /* the lists' reference may be the last one */
-	policy_forget(o);
-	/*
-	 * A leased object keeps its bytes until the last lease goes
-	 * (tier_unlease), one being moved until the mover lets go (obj_unclaim).
-	 */
-	if (!(old & (OBJ_LEASES | OBJ_BUSY)))
-		obj_died(o, old);
-	tier_obj_put(o);
-}
-
-/*
- * Claim @o for a move or an eviction: set OBJ_BUSY if it is sealed, has
- * every bit of @need and none of @forbid (pass OBJ_LEASES to require no
- * lease), and is neither dead nor busy.
- * @return the state with OBJ_BUSY, or 0 if it cannot be claimed.
- */
-uint64_t obj_try_claim(tier_obj *o, uint64_t need, uint64_t forbid)
-{
-	uint64_t s = atomic_load(&o->state);
-
-	while ((s & (need | OBJ_SEALED)) == (need | OBJ_SEALED) &&
-	       !(s & (forbid | OBJ_DEAD | OBJ_BUSY)))
-		if (atomic_compare_exchange_weak(&o->state, &s, s | OBJ_BUSY))
-			return s | OBJ_BUSY;
+	if (o->map && o->maplen >= o->size)
+		return 0;
+	obj_unmap_locked(o);
+	if (o->size == 0)
+		return 0;
+	rc = obj_open_locked(o);
+	if (rc)
+		return rc;
+	p = mmap(NULL, (size_t)o->size, PROT_READ | PROT_WRITE, MAP_SHARED, o->fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	o->maplen = (size_t)o->size;
+	__atomic_store_n(&o->map, (uint8_t *)p, __ATOMIC_RELEASE);
 	return 0;
 }
 
-void obj_unclaim(tier_obj *o)
+/* Remove an object's DRAM file (it is dead, or demoted and unleased). */
+void obj_release_pages(tier_obj *o)
 {
-	uint64_t old = atomic_fetch_and(&o->state, ~OBJ_BUSY);
+	tier_mgr *m = o->mgr;
 
-	/* dropped while we moved it, and nobody reads it: release it now */
-	if ((old & OBJ_DEAD) && !(old & OBJ_LEASES))
-		obj_died(o, old & ~OBJ_BUSY);
-}
-
-/*
- * Kill claimed objects that are still unleased: they are dead, out of the
- * lists, their bytes released; with @tell_owner the owner's `evicted`
- * callback runs first, once for the batch. A leased one is left alone
- * (unclaimed). @return how many were killed; @v is compacted to them.
- */
-static size_t kill_claimed_batch(tier_obj **v, size_t n, bool tell_owner)
-{
-	uint64_t one, *old = n > 1 ? malloc(n * sizeof(*old)) : &one;
-	tier_mgr *m;
-	size_t k = 0;
-
-	if (!n)
-		return 0;
-	if (!old) {
-		/* no memory for a batch: one at a time */
-		for (size_t i = 0; i < n; i++)
-			k += kill_claimed_batch(&v[i], 1, tell_owner);
-		return k;
-	}
-	m = v[0]->mgr;
-	for (size_t i = 0; i < n; i++) {
-		tier_obj *o = v[i];
-		uint64_t s = atomic_load(&o->state);
-		bool leased;
-
-		while (!(leased = s & OBJ_LEASES) &&
-		       !atomic_compare_exchange_weak(&o->state, &s, (s | OBJ_DEAD) & ~OBJ_BUSY))
-			;
-		if (leased) {
-			obj_unclaim(o);
-			continue;
-		}
-		old[k] = s;
-		v[k++] = o;
-	}
-	if (k && tell_owner && m->cb.evicted)
-		m->cb.evicted(m->cb.ctx, v, k);
-	for (size_t i = 0; i < k; i++) {
-		tier_obj *o = v[i];
-
-		atomic_fetch_add(&m->evictions, 1);
-		atomic_fetch_add(&m->evicted_bytes, tier_size(o));
-		tier_obj_get(o);
-		/*
-		 * Told, the owner has deleted the records already. Otherwise it
-		 * does so after we return: the NVMe extents stay allocated until
-		 * its last reference goes (tier_obj_put), so no new file can be
-		 * written over them while the catalog still names them.
-		 */
-		obj_died(o, tell_owner ? old[i] : old[i] & ~OBJ_NVME);
-		policy_forget(o);
-		tier_obj_put(o);
-	}
-	if (old != &one)
-		free(old);
-	return k;
-}
-
-int obj_kill_claimed(tier_obj *o, bool tell_owner)
-{
-	return kill_claimed_batch(&o, 1, tell_owner) == 1 ? 0 : -EBUSY;
-}
-
-/* Could the DRAM eviction path take @o now (demote or kill it)? */
-static bool evictable(const tier_obj *o)
-{
-	uint64_t s = atomic_load(&o->state);
-
-	return (s & OBJ_SEALED) && (s & OBJ_DRAM) &&
-	       !(s & (OBJ_DEAD | OBJ_PINNED | OBJ_BUSY | OBJ_LEASES));
-}
-
-int tier_evict(tier_obj *o)
-{
-	uint64_t s = atomic_load(&o->state);
-
-	if (s & OBJ_DEAD)
-		return -ENOENT;
-	if (s & OBJ_PINNED)
-		return -EPERM;
-	if (!obj_try_claim(o, 0, OBJ_PINNED | OBJ_LEASES))
-		return (atomic_load(&o->state) & OBJ_DEAD) ? -ENOENT : -EBUSY;
-	/* the caller removes the name: no callback */
-	return obj_kill_claimed(o, false);
+	pthread_mutex_lock(&o->lock);
+	obj_unmap_locked(o);
+	if (o->fd >= 0)
+		close(o->fd);
+	o->fd = -1;
+	dram_remove(&m->dram, o->fname);
+	o->fname = 0;
+	dram_unreserve(&m->dram, o->dbytes);
+	__atomic_store_n(&o->dbytes, 0, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&o->lock);
 }
 
 /* --- making room ---------------------------------------------------------- */
@@ -475,29 +284,33 @@ int tier_evict(tier_obj *o)
  * given) an NVMe copy. @return true if it was dealt with (demoted, or lost
  * to a lease), false if it must be evicted.
  */
-static bool demote_victim(tier_obj *o, uint32_t *freed)
+static bool demote_victim(tier_obj *o, uint64_t *freed)
 {
 	tier_mgr *m = o->mgr;
-	uint32_t pages = __atomic_load_n(&o->npages, __ATOMIC_RELAXED);
-	uint64_t s = atomic_load(&o->state);
+	uint64_t bytes = tier_dram_bytes(o);
 
-	if (!(s & OBJ_NVME) && m->nvme && place_store(o, true) == 0)
-		s = atomic_load(&o->state);
-	if (!(s & OBJ_NVME))
-		return false;
-	if (place_demote(o) == 0)
-		*freed += pages;
-	return true;
+	/* the first slower backend that holds it, or can take it */
+	for (unsigned i = 1; i < m->nbackends; i++) {
+		const struct tier_backend_ops *b = m->backends[i];
+
+		if (!b->holds(o) && b->store(o, true) != 0)
+			continue;
+		if (m->backends[0]->drop(o) == 0)
+			*freed += bytes;
+		return true;
+	}
+	return false;
 }
 
 /*
- * Make room for @need pages and allocate them into @ids. Victims are taken
+ * Make room for @need bytes and reserve them. Victims are taken
  * in DRAM policy order: each is written to NVMe and its DRAM copy dropped
  * when there is NVMe, or evicted. If even every evictable object could not
  * make room, nothing is touched.
  */
-int dram_alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
+int dram_make_room(tier_mgr *m, uint64_t need, bool clean)
 {
+	uint64_t want = OBJ_DRAM | (clean ? OBJ_NVME : 0);
 	struct policy *p = &m->policy;
 
 	for (int attempt = 0; attempt < EVICT_RETRIES; attempt++) {
@@ -505,21 +318,22 @@ int dram_alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 		struct policy_node *n;
 		tier_obj **victims = NULL;
 		size_t nv = 0, cap = 0;
-		uint64_t avail, freed = 0, deficit;
-		uint32_t free_now;
+		uint64_t avail, freed = 0, deficit, free_now;
 
-		if (dram_alloc(&m->dram, need, ids) == 0)
+		if (dram_reserve(&m->dram, need) == 0)
 			return 0;
+		if (need > m->dram.bytes)
+			break;
 
 		pthread_mutex_lock(&p->lock);
-		free_now = dram_free_pages(&m->dram);
+		free_now = dram_free_bytes(&m->dram);
 		deficit = need > free_now ? need - free_now : 0;
 		avail = 0;
 		policy_iter_init(p, &it);
 		while (avail < deficit && (n = policy_iter_next(p, &it)))
-			if (evictable(container_of(n, tier_obj, pn)))
-				avail += __atomic_load_n(&container_of(n, tier_obj, pn)->npages,
-							 __ATOMIC_RELAXED);
+			if (obj_evictable(container_of(n, tier_obj, pn)) &&
+			    (atomic_load(&container_of(n, tier_obj, pn)->state) & want) == want)
+				avail += tier_dram_bytes(container_of(n, tier_obj, pn));
 		if (avail < deficit) {
 			pthread_mutex_unlock(&p->lock);
 			atomic_fetch_add(&m->enospc, 1);
@@ -538,12 +352,11 @@ int dram_alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 				victims = a;
 				cap = nc;
 			}
-			if (!__atomic_load_n(&o->npages, __ATOMIC_RELAXED) ||
-			    !obj_try_claim(o, OBJ_DRAM, OBJ_PINNED | OBJ_LEASES))
+			if (!tier_dram_bytes(o) || !obj_try_claim(o, want, OBJ_PINNED | OBJ_LEASES))
 				continue;
 			tier_obj_get(o); /* ours, while we move it */
 			victims[nv++] = o;
-			freed += __atomic_load_n(&o->npages, __ATOMIC_RELAXED);
+			freed += tier_dram_bytes(o);
 		}
 		pthread_mutex_unlock(&p->lock);
 
@@ -553,7 +366,7 @@ int dram_alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 		 * victims[0, nv) keep our references; kill[] lists those to evict.
 		 */
 		{
-			uint32_t got = 0;
+			uint64_t got = 0;
 			size_t nk = 0;
 			tier_obj **kill = malloc((nv ? nv : 1) * sizeof(*kill));
 
@@ -566,18 +379,18 @@ int dram_alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 				if (kill)
 					kill[nk++] = victims[i];
 				else
-					kill_claimed_batch(&victims[i], 1, true);
+					obj_kill_claimed_batch(&victims[i], 1, true);
 			}
-			kill_claimed_batch(kill, nk, true);
+			obj_kill_claimed_batch(kill, nk, true);
 			free(kill);
 			for (size_t i = 0; i < nv; i++)
 				tier_obj_put(victims[i]);
 		}
 		free(victims);
 		/*
-		 * Nothing claimed: pages were freed since our allocation failed
+		 * Nothing claimed: bytes were freed since our reservation failed
 		 * (no deficit), or racing threads claimed or leased every
-		 * candidate first; their moves free pages. Try again.
+		 * candidate first; their moves free bytes. Try again.
 		 */
 		if (nv == 0 && deficit)
 			sched_yield();
@@ -588,42 +401,88 @@ int dram_alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids)
 
 /* --- writing ---------------------------------------------------------------- */
 
-static int grow_slots(tier_obj *o, uint64_t nslots)
-{
-	uint32_t *p;
-	uint64_t nc = o->nslots ? o->nslots : 16;
+/*
+ * DRAM accounting follows what the tmpfs allocates (4 KiB pages; holes cost
+ * nothing), as the page arena did: a write first reserves the pages it
+ * touches that the file lacks (evicting for them; SEEK_DATA finds them),
+ * then settles on what the file occupies.
+ */
 
-	if (nslots <= o->nslots)
-		return 0;
-	while (nc < nslots)
-		nc *= 2;
-	p = realloc(o->pages, nc * sizeof(*p));
-	if (!p)
-		return -ENOMEM;
-	for (uint64_t i = o->nslots; i < nc; i++)
-		p[i] = TIER_NO_PAGE;
-	o->pages = p;
-	o->nslots = (uint32_t)nc;
+/* Bytes of the page-aligned range [lo, hi) that the file lacks (o->lock held). */
+static uint64_t obj_missing_locked(tier_obj *o, uint64_t lo, uint64_t hi)
+{
+	uint64_t have = 0, pos = lo;
+
+	while (pos < hi) {
+		off_t d = lseek(o->fd, (off_t)pos, SEEK_DATA), h;
+
+		if (d < 0 || (uint64_t)d >= hi)
+			break; /* ENXIO: no data at or after pos */
+		h = lseek(o->fd, d, SEEK_HOLE);
+		if (h < 0)
+			return hi - lo; /* cannot tell: assume all missing */
+		/* SEEK_HOLE stops at the size: the last page is whole all the same */
+		h = (off_t)dram_round((uint64_t)h);
+		have += KVFS_MIN((uint64_t)h, hi) - (uint64_t)d;
+		pos = (uint64_t)h;
+	}
+	return hi - lo - KVFS_MIN(have, hi - lo);
+}
+
+/* Bytes the object's file occupies in the store (o->lock held, file open). */
+static uint64_t obj_allocated_locked(tier_obj *o, uint64_t fallback)
+{
+	struct stat st;
+
+	if (fstat(o->fd, &st))
+		return fallback;
+	return (uint64_t)st.st_blocks * 512;
+}
+
+/*
+ * Settle the charge of an object that had @held reserved to what it
+ * occupies. A large folio filling a hole can take more than the pages the
+ * write touched: make room for the rest, or (nothing evictable) keep the
+ * books true anyway; the tmpfs's own size limit stays a hard bound.
+ */
+static void obj_settle_locked(tier_obj *o, uint64_t held)
+{
+	uint64_t now = obj_allocated_locked(o, held);
+
+	if (now < held)
+		dram_unreserve(&o->mgr->dram, held - now);
+	else if (now > held && dram_make_room(o->mgr, now - held, false))
+		atomic_fetch_add(&o->mgr->dram.used, now - held);
+	__atomic_store_n(&o->dbytes, now, __ATOMIC_RELAXED);
+}
+
+static int pwrite_all(int fd, const uint8_t *buf, size_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t n = pwrite(fd, buf, len, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		buf += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
 	return 0;
 }
 
-/* tier_write(); with @buf NULL the pages are allocated but not written. */
+/* tier_write(); with @buf NULL the file is extended to @off + @len and all of it charged. */
 static int write_range(tier_obj *o, uint64_t off, const void *buf, size_t len)
 {
 	tier_mgr *m = o->mgr;
-	const struct dram_arena *a = &m->dram;
-	uint32_t ps = a->page_size, shift = a->page_shift;
-	uint32_t stack_ids[64], *ids = stack_ids;
-	uint64_t first, last, missing = 0, end = off + len;
-	uint64_t s;
+	uint64_t end = off + len, s, touch;
 	int rc = 0;
 
 	if (len == 0)
 		return 0;
-	if (end < off || end > a->bytes)
+	if (end < off || end > m->dram.bytes)
 		return -EFBIG;
-	first = off >> shift;
-	last = (end - 1) >> shift;
 
 	pthread_mutex_lock(&o->lock);
 	s = atomic_load(&o->state);
@@ -631,48 +490,33 @@ static int write_range(tier_obj *o, uint64_t off, const void *buf, size_t len)
 		rc = (s & OBJ_DEAD) ? -ENOENT : -EPERM;
 		goto out_unlock;
 	}
-	rc = grow_slots(o, last + 1);
+	rc = obj_open_locked(o);
 	if (rc)
 		goto out_unlock;
-	for (uint64_t i = first; i <= last; i++)
-		missing += o->pages[i] == TIER_NO_PAGE;
-	if (missing > KVFS_ARRAY_SIZE(stack_ids)) {
-		ids = malloc(missing * sizeof(*ids));
-		if (!ids) {
-			rc = -ENOMEM;
-			goto out_unlock;
-		}
+	touch = (off & ~(uint64_t)(DRAM_UNIT - 1));
+	touch = off >= dram_round(o->size) ? dram_round(end) - touch
+					   : obj_missing_locked(o, touch, dram_round(end));
+	rc = dram_make_room(m, touch, false);
+	if (rc)
+		goto out_unlock;
+	if (buf)
+		rc = pwrite_all(o->fd, buf, len, off);
+	else if (end > o->size && ftruncate(o->fd, (off_t)end))
+		rc = -errno;
+	if (rc) {
+		/* A failed write changes nothing we account for. */
+		if (ftruncate(o->fd, (off_t)o->size))
+			log_warn("DRAM: cannot restore the size of object %llu",
+				 (unsigned long long)o->id);
+		obj_settle_locked(o, o->dbytes + touch);
+		goto out_unlock;
 	}
-	if (missing) {
-		rc = dram_alloc_pages(m, (uint32_t)missing, ids);
-		if (rc)
-			goto out_free;
-	}
-	for (uint64_t i = first, k = 0; i <= last; i++) {
-		uint64_t pstart = i << shift;
-		uint64_t lo = KVFS_MAX(off, pstart) - pstart;
-		uint64_t hi = KVFS_MIN(end, pstart + ps) - pstart;
-		uint8_t *page;
-
-		if (o->pages[i] == TIER_NO_PAGE) {
-			o->pages[i] = ids[k++];
-			page = dram_page(a, o->pages[i]);
-			/* A recycled page: zero what this write does not cover. */
-			if (lo)
-				memset(page, 0, lo);
-			if (hi < ps)
-				memset(page + hi, 0, ps - hi);
-		}
-		page = dram_page(a, o->pages[i]);
-		if (buf)
-			memcpy(page + lo, (const uint8_t *)buf + (pstart + lo - off), hi - lo);
-	}
-	__atomic_store_n(&o->npages, o->npages + (uint32_t)missing, __ATOMIC_RELAXED);
 	if (end > o->size)
 		__atomic_store_n(&o->size, end, __ATOMIC_RELAXED);
-out_free:
-	if (ids != stack_ids)
-		free(ids);
+	if (buf)
+		obj_settle_locked(o, o->dbytes + touch);
+	else
+		__atomic_store_n(&o->dbytes, o->dbytes + touch, __ATOMIC_RELAXED);
 out_unlock:
 	pthread_mutex_unlock(&o->lock);
 	return rc;
@@ -685,50 +529,36 @@ int tier_write(tier_obj *o, uint64_t off, const void *buf, size_t len)
 
 int tier_write_iov(tier_obj *o, uint64_t size, struct iovec *iov, int max)
 {
-	const struct dram_arena *a = &o->mgr->dram;
-	uint32_t ps = a->page_size, shift = a->page_shift;
-	uint64_t npages = (size + ps - 1) >> shift;
-	int n = 0, rc;
+	int rc;
 
 	pthread_mutex_lock(&o->lock);
-	rc = o->size || o->npages ? -EINVAL : 0;
+	rc = o->size || o->dbytes ? -EINVAL : 0;
 	pthread_mutex_unlock(&o->lock);
 	if (rc || size == 0)
 		return rc;
+	if (max < 1)
+		return -E2BIG;
 	rc = write_range(o, 0, NULL, (size_t)size);
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&o->lock);
-	for (uint64_t i = 0; i < npages; i++) {
-		uint8_t *page = dram_page(a, o->pages[i]);
-		size_t k = (size_t)KVFS_MIN((uint64_t)ps, size - (i << shift));
-
-		if (n && (uint8_t *)iov[n - 1].iov_base + iov[n - 1].iov_len == page) {
-			iov[n - 1].iov_len += k;
-			continue;
-		}
-		if (n == max) {
-			n = -E2BIG;
-			break;
-		}
-		iov[n].iov_base = page;
-		iov[n].iov_len = k;
-		n++;
+	rc = obj_map_locked(o);
+	if (!rc) {
+		iov[0].iov_base = o->map;
+		iov[0].iov_len = (size_t)size;
+		rc = 1;
 	}
 	pthread_mutex_unlock(&o->lock);
-	return n;
+	return rc;
 }
 
 int tier_truncate(tier_obj *o, uint64_t size)
 {
 	tier_mgr *m = o->mgr;
-	struct dram_arena *a = &m->dram;
-	uint32_t shift = a->page_shift;
-	uint64_t keep, s;
-	uint32_t freed = 0;
+	uint64_t s;
 	int rc = 0;
 
-	if (size > a->bytes)
+	if (size > m->dram.bytes)
 		return -EFBIG;
 	pthread_mutex_lock(&o->lock);
 	s = atomic_load(&o->state);
@@ -736,22 +566,15 @@ int tier_truncate(tier_obj *o, uint64_t size)
 		rc = (s & OBJ_DEAD) ? -ENOENT : -EPERM;
 		goto out_unlock;
 	}
-	keep = (size + a->page_size - 1) >> shift;
-	for (uint64_t i = keep; i < o->nslots; i++) {
-		if (o->pages[i] != TIER_NO_PAGE) {
-			dram_free(a, &o->pages[i], 1);
-			o->pages[i] = TIER_NO_PAGE;
-			freed++;
-		}
-	}
-	/* Bytes past the new end in the last page must read as zeros if regrown. */
-	if ((size & (a->page_size - 1)) && keep - 1 < o->nslots &&
-	    o->pages[keep - 1] != TIER_NO_PAGE) {
-		uint64_t in = size & (a->page_size - 1);
-
-		memset(dram_page(a, o->pages[keep - 1]) + in, 0, a->page_size - in);
-	}
-	__atomic_store_n(&o->npages, o->npages - freed, __ATOMIC_RELAXED);
+	if (size == o->size)
+		goto out_unlock;
+	rc = obj_open_locked(o);
+	if (!rc && ftruncate(o->fd, (off_t)size))
+		rc = -errno;
+	if (rc)
+		goto out_unlock;
+	/* shrinking frees pages; growing leaves a hole, which costs nothing */
+	obj_settle_locked(o, o->dbytes);
 	__atomic_store_n(&o->size, size, __ATOMIC_RELAXED);
 out_unlock:
 	pthread_mutex_unlock(&o->lock);
@@ -781,8 +604,8 @@ int tier_seal(tier_obj *o)
 	 * the object joins the policy list. Once listed, an eviction could claim
 	 * it first and still be writing it when the owner's rename returns.
 	 */
-	if (m->nvme && m->persist_through && obj_try_claim(o, OBJ_DRAM, OBJ_NVME)) {
-		int st = place_store(o, true);
+	if (m->nbackends > 1 && m->persist_through && obj_try_claim(o, OBJ_DRAM, OBJ_NVME)) {
+		int st = m->backends[1]->store(o, true);
 
 		if (st && st != -EINVAL) /* -EINVAL: empty, nothing to store */
 			place_pending(o);
@@ -791,60 +614,88 @@ int tier_seal(tier_obj *o)
 	pthread_mutex_lock(&m->policy.lock);
 	if (!(atomic_load(&o->state) & OBJ_DEAD)) {
 		tier_obj_get(o); /* the list's reference */
-		policy_insert_locked(&m->policy, &o->pn,
-				     __atomic_load_n(&o->npages, __ATOMIC_RELAXED));
+		policy_insert_locked(&m->policy, &o->pn, tier_size(o));
 	}
 	pthread_mutex_unlock(&m->policy.lock);
+	pthread_mutex_lock(&o->lock);
+	obj_close_idle(o, false); /* the writer is done with the file */
+	pthread_mutex_unlock(&o->lock);
 	return 0;
 }
 
 /* --- reading ------------------------------------------------------------- */
 
-ssize_t tier_read(tier_obj *o, uint64_t off, void *buf, size_t len)
+static ssize_t pread_full(int fd, uint8_t *buf, size_t len, uint64_t off)
 {
-	const struct dram_arena *a = &o->mgr->dram;
-	uint32_t ps = a->page_size, shift = a->page_shift;
 	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, buf + done, len - done, (off_t)(off + done));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	/* A file shorter than the object (never, but be safe): zeros. */
+	memset(buf + done, 0, len - done);
+	return (ssize_t)len;
+}
+
+ssize_t obj_dram_read(tier_obj *o, uint64_t off, void *buf, size_t len)
+{
 	ssize_t rc;
 
 	pthread_mutex_lock(&o->lock);
-	if (atomic_load(&o->state) & OBJ_DEAD) {
-		rc = -ENOENT;
+	if ((atomic_load(&o->state) & (OBJ_DRAM | OBJ_DEAD)) != OBJ_DRAM) {
+		rc = (atomic_load(&o->state) & OBJ_DEAD) ? -ENOENT : -ENODATA;
 		goto out_unlock;
 	}
 	if (off >= o->size) {
 		rc = 0;
 		goto out_unlock;
 	}
-	if (!(atomic_load(&o->state) & OBJ_DRAM)) {
-		pthread_mutex_unlock(&o->lock);
-		return place_read(o, off, buf, len);
-	}
 	len = KVFS_MIN(len, o->size - off);
-	while (done < len) {
-		uint64_t pos = off + done, slot = pos >> shift;
-		size_t in = pos & (ps - 1), n = KVFS_MIN(len - done, ps - in);
-
-		if (slot < o->nslots && o->pages[slot] != TIER_NO_PAGE)
-			memcpy((uint8_t *)buf + done, dram_page(a, o->pages[slot]) + in, n);
-		else
-			memset((uint8_t *)buf + done, 0, n);
-		done += n;
+	if (o->map && o->maplen >= off + len) {
+		memcpy(buf, o->map + off, len);
+		rc = (ssize_t)len;
+		goto out_unlock;
 	}
-	rc = (ssize_t)done;
+	rc = obj_open_locked(o);
+	if (!rc)
+		rc = pread_full(o->fd, buf, len, off);
+	obj_close_idle(o, false);
 out_unlock:
 	pthread_mutex_unlock(&o->lock);
 	return rc;
 }
 
-int tier_read_iov(tier_obj *o, uint64_t off, size_t len, struct iovec *iov, int max)
+ssize_t tier_read(tier_obj *o, uint64_t off, void *buf, size_t len)
 {
 	tier_mgr *m = o->mgr;
-	const struct dram_arena *a = &m->dram;
-	uint32_t ps = a->page_size, shift = a->page_shift;
+	ssize_t rc = -ENODATA;
+
+	if (atomic_load(&o->state) & OBJ_DEAD)
+		return -ENOENT;
+	if (off >= tier_size(o))
+		return 0;
+	/* the fastest backend holding it; one that lost it meanwhile says -ENODATA */
+	for (unsigned i = 0; i < m->nbackends && rc == -ENODATA; i++)
+		if (m->backends[i]->holds(o))
+			rc = m->backends[i]->read(o, off, buf, len);
+	if (rc == -ENODATA)
+		rc = (atomic_load(&o->state) & OBJ_DEAD) ? -ENOENT : -EIO;
+	return rc;
+}
+
+int tier_read_iov(tier_obj *o, uint64_t off, size_t len, struct iovec *iov, int max)
+{
 	uint64_t s = atomic_load(&o->state), size = o->size;
-	size_t done = 0;
-	int n = 0;
+	uint8_t *map;
+	int rc;
 
 	if (s & OBJ_DEAD)
 		return -ENOENT;
@@ -854,53 +705,73 @@ int tier_read_iov(tier_obj *o, uint64_t off, size_t len, struct iovec *iov, int 
 		return -ENODATA;
 	if (off >= size)
 		return 0;
+	if (max < 1)
+		return 0;
 	len = KVFS_MIN(len, size - off);
-	while (done < len && n < max) {
-		uint64_t pos = off + done, slot = pos >> shift;
-		size_t in = pos & (ps - 1), k = KVFS_MIN(len - done, ps - in);
-		uint8_t *src;
+	/*
+	 * The mapping lives until the last lease goes (the caller holds one).
+	 * Taken under the lock: a racing last unlease may be unmapping it.
+	 */
+	pthread_mutex_lock(&o->lock);
+	rc = obj_map_locked(o);
+	map = o->map;
+	pthread_mutex_unlock(&o->lock);
+	if (rc)
+		return rc;
+	iov[0].iov_base = map + off;
+	iov[0].iov_len = len;
+	return 1;
+}
 
-		if (slot < o->nslots && o->pages[slot] != TIER_NO_PAGE)
-			src = dram_page(a, o->pages[slot]) + in;
-		else
-			src = m->zero_page;
-		/* Merge with the previous vector when the pages happen to be adjacent. */
-		if (n && (uint8_t *)iov[n - 1].iov_base + iov[n - 1].iov_len == src &&
-		    src != m->zero_page) {
-			iov[n - 1].iov_len += k;
-		} else {
-			iov[n].iov_base = src;
-			iov[n].iov_len = k;
-			n++;
-		}
-		done += k;
+int obj_dram_backing_fd(tier_obj *o)
+{
+	tier_mgr *m = o->mgr;
+	int fd;
+
+	pthread_mutex_lock(&o->lock);
+	if (!o->fname) {
+		fd = -ENODATA; /* an empty file has none */
+	} else if (m->dram.dirfd >= 0) {
+		fd = dram_reopen(&m->dram, o->fname, O_RDONLY);
+	} else if (o->fd < 0) {
+		fd = -ENODATA;
+	} else {
+		fd = fcntl(o->fd, F_DUPFD_CLOEXEC, 0); /* a memfd: no name to reopen */
+		if (fd < 0)
+			fd = -errno;
 	}
-	return n;
+	pthread_mutex_unlock(&o->lock);
+	return fd;
+}
+
+int tier_backing_fd(tier_obj *o)
+{
+	tier_mgr *m = o->mgr;
+	uint64_t s = atomic_load(&o->state);
+
+	if (s & OBJ_DEAD)
+		return -ENOENT;
+	if (!(s & OBJ_SEALED) || !(s & OBJ_LEASES))
+		return -EINVAL;
+	for (unsigned i = 0; i < m->nbackends; i++)
+		if (m->backends[i]->backing_fd && m->backends[i]->holds(o))
+			return m->backends[i]->backing_fd(o);
+	return -ENODATA;
+}
+
+int tier_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *owner,
+		 tier_obj **out)
+{
+	int rc = -ENOENT;
+
+	/* every backend that persists, fastest first, until one has it */
+	for (unsigned i = 0; i < m->nbackends && rc == -ENOENT; i++)
+		if (m->backends[i]->recover)
+			rc = m->backends[i]->recover(m, id, size, hits, owner, out);
+	return rc;
 }
 
 /* --- leases, hits, pins ---------------------------------------------------- */
-
-int tier_lease(tier_obj *o)
-{
-	uint64_t s = atomic_load(&o->state);
-
-	do {
-		if (s & OBJ_DEAD)
-			return -ENOENT;
-	} while (!atomic_compare_exchange_weak(&o->state, &s, s + 1));
-	return 0;
-}
-
-void tier_unlease(tier_obj *o)
-{
-	uint64_t old = atomic_fetch_sub(&o->state, 1);
-
-	/* The last lease of an object dropped while leased releases its bytes. */
-	if ((old & OBJ_LEASES) == 1 && (old & OBJ_DEAD) && !(old & OBJ_BUSY))
-		obj_died(o, old - 1);
-	else if ((old & OBJ_LEASES) == 1 && o->rcache)
-		place_unleased(o);
-}
 
 /* A file read this many times from NVMe comes back into DRAM. */
 #define PROMOTE_HITS 2
@@ -909,29 +780,29 @@ void tier_touch(tier_obj *o)
 {
 	tier_mgr *m = o->mgr;
 	struct policy *p = &m->policy, *np = &m->nvme_policy;
-	uint32_t pages = (uint32_t)((tier_size(o) + m->dram.page_size - 1) >> m->dram.page_shift);
+	uint64_t bytes = tier_size(o);
 	uint32_t hits;
 
 	pthread_mutex_lock(&p->lock);
 	if (!(atomic_load(&o->state) & OBJ_DEAD))
-		policy_hit_locked(p, &o->pn, pages);
+		policy_hit_locked(p, &o->pn, bytes);
 	hits = o->pn.hits;
 	pthread_mutex_unlock(&p->lock);
 	if (!m->nvme)
 		return;
 	pthread_mutex_lock(&np->lock);
 	if (!(atomic_load(&o->state) & OBJ_DEAD))
-		policy_hit_locked(np, &o->npn, pages);
+		policy_hit_locked(np, &o->npn, bytes);
 	pthread_mutex_unlock(&np->lock);
 	if (hits >= PROMOTE_HITS && !(atomic_load(&o->state) & OBJ_DRAM) &&
 	    obj_try_claim(o, OBJ_NVME, OBJ_DRAM)) {
 		/* the opener holds a lease: claiming ignores it, promotion copes */
-		place_promote(o);
+		place_promote(o, false);
 		obj_unclaim(o);
 	}
 }
 
-int tier_promote(tier_obj *o)
+static int promote(tier_obj *o, bool clean)
 {
 	uint64_t s = atomic_load(&o->state);
 	int rc;
@@ -944,33 +815,19 @@ int tier_promote(tier_obj *o)
 		s = atomic_load(&o->state);
 		return (s & OBJ_DEAD) ? -ENOENT : (s & OBJ_DRAM) ? 0 : -EBUSY;
 	}
-	rc = place_promote(o); /* lease holders and all: promotion copes */
+	rc = place_promote(o, clean); /* lease holders and all: promotion copes */
 	obj_unclaim(o);
 	if (rc == -EBADMSG)
 		rc = -EIO; /* its only copy was bad: it is lost */
 	return rc;
 }
 
-int tier_pin(tier_obj *o, bool pin)
+int tier_promote(tier_obj *o)
 {
-	tier_mgr *m = o->mgr;
-	uint64_t s = atomic_load(&o->state), ns, bytes;
+	return promote(o, false);
+}
 
-	do {
-		if (s & OBJ_DEAD)
-			return -ENOENT;
-		ns = pin ? (s | OBJ_PINNED) : (s & ~OBJ_PINNED);
-		if (ns == s)
-			return 0;
-		/*
-		 * Read the size before the swap: a sealed object's pages do not
-		 * change while it lives, and if it dies meanwhile the swap fails.
-		 */
-		bytes = tier_dram_bytes(o);
-	} while (!atomic_compare_exchange_weak(&o->state, &s, ns));
-	atomic_fetch_add(&m->pinned, pin ? 1 : (uint64_t)-1);
-	/* Pinned bytes count sealed objects only; unsealed ones still grow. */
-	if (s & OBJ_SEALED)
-		atomic_fetch_add(&m->pinned_bytes, pin ? bytes : (uint64_t)-bytes);
-	return 0;
+int tier_promote_clean(tier_obj *o)
+{
+	return promote(o, true);
 }

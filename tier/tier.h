@@ -6,10 +6,13 @@
  * creates it, writes it, seals it, and leases it while it is open; the tier
  * manager places the bytes and moves them:
  *
- *   - new files are written into pages of the DRAM arena;
+ *   - new files are written into the DRAM store: each object's bytes are a
+ *     file of its own, contiguous from 0, in a private tmpfs (tier/dram.c),
+ *     so a sealed file can be handed to the kernel for passthrough reads
+ *     (tier_backing_fd());
  *   - with NVMe, a sealed file is written to NVMe when DRAM must make room
  *     (persist "back", the default) or as soon as it is sealed ("through"),
- *     and its DRAM pages are then dropped; a file read from NVMe often
+ *     and its DRAM file is then dropped; a file read from NVMe often
  *     enough is promoted back into DRAM;
  *   - when the last tier must make room, sealed objects that are not
  *     leased and not pinned are evicted, least valuable first, and handed
@@ -63,12 +66,14 @@ struct tier_nvme_dev {
 };
 
 struct tier_config {
-	uint64_t dram_bytes; /* arena size, rounded down to whole pages */
-	uint32_t page_size;  /* power of two, 4 KiB .. 16 MiB; 0 = 64 KiB */
+	uint64_t dram_bytes; /* DRAM budget in bytes (rounded down to 4 KiB) */
+	uint32_t page_size;  /* NVMe allocation unit: power of two, 4 KiB .. 16 MiB; 0 = 64 KiB */
 	const char *policy;  /* "mq" (default) or "lru" */
 	const struct tier_nvme_dev *nvme; /* NVMe devices (striped), or NULL */
 	unsigned nvme_count;
 	bool persist_through; /* write every sealed file to NVMe at once */
+	bool dram_memfd;      /* one memfd per object instead of the private tmpfs (what a
+			       * daemon without CAP_SYS_ADMIN gets; tests select it) */
 	struct cat *cat;      /* where tier records go (required with NVMe) */
 };
 
@@ -82,7 +87,7 @@ struct tier_callbacks {
 	/*
 	 * Optional. @o is about to be evicted and no other tier here holds it:
 	 * the owner may copy it elsewhere (a peer) first. Its bytes stay in
-	 * place during the call: in DRAM (tier_read_iov works on it) or, for an
+	 * place during the call: in DRAM (tier_read works on it) or, for an
 	 * NVMe victim, on NVMe (tier_read works; tier_read_iov says -ENODATA).
 	 * No lease is needed or possible. Called with no tier lock held, from
 	 * the thread that needed room; it may block, briefly. Eviction follows
@@ -98,7 +103,20 @@ struct tier_callbacks {
 	void *ctx;
 };
 
+/* One backend's figures (tier_stats.backend[], fastest first). */
+#define TIER_MAX_BACKENDS 4
+struct tier_backend_stats {
+	const char *name;	 /* "dram", "nvme" */
+	unsigned kind;		 /* enum tier_kind */
+	uint64_t capacity, used; /* bytes */
+	uint64_t files;		 /* objects with a complete copy here */
+	uint64_t reads, read_bytes, writes, write_bytes;
+};
+
 struct tier_stats {
+	unsigned nbackends;
+	struct tier_backend_stats backend[TIER_MAX_BACKENDS]; /* fastest first */
+	/* the same figures by name, as documented for .kvfs/stats: */
 	uint64_t nvme_capacity; /* 0 without NVMe */
 	uint64_t nvme_used;
 	uint64_t nvme_files;    /* objects with an NVMe copy */
@@ -116,7 +134,7 @@ struct tier_stats {
 	bool nvme_full;             /* the segment filesystem said ENOSPC */
 	uint64_t page_size;
 	uint64_t dram_capacity; /* bytes */
-	uint64_t dram_used;     /* bytes in allocated pages */
+	uint64_t dram_used;     /* bytes of the objects' files (4 KiB pages) */
 	uint64_t dram_pinned;   /* bytes of pinned objects */
 	uint64_t objects;       /* live objects */
 	uint64_t sealed;        /* of which sealed */
@@ -128,9 +146,10 @@ struct tier_stats {
 };
 
 /*
- * Create the tier manager: map the DRAM arena (a memfd of cfg->dram_bytes).
+ * Create the tier manager and its DRAM store (a private tmpfs; without
+ * CAP_SYS_ADMIN one memfd per object, see tier_dram_private()).
  * @return 0; -EINVAL for a bad size, page size or policy name (with a
- * one-line reason in @err); -ENOMEM or the errno of memfd/mmap.
+ * one-line reason in @err); -ENOMEM; the injected arena fault.
  */
 int tier_open(const struct tier_config *cfg, const struct tier_callbacks *cb, tier_mgr **out,
 	      char *err, size_t errlen);
@@ -210,11 +229,10 @@ int tier_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *o
 		 tier_obj **out);
 void tier_recover_end(tier_mgr *m, struct cat_batch *b);
 
-/* The arena's memfd (for mapping it elsewhere) and the page size. */
-int tier_dram_fd(const tier_mgr *m);
-/* The arena's mapping in this process (what tier_read_iov() points into). */
-void *tier_dram_base(const tier_mgr *m, uint64_t *bytes);
+/* The NVMe allocation unit (tier_config.page_size). */
 uint32_t tier_page_size(const tier_mgr *m);
+/* True when DRAM files live in the private tmpfs (false: memfds). */
+bool tier_dram_private(const tier_mgr *m);
 /* Largest object size the tiers could ever hold. */
 uint64_t tier_max_size(const tier_mgr *m);
 
@@ -235,36 +253,37 @@ void *tier_obj_owner(const tier_obj *o);
 void tier_obj_set_owner(tier_obj *o, void *owner);
 
 uint64_t tier_size(const tier_obj *o);
-/* Bytes of storage the object occupies in DRAM (whole pages). */
+/* Bytes of DRAM the object's file occupies (its allocated 4 KiB pages of the tmpfs). */
 uint64_t tier_dram_bytes(const tier_obj *o);
-/* Mask of enum tier_kind holding the bytes; 0 once dead. */
+/* Mask of enum tier_kind of the backends holding the bytes; 0 once dead. */
 unsigned tier_where(const tier_obj *o);
 bool tier_is_sealed(const tier_obj *o);
 bool tier_is_dead(const tier_obj *o);
 bool tier_is_pinned(const tier_obj *o);
 
 /*
- * Write @len bytes at @off of an unsealed object, allocating pages and
- * evicting other objects as needed. A failed write changes nothing.
+ * Write @len bytes at @off of an unsealed object, reserving the 4 KiB
+ * pages of its file that the write adds (holes cost nothing) and evicting
+ * other objects as needed. A failed write changes nothing.
  * @return 0; -EPERM if sealed; -EFBIG if @off + @len exceeds
  * tier_max_size(); -ENOSPC if no room can be made; -ENOENT if dead.
  */
 int tier_write(tier_obj *o, uint64_t off, const void *buf, size_t len);
 
 /*
- * Give an empty, unsealed object @size bytes of DRAM pages (evicting as
- * tier_write() does) and describe them in @iov, for a writer that fills
- * them itself (a transfer straight into the arena). Bytes past @size in
- * the last page are zero; the rest is garbage until written.
- * @return the number of iovecs; 0 for @size 0; -EINVAL if not empty;
- * -E2BIG if more than @max iovecs would be needed (the pages stay: use
- * tier_truncate(o, 0) to give them back); tier_write()'s errors.
+ * Give an empty, unsealed object @size bytes of DRAM (evicting as
+ * tier_write() does) and describe them in @iov: one iovec, a mapping of
+ * its file, for a writer that fills it itself (a transfer straight into
+ * DRAM). It reads as zeros until written. The mapping stays valid until
+ * the object is sealed and unleased, or dies.
+ * @return 1; 0 for @size 0; -EINVAL if not empty; -E2BIG if @max < 1;
+ * tier_write()'s errors.
  */
 int tier_write_iov(tier_obj *o, uint64_t size, struct iovec *iov, int max);
 
 /*
- * Set the size of an unsealed object; shrinking frees pages, growing leaves
- * a hole that reads as zeros.
+ * Set the size of an unsealed object; shrinking frees DRAM, growing leaves
+ * a hole that reads as zeros and costs nothing.
  * @return 0; -EPERM if sealed; -EFBIG; -ENOENT if dead.
  */
 int tier_truncate(tier_obj *o, uint64_t size);
@@ -288,12 +307,22 @@ ssize_t tier_read(tier_obj *o, uint64_t off, void *buf, size_t len);
 
 /*
  * Zero-copy view of up to @len bytes at @off of a sealed, leased object in
- * DRAM: up to @max iovecs pointing into the arena (holes point at a zero
- * page). The memory stays valid while the lease is held.
+ * DRAM: one iovec into a mapping of its file (@max is at least 1). The
+ * memory stays valid while the lease is held.
  * @return the number of iovecs (0 at the end); -EINVAL if not sealed;
- * -ENODATA if the bytes are not in DRAM (use tier_read()); -ENOENT if dead.
+ * -ENODATA if the bytes are not in DRAM (use tier_read()); -ENOENT if dead;
+ * the errno of open/mmap.
  */
 int tier_read_iov(tier_obj *o, uint64_t off, size_t len, struct iovec *iov, int max);
+
+/*
+ * A new read-only descriptor of the DRAM file of a sealed, leased object,
+ * for FUSE passthrough (the caller closes it; the kernel may keep the file
+ * open after that: the bytes stay until it lets go, even past eviction).
+ * @return the fd; -EINVAL if not sealed or not leased; -ENODATA if its
+ * bytes are not in DRAM (or it is empty); -ENOENT if dead; -errno of open.
+ */
+int tier_backing_fd(tier_obj *o);
 
 /*
  * Lease: the object cannot be evicted until tier_unlease().
@@ -326,6 +355,15 @@ void tier_touch(tier_obj *o);
  * (the file is lost, the owner told); -ENOENT if dead.
  */
 int tier_promote(tier_obj *o);
+
+/*
+ * tier_promote(), making room in DRAM only by dropping DRAM copies that
+ * NVMe holds already: it writes nothing to NVMe and evicts nothing (a
+ * passthrough open brings a file in this way; it must not cost another
+ * file its only copy). @return tier_promote()'s values; -ENOSPC also when
+ * only a demotion or an eviction could make room.
+ */
+int tier_promote_clean(tier_obj *o);
 
 /* Pin or unpin: a pinned object is never evicted. @return 0, -ENOENT if dead. */
 int tier_pin(tier_obj *o, bool pin);

@@ -1,6 +1,7 @@
 /*
- * tier/tier_i.h — private to tier/: the DRAM arena, the eviction policy and
- * the object struct they share. Nothing outside tier/ includes this.
+ * tier/tier_i.h — private to tier/: the DRAM store, the eviction policy, the
+ * object struct and the state machine they share. Nothing outside tier/
+ * includes this (backends built on tier/ include tier/backend.h).
  */
 #ifndef KVFS_TIER_I_H
 #define KVFS_TIER_I_H
@@ -10,38 +11,39 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "tier/backend.h"
 #include "tier/nvme.h"
 #include "tier/tier.h"
 
-#define TIER_NO_PAGE UINT32_MAX
+/* --- DRAM store: one file per object (dram.c) --------------------------- */
 
-/* --- DRAM arena: one memfd of fixed-size pages --------------------------- */
+/* The unit DRAM is accounted in: the page of the tmpfs holding the files. */
+#define DRAM_UNIT 4096u
 
-struct dram_arena {
-	int fd;
-	uint8_t *base;
-	uint64_t bytes;
-	uint32_t page_size;
-	uint32_t page_shift;
-	uint32_t npages;
-	pthread_mutex_t lock; /* guards free_stack/nfree */
-	uint32_t *free_stack;
-	uint32_t nfree;
-	pthread_t populate;   /* faults the arena in ahead of use */
-	bool populating;
-	_Atomic bool stop;
+struct dram_store {
+	int dirfd;	       /* root of the private tmpfs; -1: memfds */
+	uint64_t bytes;	       /* the budget */
+	_Atomic uint64_t used; /* bytes reserved by objects */
+	_Atomic uint64_t next_name;
 };
 
-int dram_open(struct dram_arena *a, uint64_t bytes, uint32_t page_size, char *err, size_t errlen);
-void dram_close(struct dram_arena *a);
-/* Take @n pages, all or none. @return 0 or -ENOSPC. */
-int dram_alloc(struct dram_arena *a, uint32_t n, uint32_t *ids);
-void dram_free(struct dram_arena *a, const uint32_t *ids, uint32_t n);
-uint32_t dram_free_pages(struct dram_arena *a);
+/* @return 0; -EINVAL (size); the injected arena fault. */
+int dram_open(struct dram_store *d, uint64_t bytes, bool memfd, char *err, size_t errlen);
+void dram_close(struct dram_store *d);
+/* Take @n bytes of the budget, all or none. @return 0 or -ENOSPC. */
+int dram_reserve(struct dram_store *d, uint64_t n);
+void dram_unreserve(struct dram_store *d, uint64_t n);
+uint64_t dram_free_bytes(struct dram_store *d);
+/* A new empty file; its name in *@name. @return an O_RDWR fd or -errno. */
+int dram_create(struct dram_store *d, uint64_t *name);
+/* Open the file @name again. @return an fd; -EBADF for memfds; -errno. */
+int dram_reopen(struct dram_store *d, uint64_t name, int flags);
+/* Remove the file @name (open descriptors and mappings keep it alive). */
+void dram_remove(struct dram_store *d, uint64_t name);
 
-static inline uint8_t *dram_page(const struct dram_arena *a, uint32_t id)
+static inline uint64_t dram_round(uint64_t n)
 {
-	return a->base + ((uint64_t)id << a->page_shift);
+	return (n + DRAM_UNIT - 1) & ~(uint64_t)(DRAM_UNIT - 1);
 }
 
 /* --- objects ------------------------------------------------------------- */
@@ -50,7 +52,7 @@ static inline uint8_t *dram_page(const struct dram_arena *a, uint32_t id)
 #define OBJ_SEALED (1ull << 32)
 #define OBJ_PINNED (1ull << 33)
 #define OBJ_DEAD   (1ull << 34)
-#define OBJ_DRAM   (1ull << 35) /* its bytes are in DRAM pages */
+#define OBJ_DRAM   (1ull << 35) /* its bytes are in its DRAM file */
 #define OBJ_NVME   (1ull << 36) /* a complete copy is on NVMe (ext) */
 #define OBJ_BUSY   (1ull << 37) /* one thread is moving it between tiers */
 #define OBJ_LOST   (1ull << 38) /* its only copy failed: dropped and counted once */
@@ -71,20 +73,22 @@ struct tier_obj {
 	tier_mgr *mgr;
 	void *owner;
 
-	uint64_t id;          /* the owner's id: key of the tier's catalog records */
+	uint64_t id; /* the owner's id: key of the tier's catalog records */
 
 	pthread_mutex_t lock; /* guards the fields below while unsealed, and moves */
 	uint64_t size;
-	uint32_t nslots;   /* capacity of pages[] */
-	uint32_t npages;   /* allocated pages (not holes) */
-	uint32_t *pages;   /* page id per page-sized slot, TIER_NO_PAGE = hole */
+	uint64_t dbytes; /* DRAM reserved for its file (size rounded up) */
+	uint64_t fname;	 /* its file's name in the DRAM store, 0 = none */
+	int fd;		 /* open while unsealed, mapped or a memfd; else -1 */
+	uint8_t *map;	 /* mapping of the file while leased (tier_read_iov) */
+	size_t maplen;
 	struct nvme_extent *ext; /* the NVMe copy while OBJ_NVME */
 	unsigned next;
-	uint8_t *rcache;  /* the NVMe extent read last (reads in smaller pieces reuse
-			   * it), freed when the last lease goes */
-	int rcache_ext;   /* which one, -1 for none */
+	uint8_t *rcache; /* the NVMe extent read last (reads in smaller pieces reuse
+			  * it), freed when the last lease goes */
+	int rcache_ext;	 /* which one, -1 for none */
 
-	struct policy_node pn;  /* DRAM policy: sealed and in DRAM (its lock) */
+	struct policy_node pn;	/* DRAM policy: sealed and in DRAM (its lock) */
 	struct policy_node npn; /* NVMe policy: has an NVMe copy (its lock) */
 };
 
@@ -102,16 +106,17 @@ struct policy {
 	const char *name;
 	pthread_mutex_t lock;
 	unsigned nclasses;
-	uint64_t bonus; /* priority added per class, in clock units (pages) */
-	uint64_t clock; /* advances by an object's pages at each access */
+	uint64_t bonus; /* priority added per class, in clock units (bytes) */
+	uint64_t clock; /* advances by an object's bytes at each access */
+	uint64_t count; /* objects linked */
 	struct policy_node heads[POLICY_MAX_CLASSES]; /* circular list sentinels */
 };
 
-int policy_init(struct policy *p, const char *name, uint64_t capacity_pages);
+int policy_init(struct policy *p, const char *name, uint64_t capacity);
 void policy_destroy(struct policy *p);
 /* The following take the policy lock themselves unless named _locked. */
-void policy_insert_locked(struct policy *p, struct policy_node *n, uint32_t pages);
-void policy_hit_locked(struct policy *p, struct policy_node *n, uint32_t pages);
+void policy_insert_locked(struct policy *p, struct policy_node *n, uint64_t bytes);
+void policy_hit_locked(struct policy *p, struct policy_node *n, uint64_t bytes);
 void policy_remove_locked(struct policy *p, struct policy_node *n);
 
 /* Iterate in eviction order (least valuable first), under the lock. */
@@ -131,17 +136,20 @@ struct nvme_rec {
 };
 
 struct tier_mgr {
-	struct dram_arena dram;
-	struct policy policy;      /* objects in DRAM */
+	/* the backends, fastest first (tier/backend.h): DRAM, then NVMe if any */
+	const struct tier_backend_ops *backends[TIER_MAX_BACKENDS];
+	unsigned nbackends;
+	struct dram_store dram;
+	uint32_t page_size;	   /* the NVMe allocation unit */
+	struct policy policy;	   /* objects in DRAM */
 	struct policy nvme_policy; /* objects with an NVMe copy */
 	struct tier_callbacks cb;
-	uint8_t *zero_page;        /* page-aligned (O_DIRECT writes of holes) */
 
-	struct nvme_store *nvme;   /* NULL: DRAM only */
+	struct nvme_store *nvme; /* NULL: DRAM only */
 	uint32_t nvme_extent_pages;
 	struct cat *cat;
 	bool persist_through;
-	struct nvme_rec *recs;     /* recovery: records scanned at start */
+	struct nvme_rec *recs; /* recovery: records scanned at start */
 	size_t nrecs;
 
 	_Atomic uint64_t demotions, promotions, nvme_write_errors, nvme_read_errors;
@@ -157,14 +165,46 @@ struct tier_mgr {
 	_Atomic uint64_t enospc;
 };
 
-/* --- tier.c internals place.c uses ---------------------------------------- */
+/* --- obj.c: the object state machine ---------------------------------------- */
 
+/*
+ * Claim @o for a move or an eviction: set OBJ_BUSY if it is sealed, has
+ * every bit of @need and none of @forbid (pass OBJ_LEASES to require no
+ * lease), and is neither dead nor busy.
+ * @return the state with OBJ_BUSY, or 0 if it cannot be claimed.
+ */
 uint64_t obj_try_claim(tier_obj *o, uint64_t need, uint64_t forbid);
 void obj_unclaim(tier_obj *o);
-/* Kill a claimed object unless leased (then -EBUSY, unclaimed); see tier.c. */
+/* Kill a claimed object unless leased (then -EBUSY, unclaimed). */
 int obj_kill_claimed(tier_obj *o, bool tell_owner);
+/*
+ * Kill claimed objects that are still unleased: dead, out of the lists,
+ * their bytes released; with @tell_owner the owner's `evicted` callback
+ * runs first, once for the batch. @return how many; @v compacted to them.
+ */
+size_t obj_kill_claimed_batch(tier_obj **v, size_t n, bool tell_owner);
+/* Could the DRAM eviction path take @o now (demote or kill it)? */
+bool obj_evictable(const tier_obj *o);
+
+/* --- tier.c internals the backends use ----------------------------------------- */
+
+/* The DRAM file is no longer used by a lease holder or mover: close it. */
+void obj_dram_unused(tier_obj *o);
 void obj_release_pages(tier_obj *o);
-int dram_alloc_pages(tier_mgr *m, uint32_t need, uint32_t *ids);
+/*
+ * Reserve @need bytes of DRAM, making room by demotion or eviction; with
+ * @clean only by dropping DRAM copies that NVMe holds already (no NVMe
+ * write, no eviction).
+ */
+int dram_make_room(tier_mgr *m, uint64_t need, bool clean);
+/* Copy bytes of an object in DRAM (takes o->lock). @return bytes or -errno. */
+ssize_t obj_dram_read(tier_obj *o, uint64_t off, void *buf, size_t len);
+/* A new read-only descriptor of its DRAM file. @return fd; -ENODATA; -errno. */
+int obj_dram_backing_fd(tier_obj *o);
+/* Close the object's descriptor and mapping unless they must stay (o->lock held). */
+void obj_file_idle_locked(tier_obj *o);
+/* Map the whole file read-only for a lease holder (o->lock held). @return 0 or -errno. */
+int obj_map_locked(tier_obj *o);
 
 /* --- place.c: moving bytes between DRAM and NVMe ----------------------------- */
 
@@ -177,7 +217,7 @@ int place_store(tier_obj *o, bool evict);
 /* Drop the DRAM copy of a claimed object that has an NVMe copy. @return 0 or -EBUSY. */
 int place_demote(tier_obj *o);
 /* Bring a claimed NVMe-only object into DRAM. @return 0 or -errno. */
-int place_promote(tier_obj *o);
+int place_promote(tier_obj *o, bool clean);
 /* Read [off, off + len) of an object from its NVMe copy. */
 ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len);
 /* Free an object's NVMe copy (it died). */
@@ -186,5 +226,8 @@ void place_free(tier_obj *o);
 void place_unleased(tier_obj *o);
 /* A store that had to succeed failed: @o is counted not durable until one does. */
 void place_pending(tier_obj *o);
+/* The NVMe backend's recover op (tier_recover() asks every backend). */
+int place_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *owner,
+		  tier_obj **out);
 
 #endif

@@ -416,20 +416,169 @@ static int stat_delta(const struct bench_mount *m, const char *field, int64_t *v
 	return 0;
 }
 
+/* The kernel's Cached (page cache plus shmem, tmpfs included) in bytes. */
+static int64_t meminfo_cached(void)
+{
+	char line[128];
+	long long kb = -1;
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "Cached: %lld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb < 0 ? -1 : kb * 1024;
+}
+
+/* Memory rows: what one cold read pass costs the machine (issue 9). */
+struct mem_row {
+	uint64_t size;
+	const char *mode;
+	double ratio; /* (growth of Cached over the pass + daemon DRAM in use) / bytes read */
+	int64_t cached_growth, dram_used, bytes;
+};
+
+static struct mem_row mem_rows[16];
+static int nmem_rows;
+
+/*
+ * One cold pass over @files (page cache dropped first), 1 thread: the growth
+ * of the kernel's Cached plus the daemon's DRAM in use (the files' bytes,
+ * already there), against the bytes read. 1.0 = every byte cached once.
+ */
+static int tp_memory(const struct bench_mount *m, const struct io_file *files, int n,
+		     uint64_t size, const char *mode, json_t *rows)
+{
+	struct mem_row *r = &mem_rows[nmem_rows < 16 ? nmem_rows++ : 15];
+	double secs;
+	int64_t c0, c1, used;
+	uint64_t total = 0;
+	json_t *o;
+	int rc;
+
+	for (int i = 0; i < n; i++) {
+		total += files[i].size;
+		rc = drop_cache(files[i].path);
+		if (rc)
+			return rc;
+	}
+	c0 = meminfo_cached();
+	rc = read_set(files, n, 1, BENCH_IO, false, &secs);
+	c1 = meminfo_cached();
+	if (rc)
+		return rc;
+	rc = stat_delta(m, "tiers.dram.used_bytes", &used);
+	if (rc)
+		return rc;
+	*r = (struct mem_row){.size = size,
+			      .mode = mode,
+			      .cached_growth = c1 - c0,
+			      .dram_used = used,
+			      .bytes = (int64_t)total};
+	r->ratio = (double)(r->cached_growth + used) / (double)total;
+	o = json_pack("{s:s,s:I,s:s,s:f,s:I,s:I,s:I,s:f}", "op", "memory", "size",
+		      (json_int_t)size, "mode", mode, "ratio", r->ratio, "cached_growth",
+		      (json_int_t)r->cached_growth, "dram_used", (json_int_t)used, "bytes_read",
+		      (json_int_t)total, "target", 1.1);
+	json_array_append_new(rows, o);
+	return 0;
+}
+
+static void mem_print(void)
+{
+	char sz[32];
+
+	if (!nmem_rows)
+		return;
+	printf("\n%-8s %-18s %14s %14s %14s %8s  %s\n", "size", "read path", "Cached growth",
+	       "daemon DRAM", "bytes read", "ratio", "target");
+	for (int i = 0; i < nmem_rows; i++) {
+		const struct mem_row *r = &mem_rows[i];
+
+		printf("%-8s %-18s %12.1fM %12.1fM %12.1fM %8.2f  <= 1.10 %s\n",
+		       bench_fmt_size(r->size, sz, sizeof(sz)), r->mode,
+		       (double)r->cached_growth / 1048576.0, (double)r->dram_used / 1048576.0,
+		       (double)r->bytes / 1048576.0, r->ratio, r->ratio <= 1.1 ? "PASS" : "ABOVE");
+	}
+	printf("ratio = (growth of the kernel's Cached over one cold read pass + the daemon's DRAM "
+	       "in use) / bytes read:\n"
+	       "  1.0 = every byte cached once; 2.0 = once in the daemon, again in the FUSE page "
+	       "cache.\n");
+	nmem_rows = 0;
+}
+
+/* Cold and warm reads of a mount's @files, 1 and 2 threads, as rows named after @tag. */
+static int tp_reads(struct bench_mount *d, const struct io_file *files, const struct io_file *tf,
+		    int n, uint64_t size, int rounds, const char *tag, json_t *rows,
+		    struct tp_row *all, int *nrows)
+{
+	double mb, twarm, from;
+	int rc;
+
+	for (int t = 1; t <= 2; t++) {
+		rc = measure_reads(NULL, tf, n, t, BENCH_IO, false, rounds, &twarm, &from);
+		/* cold first: its rounds leave every page cached, so warm follows */
+		for (int warm = 0; warm < 2 && !rc; warm++) {
+			char op[48];
+
+			rc = measure_reads(d, files, n, t, BENCH_IO, !warm, rounds, &mb, &from);
+			if (rc)
+				break;
+			snprintf(op, sizeof(op), "read %s%s, %d thr%s", warm ? "warm" : "cold", tag,
+				 t, t > 1 ? "s" : "");
+			tp_add(rows, all, nrows, op,
+			       &(struct tp_row){.size = size,
+						.threads = t,
+						.kvfs = mb,
+						.tmpfs = twarm,
+						.tmpfs_is_warm = !warm,
+						.from_daemon = from,
+						.target = *tag	 ? 0
+							  : warm ? 0.9
+							  : size >= (32u << 20) ? 0.8
+										: 0.6});
+		}
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+/* Start a variant daemon and write the same set of files into it (in @dir). */
+static int tp_variant(struct bench_mount *v, const char *name, uint64_t dram,
+		      const char *const *args, uint64_t size, int n, struct io_file *files,
+		      char *dir, size_t dirlen)
+{
+	struct io_file *f[1] = {files};
+	const char *dirs[1] = {dir};
+	double wsecs[1];
+	int rc = bench_mount_start(v, name, dram, args);
+
+	if (rc)
+		return rc;
+	bench_path(dir, dirlen, "%s/tp-%llu", v->mnt, (unsigned long long)size);
+	return write_set(f, dirs, 1, n, size, size, wsecs);
+}
+
 static int tp_one_size(uint64_t size, uint64_t total, uint64_t dram, int rounds,
 		       const char *tmpfs_root, json_t *rows, struct tp_row *all, int *nrows)
 {
-	const char *const nkc[] = {"--no-keep-cache", NULL};
-	struct bench_mount d, nk;
-	struct io_file *files[2] = {NULL, NULL}, *nkfiles = NULL;
-	char kdir[PATH_MAX] = "", tdir[PATH_MAX] = "", nkdir[PATH_MAX] = "", sz[32];
+	const char *const nkc[] = {"--no-keep-cache", "--no-passthrough", NULL};
+	const char *const npc[] = {"--no-passthrough", NULL};
+	struct bench_mount d, nk, np;
+	struct io_file *files[2] = {NULL, NULL}, *nkfiles = NULL, *npfiles = NULL;
+	char kdir[PATH_MAX] = "", tdir[PATH_MAX] = "", nkdir[PATH_MAX] = "", npdir[PATH_MAX] = "";
+	char sz[32];
 	const char *dirs[2] = {kdir, tdir};
 	int n = (int)(total / size), rc;
-	double wsecs[2], cold, warm, twarm, from;
+	double wsecs[2], cold, twarm, from;
 	int64_t wb0, wb1;
 
 	memset(&d, 0, sizeof(d));
 	memset(&nk, 0, sizeof(nk));
+	memset(&np, 0, sizeof(np));
 	if (n < 2) {
 		bench_err("--total must hold at least two %s files (two reader threads)",
 			  bench_fmt_size(size, sz, sizeof(sz)));
@@ -440,7 +589,8 @@ static int tp_one_size(uint64_t size, uint64_t total, uint64_t dram, int rounds,
 	files[0] = calloc((size_t)n, sizeof(struct io_file));
 	files[1] = calloc((size_t)n, sizeof(struct io_file));
 	nkfiles = calloc((size_t)n, sizeof(struct io_file));
-	if (!files[0] || !files[1] || !nkfiles) {
+	npfiles = calloc((size_t)n, sizeof(struct io_file));
+	if (!files[0] || !files[1] || !nkfiles || !npfiles) {
 		rc = -ENOMEM;
 		goto out;
 	}
@@ -465,54 +615,28 @@ static int tp_one_size(uint64_t size, uint64_t total, uint64_t dram, int rounds,
 				.tmpfs = mbps((uint64_t)n * size, wsecs[1]),
 				.from_daemon = (double)(wb1 - wb0) / ((double)n * (double)size)});
 
-	for (int t = 1; t <= 2; t++) {
-		const char *s = t > 1 ? "s" : "";
-		char op[48];
-
-		rc = measure_reads(NULL, files[1], n, t, BENCH_IO, false, rounds, &twarm, &from);
-		rc = rc ? rc
-			: measure_reads(&d, files[0], n, t, BENCH_IO, true, rounds, &cold, &from);
-		if (rc)
-			goto out;
-		snprintf(op, sizeof(op), "read cold, %d thread%s", t, s);
-		tp_add(rows, all, nrows, op,
-		       &(struct tp_row){.size = size,
-					.threads = t,
-					.kvfs = cold,
-					.tmpfs = twarm,
-					.tmpfs_is_warm = true,
-					.from_daemon = from,
-					.target = 0.25});
-		/* the cold rounds left every page cached: now warm */
-		rc = measure_reads(&d, files[0], n, t, BENCH_IO, false, rounds, &warm, &from);
-		if (rc)
-			goto out;
-		snprintf(op, sizeof(op), "read warm, %d thread%s", t, s);
-		tp_add(rows, all, nrows, op,
-		       &(struct tp_row){.size = size,
-					.threads = t,
-					.kvfs = warm,
-					.tmpfs = twarm,
-					.from_daemon = from,
-					.target = 0.8});
-	}
+	rc = tp_reads(&d, files[0], files[1], n, size, rounds, "", rows, all, nrows);
+	rc = rc ? rc : tp_memory(&d, files[0], n, size, "passthrough", rows);
+	if (rc)
+		goto out;
 	rc = bench_mount_stop(&d);
 	if (rc)
 		goto out;
 
-	/* Second cold variant: a daemon that drops the page cache at every open. */
-	rc = bench_mount_start(&nk, "no-keep-cache", dram, nkc);
+	/* Today's read path, the peer of passthrough: every read through the daemon. */
+	rc = tp_variant(&np, "no-passthrough", dram, npc, size, n, npfiles, npdir, sizeof(npdir));
+	rc = rc ? rc : tp_reads(&np, npfiles, files[1], n, size, rounds, " --no-pt", rows, all, nrows);
+	rc = rc ? rc : tp_memory(&np, npfiles, n, size, "--no-passthrough", rows);
 	if (rc)
 		goto out;
-	bench_path(nkdir, sizeof(nkdir), "%s/tp-%llu", nk.mnt, (unsigned long long)size);
-	{
-		struct io_file *nkf[1] = {nkfiles};
-		const char *nkdirs[1] = {nkdir};
+	rc = bench_mount_stop(&np);
+	if (rc)
+		goto out;
 
-		rc = write_set(nkf, nkdirs, 1, n, size, size, wsecs);
-		if (rc)
-			goto out;
-	}
+	/* Second cold variant: a daemon that drops the page cache at every open. */
+	rc = tp_variant(&nk, "no-keep-cache", dram, nkc, size, n, nkfiles, nkdir, sizeof(nkdir));
+	if (rc)
+		goto out;
 	for (int t = 1; t <= 2; t++) {
 		char op[48];
 
@@ -534,11 +658,13 @@ static int tp_one_size(uint64_t size, uint64_t total, uint64_t dram, int rounds,
 	rc = bench_mount_stop(&nk);
 out:
 	bench_mount_stop(&nk);
+	bench_mount_stop(&np);
 	bench_mount_stop(&d);
 	bench_rmtree(tdir);
 	free(files[0]);
 	free(files[1]);
 	free(nkfiles);
+	free(npfiles);
 	return rc;
 }
 
@@ -625,7 +751,7 @@ int bench_throughput(int argc, char **argv, json_t *out)
 	json_object_set_new(section, "tmpfs", json_string(tmpfs_root));
 	json_object_set_new(section, "rows", rows);
 	json_object_set_new(out, "throughput", section);
-	all = calloc((size_t)nsizes * 12, sizeof(*all));
+	all = calloc((size_t)nsizes * 16, sizeof(*all));
 	if (!all) {
 		rc = -ENOMEM;
 		goto out;
@@ -636,6 +762,7 @@ int bench_throughput(int argc, char **argv, json_t *out)
 			break;
 	}
 	tp_print(all, nrows);
+	mem_print();
 out:
 	bench_scratch_release(tmpfs_root);
 	free(all);

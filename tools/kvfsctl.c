@@ -425,6 +425,25 @@ static int cmd_status(char **args, int nargs)
 	       " files dropped at restart\n",
 	       jnum(st, "catalog.commits"), jnum(st, "catalog.errors"),
 	       jnum(st, "restart_dropped"));
+	{
+		json_t *pools = jget(st, "gpu.pools"), *p;
+		size_t k;
+
+		json_array_foreach(pools, k, p)
+		{
+			printf("gpu        device %" PRIu64 " (%s): pool %s, %s free, blocks of %s\n",
+			       jnum(p, "device"), jstr(p, "impl"), fmt_size(jnum(p, "bytes")).s,
+			       fmt_size(jnum(p, "free_blocks") * jnum(p, "block_bytes")).s,
+			       fmt_size(jnum(p, "block_bytes")).s);
+		}
+		if (json_array_size(pools))
+			printf("gpu        %" PRIu64 " engine registrations, %" PRIu64
+			       " refused, %" PRIu64 " copy errors; %s loaded, %" PRIu64
+			       " blocks saved\n",
+			       jnum(st, "gpu.registrations"), jnum(st, "gpu.refused"),
+			       jnum(st, "gpu.copy_errors"), fmt_size(jnum(st, "gpu.loaded_bytes")).s,
+			       jnum(st, "gpu.saved_blocks"));
+	}
 	if (jget(st, "remote")) {
 		json_t *peers = jget(st, "remote.peers"), *p;
 		size_t k;

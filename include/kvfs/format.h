@@ -147,6 +147,15 @@ int kvfs_block_encode_header(const struct kvfs_block_desc *d, const uint64_t *ch
 			     void *hdr, size_t cap, kvfs_key *key);
 
 /*
+ * Put the checksums of @n layers into the header at @hdr (as
+ * kvfs_block_encode_header() wrote it, in a buffer of @cap bytes) and
+ * recompute its header checksum: for a writer that fills the layer data
+ * after encoding the header (the daemon's saves from device memory).
+ * @return 0; -EBADMSG if @hdr is not such a header of @n layers.
+ */
+int kvfs_block_set_layer_checksums(void *hdr, size_t cap, const uint64_t *checksums, uint32_t n);
+
+/*
  * Write a whole block into @buf: header, then each layer's layer_bytes from
  * @layers[i], zero padded to the stride.
  * @return 0; -EINVAL; -ENOSPC if @cap < kvfs_layout_file_bytes().

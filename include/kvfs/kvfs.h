@@ -180,6 +180,100 @@ int kvfs_save_flush(kvfs_ns *ns);
 void *kvfs_alloc(kvfs_ns *ns, size_t bytes);
 void kvfs_free(kvfs_ns *ns, void *mem, size_t bytes);
 
+/*
+ * Engine KV memory on a GPU. A successor of struct kvfs_kv_layer that also
+ * says where each layer's pages are: host memory, or CUDA device N (the
+ * ordinal in the engine's process). The existing functions keep taking
+ * struct kvfs_kv_pages (host memory); these take the successor.
+ */
+#define KVFS_DEVICE_HOST (-1)
+
+struct kvfs_kv_layer_ex {
+	void *k;
+	void *v;
+	size_t block_stride;
+	size_t token_stride;
+	int device;        /* KVFS_DEVICE_HOST or a CUDA device ordinal */
+	unsigned reserved; /* 0 */
+};
+
+struct kvfs_kv_pages_ex {
+	const struct kvfs_kv_layer_ex *layers; /* layout.num_layers entries */
+};
+
+/*
+ * Device memory the daemon may copy into: one allocation of the engine's,
+ * exported by the engine itself (libkvfs does not link CUDA):
+ *
+ *   cudaIpcMemHandle_t h;  cudaIpcGetMemHandle(&h, base);
+ *   cudaDeviceProp p;      cudaGetDeviceProperties(&p, dev);
+ *   struct kvfs_dev_buffer b = {.base = base, .bytes = bytes, .device = dev,
+ *                               .kind = KVFS_DEV_CUDA};  // .offset 0: cudaMalloc's pointer
+ *   memcpy(b.uuid, &p.uuid, 16);  memcpy(b.ipc_handle, &h, 64);
+ *   kvfs_dev_register(ns, &b);
+ *
+ * KVFS_DEV_STANDIN is the test suites' stand-in device (gpu/gpu.h); a daemon
+ * accepts it only when it runs with --gpu-standin.
+ */
+enum kvfs_dev_kind {
+	KVFS_DEV_CUDA = 1,
+	KVFS_DEV_STANDIN = 2,
+};
+
+struct kvfs_dev_buffer {
+	void *base;    /* where the memory starts in the engine's address space */
+	size_t offset; /* how far @base lies into the exported allocation: 0 for
+			* cudaMalloc's pointer; PyTorch's _share_cuda_() says it */
+	size_t bytes;  /* from @base */
+	int device;   /* CUDA device ordinal in the engine's process */
+	unsigned kind; /* enum kvfs_dev_kind */
+	uint8_t uuid[16];        /* the device's UUID (cudaDeviceProp.uuid) */
+	uint8_t ipc_handle[64];  /* cudaIpcMemHandle_t of base */
+};
+
+/*
+ * Register @b with the daemon through the fast path (a sealed record under
+ * `.kvfs/iovs/dev.<pid>.<id>`); the daemon opens the handle on its own pool's
+ * device and from then on copies loads into that memory itself.
+ * @return 0; -ENOTSUP (not on the fast path); -EINVAL (bad buffer, a
+ * malformed handle); -ENODEV (the daemon has no --gpu pool on that device);
+ * -EXDEV (a handle of another device or kind); -ESTALE (the memory is gone);
+ * -EEXIST (already registered); -ENOMEM.
+ */
+int kvfs_dev_register(kvfs_ns *ns, const struct kvfs_dev_buffer *b);
+
+/* Take a registration back (before freeing the memory). @return 0; -ENOENT. */
+int kvfs_dev_unregister(kvfs_ns *ns, void *base);
+
+/*
+ * As kvfs_load_start(), with pages that may be on a GPU. Device layers need
+ * the fast path and memory registered with kvfs_dev_register(); the daemon
+ * copies each layer in and kvfs_load_wait(ld, l) returns once layer l is in
+ * device memory. Host layers behave as in kvfs_load_start().
+ * @return 0; -EINVAL (as kvfs_load_start(), a device the registered memory
+ * is not on, a reserved field not 0); -ENOTSUP (device layers off the fast
+ * path, or pages outside registered memory or with padded token rows);
+ * -ENOMEM.
+ */
+int kvfs_load_start_ex(kvfs_match *m, size_t first, size_t n, const struct kvfs_kv_pages_ex *dst,
+		       const uint32_t *block_ids, kvfs_load **out);
+
+/*
+ * As kvfs_save(), with pages that may be on a GPU. Device pages need the
+ * fast path and memory registered with kvfs_dev_register() (K and V of a
+ * layer in one registration, token rows unpadded); the daemon copies each
+ * block out of device memory before this returns, so the pages are free
+ * again then. Each block is stored before the next is asked for: unlike
+ * kvfs_save(), nothing is queued or dropped.
+ * @return the number of blocks stored or skipped as present; -EINVAL (as
+ * kvfs_save(), host and device layers mixed); -ENOTSUP (device pages off the
+ * fast path or outside registered memory); -E2BIG (more layers than one
+ * request carries, about 2700); or the first block's error.
+ */
+long kvfs_save_ex(kvfs_ns *ns, const kvfs_key *parent, size_t first_index, const uint32_t *tokens,
+		  size_t nblocks, const struct kvfs_key_extra *extra,
+		  const struct kvfs_kv_pages_ex *src, const uint32_t *block_ids);
+
 struct kvfs_ns_stats {
 	uint64_t matches;        /* kvfs_match_prefix calls */
 	uint64_t keys_asked;     /* keys passed to kvfs_match_prefix */

@@ -7,6 +7,16 @@
  *                                       wait for a line on stdin, then load and check
  *   fpdrv attach DIR SEED N ROUNDS      load every round, reading a line between rounds
  *   fpdrv abuse MOUNT NSREL             raw ring requests that must be refused
+ *   fpdrv devload DIR SEED N            load N blocks into device pages on the tests'
+ *                                       stand-in GPU (gpu/gpu.h), checking each layer as
+ *                                       soon as kvfs_load_wait() says it is in; print JSON
+ *   fpdrv devsave DIR SEED N            save N blocks from device pages on the stand-in
+ *                                       GPU (kvfs_save_ex); print JSON
+ *   fpdrv devdie DIR SEED N             register device pages, start a load into them
+ *                                       and exit mid-transfer
+ *   fpdrv devreg MOUNT DIR CASE         register device memory that must be refused
+ *                                       (CASE: garbage, foreign, kind, stale, unsealed,
+ *                                       other, good); print {"rc": -errno}
  *
  * Block contents are a function of (seed, block, layer, K/V, element), so any
  * process can check what another saved. Exit status 0 means every check held.
@@ -20,10 +30,12 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "core/ring.h"
+#include "gpu/gpu.h"
 #include "kvfs/kvfs.h"
 
 #define LAYERS 4
@@ -127,21 +139,30 @@ static void fill(struct pool *p, unsigned seed, size_t n)
 			}
 }
 
+/* Layer @l of blocks [0, n) of engine block ids base + b: how many blocks are wrong. */
+static size_t check_layer(struct pool *p, unsigned seed, size_t n, size_t base, unsigned l)
+{
+	size_t bad = 0;
+
+	for (size_t b = 0; b < n; b++)
+		for (size_t i = 0; i < blk_bytes() / sizeof(float); i++)
+			if (((float *)p->layers[l].k)[(base + b) * blk_bytes() / 4 + i] !=
+				    value(seed, (unsigned)b, l, 0, i) ||
+			    ((float *)p->layers[l].v)[(base + b) * blk_bytes() / 4 + i] !=
+				    value(seed, (unsigned)b, l, 1, i)) {
+				bad++;
+				break;
+			}
+	return bad;
+}
+
 /* Blocks [0, n) of engine block ids base + b hold sequence block b? */
 static size_t check(struct pool *p, unsigned seed, size_t n, size_t base)
 {
 	size_t bad = 0;
 
 	for (unsigned l = 0; l < LAYERS; l++)
-		for (size_t b = 0; b < n; b++)
-			for (size_t i = 0; i < blk_bytes() / sizeof(float); i++)
-				if (((float *)p->layers[l].k)[(base + b) * blk_bytes() / 4 + i] !=
-					    value(seed, (unsigned)b, l, 0, i) ||
-				    ((float *)p->layers[l].v)[(base + b) * blk_bytes() / 4 + i] !=
-					    value(seed, (unsigned)b, l, 1, i)) {
-					bad++;
-					break;
-				}
+		bad += check_layer(p, seed, n, base, l);
 	return bad;
 }
 
@@ -474,6 +495,270 @@ static int cmd_abuse(const char *mnt, const char *nsrel)
 	return bad;
 }
 
+/* --- device memory (the stand-in GPU) ------------------------------------------------------- */
+
+/*
+ * The engine's pages start DEV_SKIP bytes into its allocation (as a tensor
+ * inside a PyTorch allocator segment does): registered with that offset.
+ */
+#define DEV_SKIP 4096
+
+/* Device memory for K and V of @nblocks engine blocks of every layer, as one allocation. */
+static int dev_pool(gpu_dev *d, size_t nblocks, uint8_t **mem, size_t *bytes)
+{
+	*bytes = DEV_SKIP + 2 * LAYERS * nblocks * blk_bytes();
+	return d->ops->mem_alloc(d, *bytes, (void **)mem);
+}
+
+static int dev_describe(gpu_dev *d, void *mem, size_t bytes, struct kvfs_dev_buffer *b)
+{
+	struct gpu_ipc h;
+	int rc = d->ops->ipc_export(d, mem, bytes, &h);
+
+	if (rc)
+		return rc;
+	*b = (struct kvfs_dev_buffer){.base = (uint8_t *)mem + DEV_SKIP,
+				      .offset = DEV_SKIP,
+				      .bytes = bytes - DEV_SKIP,
+				      .device = d->index,
+				      .kind = KVFS_DEV_STANDIN};
+	memcpy(b->uuid, h.uuid, sizeof(b->uuid));
+	memcpy(b->ipc_handle, h.handle, sizeof(b->ipc_handle));
+	return 0;
+}
+
+/* Describe device memory @mem as K and V pages of every layer, @per bytes each. */
+static void dev_pages(uint8_t *mem, size_t per, struct kvfs_kv_layer_ex *lx, struct pool *p)
+{
+	mem += DEV_SKIP;
+	/* K of layer l at l * per, V after all K */
+	for (int l = 0; l < LAYERS; l++) {
+		lx[l] = (struct kvfs_kv_layer_ex){.k = mem + l * per, .v = mem + (LAYERS + l) * per,
+						  .block_stride = blk_bytes(),
+						  .token_stride = row_bytes(), .device = 0};
+		p->layers[l] = (struct kvfs_kv_layer){.k = lx[l].k, .v = lx[l].v,
+						      .block_stride = blk_bytes()};
+	}
+}
+
+/* Unregister and free the device memory, close the namespace and the device. */
+static void dev_done(kvfs_ns *ns, gpu_dev *d, uint8_t *mem)
+{
+	kvfs_dev_unregister(ns, mem);
+	kvfs_ns_close(ns);
+	d->ops->mem_free(d, mem);
+	gpu_close(d);
+}
+
+/* Save N blocks from device pages (the stand-in's memory is host memory: filled directly). */
+static int cmd_devsave(const char *dir, unsigned seed, size_t n)
+{
+	uint32_t *t = malloc(sizeof(uint32_t) * n * TOKENS), *ids = malloc(sizeof(uint32_t) * n);
+	struct kvfs_kv_layer_ex lx[LAYERS];
+	struct kvfs_kv_pages_ex pages = {.layers = lx};
+	struct kvfs_dev_buffer db;
+	struct kvfs_ns_stats st;
+	struct pool p = {0};
+	size_t bytes;
+	uint8_t *mem;
+	gpu_dev *d;
+	kvfs_ns *ns;
+	long q;
+	int reg;
+
+	if (open_ns(dir, "fast", &ns))
+		return fail("open %s", dir);
+	if (gpu_open(gpu_shm(), 0, &d) || dev_pool(d, n, &mem, &bytes) ||
+	    dev_describe(d, mem, bytes, &db))
+		return fail("stand-in device: %s", gpu_error());
+	dev_pages(mem, blk_bytes() * n, lx, &p);
+	fill(&p, seed, n);
+	reg = kvfs_dev_register(ns, &db);
+	tokens(seed, n, t);
+	for (size_t i = 0; i < n; i++)
+		ids[i] = (uint32_t)i;
+	q = kvfs_save_ex(ns, kvfs_ns_root(ns), 0, t, n, NULL, &pages, ids);
+	kvfs_ns_get_stats(ns, &st);
+	printf("{\"reg\": %d, \"saved\": %ld, \"written\": %llu, \"present\": %llu, "
+	       "\"errors\": %llu}\n",
+	       reg, q, (unsigned long long)st.saves_written, (unsigned long long)st.saves_present,
+	       (unsigned long long)st.save_errors);
+	dev_done(ns, d, mem);
+	free(t);
+	free(ids);
+	return q == (long)n && !st.save_errors ? 0 : 1;
+}
+
+static int cmd_devload(const char *dir, unsigned seed, size_t n)
+{
+	uint32_t *t = malloc(sizeof(uint32_t) * n * TOKENS), *ids = malloc(sizeof(uint32_t) * n);
+	kvfs_key *keys = malloc(sizeof(kvfs_key) * n);
+	struct kvfs_kv_layer_ex lx[LAYERS];
+	struct kvfs_kv_pages_ex pages = {.layers = lx};
+	struct kvfs_dev_buffer db;
+	struct pool p = {0};
+	size_t per = blk_bytes() * 2 * n, bytes, bad = 0, early = 0;
+	int reg, err = 0;
+	kvfs_match *m = NULL;
+	kvfs_load *ld;
+	uint8_t *mem;
+	gpu_dev *d;
+	kvfs_ns *ns;
+	long got = 0;
+
+	if (open_ns(dir, "fast", &ns))
+		return fail("open %s", dir);
+	if (gpu_open(gpu_shm(), 0, &d) || dev_pool(d, 2 * n, &mem, &bytes) ||
+	    dev_describe(d, mem, bytes, &db))
+		return fail("stand-in device: %s", gpu_error());
+	dev_pages(mem, per, lx, &p); /* engine blocks n..2n-1 receive */
+	reg = kvfs_dev_register(ns, &db);
+	tokens(seed, n, t);
+	kvfs_ns_keys(ns, t, n * TOKENS, NULL, keys, n);
+	if (!reg && (got = kvfs_match_prefix(ns, keys, n, &m)) > 0) {
+		for (long i = 0; i < got; i++)
+			ids[i] = (uint32_t)(n + (size_t)i);
+		err = kvfs_load_start_ex(m, 0, (size_t)got, &pages, ids, &ld);
+		if (!err) {
+			/* the stand-in's device memory is host memory: check each layer as it lands
+			 */
+			for (unsigned l = 0; l < LAYERS && !err; l++) {
+				err = kvfs_load_wait(ld, l);
+				if (!err)
+					early += check_layer(&p, seed, (size_t)got, n, l);
+			}
+			err = kvfs_load_end(ld);
+		}
+		if (!err)
+			bad = check(&p, seed, (size_t)got, n);
+	}
+	kvfs_match_release(m);
+	printf("{\"reg\": %d, \"matched\": %ld, \"err\": %d, \"bad_blocks\": %zu, "
+	       "\"bad_early\": %zu, \"fast\": %d}\n",
+	       reg, got, err, bad, early, kvfs_ns_is_fast(ns));
+	dev_done(ns, d, mem);
+	free(t);
+	free(ids);
+	free(keys);
+	return reg || err || bad || early ? 1 : 0;
+}
+
+/* Register device pages, match, start loading into them, and die at once. */
+static int cmd_devdie(const char *dir, unsigned seed, size_t n)
+{
+	uint32_t *t = malloc(sizeof(uint32_t) * n * TOKENS), *ids = malloc(sizeof(uint32_t) * n);
+	kvfs_key *keys = malloc(sizeof(kvfs_key) * n);
+	struct kvfs_kv_layer_ex lx[LAYERS];
+	struct kvfs_kv_pages_ex pages = {.layers = lx};
+	struct kvfs_dev_buffer db;
+	struct pool p = {0};
+	size_t bytes;
+	kvfs_match *m;
+	kvfs_load *ld;
+	uint8_t *mem;
+	gpu_dev *d;
+	kvfs_ns *ns;
+	long got;
+
+	if (open_ns(dir, "fast", &ns))
+		return fail("open %s", dir);
+	if (gpu_open(gpu_shm(), 0, &d) || dev_pool(d, n, &mem, &bytes) ||
+	    dev_describe(d, mem, bytes, &db) || kvfs_dev_register(ns, &db))
+		return fail("stand-in device: %s", gpu_error());
+	dev_pages(mem, blk_bytes() * n, lx, &p);
+	tokens(seed, n, t);
+	kvfs_ns_keys(ns, t, n * TOKENS, NULL, keys, n);
+	got = kvfs_match_prefix(ns, keys, n, &m);
+	for (long i = 0; i < got; i++)
+		ids[i] = (uint32_t)i;
+	if (got <= 0 || kvfs_load_start_ex(m, 0, (size_t)got, &pages, ids, &ld))
+		return fail("nothing to load");
+	printf("loading %ld\n", got);
+	fflush(stdout);
+	_exit(0); /* mid-transfer, without unregistering anything */
+}
+
+static int cmd_devreg(const char *mnt, const char *dir, const char *what)
+{
+	struct kvfs_dev_buffer db;
+	uint8_t *mem;
+	size_t bytes;
+	gpu_dev *d;
+	kvfs_ns *ns;
+	int rc;
+
+	gpu_shm_configure(2, 1ull << 30);
+	if (open_ns(dir, "fast", &ns))
+		return fail("open %s", dir);
+	if (gpu_open(gpu_shm(), strcmp(what, "foreign") == 0 ? 1 : 0, &d) ||
+	    dev_pool(d, 2, &mem, &bytes) || dev_describe(d, mem, bytes, &db))
+		return fail("stand-in device: %s", gpu_error());
+	if (strcmp(what, "garbage") == 0) {
+		memset(db.ipc_handle, 0xa5, sizeof(db.ipc_handle));
+	} else if (strcmp(what, "kind") == 0) {
+		db.kind = KVFS_DEV_CUDA;
+	} else if (strcmp(what, "stale") == 0) {
+		d->ops->mem_free(d, mem);
+		mem = NULL;
+	} else if (strcmp(what, "unsealed") == 0) {
+		/* the record as the library writes it, but not sealed */
+		struct kvfs_ring_devreg rec = {.magic = KVFS_DEVREG_MAGIC,
+					       .version = KVFS_RING_VERSION,
+					       .kind = KVFS_DEV_STANDIN,
+					       .bytes = bytes,
+					       .base = (uintptr_t)mem};
+		struct raw r = {0};
+		int fd = memfd_create("rec", MFD_ALLOW_SEALING);
+
+		memcpy(rec.handle, db.ipc_handle, sizeof(rec.handle));
+		snprintf(r.mnt, sizeof(r.mnt), "%s", mnt);
+		if (fd < 0 || pwrite(fd, &rec, sizeof(rec), 0) != (ssize_t)sizeof(rec))
+			return fail("memfd");
+		rc = raw_register(&r, "dev", 901, fd);
+		goto out;
+	} else if (strcmp(what, "other") == 0) {
+		/* memory another process exported: a child that waits for us */
+		int to_parent[2], to_child[2];
+		struct gpu_ipc h;
+		char c;
+
+		if (pipe(to_parent) || pipe(to_child))
+			return fail("pipe");
+		if (fork() == 0) {
+			gpu_dev *cd;
+			uint8_t *cm;
+			size_t cb;
+
+			close(to_child[1]);
+			close(to_parent[0]);
+			if (gpu_open(gpu_shm(), 0, &cd) || dev_pool(cd, 2, &cm, &cb) ||
+			    cd->ops->ipc_export(cd, cm, cb, &h))
+				_exit(1);
+			if (write(to_parent[1], &h, sizeof(h)) != (ssize_t)sizeof(h))
+				_exit(1);
+			(void)!read(to_child[0], &c, 1);
+			_exit(0);
+		}
+		if (read(to_parent[0], &h, sizeof(h)) != (ssize_t)sizeof(h))
+			return fail("child");
+		memcpy(db.ipc_handle, h.handle, sizeof(db.ipc_handle));
+		rc = kvfs_dev_register(ns, &db);
+		close(to_child[1]);
+		wait(NULL);
+		goto out;
+	} else if (strcmp(what, "good") != 0 && strcmp(what, "foreign") != 0) {
+		return fail("unknown case %s", what);
+	}
+	rc = kvfs_dev_register(ns, &db);
+out:
+	printf("{\"rc\": %d}\n", rc);
+	kvfs_ns_close(ns);
+	if (mem)
+		d->ops->mem_free(d, mem);
+	gpu_close(d);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 6 && strcmp(argv[1], "save") == 0)
@@ -487,6 +772,14 @@ int main(int argc, char **argv)
 				  atoi(argv[5]));
 	if (argc == 4 && strcmp(argv[1], "abuse") == 0)
 		return cmd_abuse(argv[2], argv[3]);
+	if (argc == 5 && strcmp(argv[1], "devdie") == 0)
+		return cmd_devdie(argv[2], (unsigned)atoi(argv[3]), (size_t)atoi(argv[4]));
+	if (argc == 5 && strcmp(argv[1], "devsave") == 0)
+		return cmd_devsave(argv[2], (unsigned)atoi(argv[3]), (size_t)atoi(argv[4]));
+	if (argc == 5 && strcmp(argv[1], "devload") == 0)
+		return cmd_devload(argv[2], (unsigned)atoi(argv[3]), (size_t)atoi(argv[4]));
+	if (argc == 5 && strcmp(argv[1], "devreg") == 0)
+		return cmd_devreg(argv[2], argv[3], argv[4]);
 	fprintf(stderr, "usage: see the comment at the top of tests/integration/fpdrv.c\n");
 	return 2;
 }

@@ -29,6 +29,11 @@ KVFS_BENCH = os.path.join(BUILD, "bin", "kvfs-bench")
 os.environ.setdefault("TSAN_OPTIONS", "suppressions=" + os.path.join(ROOT, "tests", "tsan.supp"))
 
 
+# KVFS_TEST_NO_PASSTHROUGH=1 runs every daemon with --no-passthrough: reads of
+# sealed files then go through the daemon (make test runs some suites twice).
+NO_PASSTHROUGH = os.environ.get("KVFS_TEST_NO_PASSTHROUGH") == "1"
+
+
 def fuse_available():
     return os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
 
@@ -54,8 +59,9 @@ class Mount:
 
     # --- lifecycle ---------------------------------------------------------
     def cmdline(self, extra=()):
+        pt = ["--no-passthrough"] if NO_PASSTHROUGH and "--no-passthrough" not in self.args else []
         return [KVFS, "--state", self.state, "--dram", self.dram,
-                "--log", os.path.join(self.base, "kvfs.log"), *self.args, *extra, self.mnt]
+                "--log", os.path.join(self.base, "kvfs.log"), *pt, *self.args, *extra, self.mnt]
 
     def start(self, extra=()):
         r = subprocess.run(self.cmdline(extra), env=self.env, capture_output=True, text=True,

@@ -164,7 +164,7 @@ class CommandLine(FuseTest):
         for flag in ("--version", "-V"):
             r = subprocess.run([KVFS, flag], capture_output=True, text=True, timeout=30)
             self.assertEqual(r.returncode, 0)
-            self.assertRegex(r.stdout, r"^kvfs \d+\.\d+\.\d+\S*\n$")
+            self.assertRegex(r.stdout, r"^kvfs \d+\.\d+\.\d+\S* \(CUDA support: (yes|no)\b.*\)\n$")
 
     def test_bad_options(self):
         mnt = self.dir("mnt")

@@ -130,7 +130,7 @@ class ArenaFault(unittest.TestCase):
     """The arena fault is for the start (KVFS_FAULTS), where it fires."""
 
     def test_arena_fault_at_start(self):
-        for spec, says in (("arena:1:ENOMEM", "arena"), ("arena:-1:ENOMEM", "KVFS_FAULTS")):
+        for spec, says in (("arena:1:ENOMEM", "DRAM"), ("arena:-1:ENOMEM", "KVFS_FAULTS")):
             m = Mount(dram="64M", env={"KVFS_FAULTS": spec})
             try:
                 with self.assertRaises(RuntimeError) as cm:

@@ -373,6 +373,23 @@ static void check_round_trip(struct kvfs_layout l, const uint8_t *extra, size_t 
 	assert_memory_equal(&hkey, &k, sizeof(k));
 	assert_int_equal(kvfs_block_encode_header(&b.d, sums, hdr, hb - 1, NULL), -ENOSPC);
 
+	/* a header encoded without checksums, completed afterwards (saves from a GPU) */
+	{
+		uint64_t *zero = calloc(l.num_layers, sizeof(*zero));
+
+		assert_int_equal(kvfs_block_encode_header(&b.d, zero, hdr, hb, NULL), 0);
+		assert_int_equal(kvfs_block_set_layer_checksums(hdr, hb, sums, l.num_layers), 0);
+		assert_memory_equal(hdr, b.buf, hb);
+		assert_int_equal(kvfs_block_set_layer_checksums(hdr, hb, sums, l.num_layers + 1),
+				 -EBADMSG);
+		assert_int_equal(kvfs_block_set_layer_checksums(hdr, hb - 1, sums, l.num_layers),
+				 -EBADMSG);
+		hdr[0] ^= 1;
+		assert_int_equal(kvfs_block_set_layer_checksums(hdr, hb, sums, l.num_layers),
+				 -EBADMSG);
+		free(zero);
+	}
+
 	/* and the whole file validates through a reader */
 	f = (struct memfile){.p = b.buf, .len = b.len};
 	memset(&bi, 0, sizeof(bi));

@@ -250,6 +250,63 @@ static void test_bad_arguments(void **state)
 	kvfs_match_release(m);
 }
 
+/*
+ * The successors that say where pages are: host pages behave exactly as
+ * the old calls; device pages need the fast path, which a plain directory
+ * does not have, and are refused without touching anything.
+ */
+static void test_device_pages_off_the_fast_path(void **state)
+{
+	struct env *e = *state;
+	struct kvfs_kv_layer_ex lx[LAYERS];
+	struct kvfs_kv_pages_ex px = {lx};
+	struct kvfs_dev_buffer db = {.base = e->pool[0], .bytes = 4096, .kind = KVFS_DEV_STANDIN};
+	uint32_t tok[2 * T], src_ids[2] = {1, 2}, dst_ids[2] = {4, 5};
+	kvfs_key keys[2];
+	kvfs_match *m;
+	kvfs_load *ld = NULL;
+	size_t blk = (size_t)T * HEADS * DIM;
+
+	for (int l = 0; l < LAYERS; l++)
+		lx[l] = (struct kvfs_kv_layer_ex){.k = e->layers[l].k, .v = e->layers[l].v,
+						  .block_stride = e->layers[l].block_stride,
+						  .token_stride = e->layers[l].token_stride,
+						  .device = KVFS_DEVICE_HOST};
+	tokens_for(tok, 2 * T, 300);
+	/* host pages: as kvfs_save and kvfs_load_start */
+	assert_int_equal(kvfs_save_ex(e->ns, kvfs_ns_root(e->ns), 0, tok, 2, NULL, &px, src_ids), 2);
+	assert_int_equal(kvfs_save_flush(e->ns), 0);
+	assert_int_equal(kvfs_ns_keys(e->ns, tok, 2 * T, NULL, keys, 2), 2);
+	assert_int_equal(kvfs_match_prefix(e->ns, keys, 2, &m), 2);
+	assert_int_equal(kvfs_load_start_ex(m, 0, 2, &px, dst_ids, &ld), 0);
+	assert_int_equal(kvfs_load_end(ld), 0);
+	for (int b = 0; b < 2; b++)
+		assert_memory_equal(e->pool[1] + dst_ids[b] * blk, e->pool[1] + src_ids[b] * blk,
+				    blk * sizeof(uint16_t));
+	/* device pages: no fast path here */
+	assert_int_equal(kvfs_dev_register(e->ns, &db), -ENOTSUP);
+	db.kind = 9;
+	assert_int_equal(kvfs_dev_register(e->ns, &db), -EINVAL);
+	assert_int_equal(kvfs_dev_unregister(e->ns, e->pool[0]), -ENOENT);
+	for (int l = 0; l < LAYERS; l++)
+		lx[l].device = 0;
+	ld = NULL;
+	assert_int_equal(kvfs_load_start_ex(m, 0, 2, &px, dst_ids, &ld), -ENOTSUP);
+	assert_null(ld);
+	assert_int_equal(kvfs_save_ex(e->ns, kvfs_ns_root(e->ns), 0, tok, 2, NULL, &px, src_ids),
+			 -ENOTSUP);
+	/* host and device layers mixed in a save; a reserved field set */
+	lx[0].device = KVFS_DEVICE_HOST;
+	assert_int_equal(kvfs_save_ex(e->ns, kvfs_ns_root(e->ns), 0, tok, 2, NULL, &px, src_ids),
+			 -EINVAL);
+	lx[0].reserved = 1;
+	assert_int_equal(kvfs_load_start_ex(m, 0, 2, &px, dst_ids, &ld), -EINVAL);
+	lx[0].reserved = 0;
+	lx[1].device = -2;
+	assert_int_equal(kvfs_load_start_ex(m, 0, 2, &px, dst_ids, &ld), -EINVAL);
+	kvfs_match_release(m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -258,6 +315,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_wrong_key_is_a_miss, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_full_queue_drops, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_device_pages_off_the_fast_path, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
