@@ -499,29 +499,9 @@ void ns_evicted(void *ctx, tier_obj *const *objs, size_t n)
 
 /* --- permissions on a caller's behalf ------------------------------------------ */
 
-static bool in_group(const struct kvfs_cred *c, gid_t gid)
-{
-	if (c->gid == gid)
-		return true;
-	for (int i = 0; i < c->ngroups; i++)
-		if (c->groups[i] == gid)
-			return true;
-	return false;
-}
-
 bool ns_may_access(const struct kvfs_cred *c, struct kvfs_inode *in, int mask)
 {
-	uint32_t mode = __atomic_load_n(&in->mode, __ATOMIC_RELAXED), bits;
-
-	if (c->uid == 0) /* root: everything, but execute only with some x bit */
-		return !(mask & X_OK) || S_ISDIR(mode) || (mode & 0111);
-	if (c->uid == in->uid)
-		bits = (mode >> 6) & 7;
-	else if (in_group(c, in->gid))
-		bits = (mode >> 3) & 7;
-	else
-		bits = mode & 7;
-	return (bits & (unsigned)mask) == (unsigned)mask;
+	return ns_may(in, c->uid, c->gid, c->groups, c->ngroups, (unsigned)mask);
 }
 
 bool ns_may_remove_locked(const struct kvfs_cred *c, struct kvfs_inode *in)
@@ -1121,4 +1101,28 @@ void ns_close(struct kvfs_fs *fs)
 		fs->worker_started = false;
 	}
 	ns_flush_dirty(fs);
+}
+
+bool ns_may(struct kvfs_inode *in, uint32_t uid, uint32_t gid, const uint32_t *groups, int ngroups,
+	    unsigned mask)
+{
+	unsigned mode, bits;
+	bool group = false;
+
+	pthread_mutex_lock(&in->lock);
+	mode = in->mode;
+	if (uid == 0) {
+		pthread_mutex_unlock(&in->lock);
+		return !(mask & 1) || S_ISDIR(mode) || (mode & 0111);
+	}
+	if (in->uid == uid) {
+		bits = (mode >> 6) & 7;
+	} else {
+		group = in->gid == gid;
+		for (int i = 0; !group && i < ngroups; i++)
+			group = in->gid == groups[i];
+		bits = group ? (mode >> 3) & 7 : mode & 7;
+	}
+	pthread_mutex_unlock(&in->lock);
+	return (bits & mask) == mask;
 }

@@ -1424,6 +1424,7 @@ int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
 		/* On failure still served from DRAM, counted, and retried. */
 		ns_record_file_locked(fs, in);
 		rmt_link_locked(fs, in); /* offered to the cluster */
+		dg_sealed_locked(fs, in);  /* and pushed, if its directory says where */
 	}
 	if (in->invalid)
 		log_warn("refused native block '%s' (inode %llu): %s",
@@ -1886,8 +1887,11 @@ static int xattr_value(struct kvfs_inode *in, const char *name, char *val, size_
 static void kvfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct kvfs_fs *fs = req_fs(req);
+	struct kvfs_inode *in = ino_to_inode(fs, ino);
 	char val[KVFS_KEY_HEX + 8];
-	int rc = xattr_value(ino_to_inode(fs, ino), name, val, sizeof(val));
+	int rc = in->kind == KIND_DIR && strcmp(name, "user.kvfs.push") == 0
+			 ? KVFS_MIN(dg_push_get(fs, in, val, sizeof(val)), 0)
+			 : xattr_value(in, name, val, sizeof(val));
 	size_t len;
 
 	if (rc) {
@@ -2049,6 +2053,8 @@ static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, cons
 			if (!res.files && res.denied)
 				rc = -EACCES;
 		}
+	} else if (strcmp(name, "user.kvfs.push") == 0) {
+		rc = is_ctl(in) ? -EPERM : dg_push_set(fs, in, value, size);
 	} else if (strcmp(name, "user.kvfs.verify") == 0) {
 		rc = parse_bool(value, size, &on);
 		if (!rc && !on)
