@@ -359,6 +359,11 @@ static const struct figure figures[] = {
 	 "Bytes copied into engine buffers", CTR(fp_read_bytes), NULL},
 	{"fast_path.saved_blocks", "kvfs_fast_path_saved_blocks_total", COUNTER,
 	 "Blocks stored through rings", CTR(fp_saved), NULL},
+	{"fast_path.refused", "kvfs_fast_path_refused_total", COUNTER,
+	 "Registrations refused: a per-user limit, full servers, an unsealed memfd",
+	 CTR(fp_refused), NULL},
+	{"fast_path.reclaimed", "kvfs_fast_path_reclaimed_total", COUNTER,
+	 "Registrations taken back because their process was gone", CTR(fp_reclaimed), NULL},
 	{"prefetch.requests", "kvfs_prefetch_requests_total", COUNTER,
 	 "Writes to .kvfs/prefetch", CTR(pf_requests), NULL},
 	{"prefetch.paths", "kvfs_prefetch_paths_total", COUNTER, "Paths asked to prefetch",
@@ -619,6 +624,11 @@ static char *render_config(struct kvfs_fs *fs)
 	json_object_set_new(root, "negative_timeout", json_real(c->negative_timeout));
 	json_object_set_new(root, "read_ahead_kb", json_integer(c->read_ahead_kb));
 	json_object_set_new(root, "keep_cache", json_boolean(!c->no_keep_cache));
+	json_object_set_new(root, "fast_path",
+			    json_pack("{s:i,s:i,s:i,s:I}", "threads", (int)c->fp_threads,
+				      "rings_per_user", (int)c->fp_max_rings, "buffers_per_user",
+				      (int)c->fp_max_bufs, "bytes_per_user",
+				      (json_int_t)c->fp_max_bytes));
 	json_object_set_new(root, "passthrough", json_boolean(pt_enabled()));
 	json_object_set_new(root, "dram_store",
 			    json_string(tier_dram_private(fs->tier) ? "tmpfs" : "memfd"));

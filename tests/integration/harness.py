@@ -8,6 +8,7 @@ Binaries come from $KVFS_BUILD (default build/). Every mount lives under a
 fresh temporary directory that is unmounted and removed at exit, also when a
 test fails.
 """
+import atexit
 import errno
 import json
 import os
@@ -219,6 +220,64 @@ def read_file(path):
         return f.read()
 
 
+# --- running things as another user -------------------------------------------
+#
+# The tree (and the interpreter running the tests) may lie under a directory
+# only its owner can traverse: a `mktemp -d` checkout, /root, a pyenv under
+# /root. A program another user runs must be somewhere that user can reach.
+
+def demote_to(uid):
+    """A preexec_fn that makes the child @uid (its group too, no others)."""
+    def demote():
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    return demote
+
+
+_reachable = {}
+
+
+def reachable_copy(path):
+    """A copy of the program @path that any user can run: in a fresh 0755
+    directory of its own, removed at exit."""
+    if path not in _reachable:
+        d = tempfile.mkdtemp(prefix="kvfs-helper-")
+        atexit.register(shutil.rmtree, d, True)
+        os.chmod(d, 0o755)
+        copy = os.path.join(d, os.path.basename(path))
+        shutil.copy(path, copy)
+        os.chmod(copy, 0o755)
+        _reachable[path] = copy
+    return _reachable[path]
+
+
+_pythons = {}
+
+
+def python_for(uid):
+    """A Python interpreter @uid can run: this one if it can, else the first
+    python3 on PATH that it can. (An interpreter cannot simply be copied: it
+    needs its library tree.)"""
+    if uid not in _pythons:
+        cands = [sys.executable] + [os.path.join(d, "python3")
+                                    for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+        for c in cands:
+            if not os.path.isfile(c):
+                continue
+            try:
+                r = subprocess.run([c, "-c", "import fcntl, json, mmap"], cwd="/",
+                                   preexec_fn=demote_to(uid), capture_output=True, timeout=60)
+            except OSError:
+                continue
+            if r.returncode == 0:
+                _pythons[uid] = c
+                break
+        else:
+            raise AssertionError("no python3 that uid %d can run (tried %s)" % (uid, cands))
+    return _pythons[uid]
+
+
 def errno_of(fn, *args, **kw):
     """Run fn; return the errno it raised, or 0."""
     try:
@@ -252,12 +311,8 @@ class MountTest(unittest.TestCase):
 def run_python_as(uid, code, *argv, timeout=60):
     """Run Python @code with @argv in a child with uid and gid @uid (no
     supplementary groups); @return what it printed, decoded from JSON."""
-    def drop():
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-
-    r = subprocess.run([sys.executable, "-c", code, *argv], preexec_fn=drop,
+    # an interpreter @uid can reach, wherever this one lies (python_for)
+    r = subprocess.run([python_for(uid), "-c", code, *argv], preexec_fn=demote_to(uid), cwd="/",
                        capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise AssertionError("child as uid %d failed: %s" % (uid, r.stderr))
