@@ -85,7 +85,7 @@ BINS       := $(B)/bin/kvfs $(if $(wildcard tools/kvfsctl.c),$(B)/bin/kvfsctl) \
 UNIT_SRC   := $(wildcard tests/unit/*_test.c)
 UNIT_BINS  := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 
-.PHONY: all deps test unit integration bench demo install clean format check-deps
+.PHONY: all deps test unit integration bench demo demo-cluster install clean format check-deps
 all: check-deps $(BINS) $(LIBKVFS_A) $(LIBKVFS_SO) $(UNIT_BINS) $(B)/tests/fpdrv
 
 check-deps:
@@ -175,6 +175,10 @@ bench: all
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)KVFS_BUILD=$(B) sh tools/demo.sh
+
+demo-cluster: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)KVFS_BUILD=$(B) sh tools/demo-cluster.sh
 
 # --- install -----------------------------------------------------------------
 install: all

@@ -115,30 +115,39 @@ static long futex(_Atomic uint32_t *addr, int op, uint32_t val, const struct tim
 
 /* --- finding the mount -------------------------------------------------------------- */
 
-/*
- * Is @dir inside a kvfs mount? Find its root: the deepest ancestor holding
- * .kvfs/config on a FUSE filesystem.
- */
-static int find_mount(struct fast *f, const char *dir)
+int kvfs_mount_root(const char *real)
 {
-	char real[PATH_MAX], probe[PATH_MAX + 32];
+	char probe[PATH_MAX + 32];
 	struct statfs sfs;
 	size_t len;
 
-	if (!realpath(dir, real) || statfs(real, &sfs) || sfs.f_type != FUSE_SUPER_MAGIC)
+	if (statfs(real, &sfs) || sfs.f_type != FUSE_SUPER_MAGIC)
 		return -ENOTSUP;
 	len = strlen(real);
 	for (;;) {
 		snprintf(probe, sizeof(probe), "%.*s/.kvfs/config", (int)len, real);
 		if (access(probe, F_OK) == 0)
-			break;
+			return (int)len;
 		while (len > 0 && real[len - 1] != '/')
 			len--;
 		if (len <= 1)
 			return -ENOTSUP;
 		len--; /* drop the slash */
 	}
-	snprintf(f->mnt, sizeof(f->mnt), "%.*s", (int)len, real);
+}
+
+/* Is @dir inside a kvfs mount? Its root into f->mnt, the rest into f->rel. */
+static int find_mount(struct fast *f, const char *dir)
+{
+	char real[PATH_MAX];
+	int len;
+
+	if (!realpath(dir, real))
+		return -ENOTSUP;
+	len = kvfs_mount_root(real);
+	if (len < 0)
+		return len;
+	snprintf(f->mnt, sizeof(f->mnt), "%.*s", len, real);
 	snprintf(f->rel, sizeof(f->rel), "%s", real[len] == '/' ? real + len + 1 : real + len);
 	return f->rel[0] ? 0 : -ENOTSUP; /* the mount root itself is no namespace */
 }

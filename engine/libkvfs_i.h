@@ -85,6 +85,9 @@ struct kvfs_load {
 };
 
 /* libkvfs_fast.c */
+/* The length of the kvfs mount root that is a prefix of the resolved path
+ * @real (the deepest ancestor with .kvfs/config on FUSE); -ENOTSUP. */
+int kvfs_mount_root(const char *real);
 int fast_open(kvfs_ns *ns, bool required);
 void fast_close(kvfs_ns *ns);
 bool fast_up(kvfs_ns *ns);

@@ -8,6 +8,7 @@
  *   metrics  Prometheus text exposition format 0.0.4, the same figures
  *   config   JSON: the running configuration
  *   fault    write-only (root): arm the fault seam, e.g. "cat_write:1:EIO"
+ *   where, prefetch, match   write a request, read the answer back (remote.c, disagg.c)
  * Every figure is defined once, in the table below, and both formats are
  * generated from it. README.md documents each field.
  */
@@ -33,6 +34,8 @@ static const char *const ctl_names[CTL_NR] = {
 	[CTL_CONFIG] = "config",
 	[CTL_FAULT] = "fault",
 	[CTL_WHERE] = "where",
+	[CTL_PREFETCH] = "prefetch",
+	[CTL_MATCH] = "match",
 	[CTL_DRAIN] = "drain",
 };
 
@@ -60,11 +63,12 @@ void ctl_init(struct kvfs_fs *fs)
 		} else {
 			in->kind = KIND_CTL_FILE;
 			in->ctl_id = (uint8_t)(i - 1);
-			/* fault and drain: the owner (root) only */
-			in->mode = S_IFREG | (in->ctl_id == CTL_FAULT   ? 0200
-					      : in->ctl_id == CTL_DRAIN ? 0200
-					      : in->ctl_id == CTL_WHERE ? 0666
-									: 0444);
+			/* fault and drain: the owner (root) only; where, prefetch,
+			 * match: anyone, each checks what it serves */
+			in->mode = S_IFREG | (in->ctl_id == CTL_FAULT	 ? 0200
+					      : in->ctl_id == CTL_DRAIN	 ? 0200
+					      : ctl_writable(in->ctl_id) ? 0666
+									 : 0444);
 			in->ino = CTL_INO_BASE + i;
 		}
 	}
@@ -333,6 +337,36 @@ static const struct figure figures[] = {
 	 "Bytes copied into engine buffers", CTR(fp_read_bytes), NULL},
 	{"fast_path.saved_blocks", "kvfs_fast_path_saved_blocks_total", COUNTER,
 	 "Blocks stored through rings", CTR(fp_saved), NULL},
+	{"prefetch.requests", "kvfs_prefetch_requests_total", COUNTER,
+	 "Writes to .kvfs/prefetch", CTR(pf_requests), NULL},
+	{"prefetch.paths", "kvfs_prefetch_paths_total", COUNTER, "Paths asked to prefetch",
+	 CTR(pf_paths), NULL},
+	{"prefetch.queued", "kvfs_prefetch_queued_total", COUNTER,
+	 "Paths queued (on local NVMe, or held by a peer)", CTR(pf_queued), NULL},
+	{"prefetch.present", "kvfs_prefetch_present_total", COUNTER,
+	 "Paths already in DRAM (or being written)", CTR(pf_present), NULL},
+	{"prefetch.missing", "kvfs_prefetch_missing_total", COUNTER,
+	 "Paths held nowhere in the cluster (or malformed)", CTR(pf_missing), NULL},
+	{"prefetch.denied", "kvfs_prefetch_denied_total", COUNTER,
+	 "Paths the writer could not read", CTR(pf_denied), NULL},
+	{"prefetch.dropped", "kvfs_prefetch_dropped_total", COUNTER,
+	 "Paths over the queue or byte bound", CTR(pf_dropped), NULL},
+	{"prefetch.fetched", "kvfs_prefetch_fetched_total", COUNTER,
+	 "Files brought from peers into DRAM", CTR(pf_fetched), NULL},
+	{"prefetch.promoted", "kvfs_prefetch_promoted_total", COUNTER,
+	 "Files brought from local NVMe into DRAM", CTR(pf_promoted), NULL},
+	{"prefetch.failed", "kvfs_prefetch_failed_total", COUNTER,
+	 "Queued files that could not be brought in", CTR(pf_failed), NULL},
+	{"prefetch.bytes", "kvfs_prefetch_bytes_total", COUNTER, "Bytes of files prefetched",
+	 CTR(pf_bytes), NULL},
+	{"cluster_matches", "kvfs_cluster_matches_total", COUNTER,
+	 "Chains matched against the cluster index (.kvfs/match)", CTR(cluster_matches), NULL},
+	{"push.pushed", "kvfs_push_pushed_total", COUNTER,
+	 "Files pushed into a named peer's lent memory", CTR(pushed), NULL},
+	{"push.bytes", "kvfs_push_bytes_total", COUNTER, "Bytes pushed", CTR(pushed_bytes), NULL},
+	{"push.fallbacks", "kvfs_push_fallbacks_total", COUNTER,
+	 "Pushes that could not be placed (peer dead, full, failed): kept local",
+	 CTR(push_fallbacks), NULL},
 	{"gpu.registrations", "kvfs_gpu_registrations_total", COUNTER,
 	 "Engine device memory registered under .kvfs/iovs", CTR(gpu_registrations), NULL},
 	{"gpu.refused", "kvfs_gpu_refused_total", COUNTER,
@@ -575,6 +609,8 @@ static char *render_config(struct kvfs_fs *fs)
 		json_object_set_new(root, "nvme", nv);
 	}
 	json_object_set_new(root, "persist", json_string(c->persist_through ? "through" : "back"));
+	json_object_set_new(root, "prefetch_threads", json_integer(c->prefetch_threads));
+	json_object_set_new(root, "prefetch_bytes", json_integer((json_int_t)c->prefetch_bytes));
 	json_object_set_new(root, "fuse_options", json_string(c->fuse_opts));
 	json_object_set_new(root, "log", c->log_path ? json_string(c->log_path) : json_null());
 	{
@@ -629,7 +665,8 @@ int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len)
 
 bool ctl_writable(unsigned id)
 {
-	return id == CTL_FAULT || id == CTL_WHERE || id == CTL_DRAIN;
+	return id == CTL_FAULT || id == CTL_WHERE || id == CTL_DRAIN || id == CTL_PREFETCH ||
+	       id == CTL_MATCH;
 }
 
 bool ctl_readable(unsigned id)
@@ -637,10 +674,15 @@ bool ctl_readable(unsigned id)
 	return id != CTL_FAULT && id != CTL_DRAIN;
 }
 
-int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len, char **out,
-	      size_t *outlen)
+int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, const char *buf,
+	      size_t len, char **out, size_t *outlen)
 {
 	char spec[512];
+
+	if (id == CTL_PREFETCH)
+		return dg_prefetch(fs, cred, buf, len, out, outlen);
+	if (id == CTL_MATCH)
+		return dg_match(fs, buf, len, out, outlen);
 
 	if (id == CTL_WHERE) {
 		char *ans = NULL;

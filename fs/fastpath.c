@@ -198,25 +198,7 @@ static bool owner_alive(const struct fp_reg *r)
 /* Would the kernel let @r's process access @in with @mask (4 r, 2 w, 1 x)? */
 static bool may(const struct fp_reg *r, struct kvfs_inode *in, unsigned mask)
 {
-	unsigned mode, bits;
-	bool group = false;
-
-	pthread_mutex_lock(&in->lock);
-	mode = in->mode;
-	if (r->uid == 0) {
-		pthread_mutex_unlock(&in->lock);
-		return !(mask & 1) || S_ISDIR(mode) || (mode & 0111);
-	}
-	if (in->uid == r->uid) {
-		bits = (mode >> 6) & 7;
-	} else {
-		group = in->gid == r->gid;
-		for (int i = 0; !group && i < r->ngroups; i++)
-			group = in->gid == r->groups[i];
-		bits = group ? (mode >> 3) & 7 : mode & 7;
-	}
-	pthread_mutex_unlock(&in->lock);
-	return (bits & mask) == mask;
+	return ns_may(in, r->uid, r->gid, r->groups, r->ngroups, mask);
 }
 
 /* --- registrations ---------------------------------------------------------------- */

@@ -184,6 +184,10 @@ struct kvfs_counters {
 	_Atomic uint64_t fp_missed;
 	_Atomic uint64_t fp_read_bytes;
 	_Atomic uint64_t fp_saved;
+	/* disagg.c */
+	_Atomic uint64_t pf_requests, pf_paths, pf_queued, pf_present, pf_missing, pf_denied,
+		pf_dropped, pf_fetched, pf_promoted, pf_failed, pf_bytes;
+	_Atomic uint64_t cluster_matches, pushed, pushed_bytes, push_fallbacks;
 	/* engines' device memory (fastpath.c, gpupool.c) */
 	_Atomic uint64_t gpu_registrations;
 	_Atomic uint64_t gpu_refused;
@@ -226,6 +230,10 @@ struct kvfs_config {
 	const char *token_file;
 	uint64_t lend_bytes;
 	unsigned remote_timeout_ms;
+	/* prefetch (disagg.c) */
+	unsigned prefetch_threads;
+	unsigned prefetch_queue;
+	uint64_t prefetch_bytes;
 	bool drain_on_exit; /* --drain: SIGTERM drains before leaving */
 	bool foreground;
 	bool debug;
@@ -243,6 +251,7 @@ struct kvfs_fs {
 	 * by its users and write-held to start and stop it */
 	struct rmt *rmt;
 	pthread_rwlock_t rmt_lock;
+	struct dg *dg; /* prefetch and push (disagg.c) */
 	/* the GPU pools (gpupool.c), one per --gpu; set at start, never changed */
 	struct gpupool *gpu;
 	struct rmt_drain *drain; /* from the first drain on (fs->lock) */
@@ -367,6 +376,22 @@ uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *in, struct evict_r
 /* Fill a catalog record from an inode (inode lock held). */
 void ns_to_record(const struct kvfs_inode *in, struct cat_inode *rec);
 
+/*
+ * Would the kernel (default_permissions) let a process with @uid, @gid and
+ * @groups access @in with @mask (4 r, 2 w, 1 x)? Root passes, except that
+ * execute needs some x bit on a file.
+ */
+bool ns_may(struct kvfs_inode *in, uint32_t uid, uint32_t gid, const uint32_t *groups, int ngroups,
+	    unsigned mask);
+
+/* The credentials of a FUSE request (for control files that act for the writer). */
+#define KVFS_CRED_GROUPS 64
+struct kvfs_cred {
+	uint32_t uid, gid;
+	int ngroups;
+	uint32_t groups[KVFS_CRED_GROUPS];
+};
+
 /* --- ctl.c: the .kvfs control directory -------------------------------------- */
 
 enum ctl_file {
@@ -374,8 +399,10 @@ enum ctl_file {
 	CTL_METRICS,
 	CTL_CONFIG,
 	CTL_FAULT,
-	CTL_WHERE, /* write a path, read back its holders in the cluster */
-	CTL_DRAIN, /* write anything: leave the cluster gracefully (rmt_drain) */
+	CTL_WHERE,    /* write a path, read back its holders in the cluster */
+	CTL_PREFETCH, /* write paths, read back what was queued (disagg.c) */
+	CTL_MATCH,    /* write a chain of paths, read back each node's prefix (disagg.c) */
+	CTL_DRAIN,    /* write anything: leave the cluster gracefully (rmt_drain) */
 	CTL_NR,
 };
 
@@ -388,8 +415,8 @@ const char *ctl_name(unsigned id);
 int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len);
 /* A write to a control file; an answer to read back, if any, goes to @out
  * (malloc'd). @return 0 or -errno. */
-int ctl_write(struct kvfs_fs *fs, unsigned id, const char *buf, size_t len, char **out,
-	      size_t *outlen);
+int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, const char *buf,
+	      size_t len, char **out, size_t *outlen);
 /* May the control file be opened for writing? for reading? */
 bool ctl_writable(unsigned id);
 bool ctl_readable(unsigned id);
@@ -479,6 +506,38 @@ int rmt_drain(struct kvfs_fs *fs, bool wait);
 struct json_t *rmt_drain_json(struct kvfs_fs *fs);
 /* At exit, after rmt_stop: wait for the drain thread and free its state. */
 void rmt_drain_join(struct kvfs_fs *fs);
+
+/*
+ * The remote handle, for callers outside remote.c: NULL when the tier is
+ * off. Holds rmt_lock (read) until rmt_unhold(), which must follow every
+ * call, NULL or not.
+ */
+struct remote *rmt_hold(struct kvfs_fs *fs);
+void rmt_unhold(struct kvfs_fs *fs);
+/* "gpu", "dram", "nvme", "lent" for an enum remote_tier. */
+const char *rmt_tier_name(int tier);
+
+/* --- disagg.c: prefetch, cluster match, push (DESIGN §9) ------------------------- */
+
+/* Start the prefetch workers (and the pusher in a cluster). @return 0 or -errno. */
+int dg_start(struct kvfs_fs *fs);
+/* Stop them; queued work is dropped. After the FUSE session, before rmt_stop(). */
+void dg_stop(struct kvfs_fs *fs);
+/* .kvfs/prefetch: queue the paths in @buf for @cred; the answer (malloc'd)
+ * counts the outcomes. @return 0; -E2BIG (over 65536 paths); -ENOMEM. */
+int dg_prefetch(struct kvfs_fs *fs, const struct kvfs_cred *cred, const char *buf, size_t len,
+		char **out, size_t *outlen);
+/* .kvfs/match: each live node's prefix of the chain in @buf (malloc'd answer).
+ * @return 0; -EINVAL (empty or bad path); -ENOTSUP (not in a cluster); -ENOTCONN
+ * (no index configured, or unreachable). */
+int dg_match(struct kvfs_fs *fs, const char *buf, size_t len, char **out, size_t *outlen);
+/* user.kvfs.push on a directory: set (an empty value clears) or read the node
+ * its new files are pushed to. @return 0 / the length; -EINVAL, -ENOTDIR,
+ * -ENOTSUP (not in a cluster), -ENOSPC (too many rules); -ENODATA (get: none). */
+int dg_push_set(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *val, size_t len);
+int dg_push_get(struct kvfs_fs *fs, struct kvfs_inode *dir, char *buf, size_t len);
+/* @in was sealed under its name (fs->lock held): push it if its directory says so. */
+void dg_sealed_locked(struct kvfs_fs *fs, struct kvfs_inode *in);
 
 /* --- fsck.c: the offline checker ------------------------------------------------- */
 

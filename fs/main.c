@@ -79,6 +79,9 @@ static void usage(FILE *out)
 		"  --cluster-name NAME    key prefix in Redis (default kvfs)\n"
 		"  --remote-timeout MS    a peer that makes no progress for this long fails the\n"
 		"                         transfer: a miss (default 2000)\n"
+		"  --prefetch-threads N   workers bringing prefetched files into DRAM (default 2)\n"
+		"  --prefetch-bytes SIZE  bytes queued or in flight for prefetch (default: 1/4 of\n"
+		"                         --dram)\n"
 		"  --drain                on SIGTERM (any shutdown), leave the cluster gracefully\n"
 		"                         first: hand lent copies and files held only here to\n"
 		"                         the peers (as `kvfsctl drain` does)\n"
@@ -145,6 +148,8 @@ enum {
 	OPT_LEND,
 	OPT_TOKEN,
 	OPT_REMOTE_TIMEOUT,
+	OPT_PREFETCH_THREADS,
+	OPT_PREFETCH_BYTES,
 	OPT_GPU,
 	OPT_GPU_STANDIN,
 	OPT_DRAIN,
@@ -179,6 +184,8 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"lend", required_argument, NULL, OPT_LEND},
 		{"cluster-token", required_argument, NULL, OPT_TOKEN},
 		{"remote-timeout", required_argument, NULL, OPT_REMOTE_TIMEOUT},
+		{"prefetch-threads", required_argument, NULL, OPT_PREFETCH_THREADS},
+		{"prefetch-bytes", required_argument, NULL, OPT_PREFETCH_BYTES},
 		{"drain", no_argument, NULL, OPT_DRAIN},
 		{"foreground", no_argument, NULL, 'f'},
 		{"debug", no_argument, NULL, 'd'},
@@ -331,6 +338,20 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			c->remote_timeout_ms = (unsigned)ms;
 			break;
 		}
+		case OPT_PREFETCH_THREADS: {
+			char *end;
+			unsigned long t = strtoul(optarg, &end, 10);
+
+			if (*end || t < 1 || t > 64)
+				return fail("invalid --prefetch-threads '%s' (1..64)", optarg);
+			c->prefetch_threads = (unsigned)t;
+			break;
+		}
+		case OPT_PREFETCH_BYTES:
+			if (kvfs_parse_size(optarg, &v) || v == 0)
+				return fail("invalid --prefetch-bytes '%s' (e.g. 256M)", optarg);
+			c->prefetch_bytes = v;
+			break;
 		case OPT_DRAIN:
 			c->drain_on_exit = true;
 			break;
@@ -558,6 +579,16 @@ static int run(struct kvfs_fs *fs)
 	rc = rmt_start(fs, err, sizeof(err));
 	if (rc)
 		goto out;
+	if (!c->prefetch_threads)
+		c->prefetch_threads = 2;
+	if (!c->prefetch_bytes)
+		c->prefetch_bytes = c->dram_bytes / 4;
+	c->prefetch_queue = 65536;
+	rc = dg_start(fs);
+	if (rc) {
+		snprintf(err, sizeof(err), "cannot start the prefetch threads: %s", strerror(-rc));
+		goto out;
+	}
 
 	snprintf(opts, sizeof(opts), "fsname=kvfs,subtype=kvfs,default_permissions%s%s",
 		 c->fuse_opts[0] ? "," : "", c->fuse_opts);
@@ -619,6 +650,7 @@ static int run(struct kvfs_fs *fs)
 	log_info("unmounting %s", c->mountpoint);
 	ns_notify_off(fs); /* before the unmount closes /dev/fuse */
 	fuse_session_unmount(fs->se);
+	dg_stop(fs);  /* no prefetch or push runs past here */
 	/* --drain: what only we hold goes to the peers before we leave (the
 	 * mount is gone, the bytes are not). */
 	if (c->drain_on_exit && rmt_drain(fs, true) == 0)
@@ -639,6 +671,7 @@ out:
 		report(0, err);
 		rc = 1;
 	}
+	dg_stop(fs);
 	rmt_stop(fs);
 	rmt_drain_join(fs);
 	ns_close(fs);

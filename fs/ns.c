@@ -1008,3 +1008,27 @@ void ns_close(struct kvfs_fs *fs)
 	}
 	ns_flush_dirty(fs);
 }
+
+bool ns_may(struct kvfs_inode *in, uint32_t uid, uint32_t gid, const uint32_t *groups, int ngroups,
+	    unsigned mask)
+{
+	unsigned mode, bits;
+	bool group = false;
+
+	pthread_mutex_lock(&in->lock);
+	mode = in->mode;
+	if (uid == 0) {
+		pthread_mutex_unlock(&in->lock);
+		return !(mask & 1) || S_ISDIR(mode) || (mode & 0111);
+	}
+	if (in->uid == uid) {
+		bits = (mode >> 6) & 7;
+	} else {
+		group = in->gid == gid;
+		for (int i = 0; !group && i < ngroups; i++)
+			group = in->gid == groups[i];
+		bits = group ? (mode >> 3) & 7 : mode & 7;
+	}
+	pthread_mutex_unlock(&in->lock);
+	return (bits & mask) == mask;
+}

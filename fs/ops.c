@@ -1185,7 +1185,15 @@ static void kvfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
 		char *ans = NULL;
 		size_t alen = 0;
 
-		rc = ctl_write(fs, in->ctl_id, buf, size, &ans, &alen);
+		const struct fuse_ctx *ctx = fuse_req_ctx(req);
+		struct kvfs_cred cred = {.uid = ctx->uid, .gid = ctx->gid};
+		gid_t groups[KVFS_CRED_GROUPS];
+		int ng = fuse_req_getgroups(req, KVFS_CRED_GROUPS, groups);
+
+		/* Without the groups (no /proc), the writer is judged on uid and gid alone. */
+		for (int i = 0; i < ng && i < KVFS_CRED_GROUPS; i++)
+			cred.groups[cred.ngroups++] = groups[i];
+		rc = ctl_write(fs, &cred, in->ctl_id, buf, size, &ans, &alen);
 		if (ans) { /* the answer replaces what the handle reads */
 			pthread_mutex_lock(&in->lock);
 			free(h->buf);
@@ -1325,6 +1333,7 @@ int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
 			in->persisted = false; /* still served from DRAM; the catalog lost nothing */
 		cat_batch_free(b);
 		rmt_link_locked(fs, in); /* offered to the cluster */
+		dg_sealed_locked(fs, in);  /* and pushed, if its directory says where */
 	}
 	if (in->invalid)
 		log_warn("refused native block '%s' (inode %llu): %s",
@@ -1698,8 +1707,11 @@ static int xattr_value(struct kvfs_inode *in, const char *name, char *val, size_
 static void kvfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct kvfs_fs *fs = req_fs(req);
+	struct kvfs_inode *in = ino_to_inode(fs, ino);
 	char val[KVFS_KEY_HEX + 8];
-	int rc = xattr_value(ino_to_inode(fs, ino), name, val, sizeof(val));
+	int rc = in->kind == KIND_DIR && strcmp(name, "user.kvfs.push") == 0
+			 ? KVFS_MIN(dg_push_get(fs, in, val, sizeof(val)), 0)
+			 : xattr_value(in, name, val, sizeof(val));
 	size_t len;
 
 	if (rc) {
@@ -1861,6 +1873,8 @@ static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, cons
 			 */
 			ns_evict_tree(fs, in, &res);
 		}
+	} else if (strcmp(name, "user.kvfs.push") == 0) {
+		rc = is_ctl(in) ? -EPERM : dg_push_set(fs, in, value, size);
 	} else if (strcmp(name, "user.kvfs.verify") == 0) {
 		rc = parse_bool(value, size, &on);
 		if (!rc && !on)

@@ -1043,6 +1043,17 @@ void rmt_stop(struct kvfs_fs *fs)
 	free(rt);
 }
 
+struct remote *rmt_hold(struct kvfs_fs *fs)
+{
+	pthread_rwlock_rdlock(&fs->rmt_lock);
+	return fs->rmt ? fs->rmt->r : NULL;
+}
+
+void rmt_unhold(struct kvfs_fs *fs)
+{
+	pthread_rwlock_unlock(&fs->rmt_lock);
+}
+
 /* --- what operators see ---------------------------------------------------------------------- */
 
 static json_t *stats_json(struct rmt *rt)
@@ -1110,7 +1121,7 @@ json_t *rmt_stats_json(struct kvfs_fs *fs)
 	return o;
 }
 
-static const char *tier_name(enum remote_tier t)
+const char *rmt_tier_name(int t)
 {
 	switch (t) {
 	case REMOTE_TIER_GPU:
@@ -1148,7 +1159,7 @@ static int where(struct rmt *rt, const char *req, size_t len, char **out, size_t
 	arr = json_array();
 	for (int i = 0; i < n && i < (int)KVFS_ARRAY_SIZE(h); i++)
 		json_array_append_new(arr, json_pack("{s:s,s:s,s:b,s:b}", "node", h[i].node, "tier",
-						     tier_name(h[i].tier), "alive", h[i].alive,
+						     rmt_tier_name(h[i].tier), "alive", h[i].alive,
 						     "self", h[i].self));
 	json_object_set_new(root, "holders", arr);
 	*out = json_dumps(root, JSON_INDENT(2));

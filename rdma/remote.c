@@ -220,6 +220,20 @@ static bool peer_usable(struct rdma_peer *p, uint64_t now)
 	return p && p->alive && !p->self && atomic_load(&p->down_until) <= now;
 }
 
+/* The live peer @id, or NULL: found and judged under peer_lock (the index
+ * thread rewrites `alive` under it). */
+static struct rdma_peer *usable_peer(remote *r, const char *id, uint64_t now)
+{
+	struct rdma_peer *p;
+
+	pthread_mutex_lock(&r->peer_lock);
+	p = peer_find_locked(r, id);
+	if (!peer_usable(p, now))
+		p = NULL;
+	pthread_mutex_unlock(&r->peer_lock);
+	return p;
+}
+
 /* --- cluster operations --------------------------------------------------- */
 
 struct holders {
@@ -282,8 +296,8 @@ int remote_fetch(remote *r, const char *path, const struct remote_sink *sink,
 
 			if (tier_rank(hs->h[i].tier) != rank)
 				continue;
-			p = rdma_peer_find(r, hs->h[i].node);
-			if (!peer_usable(p, now))
+			p = usable_peer(r, hs->h[i].node, now);
+			if (!p)
 				continue; /* dead nodes' entries are ignored */
 			cand[ncand] = p;
 			ctier[ncand++] = hs->h[i].tier;
@@ -439,8 +453,8 @@ int remote_free(remote *r, const char *path)
 
 		if (hs->h[i].tier != REMOTE_TIER_LENT)
 			continue;
-		p = rdma_peer_find(r, hs->h[i].node);
-		if (!peer_usable(p, now))
+		p = usable_peer(r, hs->h[i].node, now);
+		if (!p)
 			continue;
 		e = rdma_free_at(r, p, path);
 		if (e == -ENOENT) {
@@ -503,6 +517,8 @@ static void locate_one(void *arg, size_t i, const char *node, int tier)
 	pthread_mutex_lock(&l->r->peer_lock);
 	p = peer_find_locked(l->r, node);
 	usable = p && p->alive && !p->self;
+	if (p && p->self)
+		l->out[i].self_tiers |= (uint16_t)(1u << tier);
 	pthread_mutex_unlock(&l->r->peer_lock);
 	if (usable) {
 		l->out[i].holders++;
@@ -518,6 +534,147 @@ int remote_locate(remote *r, const char *const *paths, size_t n, struct remote_l
 		return -EINVAL;
 	memset(out, 0, n * sizeof(*out));
 	return rdma_index_holders(r, paths, n, locate_one, &l);
+}
+
+/*
+ * remote_match: per path, the bit set of live nodes (indices into r->peers)
+ * that hold it and in which class of tier; a node's prefix is the run of
+ * leading paths whose bit is set.
+ */
+struct match_ctx {
+	remote *r;
+	uint64_t *held; /* n words per peer slot: bit i%64 of word [slot*words + i/64] */
+	uint64_t *fast;
+	uint8_t *slow; /* per slot per path: the tier */
+	size_t n, words, slots;
+};
+
+static void match_one(void *arg, size_t i, const char *node, int tier)
+{
+	struct match_ctx *m = arg;
+	struct rdma_peer *p;
+	size_t slot;
+
+	pthread_mutex_lock(&m->r->peer_lock);
+	p = peer_find_locked(m->r, node);
+	slot = p && p->alive ? (size_t)(p - m->r->peers) : SIZE_MAX;
+	pthread_mutex_unlock(&m->r->peer_lock);
+	if (slot >= m->slots || i >= m->n)
+		return; /* dead, unknown, or joined since the call began */
+	m->held[slot * m->words + i / 64] |= 1ull << (i % 64);
+	if (tier == REMOTE_TIER_GPU || tier == REMOTE_TIER_DRAM || tier == REMOTE_TIER_LENT)
+		m->fast[slot * m->words + i / 64] |= 1ull << (i % 64);
+	/* A node may hold a path twice (its own and a lent copy): keep the faster. */
+	if (!m->slow[slot * m->n + i] || tier_rank(tier) < tier_rank(m->slow[slot * m->n + i]))
+		m->slow[slot * m->n + i] = (uint8_t)tier;
+}
+
+static int match_cmp(const void *a, const void *b)
+{
+	const struct remote_node_match *x = a, *y = b;
+
+	if (x->blocks != y->blocks)
+		return x->blocks > y->blocks ? -1 : 1;
+	if (x->fast_blocks != y->fast_blocks)
+		return x->fast_blocks > y->fast_blocks ? -1 : 1;
+	if (x->self != y->self) /* as good here as elsewhere: no transfer */
+		return x->self ? -1 : 1;
+	return strcmp(x->node, y->node);
+}
+
+int remote_match(remote *r, const char *const *paths, size_t n, struct remote_node_match *out,
+		 int max)
+{
+	struct match_ctx m = {r, NULL, NULL, NULL, n, (n + 63) / 64, 0};
+	struct remote_node_match *all = NULL;
+	size_t slots;
+	int rc, got = 0;
+
+	if (!paths || (!out && max > 0) || max < 0 || n == 0 || n > 65536)
+		return -EINVAL;
+	pthread_mutex_lock(&r->peer_lock);
+	slots = m.slots =
+		r->npeers ? r->npeers : 1; /* slots are never reused: a prefix is stable */
+	pthread_mutex_unlock(&r->peer_lock);
+	m.held = calloc(slots * m.words, sizeof(*m.held));
+	m.fast = calloc(slots * m.words, sizeof(*m.fast));
+	m.slow = calloc(slots * n, 1);
+	all = calloc(slots, sizeof(*all));
+	if (!m.held || !m.fast || !m.slow || !all) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = rdma_index_holders(r, paths, n, match_one, &m);
+	if (rc)
+		goto out;
+	pthread_mutex_lock(&r->peer_lock);
+	for (size_t s = 0; s < r->npeers && s < slots; s++) {
+		struct remote_node_match *x = &all[got];
+		size_t i;
+		int slowest = 0;
+
+		if (!r->peers[s].alive)
+			continue;
+		for (i = 0; i < n && (m.held[s * m.words + i / 64] >> (i % 64)) & 1; i++) {
+			int t = m.slow[s * n + i];
+
+			if (!slowest || tier_rank(t) > tier_rank(slowest))
+				slowest = t;
+			x->fast_blocks += (m.fast[s * m.words + i / 64] >> (i % 64)) & 1;
+		}
+		if (i == 0)
+			continue;
+		snprintf(x->node, sizeof(x->node), "%s", r->peers[s].id);
+		x->blocks = (uint32_t)i;
+		x->slowest = (enum remote_tier)slowest;
+		x->self = r->peers[s].self;
+		got++;
+	}
+	pthread_mutex_unlock(&r->peer_lock);
+	qsort(all, (size_t)got, sizeof(*all), match_cmp);
+	if (max > 0)
+		memcpy(out, all, (size_t)KVFS_MIN(got, max) * sizeof(*out));
+	rc = got;
+out:
+	free(all);
+	free(m.slow);
+	free(m.fast);
+	free(m.held);
+	return rc;
+}
+
+int remote_push(remote *r, const char *node, const char *path, const struct iovec *src, int n,
+		uint64_t checksum)
+{
+	struct rdma_peer *p;
+	uint64_t size = 0;
+	size_t plen;
+	bool ok, room;
+	int rc;
+
+	if (n < 1 || !src || !node || !path)
+		return -EINVAL;
+	for (int i = 0; i < n; i++)
+		size += src[i].iov_len;
+	plen = strnlen(path, REMOTE_PATH_MAX);
+	if (size == 0 || plen >= REMOTE_PATH_MAX || !rdma_path_valid(path, plen))
+		return -EINVAL;
+	pthread_mutex_lock(&r->peer_lock);
+	p = peer_find_locked(r, node);
+	ok = peer_usable(p, kvfs_mono_ns());
+	room = ok && p->lend_free >= size;
+	pthread_mutex_unlock(&r->peer_lock);
+	if (!ok)
+		return -EHOSTDOWN;
+	if (!room)
+		return -ENOSPC;
+	rc = rdma_offload_to(r, p, path, src, n, size, checksum);
+	if (rc == 0) {
+		pthread_mutex_lock(&r->peer_lock);
+		p->lend_free -= KVFS_MIN(p->lend_free, size);
+		pthread_mutex_unlock(&r->peer_lock);
+	}
+	return rc;
 }
 
 /* --- stats ---------------------------------------------------------------- */

@@ -182,8 +182,9 @@ int remote_flush(remote *r, uint32_t timeout_ms);
 
 /* Per path of a batch lookup. */
 struct remote_loc {
-	uint16_t holders; /* live nodes other than this one that hold it */
-	uint16_t tiers;	  /* bit (1 << enum remote_tier) for each such holder */
+	uint16_t holders;    /* live nodes other than this one that hold it */
+	uint16_t tiers;	     /* bit (1 << enum remote_tier) for each such holder */
+	uint16_t self_tiers; /* the same bits for what the index says this node holds */
 };
 
 /*
@@ -194,6 +195,28 @@ struct remote_loc {
  * @return 0; -ENOTCONN if Redis is unreachable (@out is zeroed); -EINVAL.
  */
 int remote_locate(remote *r, const char *const *paths, size_t n, struct remote_loc *out);
+
+/* How much of a chain each live node holds (remote_match). */
+struct remote_node_match {
+	char node[REMOTE_NODE_ID_MAX];
+	uint32_t blocks;	  /* the longest prefix of the chain it holds: paths [0, blocks) */
+	uint32_t fast_blocks;	  /* of those, in GPU or DRAM (its own or lent) */
+	enum remote_tier slowest; /* the slowest tier in that prefix */
+	bool self;
+};
+
+/*
+ * For a chain of @n paths (a prompt's blocks, in order), which live nodes
+ * hold a prefix of it and how long: one pipelined index round trip for the
+ * whole chain. A node counts a path if the index names it as a holder in
+ * any tier (a lent copy included). Nodes whose prefix is empty are left out;
+ * the rest are sorted by blocks, then fast_blocks, descending, then this
+ * node first, then by id.
+ * @return the number of nodes (up to @max stored); -ENOTCONN if the index
+ * is unreachable; -EINVAL.
+ */
+int remote_match(remote *r, const char *const *paths, size_t n, struct remote_node_match *out,
+		 int max);
 
 /* Is @dir an ancestor of some published path? @return 1, 0, or -ENOTCONN. */
 int remote_dir_exists(remote *r, const char *dir);
@@ -294,6 +317,18 @@ int remote_fetch_buf(remote *r, const char *path, void *buf, size_t cap, uint64_
  * -EBADMSG if the peer found the bytes corrupt.
  */
 int remote_offload(remote *r, const char *path, const struct iovec *src, int n, uint64_t checksum);
+
+/*
+ * Push: place a copy of @path in the lent memory of the named live peer
+ * @node (a replica on a chosen node, published by it in the index as
+ * "lent"), as remote_offload does for the ring's choice. Never makes room
+ * by dropping the peer's other copies: a push that does not fit fails.
+ * @return 0; -EHOSTDOWN if @node is not a live peer (unknown, dead, or this
+ * node); -ENOSPC if its free lent memory is smaller than the file; -EINVAL;
+ * the transfer's errors as remote_offload.
+ */
+int remote_push(remote *r, const char *node, const char *path, const struct iovec *src, int n,
+		uint64_t checksum);
 
 /*
  * Drop every offloaded copy of @path in the cluster (the file was deleted).

@@ -944,6 +944,12 @@ static void usage(FILE *out)
 		     "  restart [--files 1000000] [--threads 4]\n"
 		     "      daemon start time with N files in the catalog, after a clean\n"
 		     "      unmount and after kill -9\n"
+		     "  cluster [--only handoff|routing] [--tokens 4096] [--reps 3]\n"
+		     "          [--trace FILE] [--nodes 4] [--fraction 0.1] [--limit N]\n"
+		     "          [--daemon-requests 1000]\n"
+		     "      disaggregated serving: prefill->decode handoff (pull, push) vs\n"
+		     "      recomputing; KV-aware routing vs round-robin vs hashing the first\n"
+		     "      block on the Mooncake trace (simulated nodes, then real daemons)\n"
 		     "  scalein [--trace FILE] [--nodes 4] [--fraction 0.1] [--limit 2000]\n"
 		     "      the Mooncake trace on a cluster of daemons while one node leaves\n"
 		     "      halfway: drained (kvfsctl drain) vs killed; hit ratio after it\n"
@@ -1029,6 +1035,7 @@ int main(int argc, char **argv)
 	cmd = args[0];
 	if (strcmp(cmd, "throughput") && strcmp(cmd, "fuse-settings") && strcmp(cmd, "replay") &&
 	    strcmp(cmd, "libkvfs") && strcmp(cmd, "nvme") && strcmp(cmd, "restart") &&
+	    strcmp(cmd, "remote") && strcmp(cmd, "cluster") &&
 	    strcmp(cmd, "remote") && strcmp(cmd, "scalein") &&
 	    strcmp(cmd, "all")) {
 		bench_err("unknown command '%s' (see kvfs-bench --help)", cmd);
@@ -1065,6 +1072,8 @@ int main(int argc, char **argv)
 		rc = bench_restart(nargs, args, results);
 	else if (!strcmp(cmd, "remote"))
 		rc = bench_remote(nargs, args, results);
+	else if (!strcmp(cmd, "cluster"))
+		rc = bench_cluster(nargs, args, results);
 	else if (!strcmp(cmd, "scalein"))
 		rc = bench_scalein(nargs, args, results);
 	else

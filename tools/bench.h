@@ -153,6 +153,11 @@ struct trace {
 };
 
 /* Load @limit requests (0: all) of the JSONL trace at @path. @return 0 or -errno (said why). */
+/*
+ * The Mooncake conversation trace shipped in the repository (gzip), relative
+ * to the repository root where `make bench` runs.
+ */
+#define BENCH_DEFAULT_TRACE "tools/workloads/mooncake-conversation-trace.jsonl.gz"
 int bench_trace_load(const char *path, uint32_t limit, struct trace *t);
 void bench_trace_free(struct trace *t);
 
@@ -191,6 +196,7 @@ int bench_libkvfs(int argc, char **argv, json_t *out);
 int bench_nvme(int argc, char **argv, json_t *out);
 int bench_restart(int argc, char **argv, json_t *out);
 int bench_remote(int argc, char **argv, json_t *out);
+int bench_cluster(int argc, char **argv, json_t *out);
 int bench_scalein(int argc, char **argv, json_t *out);
 
 #endif

@@ -6,7 +6,8 @@
 #   KVFS_BUILD=build sh tools/bench.sh
 #
 # Writes $KVFS_BUILD/bench/results.txt (the tables, as printed) and
-# $KVFS_BUILD/bench/results.json (kvfs-bench's figures as JSON). The
+# $KVFS_BUILD/bench/results.json (kvfs-bench's figures as JSON;
+# results-cluster.json for `kvfs-bench cluster`). The
 # benchmarks start and remove their own daemons and mounts; they need
 # /dev/fuse and fusermount3.
 set -e
@@ -61,6 +62,14 @@ rm -f "$rcfile"
 		echo
 		echo "== remote transport: build/tests/rdma_bench 20 (loopback, medians) =="
 		"$B/tests/rdma_bench" 20 2>/dev/null || rc=$?
+	fi
+	# Disaggregated serving: prefill->decode handoff (pull, push) against
+	# recomputing, on two daemons and a redis-server; KV-aware routing on
+	# the Mooncake trace (shipped compressed in tools/workloads/).
+	if [ "$rc" = 0 ]; then
+		gzip -dc tools/workloads/mooncake-conversation-trace.jsonl.gz >"$OUT/mooncake.jsonl" &&
+			"$BIN" cluster --trace "$OUT/mooncake.jsonl" --json "$OUT/results-cluster.json" ||
+			rc=$?
 	fi
 	# The reference engine: time to first token with kvfs (libkvfs's fast
 	# path), with plain files on tmpfs (its POSIX path) and with no cache.

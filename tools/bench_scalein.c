@@ -23,7 +23,7 @@
 
 #include "tools/bench.h"
 
-#define DEFAULT_TRACE "/work/shared/workloads/mooncake-conversation-trace.jsonl"
+#define DEFAULT_TRACE BENCH_DEFAULT_TRACE
 #define MAX_NODES     8
 
 static double ratio(uint64_t a, uint64_t b)

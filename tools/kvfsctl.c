@@ -7,6 +7,9 @@
  *   kvfsctl show FILE           decode and validate a native block
  *   kvfsctl pin|unpin FILE...   user.kvfs.pin
  *   kvfsctl evict PATH...       user.kvfs.evict, and what it did
+ *   kvfsctl prefetch PATH...    kvfs_prefetch_paths(): files into the node's DRAM
+ *   kvfsctl route NSDIR --tokens FILE | --keys FILE
+ *                               kvfs_cluster_match_paths(): nodes by cached prefix
  *
  * DESIGN §1: a tool sees kvfs only through the public headers
  * (include/kvfs/) and the mount itself — files, extended attributes and the
@@ -43,6 +46,7 @@
 
 #include "kvfs/format.h"
 #include "kvfs/keys.h"
+#include "kvfs/kvfs.h"
 
 #ifndef KVFS_VERSION
 #define KVFS_VERSION "unknown"
@@ -60,7 +64,13 @@ static struct {
 	bool recursive;
 	bool repair;
 	bool no_verify;
-} opt;
+	bool wait;		 /* prefetch */
+	const char *tokens;	 /* route */
+	const char *keys;	 /* route */
+	const char *seed;	 /* route: the hash seed */
+	unsigned block_tokens; /* route */
+	bool route_opts;       /* --seed or --block-tokens given */
+} opt = {.seed = "0", .block_tokens = 16};
 
 /* --- small helpers -------------------------------------------------------------------------- */
 
@@ -425,6 +435,15 @@ static int cmd_status(char **args, int nargs)
 	       " files dropped at restart\n",
 	       jnum(st, "catalog.commits"), jnum(st, "catalog.errors"),
 	       jnum(st, "restart_dropped"));
+	if (jnum(st, "prefetch.requests"))
+		printf("prefetch   %" PRIu64 " paths: %" PRIu64 " queued, %" PRIu64 " present, %" PRIu64
+		       " missing, %" PRIu64 " denied, %" PRIu64 " dropped; %" PRIu64
+		       " fetched, %" PRIu64 " promoted, %" PRIu64 " failed (%s)\n",
+		       jnum(st, "prefetch.paths"), jnum(st, "prefetch.queued"),
+		       jnum(st, "prefetch.present"), jnum(st, "prefetch.missing"),
+		       jnum(st, "prefetch.denied"), jnum(st, "prefetch.dropped"),
+		       jnum(st, "prefetch.fetched"), jnum(st, "prefetch.promoted"),
+		       jnum(st, "prefetch.failed"), fmt_size(jnum(st, "prefetch.bytes")).s);
 	{
 		json_t *pools = jget(st, "gpu.pools"), *p;
 		size_t k;
@@ -464,6 +483,10 @@ static int cmd_status(char **args, int nargs)
 		       jnum(st, "remote.spill_failed"), fmt_size(jnum(st, "remote.lend_used_bytes")).s,
 		       fmt_size(jnum(st, "remote.lend_capacity_bytes")).s,
 		       jnum(st, "remote.offloads_received"), jnum(st, "remote.lent_evictions"));
+		printf("pushed     %" PRIu64 " files (%s) to named peers, %" PRIu64 " kept local "
+		       "(peer dead or full)\n",
+		       jnum(st, "push.pushed"), fmt_size(jnum(st, "push.bytes")).s,
+		       jnum(st, "push.fallbacks"));
 		printf("errors     %" PRIu64 " checksum, %" PRIu64 " timeouts, %" PRIu64
 		       " connection, %" PRIu64 " refused tokens, %" PRIu64 " redis\n",
 		       jnum(st, "remote.checksum_failures"), jnum(st, "remote.timeouts"),
@@ -620,6 +643,242 @@ static int cmd_where(char **args, int nargs)
 		free(mount);
 		free(rel);
 	}
+	return rc;
+}
+
+/* --- prefetch ------------------------------------------------------------------------------ */
+
+static int cmd_prefetch(char **args, int nargs)
+{
+	struct kvfs_prefetch_info in;
+	long rc;
+
+	if (nargs < 1) {
+		err("prefetch", "missing PATH");
+		return EXIT_USAGE;
+	}
+	rc = kvfs_prefetch_paths((const char *const *)args, (size_t)nargs,
+				 opt.wait ? KVFS_PREFETCH_WAIT : 0, &in);
+	if (rc < 0) {
+		err("prefetch", rc == -ENOTSUP ? "not inside a kvfs mount"
+				: rc == -EXDEV ? "the paths are on more than one mount"
+					       : strerror((int)-rc));
+		return 1;
+	}
+	if (opt.json) {
+		json_t *o = json_pack("{s:I,s:I,s:I,s:I,s:I,s:b}", "queued", (json_int_t)in.queued,
+				      "present", (json_int_t)in.present, "missing",
+				      (json_int_t)in.missing, "denied", (json_int_t)in.denied,
+				      "dropped", (json_int_t)in.dropped, "index_unreachable",
+				      in.index_unreachable);
+
+		if (opt.wait) {
+			json_object_set_new(o, "fetched", json_integer((json_int_t)in.fetched));
+			json_object_set_new(o, "promoted", json_integer((json_int_t)in.promoted));
+			json_object_set_new(o, "failed", json_integer((json_int_t)in.failed));
+			json_object_set_new(o, "pending", json_integer((json_int_t)in.pending));
+		}
+		json_dumpf(o, stdout, JSON_INDENT(2));
+		fputc('\n', stdout);
+		json_decref(o);
+	} else {
+		printf("queued %" PRIu64 ", already in DRAM %" PRIu64 ", missing %" PRIu64
+		       ", denied %" PRIu64 ", dropped %" PRIu64 "\n",
+		       in.queued, in.present, in.missing, in.denied, in.dropped);
+		if (opt.wait)
+			printf("fetched from peers %" PRIu64 ", promoted from NVMe %" PRIu64
+			       ", failed %" PRIu64 ", still pending %" PRIu64 "\n",
+			       in.fetched, in.promoted, in.failed, in.pending);
+		if (in.index_unreachable)
+			err("prefetch", "the cluster index is unreachable: only local files were queued");
+	}
+	return 0;
+}
+
+/* --- route ---------------------------------------------------------------------------------- */
+
+/* Token ids from @path: integers separated by anything else ("1 2 3", "[1, 2, 3]"). */
+static long read_tokens(const char *path, uint32_t **out)
+{
+	FILE *f = fopen(path, "re");
+	size_t n = 0, cap = 0;
+	uint32_t *t = NULL;
+	int c;
+
+	if (!f)
+		return -errno;
+	while ((c = fgetc(f)) != EOF) {
+		unsigned long long v = 0;
+		bool digits = false;
+
+		while (c >= '0' && c <= '9') {
+			v = v * 10 + (unsigned)(c - '0');
+			digits = true;
+			if (v > UINT32_MAX) {
+				fclose(f);
+				free(t);
+				return -ERANGE;
+			}
+			c = fgetc(f);
+		}
+		if (c == '-' || c == '.' || (c != EOF && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')))) {
+			fclose(f);
+			free(t);
+			return -EINVAL; /* not a list of token ids */
+		}
+		if (!digits)
+			continue;
+		if (n == cap) {
+			uint32_t *p = realloc(t, (cap = cap ? cap * 2 : 1024) * sizeof(*t));
+
+			if (!p) {
+				fclose(f);
+				free(t);
+				return -ENOMEM;
+			}
+			t = p;
+		}
+		t[n++] = (uint32_t)v;
+	}
+	fclose(f);
+	*out = t;
+	return (long)n;
+}
+
+/* Keys from @path: 64 hex digits a line. */
+static long read_keys(const char *path, kvfs_key **out)
+{
+	FILE *f = fopen(path, "re");
+	char line[256];
+	size_t n = 0, cap = 0;
+	kvfs_key *k = NULL;
+
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		size_t l = strcspn(line, " \t\r\n");
+
+		if (l == 0)
+			continue;
+		line[l] = '\0';
+		if (n == cap) {
+			kvfs_key *p = realloc(k, (cap = cap ? cap * 2 : 256) * sizeof(*k));
+
+			if (!p) {
+				fclose(f);
+				free(k);
+				return -ENOMEM;
+			}
+			k = p;
+		}
+		if (kvfs_key_from_hex(line, &k[n])) {
+			fclose(f);
+			free(k);
+			return -EINVAL;
+		}
+		n++;
+	}
+	fclose(f);
+	*out = k;
+	return (long)n;
+}
+
+static int cmd_route(char **args, int nargs)
+{
+	struct kvfs_node_prefix nodes[256];
+	kvfs_key *keys = NULL, root;
+	uint32_t *tok = NULL;
+	char **paths = NULL;
+	long nk = 0, got;
+	int rc = 1;
+
+	if (nargs != 1 || !!opt.tokens == !!opt.keys) {
+		err("route", nargs != 1 ? "one NAMESPACE_DIR" : "one of --tokens FILE or --keys FILE");
+		return EXIT_USAGE;
+	}
+	if (opt.tokens) {
+		long nt = read_tokens(opt.tokens, &tok);
+
+		if (nt < 0) {
+			err(opt.tokens, nt == -EINVAL ? "not a list of token ids" : strerror((int)-nt));
+			return 1;
+		}
+		keys = calloc((size_t)nt / opt.block_tokens + 1, sizeof(*keys));
+		if (!keys || kvfs_key_root(opt.seed, &root)) {
+			err("route", strerror(ENOMEM));
+			goto out;
+		}
+		nk = kvfs_key_chain(&root, 0, tok, (size_t)nt, opt.block_tokens, NULL, keys,
+				    (size_t)nt / opt.block_tokens + 1);
+	} else {
+		nk = read_keys(opt.keys, &keys);
+		if (nk < 0) {
+			err(opt.keys, nk == -EINVAL ? "not one 64-hex-digit key a line" : strerror((int)-nk));
+			goto out;
+		}
+	}
+	if (nk <= 0) {
+		err("route", "no full block in the prompt: nothing to match");
+		goto out;
+	}
+	paths = calloc((size_t)nk, sizeof(*paths));
+	for (long i = 0; paths && i < nk; i++) {
+		char hex[KVFS_KEY_HEX + 1];
+
+		kvfs_key_to_hex(&keys[i], hex);
+		if (asprintf(&paths[i], "%s/%s", args[0], hex) < 0)
+			paths[i] = NULL;
+		if (!paths[i]) {
+			err("route", strerror(ENOMEM));
+			goto out;
+		}
+	}
+	got = kvfs_cluster_match_paths((const char *const *)paths, (size_t)nk, nodes,
+				       (sizeof(nodes) / sizeof(nodes[0])));
+	if (got < 0) {
+		err(args[0], got == -ENOTCONN ? "the cluster index is unreachable (the local cache "
+						"still works; no routing decision)"
+			     : got == -ENOTSUP ? "not a kvfs mount in a cluster (--cluster)"
+					       : strerror((int)-got));
+		goto out;
+	}
+	if ((size_t)got > (sizeof(nodes) / sizeof(nodes[0])))
+		got = (long)(sizeof(nodes) / sizeof(nodes[0]));
+	if (opt.json) {
+		json_t *o = json_object(), *arr = json_array();
+
+		json_object_set_new(o, "blocks", json_integer(nk));
+		json_object_set_new(o, "block_tokens", json_integer(opt.block_tokens));
+		for (long i = 0; i < got; i++)
+			json_array_append_new(
+				arr, json_pack("{s:s,s:i,s:I,s:i,s:s,s:b}", "node", nodes[i].node,
+					       "blocks", (int)nodes[i].blocks, "tokens",
+					       (json_int_t)nodes[i].blocks * opt.block_tokens,
+					       "fast_blocks", (int)nodes[i].fast_blocks, "tier",
+					       nodes[i].tier, "self", nodes[i].self));
+		json_object_set_new(o, "nodes", arr);
+		json_object_set_new(o, "route", got ? json_string(nodes[0].node) : json_null());
+		json_dumpf(o, stdout, JSON_INDENT(2));
+		fputc('\n', stdout);
+		json_decref(o);
+	} else {
+		printf("%ld blocks (%ld tokens) in %s\n", nk, nk * (long)opt.block_tokens, args[0]);
+		if (!got)
+			printf("  no node holds any of it: route anywhere (by load)\n");
+		for (long i = 0; i < got; i++)
+			printf("  %-24s %6u blocks %7u tokens  %u in DRAM  slowest %s%s\n",
+			       nodes[i].node, nodes[i].blocks, nodes[i].blocks * opt.block_tokens,
+			       nodes[i].fast_blocks, nodes[i].tier, nodes[i].self ? "  (this node)" : "");
+		if (got)
+			printf("route: %s\n", nodes[0].node);
+	}
+	rc = 0;
+out:
+	for (long i = 0; paths && i < nk; i++)
+		free(paths[i]);
+	free(paths);
+	free(keys);
+	free(tok);
 	return rc;
 }
 
@@ -1626,6 +1885,10 @@ static void usage(FILE *f)
 		   "  evict PATH...      evict files, or every evictable file under a directory\n"
 		   "  verify PATH...     re-read every file under PATH, check every copy, drop bad ones\n"
 		   "  where PATH...      which nodes of the cluster hold each file, in which tier\n"
+		   "  prefetch PATH...   bring files into this node's DRAM (from NVMe or a peer) in\n"
+		   "                     the background (--wait: until done)\n"
+		   "  route NSDIR (--tokens FILE | --keys FILE) [--block-tokens N] [--seed S]\n"
+		   "                     which nodes hold the longest prefix of a prompt's blocks\n"
 		   "  drain MOUNT        take the node out of its cluster gracefully: no more\n"
 		   "                     offloads, lent copies and files held only here go to the\n"
 		   "                     peers, then it leaves (serving locally); waits until done\n"
@@ -1676,6 +1939,35 @@ static int run(int argc, char **argv)
 			opt.repair = true;
 		else if (!strcmp(a, "--no-verify"))
 			opt.no_verify = true;
+		else if (!strcmp(a, "--wait"))
+			opt.wait = true;
+		else if (!strcmp(a, "--tokens") || !strcmp(a, "--keys") || !strcmp(a, "--seed") ||
+			 !strcmp(a, "--block-tokens")) {
+			const char *v = i + 1 < argc ? argv[++i] : NULL;
+
+			if (!v) {
+				rc = usage_error(a, "needs a value");
+				goto out;
+			}
+			if (!strcmp(a, "--tokens")) {
+				opt.tokens = v;
+			} else if (!strcmp(a, "--keys")) {
+				opt.keys = v;
+			} else if (!strcmp(a, "--seed")) {
+				opt.seed = v;
+				opt.route_opts = true;
+			} else {
+				opt.route_opts = true;
+				char *end;
+				unsigned long bt = strtoul(v, &end, 10);
+
+				if (*end || bt < 1 || bt > 65536) {
+					rc = usage_error(a, "a number of tokens, 1..65536");
+					goto out;
+				}
+				opt.block_tokens = (unsigned)bt;
+			}
+		}
 		else if (!strcmp(a, "-h") || !strcmp(a, "--help"))
 			help = true;
 		else if (!strcmp(a, "-V") || !strcmp(a, "--version"))
@@ -1704,6 +1996,15 @@ static int run(int argc, char **argv)
 		rc = usage_error("-R", "only ls takes it");
 		goto out;
 	}
+	if (opt.wait && strcmp(cmd, "prefetch")) {
+		rc = usage_error("--wait", "only prefetch takes it");
+		goto out;
+	}
+	if ((opt.tokens || opt.keys || opt.route_opts) && strcmp(cmd, "route")) {
+		rc = usage_error(opt.tokens ? "--tokens" : opt.keys ? "--keys" : "--seed/--block-tokens",
+				 "only route takes it");
+		goto out;
+	}
 	if ((opt.repair || opt.no_verify) && strcmp(cmd, "fsck")) {
 		rc = usage_error(opt.repair ? "--repair" : "--no-verify", "only fsck takes it");
 		goto out;
@@ -1728,6 +2029,10 @@ static int run(int argc, char **argv)
 		rc = cmd_fsck(pos + 1, n - 1);
 	else if (!strcmp(cmd, "where"))
 		rc = cmd_where(pos + 1, n - 1);
+	else if (!strcmp(cmd, "prefetch"))
+		rc = cmd_prefetch(pos + 1, n - 1);
+	else if (!strcmp(cmd, "route"))
+		rc = cmd_route(pos + 1, n - 1);
 	else if (!strcmp(cmd, "drain"))
 		rc = cmd_drain(pos + 1, n - 1);
 	else {

@@ -21,6 +21,19 @@
  * logits of the last prompt position (vocab_size values, native byte
  * order) — what the exactness tests compare.
  *
+ * Split mode (disaggregated serving, DESIGN §9). `--role prefill` computes
+ * each prompt's KV and saves its blocks (it stops at the first token: that
+ * token and the --dump-logits are the prompt's); with `--push NODE` the
+ * blocks are also written into that cluster node's DRAM as they are saved
+ * (kvfs_ns_push). `--role decode`, on another node of the same cluster,
+ * first asks its daemon to prefetch every queued request's blocks
+ * (kvfs_prefetch, in the background: fetched from whichever node holds
+ * them while the requests wait), then serves each request after waiting
+ * for its own prefix (KVFS_PREFETCH_WAIT), so the match finds the blocks
+ * locally and loads them layer by layer. The decode side's time to first
+ * token includes that wait (`prefetch_ms` of it). The logits equal those of
+ * one process doing both: the tests compare them bit for bit.
+ *
  * Exit status: 0 success, 1 failure, 2 bad usage.
  */
 #include <errno.h>
@@ -44,6 +57,8 @@ struct opts {
 	size_t nprompt_files;
 	unsigned block_tokens, chunk, max_new, threads;
 	bool no_cache, posix, json, verbose;
+	enum { ROLE_BOTH, ROLE_PREFILL, ROLE_DECODE } role;
+	const char *push;
 };
 
 /* Everything printed at the end. */
@@ -55,6 +70,11 @@ struct run {
 	json_t *requests; /* --json */
 	size_t n, prompt_tokens, reused_tokens, generated, fallbacks;
 	double ttft_sum, ttft_max, decode_ms;
+	double prefetch_ms;	       /* this request's wait for its prefetch (decode role) */
+	struct kvfs_prefetch_info pf;  /* what that prefetch did */
+	struct kvfs_node_prefix where; /* who held the longest prefix when it left the queue */
+	long where_n;		       /* nodes holding some of it; < 0: the index's error */
+	uint64_t fetched;	       /* blocks brought from other nodes, all requests */
 	double *ttfts;
 	size_t ttft_cap;
 };
@@ -84,6 +104,10 @@ static void usage(FILE *f)
 		"                        {\"system\": S, \"turns\": [U, {\"user\": U, \"max_new\": "
 		"N}]}\n"
 		"  --dump-logits FILE    float32 logits of each request's last prompt position\n"
+		"  --role ROLE           prefill: compute and save each prompt's KV, stop at the\n"
+		"                        first token; decode: prefetch the prompts' blocks from\n"
+		"                        the cluster, then serve (split mode; needs --cache)\n"
+		"  --push NODE           prefill: also write the blocks into NODE's DRAM\n"
 		"  --json                machine-readable output\n"
 		"  -v, --verbose         print the generated text\n"
 		"  -h, --help            this text\n");
@@ -158,12 +182,36 @@ static int report(struct run *r, const char *label, const uint32_t *out, size_t 
 			st->fallback, "load_error", st->load_error);
 		json_t *toks = json_array();
 
+		if (r->o->role == ROLE_DECODE) {
+			json_object_set_new(j, "prefetch_ms", json_real(r->prefetch_ms));
+			json_object_set_new(j, "prefetch_fetched",
+					    json_integer((json_int_t)r->pf.fetched));
+			json_object_set_new(j, "prefetch_present",
+					    json_integer((json_int_t)r->pf.present));
+			json_object_set_new(j, "prefetch_missing",
+					    json_integer((json_int_t)r->pf.missing));
+			if (r->where_n > 0)
+				json_object_set_new(
+					j, "longest_prefix",
+					json_pack("{s:s,s:i,s:s,s:b}", "node", r->where.node,
+						  "blocks", (int)r->where.blocks, "tier",
+						  r->where.tier, "self", r->where.self));
+		}
+
 		for (size_t i = 0; i < max_new; i++)
 			json_array_append_new(toks, json_integer(out[i]));
 		json_object_set_new(j, "tokens", toks);
 		json_array_append_new(r->requests, j);
 		return 0;
 	}
+	if (r->o->role == ROLE_DECODE)
+		printf("%s: longest cached prefix %u blocks on %s%s; prefetch waited %.1f ms: %llu "
+		       "blocks brought in, %llu already here, %llu held nowhere\n",
+		       label, r->where_n > 0 ? r->where.blocks : 0,
+		       r->where_n > 0 ? r->where.node : "no node",
+		       r->where_n > 0 && r->where.self ? " (this node)" : "", r->prefetch_ms,
+		       (unsigned long long)(r->pf.fetched + r->pf.promoted),
+		       (unsigned long long)r->pf.present, (unsigned long long)r->pf.missing);
 	printf("%s: prompt %zu tok, reused %zu (%.1f%%), ttft %.1f ms (prefill %.1f, stall %.1f),"
 	       " decode %zu tok at %.1f tok/s%s%s\n",
 	       label, st->prompt_tokens, st->reused_tokens,
@@ -254,6 +302,30 @@ static void summary(struct run *r)
 
 /* --- requests ------------------------------------------------------------------------------ */
 
+/* Ask the daemon to bring @tok's cached blocks into this node's DRAM. */
+static int prefetch(struct run *r, const uint32_t *tok, size_t n, unsigned flags)
+{
+	kvfs_ns *ns = eng_ns(r->e);
+	size_t max = n / r->o->block_tokens + 1;
+	kvfs_key *keys;
+	long nk, rc;
+
+	if (!ns)
+		return -ENOTSUP;
+	keys = malloc(max * sizeof(*keys));
+	if (!keys)
+		return -ENOMEM;
+	nk = kvfs_ns_keys(ns, tok, n, NULL, keys, max);
+	if (nk > 0 && (flags & KVFS_PREFETCH_WAIT)) {
+		/* What a KV-aware router would have seen for this request. */
+		memset(&r->where, 0, sizeof(r->where));
+		r->where_n = kvfs_cluster_match(ns, keys, (size_t)nk, &r->where, 1);
+	}
+	rc = nk <= 0 ? nk : kvfs_prefetch(ns, keys, (size_t)nk, flags, &r->pf);
+	free(keys);
+	return rc < 0 ? (int)rc : 0;
+}
+
 static int serve(struct run *r, const char *label, const uint32_t *tok, size_t n, size_t max_new,
 		 uint32_t *out)
 {
@@ -263,7 +335,21 @@ static int serve(struct run *r, const char *label, const uint32_t *tok, size_t n
 
 	if (!logits)
 		return -ENOMEM;
+	r->prefetch_ms = 0;
+	memset(&r->pf, 0, sizeof(r->pf));
+	if (r->o->role == ROLE_DECODE) {
+		/* The request leaves the queue: its prefix must be here now. */
+		double t0 = eng_now_ms();
+
+		rc = prefetch(r, tok, n, KVFS_PREFETCH_WAIT);
+		r->prefetch_ms = eng_now_ms() - t0;
+		if (rc < 0 && rc != -ENOTSUP)
+			fprintf(stderr, "kvfs-llm: %s: prefetch: %s (computing what is missing)\n",
+				label, strerror(-rc));
+		r->fetched += r->pf.fetched;
+	}
 	rc = eng_generate(r->e, tok, n, max_new, out, logits, &st);
+	st.ttft_ms += r->prefetch_ms;
 	if (rc)
 		fprintf(stderr, "kvfs-llm: %s: %s%s\n", label, strerror(-rc),
 			rc == -EINVAL ? " (empty, or longer than max_position_embeddings)" : "");
@@ -280,7 +366,8 @@ static int serve_text(struct run *r, const char *label, const char *text, size_t
 	int rc = -ENOMEM;
 
 	if (tok && out)
-		rc = serve(r, label, tok, eng_tok_encode(text, len, tok), r->o->max_new, out);
+		rc = serve(r, label, tok, eng_tok_encode(text, len, tok),
+			   r->o->role == ROLE_PREFILL ? 1 : r->o->max_new, out);
 	free(tok);
 	free(out);
 	return rc;
@@ -451,7 +538,9 @@ int main(int argc, char **argv)
 		O_PROMPT_FILE,
 		O_CONV,
 		O_DUMP,
-		O_JSON
+		O_JSON,
+		O_ROLE,
+		O_PUSH
 	};
 	static const struct option lopts[] = {
 		{"model", required_argument, NULL, O_MODEL},
@@ -467,6 +556,8 @@ int main(int argc, char **argv)
 		{"conversations", required_argument, NULL, O_CONV},
 		{"dump-logits", required_argument, NULL, O_DUMP},
 		{"json", no_argument, NULL, O_JSON},
+		{"role", required_argument, NULL, O_ROLE},
+		{"push", required_argument, NULL, O_PUSH},
 		{"verbose", no_argument, NULL, 'v'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
@@ -526,6 +617,20 @@ int main(int argc, char **argv)
 		case O_JSON:
 			o.json = true;
 			break;
+		case O_ROLE:
+			if (!strcmp(optarg, "prefill")) {
+				o.role = ROLE_PREFILL;
+			} else if (!strcmp(optarg, "decode")) {
+				o.role = ROLE_DECODE;
+			} else {
+				fprintf(stderr, "kvfs-llm: --role is prefill or decode\n");
+				free(o.prompt_files);
+				return EXIT_USAGE;
+			}
+			break;
+		case O_PUSH:
+			o.push = optarg;
+			break;
 		case 'v':
 			o.verbose = true;
 			break;
@@ -553,6 +658,15 @@ int main(int argc, char **argv)
 		free(o.prompt_files);
 		return EXIT_USAGE;
 	}
+	if ((o.role != ROLE_BOTH && (!o.cache || o.no_cache)) ||
+	    (o.push && o.role != ROLE_PREFILL)) {
+		fprintf(stderr, "kvfs-llm: %s\n",
+			o.push && o.role != ROLE_PREFILL
+				? "--push goes with --role prefill"
+				: "--role needs --cache (a namespace on a kvfs mount)");
+		free(o.prompt_files);
+		return EXIT_USAGE;
+	}
 	memset(&r, 0, sizeof(r));
 	if (eng_model_load(o.model, &m, err, sizeof(err))) {
 		fprintf(stderr, "kvfs-llm: %s\n", err);
@@ -577,8 +691,38 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kvfs-llm: %s: %s\n", o.dump_logits, strerror(errno));
 		goto out;
 	}
+	if (o.push && (rc = kvfs_ns_push(eng_ns(r.e), o.push))) {
+		fprintf(stderr, "kvfs-llm: --push %s: %s\n", o.push,
+			rc == -ENOTSUP ? "the cache is not on a kvfs mount in a cluster"
+				       : strerror(-rc));
+		goto out;
+	}
 	if (o.json)
 		r.requests = json_array();
+	if (o.role == ROLE_DECODE) {
+		/* Every queued request's prefix starts coming while they wait. */
+		for (int i = optind; i < argc; i++) {
+			size_t len = strlen(argv[i]);
+			uint32_t *tok = malloc(sizeof(uint32_t) * (len ? len : 1));
+
+			if (tok)
+				(void)prefetch(&r, tok, eng_tok_encode(argv[i], len, tok), 0);
+			free(tok);
+		}
+		for (size_t i = 0; i < o.nprompt_files; i++) {
+			char *text = NULL;
+			size_t len = 0;
+			uint32_t *tok;
+
+			if (slurp(o.prompt_files[i], &text, &len))
+				continue;
+			tok = malloc(sizeof(uint32_t) * (len ? len : 1));
+			if (tok)
+				(void)prefetch(&r, tok, eng_tok_encode(text, len, tok), 0);
+			free(tok);
+			free(text);
+		}
+	}
 	for (int i = optind; i < argc && !rc; i++) {
 		char label[32];
 

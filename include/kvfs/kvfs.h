@@ -15,6 +15,12 @@
  *   kvfs_save()             queue full blocks to be written; never blocks
  *   kvfs_match_release()    let held blocks be evicted again
  *
+ * In a cluster of kvfs nodes (DESIGN §9):
+ *
+ *   kvfs_prefetch()         bring blocks into this node's DRAM ahead of need
+ *   kvfs_cluster_match()    which nodes hold how long a prefix of a chain
+ *   kvfs_ns_push()          new blocks of the namespace also go to a named node
+ *
  * Each block is one file, `<dir>/<key as 64 hex digits>`, in the native
  * block format of kvfs/format.h, so the namespace can be inspected with ls,
  * kvfsctl and getfattr, and shared by every engine that uses the same model
@@ -292,6 +298,81 @@ struct kvfs_ns_stats {
 };
 
 void kvfs_ns_get_stats(kvfs_ns *ns, struct kvfs_ns_stats *st);
+
+/* --- the cluster (DESIGN §9) ------------------------------------------------ */
+
+#define KVFS_PREFETCH_WAIT 1u /* return once the daemon has done the work (at most 30 s) */
+
+struct kvfs_prefetch_info {
+	uint64_t queued;   /* on local NVMe or held by a peer: being brought into DRAM */
+	uint64_t present;  /* in DRAM already (or being written) */
+	uint64_t missing;  /* held nowhere in the cluster (or a malformed path) */
+	uint64_t denied;   /* the caller could not read them */
+	uint64_t dropped;  /* over the daemon's queue or byte bound (--prefetch-bytes) */
+	uint64_t fetched;  /* with KVFS_PREFETCH_WAIT: brought from peers */
+	uint64_t promoted; /* ... brought from local NVMe */
+	uint64_t failed;   /* ... could not be brought in (a miss later) */
+	uint64_t pending;  /* ... not done when the wait ended */
+	int index_unreachable; /* the cluster index could not be asked: the rest count as missing */
+};
+
+/*
+ * Prefetch: ask the daemon of the mount to bring files into its DRAM, from
+ * local NVMe or from a peer that holds them, in the background, so a later
+ * match or open finds them there. Bounded by the daemon (worker threads,
+ * --prefetch-bytes); placement never evicts pinned or open files. Names
+ * that exist nowhere are counted in info->missing, not an error; names the
+ * caller could not read are counted in info->denied and not touched.
+ * kvfs_prefetch() names blocks of @ns by key; kvfs_prefetch_paths() any
+ * files, all on one mount (absolute or relative to the working directory).
+ * @flags: 0 or KVFS_PREFETCH_WAIT. @info may be NULL.
+ * @return the number of files queued; -EINVAL; -ENOTSUP (not on a kvfs
+ * mount); -EXDEV (paths on different mounts); -ENOMEM; -errno of the
+ * control file.
+ */
+long kvfs_prefetch(kvfs_ns *ns, const kvfs_key *keys, size_t n, unsigned flags,
+		   struct kvfs_prefetch_info *info);
+long kvfs_prefetch_paths(const char *const *paths, size_t n, unsigned flags,
+			 struct kvfs_prefetch_info *info);
+
+#define KVFS_NODE_ID_MAX 63
+
+/* A node's cached prefix of a chain (kvfs_cluster_match). */
+struct kvfs_node_prefix {
+	char node[KVFS_NODE_ID_MAX + 1];
+	uint32_t blocks;      /* it holds blocks [0, blocks) of the chain */
+	uint32_t fast_blocks; /* of which in GPU or DRAM (its own, or lent by a peer) */
+	char tier[8];         /* the slowest tier of that prefix: "gpu", "dram", "lent", "nvme" */
+	int self;             /* the node this mount belongs to */
+};
+
+/*
+ * KV-aware routing: which live nodes of the cluster hold the longest prefix
+ * of the chain @keys (blocks of @ns), and how long, from the cluster index
+ * in one pipelined round trip (asked by this mount's daemon, which keeps
+ * the cluster token). Nodes holding none of it are left out; the rest come
+ * sorted by blocks, then fast_blocks, descending, then this node before
+ * others. Up to @max are stored.
+ * kvfs_cluster_match_paths() takes the chain as paths on one mount.
+ * @return the number of nodes; -EINVAL; -ENOTSUP (not on a kvfs mount, or
+ * one in no cluster); -ENOTCONN (the cluster index is unreachable: the
+ * local cache still works); -E2BIG (a chain over 1 MiB of paths).
+ */
+long kvfs_cluster_match(kvfs_ns *ns, const kvfs_key *keys, size_t n, struct kvfs_node_prefix *out,
+			size_t max);
+long kvfs_cluster_match_paths(const char *const *paths, size_t n, struct kvfs_node_prefix *out,
+			      size_t max);
+
+/*
+ * Push: blocks sealed in @ns's directory from now on are also written into
+ * the lent memory of cluster node @node (a replica there, in its index
+ * entry), so a decode engine on @node finds them locally. NULL or "" stops
+ * it. A push that cannot be placed (node dead or full) keeps the block here
+ * and is counted by the daemon (push.fallbacks).
+ * @return 0; -ENOTSUP (not a kvfs mount in a cluster); -EINVAL (bad node
+ * id); -ENOSPC (too many push directories); -errno of setxattr.
+ */
+int kvfs_ns_push(kvfs_ns *ns, const char *node);
 
 #ifdef __cplusplus
 }

@@ -1227,7 +1227,8 @@ class Control(NsTest):
         self.assertIn(".kvfs", os.listdir(self.m.mnt))
         self.assertTrue(os.path.isdir(self.m.path(".kvfs")))
         self.assertEqual(sorted(os.listdir(self.m.path(".kvfs"))),
-                         ["config", "drain", "fault", "iovs", "metrics", "stats", "where"])
+                         ["config", "drain", "fault", "iovs", "match", "metrics", "prefetch",
+                          "stats", "where"])
         create_sealed(self.m.path("f"), pattern(1000, 1))
         read_file(self.m.path("f"))
         st = self.m.stats()
@@ -1307,7 +1308,8 @@ class Control(NsTest):
         create_sealed(self.m.path("d", ".kvfs", "stats"), b"mine")
         self.assertEqual(read_file(self.m.path("d", ".kvfs", "stats")), b"mine")
         self.assertEqual(sorted(os.listdir(kv)),
-                         ["config", "drain", "fault", "iovs", "metrics", "stats", "where"])
+                         ["config", "drain", "fault", "iovs", "match", "metrics", "prefetch",
+                          "stats", "where"])
         json.loads(read_file(self.m.path(".kvfs", "stats")))
         self.assertUsable()
 
