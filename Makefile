@@ -139,11 +139,13 @@ $(B)/tests/%_test: $(call obj,tests/unit/%_test.c) $(TIER_LIB) $(LIBKVFS_A) $(GP
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(CUDA_LIBS) -lcmocka
 
 # --- tests -------------------------------------------------------------------
-# `make test` installs what is missing, builds, then runs the unit suites and
-# the integration suites on a real FUSE mount.
+# `make test` installs what is missing, builds, then runs the unit suites,
+# the integration suites on a real FUSE mount, and a short pass of every
+# fuzz target over its corpus (fuzz-regress, below).
 test: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)$(MAKE) --no-print-directory unit integration
+	$(Q)$(MAKE) --no-print-directory fuzz-regress
 
 unit: $(UNIT_BINS)
 	$(Q)sh tests/run-unit.sh $(UNIT_BINS)
@@ -257,3 +259,75 @@ $(RDMA_AUX): $(B)/tests/rdma_%: $(B)/obj/tests/unit/rdma_%.o $(RDMA_LIB) $(CORE_
 	@mkdir -p $(dir $@)
 	@[ "$(V)" = 1 ] || echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# --- fuzzing (tests/fuzz/, DESIGN §8) ------------------------------------------------
+# libFuzzer targets built by clang (-fsanitize=fuzzer,address,undefined) in their own
+# folder, from their own objects of the modules they drive. `make fuzz` runs each
+# for FUZZ_SECONDS from its checked-in seed corpus (tests/fuzz/corpus/<target>/)
+# plus what earlier runs found (build/fuzz/corpus/<target>/); `make test` runs each
+# for FUZZ_TEST_SECONDS, so every input once checked in stays a regression test.
+# `make fuzz-corpus` rewrites the generated seeds (tests/fuzz/mkcorpus.c).
+FUZZ_CC           ?= clang
+FUZZ_SECONDS      ?= 60
+FUZZ_TEST_SECONDS ?= 3
+FZ                := build/fuzz
+FUZZ_SAN          := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+                     -fno-omit-frame-pointer
+# The gcc build gates warnings (-Werror); clang's own opinions only print here.
+FUZZ_KCFLAGS       = $(filter-out -Werror -fsanitize=% -fno-omit-frame-pointer,$(KCFLAGS)) \
+                     -O1 -g -fsanitize=fuzzer-no-link $(FUZZ_SAN)
+FUZZ_TARGETS      := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS         := $(patsubst %,$(FZ)/fuzz_%,$(FUZZ_TARGETS))
+fzobj              = $(patsubst %.c,$(FZ)/obj/%.o,$(1))
+FZ_CORE           := $(FZ)/lib/libkvfs-core.a
+FZ_TIER           := $(FZ)/lib/libkvfs-tier.a
+FZ_RDMA           := $(FZ)/lib/libkvfs-rdma.a
+# The GPU layer as the tests build it without CUDA: the stand-in device only.
+FZ_GPU            := $(FZ)/lib/libkvfs-gpu.a
+# fs/ with the daemon's main() renamed (libFuzzer has the main): a target
+# links only the objects it calls into and what they need.
+FZ_FS             := $(FZ)/lib/libkvfs-fs.a
+
+.PHONY: fuzz fuzz-build fuzz-regress fuzz-corpus
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	$(Q)sh tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+fuzz-regress: fuzz-build
+	$(Q)sh tests/fuzz/run.sh -q $(FUZZ_TEST_SECONDS) $(FUZZ_BINS)
+
+fuzz-corpus: $(B)/tests/mkcorpus
+	$(Q)$(B)/tests/mkcorpus tests/fuzz/corpus
+
+$(FZ)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  FUZZCC  $<"
+	$(Q)$(FUZZ_CC) $(FUZZ_KCFLAGS) -c -o $@ $<
+
+$(FZ_CORE): $(call fzobj,$(CORE_SRC))
+$(FZ_TIER): $(call fzobj,$(TIER_SRC))
+$(FZ_RDMA): $(call fzobj,$(RDMA_SRC))
+$(FZ_GPU): $(call fzobj,gpu/gpu.c gpu/shm.c)
+$(FZ_FS): $(call fzobj,$(FS_SRC))
+$(FZ)/obj/fs/main.o: FUZZ_KCFLAGS += -Dmain=kvfs_daemon_main -Wno-missing-prototypes
+$(FZ_CORE) $(FZ_TIER) $(FZ_RDMA) $(FZ_GPU) $(FZ_FS):
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(FZ)/fuzz_%: $(FZ)/obj/tests/fuzz/fuzz_%.o $(FZ_FS) $(FZ_RDMA) $(FZ_TIER) $(FZ_GPU) $(FZ_CORE)
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -Wl,--as-needed -o $@ $< \
+	  -Wl,--start-group $(filter %.a,$^) -Wl,--end-group $(LDLIBS)
+
+# The seed writer is an ordinary program of the gcc build.
+$(B)/tests/mkcorpus: $(call obj,tests/fuzz/mkcorpus.c) $(RDMA_LIB) $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	@[ "$(V)" = 1 ] || echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+-include $(shell find $(FZ)/obj -name '*.d' 2>/dev/null)
+.SECONDARY: $(patsubst %.c,$(FZ)/obj/%.o,$(wildcard tests/fuzz/fuzz_*.c)) \
+            $(call obj,tests/fuzz/mkcorpus.c)

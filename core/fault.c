@@ -68,58 +68,114 @@ void kvfs_fault_arm(enum kvfs_fault_op op, uint64_t nth, int err, bool sticky)
 	atomic_store(&s->countdown, (int64_t)nth);
 }
 
-static int parse_errno(const char *s)
+/* A field [s, s + n) equal to the NUL-terminated @word? */
+static bool field_is(const char *s, size_t n, const char *word)
 {
-	char *end;
-	long v;
+	return strlen(word) == n && memcmp(s, word, n) == 0;
+}
+
+/* An errno name or number 1..4095. @return it, or -EINVAL. */
+static int parse_errno(const char *s, size_t n)
+{
+	int v = 0;
 
 	for (size_t i = 0; i < sizeof(errno_names) / sizeof(errno_names[0]); i++)
-		if (strcmp(s, errno_names[i].name) == 0)
+		if (field_is(s, n, errno_names[i].name))
 			return errno_names[i].err;
-	v = strtol(s, &end, 10);
-	if (*s && !*end && v > 0 && v < 4096)
-		return (int)v;
-	return -EINVAL;
+	if (n == 0 || n > 4)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -EINVAL;
+		v = v * 10 + (s[i] - '0');
+	}
+	return v > 0 && v < 4096 ? v : -EINVAL;
+}
+
+/* Decimal digits only, no sign, at most INT64_MAX (the countdown is signed). */
+static int parse_count(const char *s, size_t n, uint64_t *out)
+{
+	uint64_t v = 0;
+
+	if (n == 0)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -EINVAL;
+		if (v > ((uint64_t)INT64_MAX - (uint64_t)(s[i] - '0')) / 10)
+			return -EINVAL;
+		v = v * 10 + (uint64_t)(s[i] - '0');
+	}
+	*out = v;
+	return 0;
+}
+
+/* One "op:nth:errno[:sticky]" item in [s, s + n). */
+static int parse_item(const char *s, size_t n, struct kvfs_fault_spec *out)
+{
+	const char *f[4];
+	size_t fl[4];
+	int nf = 0, op = -1;
+	const char *p = s, *end = s + n;
+
+	for (;;) {
+		const char *colon = memchr(p, ':', (size_t)(end - p));
+		const char *stop = colon ? colon : end;
+
+		if (nf == 4)
+			return -EINVAL; /* extra fields */
+		f[nf] = p;
+		fl[nf++] = (size_t)(stop - p);
+		if (!colon)
+			break;
+		p = colon + 1;
+	}
+	if (nf < 3)
+		return -EINVAL;
+	for (int i = 0; i < KVFS_FAULT_NR; i++)
+		if (field_is(f[0], fl[0], fault_names[i]))
+			op = i;
+	if (op < 0 || parse_count(f[1], fl[1], &out->nth))
+		return -EINVAL;
+	out->op = (enum kvfs_fault_op)op;
+	out->err = parse_errno(f[2], fl[2]);
+	if (out->err < 0)
+		return -EINVAL;
+	out->sticky = nf == 4;
+	if (nf == 4 && !field_is(f[3], fl[3], "sticky"))
+		return -EINVAL;
+	return 0;
+}
+
+int kvfs_fault_parse_spec(const char *spec, size_t len, struct kvfs_fault_spec *out, int max)
+{
+	const char *p = spec, *end = spec + len;
+	int n = 0;
+
+	if (len == 0)
+		return -EINVAL;
+	for (;;) {
+		const char *comma = memchr(p, ',', (size_t)(end - p));
+		const char *stop = comma ? comma : end;
+
+		if (n == max || memchr(p, '\0', (size_t)(stop - p)) ||
+		    parse_item(p, (size_t)(stop - p), &out[n]))
+			return -EINVAL;
+		n++;
+		if (!comma)
+			return n;
+		p = comma + 1;
+	}
 }
 
 int kvfs_fault_parse(const char *spec)
 {
-	struct {
-		int op;
-		uint64_t nth;
-		int err;
-		bool sticky;
-	} parsed[16];
-	int n = 0, rc = -EINVAL;
-	char *copy, *item, *save = NULL;
+	struct kvfs_fault_spec parsed[KVFS_FAULT_SPEC_MAX];
+	int n = kvfs_fault_parse_spec(spec, strlen(spec), parsed, KVFS_FAULT_SPEC_MAX);
 
-	copy = strdup(spec);
-	if (!copy)
-		return -ENOMEM;
-	for (item = strtok_r(copy, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
-		char *f[4] = {0}, *s2 = NULL, *end;
-		int nf = 0;
-
-		for (char *t = strtok_r(item, ":", &s2); t && nf < 4; t = strtok_r(NULL, ":", &s2))
-			f[nf++] = t;
-		if (nf < 3 || n == 16)
-			goto out;
-		parsed[n].op = -1;
-		for (int i = 0; i < KVFS_FAULT_NR; i++)
-			if (strcmp(f[0], fault_names[i]) == 0)
-				parsed[n].op = i;
-		parsed[n].nth = strtoull(f[1], &end, 10);
-		parsed[n].err = parse_errno(f[2]);
-		parsed[n].sticky = nf == 4 && strcmp(f[3], "sticky") == 0;
-		if (parsed[n].op < 0 || *end || !*f[1] || parsed[n].err < 0 ||
-		    (nf == 4 && !parsed[n].sticky))
-			goto out;
-		n++;
-	}
+	if (n < 0)
+		return n;
 	for (int i = 0; i < n; i++)
 		kvfs_fault_arm(parsed[i].op, parsed[i].nth, parsed[i].err, parsed[i].sticky);
-	rc = 0;
-out:
-	free(copy);
-	return rc;
+	return 0;
 }

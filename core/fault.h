@@ -13,6 +13,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum kvfs_fault_op {
@@ -53,12 +54,30 @@ static inline int kvfs_fault(enum kvfs_fault_op op)
  */
 void kvfs_fault_arm(enum kvfs_fault_op op, uint64_t nth, int err, bool sticky);
 
+/* One item of a spec. */
+struct kvfs_fault_spec {
+	enum kvfs_fault_op op;
+	uint64_t nth; /* 0 disarms; at most INT64_MAX */
+	int err;      /* positive errno */
+	bool sticky;
+};
+
+#define KVFS_FAULT_SPEC_MAX 16
+
 /*
- * Arm faults from a spec: comma-separated "op:nth:errno[:sticky]", for
- * example "nvme_write:3:EIO,cat_write:1:ENOSPC:sticky". Errno names or
- * numbers are accepted.
- * @return 0, or -EINVAL for an unknown op, errno or malformed spec (nothing
- * is armed then).
+ * Parse a spec of @len bytes (no NUL needed): comma-separated
+ * "op:nth:errno[:sticky]", for example "nvme_write:3:EIO,cat_write:1:ENOSPC:sticky".
+ * nth is decimal digits only, at most 2^63-1; errno is a name or a number
+ * from 1 to 4095. Pure: arms nothing, touches no global state.
+ * @return the number of items (1..@max) in @out; -EINVAL for an unknown op
+ * or errno, a sign, an overflow, an empty or extra field, an empty item, or
+ * more than @max items.
+ */
+int kvfs_fault_parse_spec(const char *spec, size_t len, struct kvfs_fault_spec *out, int max);
+
+/*
+ * Arm faults from a NUL-terminated spec (kvfs_fault_parse_spec), all or none.
+ * @return 0, or -EINVAL (nothing is armed then).
  */
 int kvfs_fault_parse(const char *spec);
 

@@ -2,8 +2,9 @@
  * core/ring.h — the fast path's shared-memory ring and request format,
  * spoken by the daemon (fs/fastpath.c) and libkvfs (engine/libkvfs_fast.c).
  *
- * An engine process creates two kinds of shared memory, each a memfd, and
- * registers them with the daemon through the namespace, the way 3FS's
+ * An engine process creates two kinds of shared memory, each a memfd sealed
+ * with F_SEAL_SHRINK (the daemon refuses any other: a file that shrank
+ * under its mapping would fault it), and registers them with the daemon through the namespace, the way 3FS's
  * USRBIO registers its buffers: symlink("/proc/self/fd/N",
  * "<mount>/.kvfs/iovs/<kind>.<name>"). The daemon learns the caller's
  * credentials from that FUSE request and maps the memfd it names in the
@@ -32,6 +33,7 @@
 #define KVFS_CORE_RING_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kvfs/keys.h"
@@ -164,6 +166,89 @@ struct kvfs_ring_hdr {
 	_Alignas(64) _Atomic uint32_t client_waiting;
 	_Alignas(64) _Atomic uint32_t closed; /* either side gave up on the ring */
 };
+
+/* --- request decoding (core/ring.c) -----------------------------------------
+ *
+ * Pure functions the daemon runs on what an engine wrote, before it touches
+ * any state; each checks bounds against the geometry it was given and never
+ * reads outside [mem, mem + size). tests/fuzz/fuzz_ring.c drives them.
+ */
+
+/* A ring's geometry as checked at registration (the daemon never rereads it). */
+struct kvfs_ring_geom {
+	uint32_t sq_entries, cq_entries;
+	uint64_t sq_off, cq_off, data_off, data_bytes;
+};
+
+#define KVFS_RING_PATH_MAX 4096u /* OPEN_NS payload, NUL included */
+
+/*
+ * Check the header of a ring of @size bytes at @mem and fill @g.
+ * @return 0; -EPROTO (too small, bad magic or version); -EINVAL (entries
+ * not powers of two or over the limit, queues or payload area outside the
+ * memory, misaligned offsets).
+ */
+int kvfs_ring_check(const void *mem, size_t size, struct kvfs_ring_geom *g);
+
+/* Is [off, off + len) inside [0, size)? (No overflow for any input.) */
+static inline int kvfs_ring_span_ok(uint64_t off, uint64_t len, uint64_t size)
+{
+	return off <= size && len <= size - off;
+}
+
+/* Payload bytes [off, off + len) of the ring's scratch area, or NULL. */
+const uint8_t *kvfs_ring_payload(const struct kvfs_ring_geom *g, const uint8_t *mem, uint64_t off,
+				 uint64_t len);
+
+/*
+ * OPEN_NS: copy the path (args[0], args[1]) into @path (KVFS_RING_PATH_MAX
+ * bytes) and check it: 1..4095 bytes, no NUL, no leading '/', no "." or
+ * ".." component, no component over NAME_MAX, and not @reserved (the
+ * control directory) as the first. Empty components are skipped.
+ * @return 0 or -EINVAL.
+ */
+int kvfs_ring_ns_path(const struct kvfs_ring_geom *g, const uint8_t *mem,
+		      const struct kvfs_ring_sqe *e, const char *reserved, char *path);
+
+/*
+ * MATCH: the keys (args[0]) and their count (args[1]).
+ * @return 0; -E2BIG (more than KVFS_RING_MAX_MATCH); -EINVAL (outside the
+ * scratch area).
+ */
+int kvfs_ring_match_keys(const struct kvfs_ring_geom *g, const uint8_t *mem,
+			 const struct kvfs_ring_sqe *e, const uint8_t **keys, uint32_t *n);
+
+/*
+ * READ: the descriptors (args[1]) and their count (args[2]); copy one out
+ * with kvfs_ring_desc_get() before checking it.
+ * @return 0; -E2BIG (more than KVFS_RING_MAX_DESCS); -EINVAL.
+ */
+int kvfs_ring_read_descs(const struct kvfs_ring_geom *g, const uint8_t *mem,
+			 const struct kvfs_ring_sqe *e, const uint8_t **descs, uint32_t *n);
+
+/* Copy descriptor @i of a checked array (shared memory is read once). */
+void kvfs_ring_desc_get(const uint8_t *descs, uint32_t i, struct kvfs_ring_desc *d);
+
+/*
+ * SAVE: the key (args[3]) in the scratch area. The buffer range (args[1],
+ * args[2]) is checked with kvfs_ring_save_range() once the buffer is known.
+ * @return the key, or NULL if it is outside the scratch area.
+ */
+const uint8_t *kvfs_ring_save_key(const struct kvfs_ring_geom *g, const uint8_t *mem,
+				  const struct kvfs_ring_sqe *e);
+/* @return 0, or -EFAULT if the SAVE's bytes are empty or not inside @buf_size. */
+int kvfs_ring_save_range(const struct kvfs_ring_sqe *e, uint64_t buf_size);
+
+/* What a registration under .kvfs/iovs is, by the first part of its name. */
+enum kvfs_ring_reg { KVFS_REG_RING, KVFS_REG_BUF, KVFS_REG_DEV };
+
+/*
+ * A registration name under .kvfs/iovs: "ring.<tgid>.<id>", "buf.<tgid>.<id>"
+ * or "dev.<tgid>.<id>" (@kind: enum kvfs_ring_reg), tgid 1..INT32_MAX, id a
+ * u32, both canonical decimal (no sign, space or leading zero).
+ * @return 0 or -EINVAL.
+ */
+int kvfs_ring_reg_name(const char *name, int *kind, uint32_t *tgid, uint32_t *id);
 
 static inline struct kvfs_ring_sqe *kvfs_ring_sq(void *mem)
 {

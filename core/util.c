@@ -1,5 +1,5 @@
 /*
- * core/util.c — size parsing and formatting.
+ * core/util.c — parsing of sizes and durations, formatting of sizes.
  */
 #include "core/util.h"
 
@@ -37,6 +37,21 @@ int kvfs_parse_size(const char *s, uint64_t *out)
 	if (shift && v > (UINT64_MAX >> shift))
 		return -ERANGE;
 	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+int kvfs_parse_seconds(const char *s, double *out)
+{
+	char *end;
+	double v;
+
+	if (!s || !*s)
+		return -EINVAL;
+	v = strtod(s, &end);
+	/* written so that NaN fails too */
+	if (*end || !(v >= 0 && v <= 86400.0 * 365))
+		return -EINVAL;
+	*out = v;
 	return 0;
 }
 

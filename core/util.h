@@ -20,6 +20,13 @@
  */
 int kvfs_parse_size(const char *s, uint64_t *out);
 
+/*
+ * Parse a duration in seconds, such as "30", "0.5" or "1e-3": a finite
+ * number from 0 to one year.
+ * @return 0, or -EINVAL (and @out untouched) for anything else.
+ */
+int kvfs_parse_seconds(const char *s, double *out);
+
 /* Format @bytes as "1.5 GiB" into @buf. @return @buf. */
 char *kvfs_fmt_size(uint64_t bytes, char *buf, size_t len);
 

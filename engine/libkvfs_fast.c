@@ -2,7 +2,7 @@
  * engine/libkvfs_fast.c — libkvfs's fast path: shared-memory rings to the
  * kvfs daemon (the protocol is core/ring.h).
  *
- * Owns, per namespace: one ring (a memfd registered under
+ * Owns, per namespace: one ring (a sealed memfd registered under
  * `<mount>/.kvfs/iovs/ring.<pid>.<id>`), the namespace id the daemon gave
  * it, a staging buffer for block headers, and the list of buffers handed
  * out by kvfs_alloc() (each registered as `buf.<pid>.<id>`) so that engine
@@ -182,14 +182,34 @@ static void do_unregister(const struct fast *f, const char *kind, uint32_t id)
 		unlink(link);
 }
 
+/*
+ * A memfd of @bytes sealed against resizing: the daemon maps what we
+ * register and refuses a memfd that could shrink under its mapping (a
+ * fault on it would kill the daemon). @return the descriptor or -errno.
+ */
+static int sealed_memfd(const char *name, size_t bytes)
+{
+	int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING), rc;
+
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)bytes) ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
 static struct fast_buf *buf_new(struct fast *f, size_t bytes)
 {
 	struct fast_buf *b = calloc(1, sizeof(*b));
 
 	if (!b)
 		return NULL;
-	b->fd = memfd_create("kvfs-buf", MFD_CLOEXEC);
-	if (b->fd < 0 || ftruncate(b->fd, (off_t)bytes))
+	b->fd = sealed_memfd("kvfs-buf", bytes);
+	if (b->fd < 0)
 		goto out_err;
 	b->base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, b->fd, 0);
 	if (b->base == MAP_FAILED)
@@ -385,13 +405,9 @@ static int connect_ring(struct fast *f)
 
 	f->ring_bytes = 4096 + RING_ENTRIES * (sizeof(struct kvfs_ring_sqe) +
 					       sizeof(struct kvfs_ring_cqe)) + DATA_BYTES;
-	f->ring_fd = memfd_create("kvfs-ring", MFD_CLOEXEC);
+	f->ring_fd = sealed_memfd("kvfs-ring", f->ring_bytes);
 	if (f->ring_fd < 0)
-		return -errno;
-	if (ftruncate(f->ring_fd, (off_t)f->ring_bytes)) {
-		rc = -errno;
-		goto out_close;
-	}
+		return f->ring_fd;
 	f->ring = mmap(NULL, f->ring_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, f->ring_fd, 0);
 	if (f->ring == MAP_FAILED) {
 		f->ring = NULL;

@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -337,6 +338,11 @@ static const struct figure figures[] = {
 	 "Bytes copied into engine buffers", CTR(fp_read_bytes), NULL},
 	{"fast_path.saved_blocks", "kvfs_fast_path_saved_blocks_total", COUNTER,
 	 "Blocks stored through rings", CTR(fp_saved), NULL},
+	{"fast_path.refused", "kvfs_fast_path_refused_total", COUNTER,
+	 "Registrations refused: a per-user limit, full servers, an unsealed memfd",
+	 CTR(fp_refused), NULL},
+	{"fast_path.reclaimed", "kvfs_fast_path_reclaimed_total", COUNTER,
+	 "Registrations taken back because their process was gone", CTR(fp_reclaimed), NULL},
 	{"prefetch.requests", "kvfs_prefetch_requests_total", COUNTER,
 	 "Writes to .kvfs/prefetch", CTR(pf_requests), NULL},
 	{"prefetch.paths", "kvfs_prefetch_paths_total", COUNTER, "Paths asked to prefetch",
@@ -597,6 +603,11 @@ static char *render_config(struct kvfs_fs *fs)
 	json_object_set_new(root, "negative_timeout", json_real(c->negative_timeout));
 	json_object_set_new(root, "read_ahead_kb", json_integer(c->read_ahead_kb));
 	json_object_set_new(root, "keep_cache", json_boolean(!c->no_keep_cache));
+	json_object_set_new(root, "fast_path",
+			    json_pack("{s:i,s:i,s:i,s:I}", "threads", (int)c->fp_threads,
+				      "rings_per_user", (int)c->fp_max_rings, "buffers_per_user",
+				      (int)c->fp_max_bufs, "bytes_per_user",
+				      (json_int_t)c->fp_max_bytes));
 	json_object_set_new(root, "passthrough", json_boolean(pt_enabled()));
 	json_object_set_new(root, "dram_store",
 			    json_string(tier_dram_private(fs->tier) ? "tmpfs" : "memfd"));
@@ -674,10 +685,54 @@ bool ctl_readable(unsigned id)
 	return id != CTL_FAULT && id != CTL_DRAIN;
 }
 
+int ctl_where_path(const char *req, size_t len, char *path, size_t size)
+{
+	json_t *utf8;
+	const char *p;
+
+	if (len && req[len - 1] == '\n')
+		len--;
+	while (len && req[0] == '/')
+		req++, len--;
+	if (len == 0 || len >= size || memchr(req, '\0', len))
+		return -EINVAL;
+	/* jansson validates UTF-8 (and the answer is JSON, which must be). */
+	utf8 = json_stringn(req, len);
+	if (!utf8)
+		return -EINVAL;
+	json_decref(utf8);
+	memcpy(path, req, len);
+	path[len] = '\0';
+	for (p = path;;) {
+		const char *slash = strchr(p, '/');
+		size_t n = slash ? (size_t)(slash - p) : strlen(p);
+
+		if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+			return -EINVAL;
+		if (!slash)
+			return 0;
+		p = slash + 1;
+	}
+}
+
+int ctl_fault_spec(const char *buf, size_t len, struct kvfs_fault_spec *out, int max)
+{
+	int n;
+
+	if (len && buf[len - 1] == '\n')
+		len--;
+	n = kvfs_fault_parse_spec(buf, len, out, max);
+	for (int i = 0; i < n; i++)
+		if (out[i].op == KVFS_FAULT_ARENA)
+			return -EINVAL; /* made once, at start: it could never fire */
+	return n;
+}
+
 int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, const char *buf,
 	      size_t len, char **out, size_t *outlen)
 {
-	char spec[512];
+	struct kvfs_fault_spec spec[KVFS_FAULT_SPEC_MAX];
+	int n;
 
 	if (id == CTL_PREFETCH)
 		return dg_prefetch(fs, cred, buf, len, out, outlen);
@@ -685,26 +740,28 @@ int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, con
 		return dg_match(fs, buf, len, out, outlen);
 
 	if (id == CTL_WHERE) {
+		char path[PATH_MAX];
 		char *ans = NULL;
-		size_t n = 0;
-		int rc = rmt_where(fs, buf, len, &ans, &n);
+		size_t alen = 0;
+		int rc = ctl_where_path(buf, len, path, sizeof(path));
 
+		if (!rc)
+			rc = rmt_where(fs, path, strlen(path), &ans, &alen);
 		if (rc)
 			return rc;
 		*out = ans;
-		*outlen = n;
+		*outlen = alen;
 		return 0;
 	}
 	if (id == CTL_DRAIN)
 		return rmt_drain(fs, false);
 	if (id != CTL_FAULT)
 		return -EACCES;
-	if (len == 0 || len >= sizeof(spec))
-		return -EINVAL;
-	memcpy(spec, buf, len);
-	spec[len] = '\0';
-	if (spec[len - 1] == '\n')
-		spec[len - 1] = '\0';
 	(void)fs;
-	return kvfs_fault_parse(spec);
+	n = ctl_fault_spec(buf, len, spec, KVFS_FAULT_SPEC_MAX);
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n; i++)
+		kvfs_fault_arm(spec[i].op, spec[i].nth, spec[i].err, spec[i].sticky);
+	return 0;
 }

@@ -3,7 +3,31 @@
  *
  * Owns the registrations under `.kvfs/iovs/`: shared-memory rings and data
  * buffers of engine processes, each mapped here from the memfd the engine
- * named in its own descriptor table, and one server thread per ring.
+ * named in its own descriptor table; the ring servers; and the reaper.
+ *
+ * Memory. Only a memfd sealed with F_SEAL_SHRINK (and not on hugetlbfs) is
+ * accepted: the daemon keeps it mapped, and a file that shrank under the
+ * mapping would make the next access a SIGBUS that kills the daemon.
+ * (Growth is harmless: the mapping covers the size at registration.) The
+ * mapping is not populated: a sparse buffer costs the daemon nothing until
+ * bytes are copied into it.
+ *
+ * Limits, per user (uid): rings (--fp-rings), buffers (--fp-buffers) and
+ * the bytes of both (--fp-bytes); a registration past one fails with
+ * EDQUOT. Charged when a registration is listed, given back when it is
+ * taken off the list.
+ *
+ * Servers. A fixed pool of at most --fp-threads threads serves every ring,
+ * each thread up to RINGS_PER_WORKER of them in turn; a new ring goes to
+ * an idle thread, a new thread while there are fewer than the pool's size,
+ * else the least loaded; when all are full it fails with ENFILE. An idle
+ * server sleeps on every ring's `server_sleeping` word at once
+ * (futex_waitv). A request is taken off a ring only when its completion
+ * queue has room, so a server never waits on an engine.
+ *
+ * Reclamation. The reaper thread looks every REAP_MS for registrations
+ * whose process is gone (killed, or exited without unregistering) and takes
+ * them off the list.
  *
  * Credentials. A registration records the registering process (its thread
  * group and start time, so a recycled pid is not mistaken for it) and its
@@ -33,20 +57,26 @@
  * only after the stream has passed it. The permission rules above apply
  * unchanged; a stand-in handle must be the registering process's own.
  *
- * Locking: fp_lock guards the registration list; a buffer in use by a ring
- * thread is referenced, and its mapping outlives its unregistration until
- * the last reference goes. A ring's tables (namespaces, matches) belong to
- * its thread alone.
+ * Locking: fp_lock guards the registration list, the per-user charges and
+ * the pool; a worker's lock guards its ring table (taken after fp_lock). A
+ * buffer in use by a ring server is referenced, and its mapping outlives
+ * its unregistration until the last reference goes. A ring's tables
+ * (namespaces, matches) belong to its server thread alone; the worker holds
+ * a reference to each of its rings until it has let go of those tables.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <linux/futex.h>
+#include <linux/magic.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -57,11 +87,17 @@
 #include "gpu/gpu.h"
 #include "kvfs/format.h"
 
+/* kvfs_ring_ns_path() checks components against NAME_MAX. */
+_Static_assert(KVFS_NAME_MAX == NAME_MAX, "namespace names and NAME_MAX differ");
+
 #define SPIN_NS       (50ull * 1000)   /* poll this long after the last request */
-#define SLEEP_MS      500              /* then sleep, waking to check the owner */
-#define CQ_WAIT_NS    (5ull * 1000000000ull)
+#define SLEEP_MS      500              /* then sleep at most this long */
+#define BATCH         16               /* requests served from one ring in a turn */
+#define REAP_MS       500              /* the reaper's period */
 #define MAX_GROUPS    64
 #define MAX_IOV       64
+/* futex_waitv() takes 128 words: a worker's rings and its own wake word. */
+#define RINGS_PER_WORKER (FUTEX_WAITV_MAX - 1)
 
 enum reg_kind { REG_RING, REG_BUF, REG_DEV };
 
@@ -98,9 +134,8 @@ struct fp_reg {
 	struct kvfs_fs *fs;
 	uint32_t sq_entries, cq_entries;
 	uint64_t sq_off, cq_off, data_off, data_bytes;
-	bool listed; /* on fp_regs; whoever takes it off joins or detaches the thread */
-	pthread_t thread;
-	bool thread_started;
+	bool listed; /* on fp_regs and charged to its user (fp_lock) */
+	uint32_t sq_head, cq_tail; /* ours, kept here: shared memory is not trusted */
 	_Atomic bool stop;
 	struct kvfs_inode *ns[KVFS_RING_MAX_NS];
 	struct fp_match *matches; /* KVFS_RING_MAX_MATCHES */
@@ -117,8 +152,32 @@ struct fp_reg {
 	} batch;
 };
 
+/* A ring server thread and the rings it serves. */
+struct fp_worker {
+	pthread_t thread;
+	pthread_mutex_t lock; /* rings, nrings */
+	struct fp_reg *rings[RINGS_PER_WORKER];
+	unsigned nrings;
+	_Atomic uint32_t wake; /* a futex: bumped when a ring is added, or to stop */
+	_Atomic bool stop;
+};
+
+/* What a user has registered (fp_lock). */
+struct fp_user {
+	uid_t uid;
+	uint32_t rings, bufs;
+	uint64_t bytes;
+};
+
 static pthread_mutex_t fp_lock = PTHREAD_MUTEX_INITIALIZER;
 static CDS_LIST_HEAD(fp_regs);
+static struct fp_user *users;
+static size_t nusers, cap_users;
+static struct fp_worker *workers;
+static unsigned nworkers;
+static pthread_t reaper;
+static bool reaper_started, reaper_stop;
+static pthread_cond_t reaper_cond;
 /*
  * Inodes of registrations that are gone while the kernel may still hold a
  * lookup of them (it forgets when it likes, and not at all at unmount):
@@ -144,8 +203,8 @@ static int read_creds(pid_t pid, struct fp_reg *r)
 
 	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
 	f = fopen(path, "re");
-	if (!f)
-		return -ESRCH;
+	if (!f) /* gone; or we are out of descriptors or memory: say so */
+		return errno == ENOENT || errno == ESRCH ? -ESRCH : -errno;
 	while (fgets(line, sizeof(line), f)) {
 		if (sscanf(line, "Tgid: %d", &r->tgid) == 1) {
 			found |= 1;
@@ -165,6 +224,7 @@ static int read_creds(pid_t pid, struct fp_reg *r)
 	return found == 3 ? 0 : -ESRCH;
 }
 
+/* When @pid started (/proc/<pid>/stat), or 0 if it is gone or a zombie. */
 static uint64_t start_time(pid_t pid)
 {
 	char path[64], buf[1024], *p;
@@ -182,6 +242,9 @@ static uint64_t start_time(pid_t pid)
 		return 0;
 	buf[n] = '\0';
 	p = strrchr(buf, ')');
+	/* field 3, the state: a zombie has exited, whether or not it is reaped */
+	if (!p || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
+		return 0;
 	/* field 22, starttime: the 20th after the closing parenthesis */
 	for (int i = 0; p && i < 20; i++)
 		p = strchr(p + 1, ' ');
@@ -237,30 +300,234 @@ static struct fp_reg *buf_get(pid_t tgid, uint32_t id)
 	return found;
 }
 
-/* "ring.<tgid>.<id>", "buf.<tgid>.<id>" or "dev.<tgid>.<id>". */
+/* "ring.<tgid>.<id>", "buf.<tgid>.<id>" or "dev.<tgid>.<id>" (kvfs_ring_reg_name). */
 static int parse_name(const char *name, enum reg_kind *kind, pid_t *tgid, uint32_t *id)
 {
-	unsigned long t, i;
-	char rest;
+	uint32_t t;
+	int ring, rc = kvfs_ring_reg_name(name, &ring, &t, id);
 
-	if (sscanf(name, "ring.%lu.%lu%c", &t, &i, &rest) == 2)
-		*kind = REG_RING;
-	else if (sscanf(name, "buf.%lu.%lu%c", &t, &i, &rest) == 2)
-		*kind = REG_BUF;
-	else if (sscanf(name, "dev.%lu.%lu%c", &t, &i, &rest) == 2)
-		*kind = REG_DEV;
-	else
-		return -EINVAL;
-	if (t == 0 || t > INT32_MAX || i > UINT32_MAX)
-		return -EINVAL;
+	if (rc)
+		return rc;
+	*kind = ring == KVFS_REG_RING ? REG_RING : ring == KVFS_REG_BUF ? REG_BUF : REG_DEV;
 	*tgid = (pid_t)t;
-	*id = (uint32_t)i;
 	return 0;
+}
+
+/* --- limits per user ---------------------------------------------------------------- */
+
+static struct fp_user *user_of_locked(uid_t uid, bool add)
+{
+	for (size_t i = 0; i < nusers; i++)
+		if (users[i].uid == uid)
+			return &users[i];
+	if (!add)
+		return NULL;
+	if (nusers == cap_users) {
+		size_t nc = cap_users ? 2 * cap_users : 16;
+		struct fp_user *p = realloc(users, nc * sizeof(*p));
+
+		if (!p)
+			return NULL;
+		users = p;
+		cap_users = nc;
+	}
+	users[nusers] = (struct fp_user){.uid = uid};
+	return &users[nusers++];
+}
+
+/*
+ * The bytes @r is charged: its memory. Device memory (dev.<>) is the
+ * engine's GPU memory, mapped and not copied; it counts as a buffer only.
+ */
+static uint64_t charged_bytes(const struct fp_reg *r)
+{
+	return r->kind == REG_DEV ? 0 : r->size;
+}
+
+/* Charge @r to its user (fp_lock held). @return 0, -EDQUOT or -ENOMEM. */
+static int charge_locked(struct kvfs_fs *fs, struct fp_reg *r)
+{
+	struct fp_user *u = user_of_locked(r->uid, true);
+
+	if (!u)
+		return -ENOMEM;
+	if ((r->kind == REG_RING && u->rings >= fs->cfg.fp_max_rings) ||
+	    (r->kind != REG_RING && u->bufs >= fs->cfg.fp_max_bufs) ||
+	    charged_bytes(r) > fs->cfg.fp_max_bytes - u->bytes) {
+		if (!u->rings && !u->bufs)
+			*u = users[--nusers];
+		return -EDQUOT;
+	}
+	if (r->kind == REG_RING)
+		u->rings++;
+	else
+		u->bufs++;
+	u->bytes += charged_bytes(r);
+	return 0;
+}
+
+static void uncharge_locked(struct fp_reg *r)
+{
+	struct fp_user *u = user_of_locked(r->uid, false);
+
+	if (!u)
+		return;
+	if (r->kind == REG_RING)
+		u->rings--;
+	else
+		u->bufs--;
+	u->bytes -= charged_bytes(r);
+	if (!u->rings && !u->bufs)
+		*u = users[--nusers];
 }
 
 /* --- the ring server --------------------------------------------------------------- */
 
-static void *ring_main(void *arg);
+static void *worker_main(void *arg);
+static void *reaper_main(void *arg);
+
+/*
+ * Take @r off the list (fp_lock held), give its charge back, and tell its
+ * server to let it go. The caller then calls reg_finish() without the lock.
+ */
+static void reg_unlist(struct fp_reg *r)
+{
+	cds_list_del_init(&r->link);
+	r->listed = false;
+	uncharge_locked(r);
+	if (r->kind == REG_RING) {
+		struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
+
+		atomic_store(&r->stop, true);
+		atomic_store(&h->closed, 1);
+		futex(&h->server_sleeping, FUTEX_WAKE, 1, NULL);
+		futex(&h->cq_tail, FUTEX_WAKE, INT32_MAX, NULL);
+	}
+}
+
+/* Drop retired inodes nobody but us holds any more (fp_lock held). */
+static void prune_retired_locked(struct kvfs_fs *fs)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < nretired; i++) {
+		if (atomic_load(&retired[i]->refs) == 1)
+			ns_put(fs, retired[i], 1);
+		else
+			retired[k++] = retired[i];
+	}
+	nretired = k;
+}
+
+static void reg_finish(struct kvfs_fs *fs, struct fp_reg *r)
+{
+	pthread_mutex_lock(&fp_lock);
+	prune_retired_locked(fs);
+	if (nretired == cap_retired) {
+		size_t nc = cap_retired ? 2 * cap_retired : 16;
+		struct kvfs_inode **p = realloc(retired, nc * sizeof(*p));
+
+		if (p) {
+			retired = p;
+			cap_retired = nc;
+		}
+	}
+	if (nretired < cap_retired)
+		retired[nretired++] = r->inode; /* keeps the registration's reference */
+	else
+		ns_put(fs, r->inode, 1);
+	pthread_mutex_unlock(&fp_lock);
+	reg_put(r);
+}
+
+
+static void worker_wake(struct fp_worker *w)
+{
+	atomic_fetch_add(&w->wake, 1);
+	futex(&w->wake, FUTEX_WAKE_PRIVATE, 1, NULL);
+}
+
+/* Hand @r to @w. @return 0, or -ENFILE if @w is full. */
+static int pool_give(struct fp_worker *w, struct fp_reg *r)
+{
+	pthread_mutex_lock(&w->lock);
+	if (w->nrings == RINGS_PER_WORKER) {
+		pthread_mutex_unlock(&w->lock);
+		return -ENFILE;
+	}
+	atomic_fetch_add(&r->refs, 1); /* the server's */
+	w->rings[w->nrings++] = r;
+	pthread_mutex_unlock(&w->lock);
+	worker_wake(w);
+	return 0;
+}
+
+/* --- the pool of ring servers ------------------------------------------------------ */
+
+/*
+ * Give ring @r to a server (fp_lock held): an idle one, a new one while
+ * the pool is not full, else the least loaded. The server takes a reference.
+ * @return 0; -ENFILE (every server is full); -ENOMEM; -EAGAIN (no thread).
+ */
+static int pool_add_locked(struct kvfs_fs *fs, struct fp_reg *r)
+{
+	struct fp_worker *w = NULL;
+	unsigned least = RINGS_PER_WORKER;
+
+	if (!workers) {
+		workers = calloc(fs->cfg.fp_threads, sizeof(*workers));
+		if (!workers)
+			return -ENOMEM;
+	}
+	for (unsigned i = 0; i < nworkers; i++) {
+		unsigned n;
+
+		pthread_mutex_lock(&workers[i].lock);
+		n = workers[i].nrings;
+		pthread_mutex_unlock(&workers[i].lock);
+		if (n < least) {
+			least = n;
+			w = &workers[i];
+		}
+	}
+	if ((!w || least > 0) && nworkers < fs->cfg.fp_threads) {
+		struct fp_worker *nw = &workers[nworkers];
+
+		pthread_mutex_init(&nw->lock, NULL);
+		if (pthread_create(&nw->thread, NULL, worker_main, nw)) {
+			pthread_mutex_destroy(&nw->lock);
+			return w ? pool_give(w, r) : -EAGAIN;
+		}
+		pthread_setname_np(nw->thread, "kvfs-ring");
+		nworkers++;
+		w = nw;
+	}
+	if (!w)
+		return -ENFILE;
+	return pool_give(w, r);
+}
+
+/* Start the reaper if it is not running (fp_lock held). @return 0 or -EAGAIN. */
+static int reaper_start_locked(struct kvfs_fs *fs)
+{
+	pthread_condattr_t ca;
+
+	if (reaper_started)
+		return 0;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&reaper_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	reaper_stop = false;
+	if (pthread_create(&reaper, NULL, reaper_main, fs)) {
+		pthread_cond_destroy(&reaper_cond);
+		return -EAGAIN;
+	}
+	pthread_setname_np(reaper, "kvfs-reaper");
+	reaper_started = true;
+	return 0;
+}
+
 
 static void match_free(struct kvfs_fs *fs, struct fp_match *m)
 {
@@ -287,30 +554,36 @@ static void ring_cleanup(struct fp_reg *r)
 		}
 }
 
-/* Check a ring's header as the engine wrote it. */
+/* Check a ring's header as the engine wrote it (kvfs_ring_check). */
 static int ring_check(struct fp_reg *r)
 {
-	struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
-	uint32_t sq = h->sq_entries, cq = h->cq_entries;
+	struct kvfs_ring_geom g;
+	int rc = kvfs_ring_check(r->mem, r->size, &g);
 
-	if (r->size < sizeof(*h) || h->magic != KVFS_RING_MAGIC || h->version != KVFS_RING_VERSION)
-		return -EPROTO;
-	if (!sq || !cq || (sq & (sq - 1)) || (cq & (cq - 1)) || sq > KVFS_RING_MAX_ENTRIES ||
-	    cq > KVFS_RING_MAX_ENTRIES || cq < sq)
-		return -EINVAL;
-	if (h->sq_off < sizeof(*h) || h->sq_off % 64 || h->cq_off % 64 || h->data_off % 64 ||
-	    h->sq_off > r->size || h->cq_off > r->size || h->data_off > r->size ||
-	    h->sq_off + (uint64_t)sq * sizeof(struct kvfs_ring_sqe) > r->size ||
-	    h->cq_off + (uint64_t)cq * sizeof(struct kvfs_ring_cqe) > r->size ||
-	    h->data_bytes > r->size - h->data_off)
-		return -EINVAL;
-	r->sq_entries = sq;
-	r->cq_entries = cq;
-	r->sq_off = h->sq_off;
-	r->cq_off = h->cq_off;
-	r->data_off = h->data_off;
-	r->data_bytes = h->data_bytes;
+	if (rc)
+		return rc;
+	r->sq_entries = g.sq_entries;
+	r->cq_entries = g.cq_entries;
+	r->sq_off = g.sq_off;
+	r->cq_off = g.cq_off;
+	r->data_off = g.data_off;
+	r->data_bytes = g.data_bytes;
 	return 0;
+}
+
+/* The geometry checked at registration, for the decoders of core/ring.c. */
+static struct kvfs_ring_geom geom(const struct fp_reg *r)
+{
+	return (struct kvfs_ring_geom){r->sq_entries, r->cq_entries, r->sq_off,
+				       r->cq_off,     r->data_off,   r->data_bytes};
+}
+
+/* Payload bytes [off, off + len) of the ring's scratch area, or NULL. */
+static const uint8_t *payload(struct fp_reg *r, uint64_t off, uint64_t len)
+{
+	struct kvfs_ring_geom g = geom(r);
+
+	return kvfs_ring_payload(&g, r->mem, off, len);
 }
 
 /*
@@ -346,9 +619,10 @@ static int dev_open(struct kvfs_fs *fs, struct fp_reg *r, int fd)
 int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name,
 		const char *target, struct kvfs_inode **link)
 {
-	struct fp_reg *r = NULL, *other;
+	struct fp_reg *r = NULL, *other, *stale = NULL;
 	char path[64];
 	unsigned long fdno;
+	struct statfs sfs;
 	struct stat st;
 	char rest;
 	int fd = -1, rc;
@@ -387,8 +661,13 @@ int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name
 		rc = -errno == -ENOENT ? -EBADF : -errno;
 		goto out_free;
 	}
-	/* Only memory: a memfd (or shm file), owned by the caller. */
-	if (fstat(fd, &st) || !S_ISREG(st.st_mode) || st.st_nlink != 0 ||
+	/*
+	 * Only memory: a memfd (or shm file), owned by the caller. Not hugetlbfs:
+	 * a hole punched there faults in a new huge page, and with the pool
+	 * empty that fault is a SIGBUS, sealed or not.
+	 */
+	if (fstat(fd, &st) || fstatfs(fd, &sfs) || sfs.f_type == HUGETLBFS_MAGIC ||
+	    !S_ISREG(st.st_mode) || st.st_nlink != 0 ||
 	    (st.st_uid != r->uid && r->uid != 0) || st.st_size <= 0 ||
 	    (uint64_t)st.st_size > (r->kind == REG_RING ? KVFS_RING_MAX_BYTES : (1ull << 40)) ||
 	    (r->kind == REG_DEV && st.st_size != sizeof(struct kvfs_ring_devreg))) {
@@ -403,13 +682,25 @@ int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name
 		fd = -1;
 		goto listed;
 	}
+	/*
+	 * Sealed against shrinking: seals cannot be removed, so from here on
+	 * no access to the mapping can fault past the end of the file.
+	 */
+	{
+		int seals = fcntl(fd, F_GET_SEALS);
+
+		if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+			rc = -EBADFD;
+			atomic_fetch_add(&fs->ctr.fp_refused, 1);
+			goto out_close;
+		}
+	}
 	r->size = (size_t)st.st_size;
 	/*
-	 * Populate the mapping now: an engine registers memory it is about to
-	 * hand us, and faulting it in page by page during the first loads
-	 * measured at a quarter of their speed.
+	 * Not populated: the engine's memory is faulted in as bytes are copied,
+	 * so a large sparse buffer costs the daemon nothing it does not use.
 	 */
-	r->mem = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+	r->mem = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (r->mem == MAP_FAILED) {
 		r->mem = NULL;
 		rc = -errno;
@@ -430,6 +721,8 @@ int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name
 		}
 		h->server_pid = (uint32_t)getpid();
 		h->server_gen = fs->started_ns;
+		r->sq_head = atomic_load(&h->sq_head);
+		r->cq_tail = atomic_load(&h->cq_tail);
 	}
 listed:
 	r->inode = ns_inode_new(fs, KIND_CTL_LINK, S_IFLNK | 0777, r->uid, r->gid);
@@ -450,33 +743,51 @@ listed:
 	pthread_mutex_lock(&fp_lock);
 	cds_list_for_each_entry(other, &fp_regs, link)
 		if (strcmp(other->name, name) == 0) {
+			if (other->tgid == r->tgid && other->start_time != r->start_time &&
+			    !owner_alive(other)) {
+				/* left by an earlier process with this pid */
+				reg_unlist(other);
+				stale = other;
+				break;
+			}
 			pthread_mutex_unlock(&fp_lock);
 			rc = -EEXIST;
 			goto out_inode;
 		}
-	cds_list_add_tail(&r->link, &fp_regs);
-	r->listed = true;
+	rc = reaper_start_locked(fs);
+	if (!rc)
+		rc = charge_locked(fs, r);
+	if (rc) {
+		pthread_mutex_unlock(&fp_lock);
+		if (rc == -EDQUOT)
+			atomic_fetch_add(&fs->ctr.fp_refused, 1);
+		goto out_inode;
+	}
 	if (r->kind == REG_RING) {
-		atomic_fetch_add(&r->refs, 1); /* the thread's */
-		if (pthread_create(&r->thread, NULL, ring_main, r)) {
-			cds_list_del(&r->link);
-			r->listed = false;
+		rc = pool_add_locked(fs, r);
+		if (rc) {
+			uncharge_locked(r);
 			pthread_mutex_unlock(&fp_lock);
-			atomic_fetch_sub(&r->refs, 1);
-			rc = -EAGAIN;
+			if (rc == -ENFILE)
+				atomic_fetch_add(&fs->ctr.fp_refused, 1);
 			goto out_inode;
 		}
-		r->thread_started = true;
 	}
+	cds_list_add_tail(&r->link, &fp_regs);
+	r->listed = true;
 	pthread_mutex_unlock(&fp_lock);
 	atomic_fetch_add(&fs->ctr.fp_registrations, 1);
 	log_debug("fast path: %s registered by pid %d (uid %u), %zu bytes", name, (int)r->tgid,
 		  (unsigned)r->uid, r->size);
 	ns_get(r->inode, 1); /* the kernel's, for the entry reply */
 	*link = r->inode;
+	if (stale)
+		reg_finish(fs, stale);
 	return 0;
 
 out_inode:
+	if (stale)
+		reg_finish(fs, stale);
 	ns_put(fs, r->inode, atomic_load(&r->inode->refs));
 out_close:
 	if (fd >= 0)
@@ -484,65 +795,6 @@ out_close:
 out_free:
 	reg_put(r);
 	return rc;
-}
-
-/*
- * Take @r off the list (fp_lock held) and tell its thread to stop. The
- * caller then calls reg_finish() without the lock.
- */
-static void reg_unlist(struct fp_reg *r)
-{
-	cds_list_del_init(&r->link);
-	r->listed = false;
-	if (r->kind == REG_RING) {
-		struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
-
-		atomic_store(&r->stop, true);
-		atomic_store(&h->closed, 1);
-		futex(&h->server_sleeping, FUTEX_WAKE, 1, NULL);
-		futex(&h->cq_tail, FUTEX_WAKE, INT32_MAX, NULL);
-	}
-}
-
-/* Drop retired inodes nobody but us holds any more (fp_lock held). */
-static void prune_retired_locked(struct kvfs_fs *fs)
-{
-	size_t k = 0;
-
-	for (size_t i = 0; i < nretired; i++) {
-		if (atomic_load(&retired[i]->refs) == 1)
-			ns_put(fs, retired[i], 1);
-		else
-			retired[k++] = retired[i];
-	}
-	nretired = k;
-}
-
-static void reg_finish(struct kvfs_fs *fs, struct fp_reg *r, bool join)
-{
-	if (r->kind == REG_RING && r->thread_started) {
-		if (join)
-			pthread_join(r->thread, NULL);
-		else
-			pthread_detach(r->thread);
-	}
-	pthread_mutex_lock(&fp_lock);
-	prune_retired_locked(fs);
-	if (nretired == cap_retired) {
-		size_t nc = cap_retired ? 2 * cap_retired : 16;
-		struct kvfs_inode **p = realloc(retired, nc * sizeof(*p));
-
-		if (p) {
-			retired = p;
-			cap_retired = nc;
-		}
-	}
-	if (nretired < cap_retired)
-		retired[nretired++] = r->inode; /* keeps the registration's reference */
-	else
-		ns_put(fs, r->inode, 1);
-	pthread_mutex_unlock(&fp_lock);
-	reg_put(r);
 }
 
 int fp_unregister(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name)
@@ -567,7 +819,7 @@ int fp_unregister(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *na
 	}
 	pthread_mutex_unlock(&fp_lock);
 	if (found)
-		reg_finish(fs, found, false);
+		reg_finish(fs, found);
 	return rc;
 }
 
@@ -620,8 +872,33 @@ void fp_shutdown(struct kvfs_fs *fs)
 		pthread_mutex_unlock(&fp_lock);
 		if (!r)
 			break;
-		reg_finish(fs, r, true);
+		reg_finish(fs, r);
 	}
+	/* The servers let their rings go (matches, namespaces), then exit. */
+	pthread_mutex_lock(&fp_lock);
+	reaper_stop = true;
+	if (reaper_started)
+		pthread_cond_signal(&reaper_cond);
+	pthread_mutex_unlock(&fp_lock);
+	if (reaper_started) {
+		pthread_join(reaper, NULL);
+		pthread_cond_destroy(&reaper_cond);
+		reaper_started = false;
+	}
+	for (unsigned i = 0; i < nworkers; i++) {
+		atomic_store(&workers[i].stop, true);
+		worker_wake(&workers[i]);
+		pthread_join(workers[i].thread, NULL);
+		pthread_mutex_destroy(&workers[i].lock);
+	}
+	pthread_mutex_lock(&fp_lock);
+	free(workers);
+	workers = NULL;
+	nworkers = 0;
+	free(users);
+	users = NULL;
+	nusers = cap_users = 0;
+	pthread_mutex_unlock(&fp_lock);
 	/* The kernel is gone: its lookups of registrations will never be forgotten. */
 	pthread_mutex_lock(&fp_lock);
 	for (size_t i = 0; i < nretired; i++)
@@ -634,43 +911,26 @@ void fp_shutdown(struct kvfs_fs *fs)
 
 /* --- requests ----------------------------------------------------------------------- */
 
-/* Payload bytes [off, off + len) of the ring's scratch area, or NULL. */
-static const uint8_t *payload(struct fp_reg *r, uint64_t off, uint64_t len)
-{
-	if (off > r->data_bytes || len > r->data_bytes - off)
-		return NULL;
-	return r->mem + r->data_off + off;
-}
-
 static int64_t op_open_ns(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
 	struct kvfs_fs *fs = r->fs;
-	const uint8_t *p = payload(r, e->args[0], e->args[1]);
-	char path[4096], *comp, *save = NULL;
+	struct kvfs_ring_geom g = geom(r);
+	char path[KVFS_RING_PATH_MAX], *comp, *save = NULL;
 	struct kvfs_inode *dir, *next;
 	unsigned slot;
 	int64_t rc = 0;
 
-	if (!p || e->args[1] == 0 || e->args[1] >= sizeof(path))
+	if (kvfs_ring_ns_path(&g, r->mem, e, KVFS_CTL_NAME, path))
 		return -EINVAL;
 	for (slot = 0; slot < KVFS_RING_MAX_NS && r->ns[slot]; slot++)
 		;
 	if (slot == KVFS_RING_MAX_NS)
 		return -EMFILE;
-	memcpy(path, p, e->args[1]);
-	path[e->args[1]] = '\0';
-	if (strlen(path) != e->args[1] || path[0] == '/')
-		return -EINVAL;
 	dir = fs->root;
 	ns_get(dir, 1);
 	for (comp = strtok_r(path, "/", &save); comp; comp = strtok_r(NULL, "/", &save)) {
 		if (!may(r, dir, 1)) {
 			rc = -EACCES;
-			break;
-		}
-		if (strcmp(comp, ".") == 0 || strcmp(comp, "..") == 0 || strlen(comp) > KVFS_NAME_MAX ||
-		    (dir == fs->root && strcmp(comp, KVFS_CTL_NAME) == 0)) {
-			rc = -EINVAL;
 			break;
 		}
 		next = ns_lookup(fs, dir, comp, strlen(comp));
@@ -705,19 +965,19 @@ static int64_t op_match(struct fp_reg *r, const struct kvfs_ring_sqe *e, uint64_
 {
 	struct kvfs_fs *fs = r->fs;
 	struct kvfs_inode *dir = ns_of(r, e->ns);
-	uint64_t n = e->args[1];
-	const uint8_t *keys = payload(r, e->args[0], n * KVFS_KEY_BYTES);
+	struct kvfs_ring_geom g = geom(r);
+	const uint8_t *keys;
 	struct fp_match *m = NULL;
 	char hex[KVFS_KEY_HEX + 1];
 	unsigned slot;
-	uint32_t i;
+	uint32_t i, n;
+	int rc;
 
 	if (!dir)
 		return -EBADF;
-	if (n > KVFS_RING_MAX_MATCH)
-		return -E2BIG;
-	if (!keys)
-		return -EINVAL;
+	rc = kvfs_ring_match_keys(&g, r->mem, e, &keys, &n);
+	if (rc)
+		return rc;
 	for (slot = 0; slot < KVFS_RING_MAX_MATCHES && r->matches[slot].used; slot++)
 		;
 	if (slot == KVFS_RING_MAX_MATCHES)
@@ -929,26 +1189,26 @@ out_dev:
 static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
 	struct fp_match *m = match_of(r, e->args[0]);
-	uint64_t n = e->args[2], total = 0;
-	const uint8_t *p = payload(r, e->args[1], n * sizeof(struct kvfs_ring_desc));
+	struct kvfs_ring_geom g = geom(r);
+	uint64_t total = 0;
+	const uint8_t *p;
 	struct fp_reg *buf = NULL;
 	struct iovec iov[MAX_IOV];
+	uint32_t n;
 	bool dev_copies = false;
 	int64_t rc = 0;
 
 	if (!m)
 		return -EBADF;
-	if (n > KVFS_RING_MAX_DESCS)
-		return -E2BIG;
-	if (!p)
-		return -EINVAL;
-	for (uint64_t i = 0; i < n && !rc; i++) {
+	rc = kvfs_ring_read_descs(&g, r->mem, e, &p, &n);
+	if (rc)
+		return rc;
+	for (uint32_t i = 0; i < n && !rc; i++) {
 		struct kvfs_ring_desc d;
 		uint64_t done = 0;
 
-		memcpy(&d, p + i * sizeof(d), sizeof(d));
-		if (d.block >= m->n || d.src_off > m->sizes[d.block] ||
-		    d.len > m->sizes[d.block] - d.src_off) {
+		kvfs_ring_desc_get(p, i, &d);
+		if (d.block >= m->n || !kvfs_ring_span_ok(d.src_off, d.len, m->sizes[d.block])) {
 			rc = -EINVAL;
 			break;
 		}
@@ -961,7 +1221,7 @@ static int64_t op_read(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 				break;
 			}
 		}
-		if (d.dst_off > buf->size || d.len > buf->size - d.dst_off) {
+		if (!kvfs_ring_span_ok(d.dst_off, d.len, buf->size)) {
 			rc = -EFAULT;
 			break;
 		}
@@ -1052,7 +1312,8 @@ static int64_t save_file(struct fp_reg *r, struct kvfs_inode *dir, const kvfs_ke
 static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 {
 	struct kvfs_inode *dir = ns_of(r, e->ns);
-	const uint8_t *keyp = payload(r, e->args[3], KVFS_KEY_BYTES);
+	struct kvfs_ring_geom g = geom(r);
+	const uint8_t *keyp = kvfs_ring_save_key(&g, r->mem, e);
 	struct fp_reg *buf;
 	kvfs_key key;
 	int64_t rc;
@@ -1070,10 +1331,9 @@ static int64_t op_save(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 		rc = -EINVAL; /* device memory is saved with SAVE_DEV */
 		goto out;
 	}
-	if (e->args[1] > buf->size || e->args[2] > buf->size - e->args[1] || e->args[2] == 0) {
-		rc = -EFAULT;
+	rc = kvfs_ring_save_range(e, buf->size);
+	if (rc)
 		goto out;
-	}
 	memcpy(&key, keyp, sizeof(key));
 	rc = save_file(r, dir, &key, buf->mem + e->args[1], e->args[2]);
 out:
@@ -1256,27 +1516,19 @@ out:
 	return rc;
 }
 
-/* Post a completion; waits while the engine's CQ is full. @return false if the ring is gone. */
-static bool post(struct fp_reg *r, uint64_t user_data, int64_t res, uint64_t aux)
+/* Post a completion (the caller checked that the CQ has room). */
+static void post(struct fp_reg *r, uint64_t user_data, int64_t res, uint64_t aux)
 {
 	struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
-	uint32_t tail = atomic_load_explicit(&h->cq_tail, memory_order_relaxed);
-	uint64_t deadline = kvfs_mono_ns() + CQ_WAIT_NS;
 	struct kvfs_ring_cqe *cqe;
 
-	while (tail - atomic_load_explicit(&h->cq_head, memory_order_acquire) >= r->cq_entries) {
-		if (atomic_load(&r->stop) || kvfs_mono_ns() > deadline)
-			return false;
-		sched_yield();
-	}
-	cqe = (struct kvfs_ring_cqe *)(r->mem + r->cq_off) + (tail & (r->cq_entries - 1));
+	cqe = (struct kvfs_ring_cqe *)(r->mem + r->cq_off) + (r->cq_tail & (r->cq_entries - 1));
 	cqe->user_data = user_data;
 	cqe->res = res;
 	cqe->aux = aux;
-	atomic_store_explicit(&h->cq_tail, tail + 1, memory_order_release);
+	atomic_store_explicit(&h->cq_tail, ++r->cq_tail, memory_order_release);
 	if (atomic_load(&h->client_waiting))
 		futex(&h->cq_tail, FUTEX_WAKE, INT32_MAX, NULL);
-	return true;
 }
 
 static void serve(struct fp_reg *r, const struct kvfs_ring_sqe *e)
@@ -1313,32 +1565,115 @@ static void serve(struct fp_reg *r, const struct kvfs_ring_sqe *e)
 	if (res < 0 && res != -EEXIST)
 		atomic_fetch_add(&r->fs->ctr.fp_errors, 1);
 	atomic_fetch_add(&r->fs->ctr.fp_requests, 1);
-	if (!post(r, e->user_data, res, aux))
-		atomic_store(&r->stop, true);
+	post(r, e->user_data, res, aux);
 }
 
-static void *ring_main(void *arg)
+/* Does @r have a request to serve, and room for its completion? */
+static bool ring_ready(struct fp_reg *r)
 {
-	struct fp_reg *r = arg;
+	struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
+
+	return atomic_load_explicit(&h->sq_tail, memory_order_acquire) != r->sq_head &&
+	       r->cq_tail - atomic_load_explicit(&h->cq_head, memory_order_acquire) <
+		       r->cq_entries;
+}
+
+/*
+ * Serve up to BATCH requests of @r.
+ * @return 1 if it served any, 0 if it had none, -1 if the ring is done
+ * (unregistered, closed by the engine, or a tail no engine could write).
+ */
+static int ring_turn(struct fp_reg *r)
+{
 	struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)r->mem;
 	struct kvfs_ring_sqe *sq = (struct kvfs_ring_sqe *)(r->mem + r->sq_off);
-	uint32_t head = atomic_load(&h->sq_head), entries = r->sq_entries;
+	int k;
+
+	if (atomic_load(&r->stop) || atomic_load(&h->closed))
+		return -1;
+	for (k = 0; k < BATCH; k++) {
+		uint32_t tail = atomic_load_explicit(&h->sq_tail, memory_order_acquire);
+		struct kvfs_ring_sqe e;
+
+		if (tail - r->sq_head > r->sq_entries)
+			return -1;
+		if (!ring_ready(r))
+			break;
+		e = sq[r->sq_head & (r->sq_entries - 1)];
+		atomic_store_explicit(&h->sq_head, ++r->sq_head, memory_order_release);
+		serve(r, &e);
+	}
+	return k > 0;
+}
+
+/*
+ * The server lets @r go: its matches and namespaces, its place in @w, and,
+ * if nobody took it off the list (the engine closed it), its registration.
+ */
+static void ring_retire(struct fp_worker *w, struct fp_reg *r)
+{
+	bool self = false;
+
+	ring_cleanup(r);
+	pthread_mutex_lock(&w->lock);
+	for (unsigned i = 0; i < w->nrings; i++)
+		if (w->rings[i] == r) {
+			w->rings[i] = w->rings[--w->nrings];
+			break;
+		}
+	pthread_mutex_unlock(&w->lock);
+	pthread_mutex_lock(&fp_lock);
+	if (r->listed) {
+		reg_unlist(r);
+		self = true;
+	}
+	pthread_mutex_unlock(&fp_lock);
+	if (self)
+		reg_finish(r->fs, r);
+	reg_put(r); /* the server's */
+}
+
+static long futex_waitv(struct futex_waitv *w, unsigned n, const struct timespec *deadline)
+{
+	return syscall(SYS_futex_waitv, w, n, 0, deadline, CLOCK_MONOTONIC);
+}
+
+/*
+ * A ring server: serves its rings in turn while any has work, polls a
+ * little after the last request, then sleeps on every ring's
+ * `server_sleeping` word and its own wake word at once.
+ */
+static void *worker_main(void *arg)
+{
+	struct fp_worker *w = arg;
+	struct fp_reg *rs[RINGS_PER_WORKER];
+	struct futex_waitv wv[RINGS_PER_WORKER + 1];
 	uint64_t idle_since = kvfs_mono_ns();
 
 	urcu_bp_register_thread();
-	while (!atomic_load(&r->stop) && !atomic_load(&h->closed)) {
-		uint32_t tail = atomic_load_explicit(&h->sq_tail, memory_order_acquire);
-		struct timespec ts = {0, SLEEP_MS * 1000000L};
+	for (;;) {
+		uint32_t wake = atomic_load(&w->wake);
+		bool busy = false, pending = false;
+		struct timespec deadline;
+		unsigned n;
 
-		if (tail - head > entries) {
-			atomic_store(&r->stop, true); /* a tail no engine could have written */
+		pthread_mutex_lock(&w->lock);
+		n = w->nrings;
+		memcpy(rs, w->rings, n * sizeof(*rs));
+		pthread_mutex_unlock(&w->lock);
+		if (atomic_load(&w->stop) && n == 0)
 			break;
-		}
-		if (head != tail) {
-			struct kvfs_ring_sqe e = sq[head & (entries - 1)];
+		for (unsigned i = 0; i < n; i++) {
+			int t = ring_turn(rs[i]);
 
-			atomic_store_explicit(&h->sq_head, ++head, memory_order_release);
-			serve(r, &e);
+			if (t < 0) {
+				ring_retire(w, rs[i]);
+				busy = true; /* look again at the table */
+			} else if (t > 0) {
+				busy = true;
+			}
+		}
+		if (busy) {
 			idle_since = kvfs_mono_ns();
 			continue;
 		}
@@ -1346,43 +1681,107 @@ static void *ring_main(void *arg)
 			sched_yield();
 			continue;
 		}
-		atomic_store(&h->server_sleeping, 1);
-		if (atomic_load(&h->sq_tail) == head)
-			futex(&h->server_sleeping, FUTEX_WAIT, 1, &ts);
-		atomic_store(&h->server_sleeping, 0);
-		idle_since = kvfs_mono_ns();
-		if (!owner_alive(r))
-			break;
-	}
-	ring_cleanup(r);
-	/*
-	 * An owner that died never unregisters: take its ring and buffers off
-	 * the list. Whoever takes a ring off the list owns its thread; here
-	 * that is the thread itself, so it detaches.
-	 */
-	{
-		struct fp_reg *b, *tmp, *gone[64];
-		int ngone = 0;
-		bool self = false;
+		wv[0] = (struct futex_waitv){.val = wake, .uaddr = (uintptr_t)&w->wake,
+					      .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
+		for (unsigned i = 0; i < n; i++) {
+			struct kvfs_ring_hdr *h = (struct kvfs_ring_hdr *)rs[i]->mem;
 
-		pthread_mutex_lock(&fp_lock);
-		if (r->listed) {
-			reg_unlist(r);
-			self = true;
-			cds_list_for_each_entry_safe(b, tmp, &fp_regs, link)
-				if ((b->kind == REG_BUF || b->kind == REG_DEV) && b->tgid == r->tgid &&
-				    ngone < 64 && !owner_alive(b)) {
-					reg_unlist(b);
-					gone[ngone++] = b;
-				}
+			atomic_store(&h->server_sleeping, 1);
+			/* shared memory: a futex the engine wakes from its process */
+			wv[i + 1] = (struct futex_waitv){.val = 1,
+							 .uaddr = (uintptr_t)&h->server_sleeping,
+							 .flags = FUTEX_32};
 		}
-		pthread_mutex_unlock(&fp_lock);
-		for (int i = 0; i < ngone; i++)
-			reg_finish(r->fs, gone[i], false);
-		if (self)
-			reg_finish(r->fs, r, false);
+		for (unsigned i = 0; i < n && !pending; i++)
+			pending = ring_ready(rs[i]) || atomic_load(&rs[i]->stop) ||
+				  atomic_load(&((struct kvfs_ring_hdr *)rs[i]->mem)->closed);
+		if (!pending && !atomic_load(&w->stop)) {
+			clock_gettime(CLOCK_MONOTONIC, &deadline);
+			deadline.tv_nsec += SLEEP_MS * 1000000L;
+			deadline.tv_sec += deadline.tv_nsec / 1000000000L;
+			deadline.tv_nsec %= 1000000000L;
+			futex_waitv(wv, n + 1, &deadline);
+		}
+		for (unsigned i = 0; i < n; i++)
+			atomic_store(&((struct kvfs_ring_hdr *)rs[i]->mem)->server_sleeping, 0);
+		idle_since = kvfs_mono_ns();
 	}
 	urcu_bp_unregister_thread();
-	reg_put(r); /* the thread's */
+	return NULL;
+}
+
+/*
+ * Take off the list every registration whose process is gone. Owners are
+ * checked without fp_lock (reading /proc); a registration is referenced
+ * meanwhile.
+ */
+static void reap(struct kvfs_fs *fs)
+{
+	struct fp_reg *r, **regs = NULL;
+	size_t n = 0, k = 0;
+	bool *dead = NULL;
+
+	pthread_mutex_lock(&fp_lock);
+	cds_list_for_each_entry(r, &fp_regs, link)
+		n++;
+	if (n) {
+		regs = malloc(n * sizeof(*regs));
+		dead = calloc(n, sizeof(*dead));
+	}
+	if (regs && dead)
+		cds_list_for_each_entry(r, &fp_regs, link) {
+			atomic_fetch_add(&r->refs, 1);
+			regs[k++] = r;
+		}
+	pthread_mutex_unlock(&fp_lock);
+	for (size_t i = 0; i < k; i++)
+		/* the registrations of one process are checked once */
+		dead[i] = i > 0 && regs[i - 1]->tgid == regs[i]->tgid &&
+				  regs[i - 1]->start_time == regs[i]->start_time
+			  ? dead[i - 1]
+			  : !owner_alive(regs[i]);
+	pthread_mutex_lock(&fp_lock);
+	for (size_t i = 0; i < k; i++) {
+		if (dead[i] && regs[i]->listed)
+			reg_unlist(regs[i]);
+		else
+			dead[i] = false;
+	}
+	pthread_mutex_unlock(&fp_lock);
+	for (size_t i = 0; i < k; i++) {
+		if (dead[i]) {
+			log_debug("fast path: %s reclaimed: pid %d is gone", regs[i]->name,
+				  (int)regs[i]->tgid);
+			atomic_fetch_add(&fs->ctr.fp_reclaimed, 1);
+			reg_finish(fs, regs[i]);
+		}
+		reg_put(regs[i]);
+	}
+	free(regs);
+	free(dead);
+}
+
+static void *reaper_main(void *arg)
+{
+	struct kvfs_fs *fs = arg;
+
+	urcu_bp_register_thread();
+	pthread_mutex_lock(&fp_lock);
+	while (!reaper_stop) {
+		struct timespec deadline;
+
+		clock_gettime(CLOCK_MONOTONIC, &deadline);
+		deadline.tv_nsec += REAP_MS * 1000000L;
+		deadline.tv_sec += deadline.tv_nsec / 1000000000L;
+		deadline.tv_nsec %= 1000000000L;
+		pthread_cond_timedwait(&reaper_cond, &fp_lock, &deadline);
+		if (reaper_stop)
+			break;
+		pthread_mutex_unlock(&fp_lock);
+		reap(fs);
+		pthread_mutex_lock(&fp_lock);
+	}
+	pthread_mutex_unlock(&fp_lock);
+	urcu_bp_unregister_thread();
 	return NULL;
 }

@@ -45,6 +45,7 @@
 #include <urcu/list.h>
 
 #include "core/catalog.h"
+#include "core/fault.h"
 #include "kvfs/keys.h"
 #include "tier/tier.h"
 
@@ -135,6 +136,7 @@ struct kvfs_inode {
 	bool published;	 /* in the cluster index under its path (fs->lock) */
 	bool xxh_ok;	 /* xxh is the XXH3-64 of the sealed bytes (inode lock) */
 	uint64_t xxh;
+	bool attrs_pending; /* a directory made for the cluster, owner and mode not yet known */
 
 	/* stats flush queue */
 	_Atomic bool dirty;
@@ -184,6 +186,8 @@ struct kvfs_counters {
 	_Atomic uint64_t fp_missed;
 	_Atomic uint64_t fp_read_bytes;
 	_Atomic uint64_t fp_saved;
+	_Atomic uint64_t fp_refused;   /* registrations refused: a limit, an unsealed memfd */
+	_Atomic uint64_t fp_reclaimed; /* registrations of processes that were gone */
 	/* disagg.c */
 	_Atomic uint64_t pf_requests, pf_paths, pf_queued, pf_present, pf_missing, pf_denied,
 		pf_dropped, pf_fetched, pf_promoted, pf_failed, pf_bytes;
@@ -230,6 +234,12 @@ struct kvfs_config {
 	const char *token_file;
 	uint64_t lend_bytes;
 	unsigned remote_timeout_ms;
+	unsigned unproven_conns; /* 0 = the library's default */
+	/* the fast path (fastpath.c): ring server threads, and limits per user */
+	unsigned fp_threads;
+	unsigned fp_max_rings;
+	unsigned fp_max_bufs;
+	uint64_t fp_max_bytes;
 	/* prefetch (disagg.c) */
 	unsigned prefetch_threads;
 	unsigned prefetch_queue;
@@ -417,13 +427,37 @@ int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len);
  * (malloc'd). @return 0 or -errno. */
 int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, const char *buf,
 	      size_t len, char **out, size_t *outlen);
+/*
+ * The path in a write to .kvfs/where (pure: no state). One trailing newline
+ * and leading slashes are dropped; the rest must be valid UTF-8 without NUL,
+ * with no empty, "." or ".." component, shorter than @size.
+ * @return 0 and the NUL-terminated path in @path, or -EINVAL.
+ */
+int ctl_where_path(const char *req, size_t len, char *path, size_t size);
+/*
+ * A write to .kvfs/fault (pure): a spec (kvfs_fault_parse_spec) with one
+ * optional trailing newline. `arena` is refused: the arena is made once, at
+ * start (arm it with KVFS_FAULTS there).
+ * @return the number of items in @out, or -EINVAL.
+ */
+int ctl_fault_spec(const char *buf, size_t len, struct kvfs_fault_spec *out, int max);
 /* May the control file be opened for writing? for reading? */
 bool ctl_writable(unsigned id);
 bool ctl_readable(unsigned id);
 
+
 /* --- fastpath.c: rings and buffers registered under .kvfs/iovs ------------------ */
 
-/* Register @target ("/proc/self/fd/N") as @name; *link gets a referenced inode. */
+/*
+ * Register @target ("/proc/self/fd/N", a memfd sealed with F_SEAL_SHRINK)
+ * as @name; *link gets a referenced inode.
+ * @return 0; -EINVAL (a bad name or target, not a memfd owned by the
+ * caller, too big, a bad ring header); -EPERM (the name is another
+ * process's); -EBADF (no such descriptor); -EBADFD (the memfd is not sealed
+ * against shrinking); -EDQUOT (the caller's user is at its limit of rings,
+ * buffers or registered bytes); -ENFILE (every ring server is full);
+ * -EEXIST; -ESRCH (the caller is gone); -ENOMEM; -EAGAIN (no thread).
+ */
 int fp_register(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name,
 		const char *target, struct kvfs_inode **link);
 int fp_unregister(struct kvfs_fs *fs, const struct fuse_ctx *ctx, const char *name);

@@ -79,6 +79,14 @@ static void usage(FILE *out)
 		"  --cluster-name NAME    key prefix in Redis (default kvfs)\n"
 		"  --remote-timeout MS    a peer that makes no progress for this long fails the\n"
 		"                         transfer: a miss (default 2000)\n"
+		"  --unproven-conns N     connections to --listen kept for hosts that have not\n"
+		"                         proven the cluster token, each for at most 10 s\n"
+		"                         (default 64)\n"
+		"  --fp-threads N         fast-path ring server threads, 1..64 (default 4)\n"
+		"  --fp-rings N           fast-path rings per user (default 64)\n"
+		"  --fp-buffers N         fast-path buffers per user (default 1024)\n"
+		"  --fp-bytes SIZE        bytes of fast-path buffers and rings per user\n"
+		"                         (default: the machine's memory)\n"
 		"  --prefetch-threads N   workers bringing prefetched files into DRAM (default 2)\n"
 		"  --prefetch-bytes SIZE  bytes queued or in flight for prefetch (default: 1/4 of\n"
 		"                         --dram)\n"
@@ -110,17 +118,6 @@ static int fail(const char *fmt, ...)
 	return 2;
 }
 
-static int parse_seconds(const char *s, double *out)
-{
-	char *end;
-	double v = strtod(s, &end);
-
-	if (!*s || *end || v < 0 || v > 86400.0 * 365)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 enum {
 	OPT_STATE = 256,
 	OPT_DRAM,
@@ -148,6 +145,11 @@ enum {
 	OPT_LEND,
 	OPT_TOKEN,
 	OPT_REMOTE_TIMEOUT,
+	OPT_UNPROVEN_CONNS,
+	OPT_FP_THREADS,
+	OPT_FP_RINGS,
+	OPT_FP_BUFFERS,
+	OPT_FP_BYTES,
 	OPT_PREFETCH_THREADS,
 	OPT_PREFETCH_BYTES,
 	OPT_GPU,
@@ -184,6 +186,11 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 		{"lend", required_argument, NULL, OPT_LEND},
 		{"cluster-token", required_argument, NULL, OPT_TOKEN},
 		{"remote-timeout", required_argument, NULL, OPT_REMOTE_TIMEOUT},
+		{"unproven-conns", required_argument, NULL, OPT_UNPROVEN_CONNS},
+		{"fp-threads", required_argument, NULL, OPT_FP_THREADS},
+		{"fp-rings", required_argument, NULL, OPT_FP_RINGS},
+		{"fp-buffers", required_argument, NULL, OPT_FP_BUFFERS},
+		{"fp-bytes", required_argument, NULL, OPT_FP_BYTES},
 		{"prefetch-threads", required_argument, NULL, OPT_PREFETCH_THREADS},
 		{"prefetch-bytes", required_argument, NULL, OPT_PREFETCH_BYTES},
 		{"drain", no_argument, NULL, OPT_DRAIN},
@@ -200,6 +207,10 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 
 	c->dram_bytes = 1ull << 30;
 	c->threads = 8;
+	c->fp_threads = 4;
+	c->fp_max_rings = 64;
+	c->fp_max_bufs = 1024;
+	c->fp_max_bytes = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
 	c->entry_timeout = 30;
 	c->attr_timeout = 30;
 	c->negative_timeout = 1;
@@ -246,7 +257,7 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 				    : opt == OPT_ATTR_TIMEOUT ? &c->attr_timeout
 							      : &c->negative_timeout;
 
-			if (parse_seconds(optarg, d))
+			if (kvfs_parse_seconds(optarg, d))
 				return fail("invalid timeout '%s' (seconds, e.g. 1 or 0.5)",
 					    optarg);
 			break;
@@ -338,6 +349,42 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 			c->remote_timeout_ms = (unsigned)ms;
 			break;
 		}
+		case OPT_UNPROVEN_CONNS: {
+			char *end;
+			unsigned long n = strtoul(optarg, &end, 10);
+
+			if (!*optarg || *end || optarg[0] == '-' || n < 1 || n > 65536)
+				return fail("invalid --unproven-conns '%s' (1..65536)", optarg);
+			c->unproven_conns = (unsigned)n;
+			break;
+		}
+		case OPT_FP_THREADS:
+		case OPT_FP_RINGS:
+		case OPT_FP_BUFFERS: {
+			static const struct {
+				const char *name;
+				unsigned long max;
+			} lim[] = {
+				[OPT_FP_THREADS - OPT_FP_THREADS] = {"--fp-threads", 64},
+				[OPT_FP_RINGS - OPT_FP_THREADS] = {"--fp-rings", 1u << 20},
+				[OPT_FP_BUFFERS - OPT_FP_THREADS] = {"--fp-buffers", 1u << 20},
+			};
+			unsigned *dst[] = {&c->fp_threads, &c->fp_max_rings, &c->fp_max_bufs};
+			unsigned i = (unsigned)(opt - OPT_FP_THREADS);
+			char *end;
+			unsigned long n = strtoul(optarg, &end, 10);
+
+			if (!*optarg || *end || *optarg == '-' || n < 1 || n > lim[i].max)
+				return fail("invalid %s '%s' (1 to %lu)", lim[i].name, optarg,
+					    lim[i].max);
+			*dst[i] = (unsigned)n;
+			break;
+		}
+		case OPT_FP_BYTES:
+			if (kvfs_parse_size(optarg, &v) || v == 0)
+				return fail("invalid --fp-bytes '%s' (e.g. 64G)", optarg);
+			c->fp_max_bytes = v;
+			break;
 		case OPT_PREFETCH_THREADS: {
 			char *end;
 			unsigned long t = strtoul(optarg, &end, 10);
@@ -418,7 +465,8 @@ static int parse_args(int argc, char **argv, struct kvfs_config *c)
 	if (rmt_configured(c) && !c->token_file)
 		return fail("--cluster and --listen need --cluster-token FILE (the shared secret)");
 	if (!rmt_configured(c) && (c->token_file || c->node_id || c->lend_bytes || c->fabric ||
-				   c->cluster_name || c->remote_timeout_ms || c->drain_on_exit))
+				   c->cluster_name || c->remote_timeout_ms || c->unproven_conns ||
+				   c->drain_on_exit))
 		return fail("remote tier options need --cluster URL or --listen HOST:PORT");
 	if (optind != argc - 1)
 		return fail(optind == argc ? "missing MOUNTPOINT (see kvfs --help)"

@@ -21,6 +21,12 @@
  *    and becomes a local file (sealed, recorded, published), so to the
  *    engine it is a slower hit. A directory that exists only elsewhere is
  *    created locally.
+ *  - Permissions. A file travels with its owner, group and mode, and those
+ *    of its directories (remote_attrs, under the session MAC): the fetched
+ *    file takes them (less setuid/setgid), and so do the directories this
+ *    node made for the cluster, once, from the first file fetched below
+ *    them (until then such a directory is 0755 with its parent's owner,
+ *    and lists only what this node holds).
  *  - Spill. When DRAM or NVMe must evict a file no other local tier holds,
  *    it is first offloaded into a peer's lent memory (consistent hashing on the
  *    path); the peer publishes the copy, and a later lookup here fetches it
@@ -309,9 +315,42 @@ static void serve_release(void *ctx, struct remote_file *f)
 	free(sv);
 }
 
+static struct remote_attr attr_of(struct kvfs_inode *in)
+{
+	struct remote_attr a;
+
+	pthread_mutex_lock(&in->lock);
+	a.uid = in->uid;
+	a.gid = in->gid;
+	a.mode = in->mode & 07777;
+	pthread_mutex_unlock(&in->lock);
+	return a;
+}
+
+/* Owner and mode of @path and its directories, for a peer (remote_attrs). */
+static int serve_attrs(void *ctx, const char *path, struct remote_attrs *out)
+{
+	struct rmt *rt = ctx;
+	struct kvfs_fs *fs = rt->fs;
+	struct kvfs_inode *in = resolve(fs, path);
+
+	if (!in)
+		return -ENOENT;
+	memset(out, 0, sizeof(*out));
+	out->file = attr_of(in);
+	pthread_mutex_lock(&fs->lock);
+	for (struct kvfs_inode *d = in->parent; d && d != fs->root && out->ndirs < REMOTE_ATTR_DIRS;
+	     d = d->parent)
+		out->dirs[out->ndirs++] = attr_of(d);
+	pthread_mutex_unlock(&fs->lock);
+	ns_put(fs, in, 1);
+	return 0;
+}
+
 static const struct remote_ops serve_ops = {
 	.lookup = serve_lookup,
 	.release = serve_release,
+	.attrs = serve_attrs,
 };
 
 /* --- fetching on a local miss -------------------------------------------------------- */
@@ -427,8 +466,10 @@ static int adopt_dir(struct rmt *rt, struct kvfs_inode *dir, const char *name,
 		rc = 0; /* made meanwhile */
 	} else {
 		rc = ops_new_dir_locked(fs, dir, name, 0755, dir->uid, dir->gid, &in);
-		if (!rc)
+		if (!rc) {
+			in->attrs_pending = true; /* the first file fetched below says */
 			atomic_fetch_add(&rt->dirs_created, 1);
+		}
 	}
 	if (!rc) {
 		ns_get(in, 1);
@@ -438,9 +479,43 @@ static int adopt_dir(struct rmt *rt, struct kvfs_inode *dir, const char *name,
 	return rc;
 }
 
+/*
+ * The directories above a fetched file (@dir up) that this node made for
+ * the cluster take the owner and mode their holder sent, once
+ * (fs->lock held).
+ */
+static void adopt_dir_attrs_locked(struct kvfs_fs *fs, struct kvfs_inode *dir,
+				   const struct remote_attrs *a)
+{
+	struct kvfs_inode *d = dir;
+
+	for (uint32_t i = 0; i < a->ndirs && d && d != fs->root; i++, d = d->parent) {
+		if (!d->attrs_pending)
+			continue;
+		pthread_mutex_lock(&d->lock);
+		d->mode = (d->mode & S_IFMT) | (a->dirs[i].mode & 07777);
+		d->uid = a->dirs[i].uid;
+		d->gid = a->dirs[i].gid;
+		d->ctime = (int64_t)kvfs_now_ns();
+		pthread_mutex_unlock(&d->lock);
+		d->attrs_pending = false;
+		ns_queue_inval(fs, d, false); /* the kernel checks access with what it cached */
+		if (d->persisted) {
+			cat_batch *b = cat_batch_new();
+
+			ns_persist(fs, b, d);
+			if (ns_commit(fs, b))
+				log_warn("remote: the catalog did not take a directory's owner and "
+					 "mode");
+			cat_batch_free(b);
+		}
+	}
+}
+
 /* Fetched bytes become a local file: linked sealing (readers wait), then sealed. */
 static int adopt_file(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *name,
-		      struct dest *d, uint64_t size, uint64_t xxh, struct kvfs_inode **out)
+		      struct dest *d, uint64_t size, uint64_t xxh, const struct remote_attrs *a,
+		      struct kvfs_inode **out)
 {
 	struct kvfs_inode *in;
 	tier_obj *data;
@@ -474,7 +549,10 @@ static int adopt_file(struct kvfs_fs *fs, struct kvfs_inode *dir, const char *na
 		return 0;
 	}
 	data = d->o;
-	rc = ops_adopt_file_locked(fs, dir, name, 0644, dir->uid, dir->gid, d->ino, data, &in);
+	adopt_dir_attrs_locked(fs, dir, a);
+	/* The holder's owner and mode; never setuid or setgid here. */
+	rc = ops_adopt_file_locked(fs, dir, name, a->file.mode & 01777, a->file.uid, a->file.gid,
+				   d->ino, data, &in);
 	if (rc) {
 		pthread_mutex_unlock(&fs->lock);
 		dest_drop(d);
@@ -513,7 +591,7 @@ static int fetch(struct rmt *rt, struct kvfs_inode *dir, const char *name,
 	if (rc != 0)
 		rc = remote_fetch(rt->r, path, &sink, &info);
 	if (rc == 0) {
-		rc = adopt_file(fs, dir, name, &d, info.size, info.checksum, out);
+		rc = adopt_file(fs, dir, name, &d, info.size, info.checksum, &info.attrs, out);
 		if (!rc) {
 			atomic_fetch_add(&rt->fetched, 1);
 			atomic_fetch_add(&rt->fetched_bytes, info.size);
@@ -987,6 +1065,7 @@ int rmt_start(struct kvfs_fs *fs, char *err, size_t errlen)
 	rc.arena_bytes = 0;
 	rc.lend_bytes = c->lend_bytes;
 	rc.timeout_ms = c->remote_timeout_ms;
+	rc.max_unproven_conns = c->unproven_conns;
 	rc.ops = &serve_ops;
 	rc.ops_ctx = rt;
 	r = remote_open(&rc, &rt->r, err, errlen);
@@ -1096,6 +1175,9 @@ static json_t *stats_json(struct rmt *rt)
 	SET("index_lookups", st.index_lookups);
 	SET("index_updates", st.index_updates);
 	SET("stale_repaired", st.stale_repaired);
+	SET("replays", st.replays);
+	SET("handshakes_dropped", st.handshakes_dropped);
+	SET("conns_cut", st.conns_cut);
 	SET("index_redirects", st.index_redirects);
 	SET("index_map_refreshes", st.index_map_refreshes);
 #undef SET
@@ -1143,14 +1225,8 @@ static int where(struct rmt *rt, const char *req, size_t len, char **out, size_t
 	json_t *root, *arr;
 	int n;
 
-	while (len && (req[len - 1] == '\n' || req[len - 1] == '\0'))
-		len--;
-	while (len && req[0] == '/')
-		req++, len--;
-	if (len == 0 || len >= sizeof(path))
+	if (ctl_where_path(req, len, path, sizeof(path)))
 		return -EINVAL;
-	memcpy(path, req, len);
-	path[len] = '\0';
 	n = remote_where(rt->r, path, h, (int)KVFS_ARRAY_SIZE(h));
 	if (n < 0)
 		return n;

@@ -7,7 +7,8 @@ PKGS="build-essential pkg-config
 libfuse3-dev fuse3 liburing-dev librocksdb-dev libcmocka-dev
 libhiredis-dev libssl-dev libxxhash-dev liburcu-dev libjansson-dev
 libcbor-dev libopenblas-dev libfabric-dev
-redis-server fio python3 python3-cbor2 util-linux procps"
+redis-server fio python3 python3-cbor2 util-linux procps
+clang libclang-rt-dev"
 
 missing=""
 for p in $PKGS; do

@@ -44,6 +44,7 @@
 
 /* What one call needs, off the stack (the messages are 12 KiB each). */
 struct rdma_call {
+	struct rdma_peer *p;
 	struct rdma_msg out, in;
 	uint8_t reply[RDMA_MSG_SIZE];
 	uint32_t reply_len;
@@ -104,9 +105,58 @@ void rdma_peer_failed(remote *r, struct rdma_peer *p, int err)
 		 r->timeout_ms);
 }
 
+/*
+ * Sequence numbers of session @sid with @p (a new session starts both
+ * directions over): those of our requests, and whether a reply's number
+ * is new (not a replay).
+ */
+static void seq_session_locked(struct rdma_peer *p, uint64_t sid)
+{
+	if (p->seq_sid != sid) {
+		p->seq_sid = sid;
+		p->tx_seq = 0;
+		memset(&p->rx, 0, sizeof(p->rx));
+	}
+}
+
+static bool seq_accept(remote *r, struct rdma_peer *p, uint64_t sid, uint64_t seq)
+{
+	bool ok;
+
+	pthread_mutex_lock(&p->seq_lock);
+	seq_session_locked(p, sid);
+	ok = rdma_replay_accept(&p->rx, seq);
+	pthread_mutex_unlock(&p->seq_lock);
+	if (!ok)
+		STAT_INC(r, replays);
+	return ok;
+}
+
+/*
+ * Send c->out (numbered and MACed with @sign) to c->p. Numbers are taken
+ * and posted under the peer's seq_lock, so they go out in order (one
+ * provider connection keeps it) and concurrent calls never push one another
+ * out of the server's replay window.
+ */
+static int call_send(remote *r, struct rdma_call *c, bool sign, uint64_t dl)
+{
+	int rc;
+
+	if (!sign) {
+		c->out.seq = 0;
+		return rdma_send_msg(r, c->addr, c->addr_len, &c->out, NULL, dl);
+	}
+	pthread_mutex_lock(&c->p->seq_lock);
+	seq_session_locked(c->p, c->out.session);
+	c->out.seq = ++c->p->tx_seq;
+	rc = rdma_send_msg(r, c->addr, c->addr_len, &c->out, c->key, dl);
+	pthread_mutex_unlock(&c->p->seq_lock);
+	return rc;
+}
+
 /* Send c->out and wait for its reply in c->in. With @sign the request is
- * MACed and the reply must be. @keep leaves the pending slot open (the
- * caller puts it). */
+ * MACed and the reply must be, with a sequence number not seen before.
+ * @keep leaves the pending slot open (the caller puts it). */
 static int exchange(remote *r, struct rdma_call *c, bool sign, bool keep)
 {
 	uint64_t dl = deadline(r);
@@ -116,7 +166,7 @@ static int exchange(remote *r, struct rdma_call *c, bool sign, bool keep)
 	if (rc)
 		return rc;
 	c->out.req_id = c->req_id;
-	rc = rdma_send_msg(r, c->addr, c->addr_len, &c->out, sign ? c->key : NULL, dl);
+	rc = call_send(r, c, sign, dl);
 	if (rc)
 		goto out;
 	len = rdma_pend_wait(r, c->req_id, dl);
@@ -132,6 +182,8 @@ static int exchange(remote *r, struct rdma_call *c, bool sign, bool keep)
 		rc = -EBADMSG;
 	if (rc) {
 		STAT_INC(r, bad_messages);
+		rc = -EPROTO;
+	} else if (sign && !seq_accept(r, c->p, c->in.session, c->in.seq)) {
 		rc = -EPROTO;
 	}
 out:
@@ -155,7 +207,7 @@ static int await_more(remote *r, struct rdma_call *c, uint64_t dl)
 		STAT_INC(r, bad_messages);
 		return -EPROTO;
 	}
-	return 0;
+	return seq_accept(r, c->p, c->sid, c->in.seq) ? 0 : -EPROTO;
 }
 
 /* One small one-sided read: the provider sets up the connection and the
@@ -202,6 +254,7 @@ int rdma_session(remote *r, struct rdma_peer *p)
 		rc = -ENOMEM;
 		goto out_unlock;
 	}
+	c->p = p;
 	gen = peer_addr(r, p, c);
 	if (RAND_bytes(nonce_c, sizeof(nonce_c)) != 1) {
 		rc = -EIO;
@@ -260,6 +313,10 @@ int rdma_session(remote *r, struct rdma_peer *p)
 		rc = -EPROTO;
 		goto out_failed;
 	}
+	if (!seq_accept(r, p, c->sid, c->in.seq)) {
+		rc = -EPROTO;
+		goto out_failed;
+	}
 	p->sid = c->sid;
 	memcpy(p->key, c->key, sizeof(p->key));
 	p->warm_addr = c->in.u.welcome.warm_addr;
@@ -271,6 +328,7 @@ int rdma_session(remote *r, struct rdma_peer *p)
 	p->open = true;
 	p->sess_gen = gen;
 	atomic_store(&p->last_used, kvfs_mono_ns());
+	rdma_guard_vouch(r, c->addr, c->addr_len);
 	goto out_free;
 out_failed:
 	pthread_mutex_unlock(&p->sess_lock);
@@ -302,6 +360,7 @@ static struct rdma_call *call_new(remote *r, struct rdma_peer *p, int *rc)
 		*rc = -ENOMEM;
 		return NULL;
 	}
+	c->p = p;
 	pthread_mutex_lock(&p->sess_lock);
 	if (!p->open || peer_addr(r, p, c) != p->sess_gen)
 		*rc = -ENOTCONN;
@@ -531,7 +590,7 @@ static void release_lease(remote *r, struct rdma_call *c, uint64_t lease)
 	c->out.req_id = 0;
 	c->out.session = c->sid;
 	c->out.u.ref.lease = lease;
-	rdma_send_msg(r, c->addr, c->addr_len, &c->out, c->key, deadline(r));
+	call_send(r, c, true, deadline(r));
 }
 
 int rdma_fetch_from(remote *r, struct rdma_peer *p, const char *path,
@@ -543,6 +602,7 @@ int rdma_fetch_from(remote *r, struct rdma_peer *p, const char *path,
 	struct iovec *iov = NULL;
 	struct rdma_regs g = {0};
 	struct verify v;
+	struct remote_attrs attrs;
 	uint64_t lease = 0, size, checksum, key, sum = 0;
 	uint32_t total, got = 0;
 	uint8_t tier;
@@ -573,6 +633,7 @@ int rdma_fetch_from(remote *r, struct rdma_peer *p, const char *path,
 	key = c->in.u.file.key;
 	total = c->in.u.file.total;
 	tier = c->in.u.file.tier;
+	attrs = c->in.u.file.attrs;
 	runs = calloc(total ? total : 1, sizeof(*runs));
 	if (!runs) {
 		rc = -ENOMEM;
@@ -647,6 +708,7 @@ int rdma_fetch_from(remote *r, struct rdma_peer *p, const char *path,
 		info->tier = (enum remote_tier)tier;
 		info->size = size;
 		info->checksum = checksum;
+		info->attrs = attrs;
 	}
 	rc = 0;
 out_release:
@@ -667,6 +729,12 @@ out:
 int rdma_offload_to(remote *r, struct rdma_peer *p, const char *path, const struct iovec *src,
 		    int n, uint64_t size, uint64_t checksum)
 {
+	return rdma_offload_attrs_to(r, p, path, src, n, size, checksum, NULL);
+}
+
+int rdma_offload_attrs_to(remote *r, struct rdma_peer *p, const char *path, const struct iovec *src,
+			  int n, uint64_t size, uint64_t checksum, const struct remote_attrs *attrs)
+{
 	struct rdma_call *c;
 	struct rdma_regs g = {0};
 	struct rdma_run *runs = NULL;
@@ -682,6 +750,10 @@ int rdma_offload_to(remote *r, struct rdma_peer *p, const char *path, const stru
 		return rc;
 	c->out.u.path.size = size;
 	c->out.u.path.checksum = checksum;
+	if (attrs)
+		c->out.u.path.attrs = *attrs;
+	else
+		rdma_attrs_of(r, path, &c->out.u.path.attrs);
 	rc = exchange(r, c, true, true);
 	if (rc)
 		goto out_failed;

@@ -62,17 +62,19 @@ int remote_hand_over_lent(remote *r, const char *path, uint64_t *bytes)
 {
 	struct take_buf t = {0};
 	struct remote_sink sink = {take_prepare, &t};
+	struct remote_fetch_info info;
 	struct iovec iov;
 	int rc;
 
 	if (!atomic_load(&r->draining))
 		return -EINVAL; /* the ring would pick us again */
-	rc = remote_take_lent(r, path, &sink, NULL);
+	rc = remote_take_lent(r, path, &sink, &info);
 	if (rc)
 		goto out;
 	iov.iov_base = t.buf;
 	iov.iov_len = t.size;
-	rc = remote_offload(r, path, &iov, 1, t.checksum);
+	/* The copy keeps the owner and mode its node sent, not ours. */
+	rc = rdma_offload(r, path, &iov, 1, t.checksum, &info.attrs);
 	if (rc == 0 && bytes)
 		*bytes = t.size;
 out:

@@ -200,6 +200,31 @@ int rdma_path_ancestors(const char *path, size_t len, uint32_t *out, int max)
 	return n;
 }
 
+int rdma_holders_reply(const struct redisReply *rep, size_t i, rdma_holder_fn fn, void *ctx)
+{
+	int n = 0;
+
+	if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2)
+		return -EBADMSG;
+	for (size_t k = 0; k + 1 < rep->elements; k += 2) {
+		const redisReply *nd = rep->element[k], *tv = rep->element[k + 1];
+		char node[REMOTE_NODE_ID_MAX];
+		int tier;
+
+		if (nd->type != REDIS_REPLY_STRING || tv->type != REDIS_REPLY_STRING ||
+		    nd->len >= REMOTE_NODE_ID_MAX)
+			continue;
+		memcpy(node, nd->str, nd->len);
+		node[nd->len] = '\0';
+		tier = rdma_tier_parse(tv->str, tv->len);
+		if (tier < 0 || !rdma_node_id_valid(node))
+			continue;
+		fn(ctx, i, node, tier);
+		n++;
+	}
+	return n;
+}
+
 /* --- the set of published paths ------------------------------------------- */
 
 static int pub_cmp(const void *a, const void *b)
@@ -911,30 +936,14 @@ static void qbroken(remote *r)
 	r->q_retry_ns = kvfs_mono_ns() + 200000000ull;
 }
 
-/* The holders in one HGETALL reply for path number @i. */
+/* The holders in one HGETALL reply for path number @i (rdma_holders_reply). */
 static void holders_of(remote *r, const redisReply *rep, size_t i, rdma_holder_fn fn, void *ctx)
 {
 	if (rep->type == REDIS_REPLY_ERROR) {
 		STAT_INC(r, redis_errors);
 		return;
 	}
-	if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 2)
-		return;
-	for (size_t k = 0; k + 1 < rep->elements; k += 2) {
-		const redisReply *nd = rep->element[k], *tv = rep->element[k + 1];
-		char node[REMOTE_NODE_ID_MAX];
-		int tier;
-
-		if (nd->type != REDIS_REPLY_STRING || tv->type != REDIS_REPLY_STRING ||
-		    nd->len >= REMOTE_NODE_ID_MAX)
-			continue;
-		memcpy(node, nd->str, nd->len);
-		node[nd->len] = '\0';
-		tier = rdma_tier_parse(tv->str, tv->len);
-		if (tier < 0 || !rdma_node_id_valid(node))
-			continue;
-		fn(ctx, i, node, tier);
-	}
+	rdma_holders_reply(rep, i, fn, ctx);
 }
 
 /*

@@ -29,7 +29,8 @@
 #define H_REQ	  16
 #define H_SESSION 24
 #define H_MAC	  32
-#define H_RSVD	  48
+#define H_SEQ	  48
+#define H_RSVD	  56
 
 #define PATH_HDR    24 /* size, checksum, path_len, pad */
 #define FILE_HDR    48
@@ -37,6 +38,8 @@
 #define CHAL_LEN    (REMOTE_NODE_ID_MAX + RDMA_NONCE_LEN + 32)
 #define WELCOME_LEN 24
 #define REF_LEN	    16
+#define ATTR_LEN    12
+#define ATTRS_MIN   (ATTR_LEN + 4) /* the file's, ndirs */
 
 static const char *const msg_names[RDMA_MSG_TYPE_MAX] = {
 	[RDMA_MSG_HELLO] = "HELLO",	[RDMA_MSG_CHALLENGE] = "CHALLENGE",
@@ -103,6 +106,67 @@ static bool all_zero(const uint8_t *p, size_t n)
 		if (p[i])
 			return false;
 	return true;
+}
+
+/* --- attributes (ATTRS in rdma_i.h) ---------------------------------------- */
+
+static bool attr_ok(const struct remote_attr *a)
+{
+	return (a->mode & ~07777u) == 0;
+}
+
+static bool attrs_ok(const struct remote_attrs *a)
+{
+	if (a->ndirs > REMOTE_ATTR_DIRS || !attr_ok(&a->file))
+		return false;
+	for (uint32_t i = 0; i < a->ndirs; i++)
+		if (!attr_ok(&a->dirs[i]))
+			return false;
+	return true;
+}
+
+static uint32_t attrs_len(const struct remote_attrs *a)
+{
+	return ATTRS_MIN + ATTR_LEN * a->ndirs;
+}
+
+static void put_attr(uint8_t *p, const struct remote_attr *a)
+{
+	put32(p, a->uid);
+	put32(p + 4, a->gid);
+	put32(p + 8, a->mode);
+}
+
+static void get_attr(const uint8_t *p, struct remote_attr *a)
+{
+	a->uid = get32(p);
+	a->gid = get32(p + 4);
+	a->mode = get32(p + 8);
+}
+
+static uint32_t put_attrs(uint8_t *p, const struct remote_attrs *a)
+{
+	put_attr(p, &a->file);
+	put32(p + ATTR_LEN, a->ndirs);
+	for (uint32_t i = 0; i < a->ndirs; i++)
+		put_attr(p + ATTRS_MIN + ATTR_LEN * i, &a->dirs[i]);
+	return attrs_len(a);
+}
+
+/* Decode ATTRS from the @avail bytes at @p. @return its length, or 0 if it
+ * does not fit (the caller checks the rest). */
+static uint32_t get_attrs(const uint8_t *p, uint32_t avail, struct remote_attrs *a)
+{
+	memset(a, 0, sizeof(*a));
+	if (avail < ATTRS_MIN)
+		return 0;
+	get_attr(p, &a->file);
+	a->ndirs = get32(p + ATTR_LEN);
+	if (a->ndirs > REMOTE_ATTR_DIRS || avail < attrs_len(a))
+		return 0;
+	for (uint32_t i = 0; i < a->ndirs; i++)
+		get_attr(p + ATTRS_MIN + ATTR_LEN * i, &a->dirs[i]);
+	return attrs_len(a);
 }
 
 /* --- validation ----------------------------------------------------------- */
@@ -185,6 +249,11 @@ static bool msg_ok(const struct rdma_msg *m)
 	if (m->type != RDMA_MSG_STATUS && m->type != RDMA_MSG_REFUSED && m->type != RDMA_MSG_DONE &&
 	    m->status != 0)
 		return false;
+	/* The handshake is not MACed, so it has no place in a sequence. */
+	if ((m->type == RDMA_MSG_HELLO || m->type == RDMA_MSG_CHALLENGE ||
+	     m->type == RDMA_MSG_PROVE || m->type == RDMA_MSG_REFUSED) &&
+	    m->seq != 0)
+		return false;
 	/* Everything but RELEASE expects or is a reply, so it names a request. */
 	if (m->type != RDMA_MSG_RELEASE && m->req_id == 0)
 		return false;
@@ -211,6 +280,8 @@ static bool msg_ok(const struct rdma_msg *m)
 			return false;
 		if (m->type != RDMA_MSG_OFFLOAD && (m->u.path.size || m->u.path.checksum))
 			return false;
+		if (m->type == RDMA_MSG_OFFLOAD && !attrs_ok(&m->u.path.attrs))
+			return false;
 		return m->type != RDMA_MSG_OFFLOAD || m->u.path.size > 0;
 	}
 	case RDMA_MSG_RUNS:
@@ -229,6 +300,8 @@ static bool msg_ok(const struct rdma_msg *m)
 			return false;
 		if ((m->u.file.total == 0) != (m->u.file.size == 0))
 			return false;
+		if (!attrs_ok(&m->u.file.attrs))
+			return false;
 		if (m->u.file.total > m->u.file.size)
 			return false; /* every run holds at least a byte */
 		for (uint32_t i = 0; i < m->u.file.n; i++) {
@@ -238,10 +311,11 @@ static bool msg_ok(const struct rdma_msg *m)
 				return false;
 			sum += l;
 		}
-		/* A grant comes whole; a file reply in slices. */
+		/* A grant comes whole, without attributes; a file reply in slices. */
 		if (m->type == RDMA_MSG_GRANT &&
 		    (m->u.file.first != 0 || m->u.file.n != m->u.file.total ||
-		     sum != m->u.file.size))
+		     sum != m->u.file.size ||
+		     !all_zero((const uint8_t *)&m->u.file.attrs, sizeof(m->u.file.attrs))))
 			return false;
 		return true;
 	}
@@ -295,6 +369,8 @@ int rdma_msg_encode(const struct rdma_msg *m, uint8_t *buf, size_t cap)
 		put32(p + 20, 0);
 		memcpy(p + PATH_HDR, m->u.path.path, m->u.path.path_len);
 		len = PATH_HDR + m->u.path.path_len;
+		if (m->type == RDMA_MSG_OFFLOAD)
+			len += put_attrs(p + len, &m->u.path.attrs);
 		break;
 	case RDMA_MSG_RUNS:
 	case RDMA_MSG_RELEASE:
@@ -315,11 +391,12 @@ int rdma_msg_encode(const struct rdma_msg *m, uint8_t *buf, size_t cap)
 		put32(p + 40, m->u.file.n);
 		p[44] = m->u.file.tier;
 		p[45] = p[46] = p[47] = 0;
+		len = FILE_HDR + put_attrs(p + FILE_HDR, &m->u.file.attrs);
 		for (uint32_t i = 0; i < m->u.file.n; i++) {
-			put64(p + FILE_HDR + 16 * i, m->u.file.run[i].addr);
-			put64(p + FILE_HDR + 16 * i + 8, m->u.file.run[i].len);
+			put64(p + len + 16 * i, m->u.file.run[i].addr);
+			put64(p + len + 16 * i + 8, m->u.file.run[i].len);
 		}
-		len = FILE_HDR + 16 * m->u.file.n;
+		len += 16 * m->u.file.n;
 		break;
 	case RDMA_MSG_STATUS:
 	case RDMA_MSG_REFUSED:
@@ -333,25 +410,27 @@ int rdma_msg_encode(const struct rdma_msg *m, uint8_t *buf, size_t cap)
 	put32(buf + H_STATUS, (uint32_t)m->status);
 	put64(buf + H_REQ, m->req_id);
 	put64(buf + H_SESSION, m->session);
+	put64(buf + H_SEQ, m->seq);
 	return (int)(RDMA_HDR_SIZE + len);
 }
 
 int rdma_msg_decode(const uint8_t *buf, size_t len, struct rdma_msg *m)
 {
 	const uint8_t *p = buf + RDMA_HDR_SIZE;
-	uint32_t plen;
+	uint32_t plen, alen;
 
 	if (len < RDMA_HDR_SIZE || len > RDMA_MSG_SIZE || get32(buf + H_MAGIC) != RDMA_MAGIC)
 		return -EBADMSG;
 	if (get16(buf + H_VERSION) != RDMA_PROTO_VERSION)
 		return -EPROTONOSUPPORT;
 	plen = get32(buf + H_LEN);
-	if (plen != len - RDMA_HDR_SIZE || !all_zero(buf + H_RSVD, 16))
+	if (plen != len - RDMA_HDR_SIZE || !all_zero(buf + H_RSVD, RDMA_HDR_SIZE - H_RSVD))
 		return -EBADMSG;
 	m->type = get16(buf + H_TYPE);
 	m->status = (int32_t)get32(buf + H_STATUS);
 	m->req_id = get64(buf + H_REQ);
 	m->session = get64(buf + H_SESSION);
+	m->seq = get64(buf + H_SEQ);
 
 	switch (m->type) {
 	case RDMA_MSG_HELLO:
@@ -397,10 +476,20 @@ int rdma_msg_decode(const uint8_t *buf, size_t len, struct rdma_msg *m)
 		m->u.path.size = get64(p);
 		m->u.path.checksum = get64(p + 8);
 		m->u.path.path_len = get32(p + 16);
-		if (m->u.path.path_len >= REMOTE_PATH_MAX || plen != PATH_HDR + m->u.path.path_len)
+		if (m->u.path.path_len >= REMOTE_PATH_MAX || plen < PATH_HDR + m->u.path.path_len)
 			return -EBADMSG;
 		memcpy(m->u.path.path, p + PATH_HDR, m->u.path.path_len);
 		m->u.path.path[m->u.path.path_len] = '\0';
+		alen = 0;
+		memset(&m->u.path.attrs, 0, sizeof(m->u.path.attrs));
+		if (m->type == RDMA_MSG_OFFLOAD) {
+			alen = get_attrs(p + PATH_HDR + m->u.path.path_len,
+					 plen - PATH_HDR - m->u.path.path_len, &m->u.path.attrs);
+			if (!alen)
+				return -EBADMSG;
+		}
+		if (plen != PATH_HDR + m->u.path.path_len + alen)
+			return -EBADMSG;
 		break;
 	case RDMA_MSG_RUNS:
 	case RDMA_MSG_RELEASE:
@@ -422,11 +511,13 @@ int rdma_msg_decode(const uint8_t *buf, size_t len, struct rdma_msg *m)
 		m->u.file.first = get32(p + 36);
 		m->u.file.n = get32(p + 40);
 		m->u.file.tier = p[44];
-		if (m->u.file.n > RDMA_RUNS_PER_MSG || plen != FILE_HDR + 16 * m->u.file.n)
+		alen = get_attrs(p + FILE_HDR, plen - FILE_HDR, &m->u.file.attrs);
+		if (!alen || m->u.file.n > RDMA_RUNS_PER_MSG ||
+		    plen != FILE_HDR + alen + 16 * m->u.file.n)
 			return -EBADMSG;
 		for (uint32_t i = 0; i < m->u.file.n; i++) {
-			m->u.file.run[i].addr = get64(p + FILE_HDR + 16 * i);
-			m->u.file.run[i].len = get64(p + FILE_HDR + 16 * i + 8);
+			m->u.file.run[i].addr = get64(p + FILE_HDR + alen + 16 * i);
+			m->u.file.run[i].len = get64(p + FILE_HDR + alen + 16 * i + 8);
 		}
 		break;
 	case RDMA_MSG_STATUS:
@@ -438,6 +529,29 @@ int rdma_msg_decode(const uint8_t *buf, size_t len, struct rdma_msg *m)
 		return -EBADMSG;
 	}
 	return msg_ok(m) ? 0 : -EBADMSG;
+}
+
+/* --- replays --------------------------------------------------------------- */
+
+bool rdma_replay_accept(struct rdma_replay *w, uint64_t seq)
+{
+	uint64_t back;
+
+	if (seq == 0)
+		return false;
+	if (seq > w->top) {
+		uint64_t shift = seq - w->top;
+
+		w->seen = shift >= RDMA_REPLAY_WINDOW ? 0 : w->seen << shift;
+		w->seen |= 1;
+		w->top = seq;
+		return true;
+	}
+	back = w->top - seq;
+	if (back >= RDMA_REPLAY_WINDOW || (w->seen >> back & 1))
+		return false;
+	w->seen |= 1ull << back;
+	return true;
 }
 
 /* --- MACs ----------------------------------------------------------------- */

@@ -291,20 +291,17 @@ static int parse_redirect(struct rdma_rconn *rc, const char *s, size_t len, uint
 	return *node == RC_NONE ? -EBADMSG : 0;
 }
 
-/* Apply a CLUSTER SLOTS reply got from node @from. @return slots mapped. */
-static uint32_t apply_slots(struct rdma_rconn *rc, const redisReply *rep, uint16_t from)
+int rdma_slots_reply(const struct redisReply *rep,
+		     void (*fn)(void *ctx, const struct rdma_slot_range *r), void *ctx)
 {
-	uint32_t mapped = 0;
+	int n = 0;
 
 	if (rep->type != REDIS_REPLY_ARRAY)
-		return 0;
-	for (uint32_t s = 0; s < RC_SLOTS; s++)
-		rc->slot_node[s] = RC_NONE;
+		return -EBADMSG;
 	for (size_t i = 0; i < rep->elements; i++) {
 		const redisReply *e = rep->element[i], *m;
-		const char *host;
-		size_t hl;
-		uint16_t node;
+		struct rdma_slot_range r;
+		long long first, last, port;
 
 		if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
 		    e->element[0]->type != REDIS_REPLY_INTEGER ||
@@ -315,25 +312,67 @@ static uint32_t apply_slots(struct rdma_rconn *rc, const redisReply *rep, uint16
 		    m->element[0]->type != REDIS_REPLY_STRING ||
 		    m->element[1]->type != REDIS_REPLY_INTEGER)
 			continue;
-		host = m->element[0]->str;
-		hl = m->element[0]->len;
-		if (hl == 0 || (hl == 1 && host[0] == '?')) {
-			/* The node does not know its own address: the one we asked. */
-			host = rc->nodes[from].host;
-			hl = strlen(host);
-		}
-		node = node_find(rc, host, hl, (int)m->element[1]->integer);
-		if (node == RC_NONE)
+		/*
+		 * Clip to the slots that exist before walking them: a range
+		 * from LLONG_MIN was walked one number at a time.
+		 */
+		first = KVFS_MAX(e->element[0]->integer, 0);
+		last = KVFS_MIN(e->element[1]->integer, RC_SLOTS - 1);
+		port = m->element[1]->integer;
+		if (first > last || port < 1 || port > 65535)
 			continue;
-		for (long long s = e->element[0]->integer;
-		     s <= e->element[1]->integer && s < RC_SLOTS; s++) {
-			if (s < 0)
-				continue;
-			rc->slot_node[s] = node;
-			mapped++;
-		}
+		r.first = (uint16_t)first;
+		r.last = (uint16_t)last;
+		r.host = m->element[0]->str;
+		r.host_len = m->element[0]->len;
+		if (r.host_len == 1 && r.host[0] == '?')
+			r.host_len = 0;
+		r.port = (int)port;
+		fn(ctx, &r);
+		n++;
 	}
-	return mapped;
+	return n;
+}
+
+struct slots_apply {
+	struct rdma_rconn *rc;
+	uint16_t from;
+	uint32_t mapped;
+};
+
+static void map_range(void *arg, const struct rdma_slot_range *r)
+{
+	struct slots_apply *a = arg;
+	struct rdma_rconn *rc = a->rc;
+	const char *host = r->host;
+	size_t hl = r->host_len;
+	uint16_t node;
+
+	if (hl == 0) {
+		/* The node does not know its own address: the one we asked. */
+		host = rc->nodes[a->from].host;
+		hl = strlen(host);
+	}
+	node = node_find(rc, host, hl, r->port);
+	if (node == RC_NONE)
+		return;
+	for (uint32_t s = r->first; s <= r->last; s++) {
+		rc->slot_node[s] = node;
+		a->mapped++;
+	}
+}
+
+/* Apply a CLUSTER SLOTS reply got from node @from. @return slots mapped. */
+static uint32_t apply_slots(struct rdma_rconn *rc, const redisReply *rep, uint16_t from)
+{
+	struct slots_apply a = {rc, from, 0};
+
+	if (rep->type != REDIS_REPLY_ARRAY)
+		return 0;
+	for (uint32_t s = 0; s < RC_SLOTS; s++)
+		rc->slot_node[s] = RC_NONE;
+	rdma_slots_reply(rep, map_range, &a);
+	return a.mapped;
 }
 
 /* Reload the slot map from the first node that answers: the ones we know,

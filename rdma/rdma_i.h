@@ -18,15 +18,18 @@
  * Locks (never held across a wait on the network, except q_lock which only
  * guards the query connection to Redis): peer_lock (membership, ring),
  * peer->sess_lock (one handshake per peer at a time), av_lock, pend_lock,
- * send_lock, xfer_lock, work_lock, iq_lock, pub_lock. No two are nested
- * except peer->sess_lock -> (peer_lock | pend_lock | send_lock | av_lock),
- * peer_lock -> av_lock, and q_lock -> peer_lock.
+ * send_lock, xfer_lock, work_lock, iq_lock, pub_lock, guard_lock (a leaf),
+ * peer->seq_lock (a request is numbered and posted under it). No two are
+ * nested except peer->sess_lock -> (peer_lock | pend_lock | send_lock |
+ * av_lock | seq_lock), peer->seq_lock -> (send_lock | av_lock), peer_lock ->
+ * av_lock, and q_lock -> peer_lock.
  */
 #ifndef KVFS_RDMA_I_H
 #define KVFS_RDMA_I_H
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -52,7 +55,7 @@ struct redisContext;
 #define RDMA_ADDR_MAX	    64 /* fabric address bytes (fi_getname) */
 #define RDMA_MAC_LEN	    16 /* truncated HMAC-SHA256 per message */
 #define RDMA_NONCE_LEN	    32
-#define RDMA_RUNS_PER_MSG   500
+#define RDMA_RUNS_PER_MSG   480 /* FILE: runs and attributes fill one buffer */
 #define RDMA_NRECV	    64
 #define RDMA_NSEND	    64
 #define RDMA_MAX_PEERS	    256
@@ -71,33 +74,50 @@ struct redisContext;
 #define RDMA_PROV_MAX	    32
 #define RDMA_CLIENT_IDLE_NS (120ull * 1000000000ull) /* < the server's 300 s */
 
+/* What an outsider may hold (server.c, xfer.c, guard.c). */
+#define RDMA_MAX_AV_UNPROVEN 32	 /* address-vector slots for addresses not yet proven */
+#define RDMA_HS_OUTBOX	     32	 /* handshake replies waiting for a connection */
+#define RDMA_REPLAY_WINDOW   64	 /* sequence numbers accepted out of order */
+#define RDMA_GUARD_HOSTS     512 /* hosts vouched for (guard.c) */
+
 /* --- wire format (proto.c) -------------------------------------------------
  *
  * Every message: a 64-byte header, then a payload whose layout depends on
  * the type. All integers little-endian.
  *
- *   0  u32 magic "KVRM"     4  u16 version (1)     6  u16 type
+ *   0  u32 magic "KVRM"     4  u16 version (2)     6  u16 type
  *   8  u32 payload length  12  i32 status (0, or -errno in a reply)
  *  16  u64 request id      24  u64 session id
  *  32  u8  mac[16]: HMAC-SHA256(session key, message with mac zeroed), or
  *          zero for the handshake messages (HELLO, CHALLENGE, PROVE,
  *          REFUSED)
- *  48  u8  reserved[16], zero
+ *  48  u64 seq: in a MACed message, its number in the session and direction
+ *          (1, 2, ...; under the MAC); the receiver refuses a number it has
+ *          seen, or one more than RDMA_REPLAY_WINDOW below the highest
+ *          (a replay). Zero in handshake messages.
+ *  56  u8  reserved[8], zero
  *
  * Payloads (offsets from the payload start):
  *   HELLO      node[64] (NUL-padded) | u32 addr_len | addr[64] | nonce[32]
  *   CHALLENGE  node[64] | nonce[32] | mac[32]
  *   PROVE      mac[32]
  *   WELCOME    u64 warm_addr | u64 warm_key | u32 warm_len | u32 0
- *   LOOKUP, FREE, OFFLOAD
+ *   LOOKUP, FREE
  *              u64 size | u64 checksum | u32 path_len | u32 0 | path bytes
- *              (size and checksum zero except for OFFLOAD)
+ *              (size and checksum zero)
+ *   OFFLOAD    the same, then ATTRS (the file's owner and mode, kept with
+ *              the lent copy and served with it)
  *   RUNS, RELEASE, DONE
  *              u64 lease (or ticket) | u32 first | u32 0
  *   FILE, GRANT
  *              u64 lease (or ticket) | u64 size | u64 checksum | u64 key |
  *              u32 total runs | u32 first | u32 n | u8 tier | u8 pad[3] |
- *              n * (u64 addr | u64 len)
+ *              ATTRS | n * (u64 addr | u64 len)
+ *              (ATTRS all zero in a GRANT)
+ *   ATTRS      u32 uid | u32 gid | u32 mode (permission bits, <= 07777) |
+ *              u32 ndirs (<= REMOTE_ATTR_DIRS) | ndirs * (u32 uid | u32 gid |
+ *              u32 mode): the file's, then its directories' from the parent
+ *              up
  *   STATUS, REFUSED
  *              empty; status < 0
  *
@@ -107,7 +127,7 @@ struct redisContext;
  */
 
 #define RDMA_MAGIC	   0x4d52564bu /* "KVRM" */
-#define RDMA_PROTO_VERSION 1
+#define RDMA_PROTO_VERSION 2
 
 enum rdma_msg_type {
 	RDMA_MSG_HELLO = 1, /* C->S: who I am, where to answer, a nonce */
@@ -137,6 +157,7 @@ struct rdma_msg {
 	int32_t status;
 	uint64_t req_id;
 	uint64_t session;
+	uint64_t seq; /* set by the sender of a MACed message */
 	union {
 		struct {
 			char node[REMOTE_NODE_ID_MAX];
@@ -160,6 +181,7 @@ struct rdma_msg {
 			uint64_t size, checksum;
 			uint32_t path_len;
 			char path[REMOTE_PATH_MAX]; /* NUL-terminated once decoded */
+			struct remote_attrs attrs;  /* OFFLOAD */
 		} path;
 		struct {
 			uint64_t lease;
@@ -169,6 +191,7 @@ struct rdma_msg {
 			uint64_t lease, size, checksum, key;
 			uint32_t total, first, n;
 			uint8_t tier;
+			struct remote_attrs attrs; /* FILE */
 			struct rdma_run run[RDMA_RUNS_PER_MSG];
 		} file;
 	} u;
@@ -185,6 +208,17 @@ void rdma_msg_sign(uint8_t *buf, size_t len, const uint8_t key[32]);
 bool rdma_msg_verify(const uint8_t *buf, size_t len, const uint8_t key[32]);
 /* Is the mac field all zero (an unauthenticated message)? */
 bool rdma_msg_unsigned(const uint8_t *buf, size_t len);
+
+/* The sequence numbers one side of a session has accepted: the highest,
+ * and a bitmap of the RDMA_REPLAY_WINDOW below it (bit i = top - i). */
+struct rdma_replay {
+	uint64_t top;
+	uint64_t seen;
+};
+
+/* Accept @seq once (and record it): false for 0, a number already seen, or
+ * one that fell out of the window (a replay, or too late to tell). */
+bool rdma_replay_accept(struct rdma_replay *w, uint64_t seq);
 const char *rdma_msg_name(unsigned type);
 
 /* Handshake proofs: HMAC-SHA256(token, label | nonce_c | nonce_s | sid |
@@ -339,6 +373,23 @@ struct rdma_rconn_stats {
 uint16_t rdma_crc16(const void *buf, size_t len);
 /* The hash slot (0..16383) of a key, honouring {hash tags}. */
 uint16_t rdma_key_slot(const char *key, size_t len);
+
+/* One slot range of a CLUSTER SLOTS reply: slots first..last (within
+ * 0..16383) served by the master at host:port; host_len 0 when the node
+ * did not know its own address (it is then the node that was asked). */
+struct rdma_slot_range {
+	uint16_t first, last;
+	const char *host; /* host_len bytes, not NUL-terminated */
+	size_t host_len;
+	int port; /* 1..65535 */
+};
+/* Walk a CLUSTER SLOTS reply (pure): each well-formed range, clipped to
+ * the 16384 slots, goes to @fn; malformed ones are skipped. tests/fuzz/
+ * fuzz_index.c feeds it replies hiredis parsed.
+ * @return the number of ranges passed on, or -EBADMSG if @rep is not an
+ * array. */
+int rdma_slots_reply(const struct redisReply *rep,
+		     void (*fn)(void *ctx, const struct rdma_slot_range *r), void *ctx);
 /* Is @url one of redis://HOST:PORT, unix:PATH,
  * redis-cluster://HOST:PORT[,HOST:PORT...]? @return 0 or -EINVAL (a
  * one-line reason in @err). */
@@ -403,6 +454,13 @@ void rdma_index_stop(remote *r);
 void rdma_index_queue(remote *r, int kind, const char *path, int tier, const char *node);
 /* One holder of path number @i of a batch (rdma_index_holders). */
 typedef void (*rdma_holder_fn)(void *ctx, size_t i, const char *node, int tier);
+struct redisReply;
+/* The holders in one HGETALL reply (for path number @i): pairs of a node id
+ * and a tier name; @fn is called for each well-formed pair, the others are
+ * skipped. Pure: tests/fuzz/fuzz_index.c feeds it replies hiredis parsed.
+ * @return how many pairs went to @fn, or -EBADMSG if @rep is not an array
+ * of pairs. */
+int rdma_holders_reply(const struct redisReply *rep, size_t i, rdma_holder_fn fn, void *ctx);
 /* Look up the holders of @n paths in one pipelined round trip on the query
  * connection; @fn is called for each well-formed entry. @return 0 or
  * -ENOTCONN (Redis unreachable; counted). */
@@ -468,6 +526,11 @@ struct rdma_peer {
 	uint8_t key[32];
 	uint64_t warm_addr, warm_key;
 	uint32_t warm_len;
+
+	pthread_mutex_t seq_lock; /* the session's numbering; held while a request is posted */
+	uint64_t seq_sid;	  /* the session the two below belong to */
+	uint64_t tx_seq;	  /* of our last request */
+	struct rdma_replay rx;	  /* the peer's replies seen */
 };
 
 struct rdma_av_ent {
@@ -475,6 +538,7 @@ struct rdma_av_ent {
 	uint32_t len;
 	fi_addr_t fa;
 	bool used;
+	bool proven; /* a peer's (from the index, or one that proved the token) */
 };
 
 struct rdma_pending {
@@ -497,9 +561,10 @@ struct rdma_work {
 
 struct rdma_stats {
 	_Atomic uint64_t reads, read_bytes, read_failures, served, served_bytes, offloads,
-		offload_bytes, offloads_received, lent_evictions, lend_used, checksum_failures, timeouts,
-		conn_errors, auth_refused, auth_rejected, bad_messages, redis_errors,
-		redis_reconnects, resyncs, index_lookups, index_updates, stale_repaired;
+		offload_bytes, offloads_received, lent_evictions, lend_used, checksum_failures,
+		timeouts, conn_errors, auth_refused, auth_rejected, bad_messages, redis_errors,
+		redis_reconnects, resyncs, index_lookups, index_updates, stale_repaired, replays,
+		handshakes_dropped, conns_cut;
 };
 
 #define STAT_INC(r, f)	  atomic_fetch_add_explicit(&(r)->st.f, 1, memory_order_relaxed)
@@ -507,6 +572,13 @@ struct rdma_stats {
 
 struct rdma_srv; /* server.c */
 struct rdma_iq_op;
+
+/* A host with a proven session (guard.c). */
+struct rdma_vouch {
+	uint64_t until_ns; /* 0 = free */
+	sa_family_t family;
+	uint8_t a[16];
+};
 
 struct remote {
 	char node_id[REMOTE_NODE_ID_MAX];
@@ -572,14 +644,30 @@ struct remote {
 	pthread_mutex_t pub_lock;
 	void *pub; /* paths we publish: a tsearch tree of struct rdma_pub */
 
-	pthread_t progress_thr, server_thr, index_thr;
-	bool progress_started, server_started, index_started;
+	/* connections nobody vouched for (guard.c) */
+	uint32_t max_unproven_conns, unproven_conn_ms;
+	pthread_mutex_t guard_lock;
+	pthread_cond_t guard_cond;
+	struct rdma_vouch vouched[RDMA_GUARD_HOSTS];
+
+	pthread_t progress_thr, server_thr, index_thr, guard_thr;
+	bool progress_started, server_started, index_started, guard_started;
 	_Atomic bool stop;
 	_Atomic bool draining; /* remote_set_draining(): no lent memory offered or taken */
 	_Atomic bool hb_kick;  /* the index thread writes the heartbeat now */
 
 	struct rdma_stats st;
 };
+
+/* For log lines an outsider can cause: true at most once a second per
+ * @last (a flood must not become a flood of log lines). */
+static inline bool rdma_log_due(_Atomic uint64_t *last, uint64_t now_ns)
+{
+	uint64_t prev = atomic_load(last);
+
+	return now_ns - prev >= 1000000000ull &&
+	       atomic_compare_exchange_strong(last, &prev, now_ns);
+}
 
 /* Append @w to the server's work queue and wake it (r->work_lock held). */
 static inline void rdma_work_append_locked(remote *r, struct rdma_work *w)
@@ -594,17 +682,28 @@ static inline void rdma_work_append_locked(remote *r, struct rdma_work *w)
 }
 
 /* xfer.c: messaging and transfers */
+void rdma_cond_init_mono(pthread_cond_t *c);
 int rdma_engine_start(remote *r);
 void rdma_engine_stop(remote *r);
 /* After the endpoint is closed, when nothing can complete any more. */
 void rdma_engine_free(remote *r);
 /* The warm-up area (RDMA_WARM_LEN bytes of msg_mr) peers read once per session. */
 uint8_t *rdma_warm_area(remote *r);
+/* The provider's handle for @addr, a peer's (proven) address: inserted if
+ * new, evicting another entry when the vector is full. */
 int rdma_av_get(remote *r, const uint8_t *addr, uint32_t len, fi_addr_t *fa);
 void rdma_av_drop(remote *r, const uint8_t *addr, uint32_t len);
 /* Encode, sign (with @key if not NULL) and send @m to @addr. */
 int rdma_send_msg(remote *r, const uint8_t *addr, uint32_t addr_len, const struct rdma_msg *m,
 		  const uint8_t *key, uint64_t deadline_ns);
+/*
+ * One attempt, no waiting, to send @len encoded bytes to @addr, an address
+ * nobody vouched for (a HELLO's): it takes one of RDMA_MAX_AV_UNPROVEN
+ * address-vector slots, evicting (and disconnecting) the oldest such
+ * address, never a proven one. @return 0; -EAGAIN (no send buffer free, or
+ * the provider is still connecting: try again later); -errno.
+ */
+int rdma_send_try(remote *r, const uint8_t *addr, uint32_t addr_len, const void *buf, size_t len);
 /* Send raw bytes (tests: malformed messages). */
 int rdma_send_raw(remote *r, const uint8_t *addr, uint32_t addr_len, const void *buf, size_t len,
 		  uint64_t deadline_ns);
@@ -639,10 +738,21 @@ void rdma_xfer_drain(remote *r, struct rdma_xfer *x);
 uint32_t rdma_xfer_take(struct rdma_xfer *x);
 
 /* server.c */
+/* @path's attributes from remote_ops.attrs, checked; root-only ones if the
+ * daemon has none to give. */
+void rdma_attrs_of(remote *r, const char *path, struct remote_attrs *out);
 int rdma_server_init(remote *r);
 void rdma_server_fini(remote *r);
 void *rdma_server_main(void *arg);
 uint64_t rdma_server_lend_free(remote *r);
+
+/* guard.c */
+/* Start the thread that bounds unproven connections (no-op when
+ * max_unproven_conns is 0 or fabric names are not IP sockets). */
+int rdma_guard_start(remote *r);
+void rdma_guard_stop(remote *r);
+/* The host of fabric address @addr has a proven session with us. */
+void rdma_guard_vouch(remote *r, const uint8_t *addr, uint32_t len);
 
 /* client.c */
 /* Fetch @path from @p. *@sink_failed (if not NULL) says whether a failure
@@ -652,6 +762,14 @@ int rdma_fetch_from(remote *r, struct rdma_peer *p, const char *path,
 		    bool *sink_failed);
 int rdma_offload_to(remote *r, struct rdma_peer *p, const char *path, const struct iovec *src,
 		    int n, uint64_t size, uint64_t checksum);
+/* The same with the owner and mode @attrs the copy keeps (NULL: this node's
+ * remote_ops.attrs for @path), for a copy not in this node's namespace. */
+int rdma_offload_attrs_to(remote *r, struct rdma_peer *p, const char *path, const struct iovec *src,
+			  int n, uint64_t size, uint64_t checksum,
+			  const struct remote_attrs *attrs);
+/* remote_offload() with @attrs as above (remote.c). */
+int rdma_offload(remote *r, const char *path, const struct iovec *src, int n, uint64_t checksum,
+		 const struct remote_attrs *attrs);
 int rdma_free_at(remote *r, struct rdma_peer *p, const char *path);
 /* Open (handshake) a session with @p unless one is open. */
 int rdma_session(remote *r, struct rdma_peer *p);

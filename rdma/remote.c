@@ -396,6 +396,12 @@ static bool can_make_room(void *arg, uint32_t node)
 
 int remote_offload(remote *r, const char *path, const struct iovec *src, int n, uint64_t checksum)
 {
+	return rdma_offload(r, path, src, n, checksum, NULL);
+}
+
+int rdma_offload(remote *r, const char *path, const struct iovec *src, int n, uint64_t checksum,
+		 const struct remote_attrs *attrs)
+{
 	struct pick_ctx pc = {r, 0, kvfs_mono_ns()};
 	struct rdma_peer *cand[MAX_TRIES];
 	uint32_t nodes[MAX_TRIES], got;
@@ -421,7 +427,7 @@ int remote_offload(remote *r, const char *path, const struct iovec *src, int n, 
 
 		if (i && kvfs_mono_ns() - pc.now > (uint64_t)r->timeout_ms * 1000000ull)
 			break; /* bounded like remote_fetch */
-		e = rdma_offload_to(r, cand[i], path, src, n, pc.size, checksum);
+		e = rdma_offload_attrs_to(r, cand[i], path, src, n, pc.size, checksum, attrs);
 
 		if (e == 0) {
 			pthread_mutex_lock(&r->peer_lock);
@@ -707,6 +713,9 @@ void remote_get_stats(remote *r, struct remote_stats *s)
 	LOAD(index_lookups);
 	LOAD(index_updates);
 	LOAD(stale_repaired);
+	LOAD(replays);
+	LOAD(handshakes_dropped);
+	LOAD(conns_cut);
 #undef LOAD
 	s->index_redirects = atomic_load(&r->rst.moved) + atomic_load(&r->rst.asked);
 	s->index_map_refreshes = atomic_load(&r->rst.refreshes);
@@ -832,10 +841,18 @@ int remote_open(const struct remote_config *cfg, remote **out, char *err, size_t
 	pthread_mutex_init(&r->pub_lock, NULL);
 	pthread_mutex_init(&r->iq_lock, NULL);
 	pthread_mutex_init(&r->q_lock, NULL);
+	pthread_mutex_init(&r->guard_lock, NULL);
+	cond_mono(&r->guard_cond);
+	r->max_unproven_conns = cfg->max_unproven_conns == UINT32_MAX ? 0
+				: cfg->max_unproven_conns	      ? cfg->max_unproven_conns
+								      : 64;
+	r->unproven_conn_ms = cfg->unproven_conn_ms ? cfg->unproven_conn_ms : 10000;
 	cond_mono(&r->iq_cond);
 	cond_mono(&r->iq_done);
-	for (int i = 0; i < RDMA_MAX_PEERS; i++)
+	for (int i = 0; i < RDMA_MAX_PEERS; i++) {
 		pthread_mutex_init(&r->peers[i].sess_lock, NULL);
+		pthread_mutex_init(&r->peers[i].seq_lock, NULL);
+	}
 
 	rc = load_token(r, cfg, err, errlen);
 	if (rc)
@@ -906,6 +923,11 @@ int remote_open(const struct remote_config *cfg, remote **out, char *err, size_t
 		goto fail;
 	}
 	r->server_started = true;
+	rc = rdma_guard_start(r);
+	if (rc) {
+		snprintf(err, errlen, "guarding connections: %s", strerror(-rc));
+		goto fail;
+	}
 	if (r->cluster) {
 		rc = rdma_index_start(r);
 		if (rc)
@@ -928,6 +950,7 @@ void remote_close(remote *r)
 	if (!r)
 		return;
 	atomic_store(&r->stop, true);
+	rdma_guard_stop(r);
 	rdma_index_stop(r);
 	if (r->server_started) {
 		pthread_mutex_lock(&r->work_lock);

@@ -27,8 +27,12 @@
  *
  * Security. Every peer proves it knows the cluster token (a HELLO exchange,
  * HMAC-SHA256 challenge both ways) before any other request; every later
- * control message carries a MAC under a per-session key. Remote memory keys
- * are only handed to authenticated peers.
+ * control message carries a MAC under a per-session key and a sequence
+ * number (replays are refused). Remote memory keys, files and their owner
+ * and mode (remote_attrs) are only handed to authenticated peers. What an
+ * unauthenticated sender can cost a node is bounded: handshake replies never
+ * wait on the address it names, and connections from hosts without a proven
+ * session are capped and expire (cfg.max_unproven_conns, rdma/guard.c).
  *
  * Cluster index (Redis; <c> is cfg.cluster_name, default "kvfs"):
  *
@@ -90,6 +94,23 @@ enum remote_tier {
 	REMOTE_TIER_LENT = 4, /* an offloaded copy in a peer's lent memory */
 };
 
+/* Who may read a file, as the node that holds it says: travels with the file
+ * under the session MAC (in the fetch reply, and with an offloaded copy). */
+struct remote_attr {
+	uint32_t uid, gid;
+	uint32_t mode; /* permission bits only (07777) */
+};
+
+#define REMOTE_ATTR_DIRS 32
+
+struct remote_attrs {
+	struct remote_attr file;
+	/* The file's directories, from its parent up, as far as REMOTE_ATTR_DIRS
+	 * reach (the mount root is not one of them). */
+	uint32_t ndirs;
+	struct remote_attr dirs[REMOTE_ATTR_DIRS];
+};
+
 /* A sealed file the daemon leases to a peer (filled by remote_ops.lookup). */
 struct remote_file {
 	uint64_t size;
@@ -120,6 +141,14 @@ struct remote_ops {
 	int (*lookup)(void *ctx, const char *path, struct remote_file *out);
 	/* The lease taken by lookup ends (the peer is done, died or timed out). */
 	void (*release)(void *ctx, struct remote_file *f);
+	/*
+	 * The owner and mode of @path and of its directories (remote_attrs).
+	 * Called on the server thread after a successful lookup, and on the
+	 * caller's thread by remote_offload(). NULL, or an error, sends
+	 * root-only attributes (uid 0, gid 0, mode 0600, directories 0700): a
+	 * file never travels more open than its holder can vouch for.
+	 */
+	int (*attrs)(void *ctx, const char *path, struct remote_attrs *out);
 };
 
 struct remote_config {
@@ -138,7 +167,12 @@ struct remote_config {
 	uint64_t lend_bytes;  /* DRAM lent to peers; 0 = none */
 	uint32_t lend_page;   /* allocation unit of the lent region; 0 = 64 KiB */
 
-	uint32_t timeout_ms;   /* a transfer with no progress for this long fails; 0 = 2000 */
+	uint32_t timeout_ms; /* a transfer with no progress for this long fails; 0 = 2000 */
+	/* Connections to the listen port from hosts without a proven session
+	 * (rdma/guard.c): at most this many are kept (0 = 64; UINT32_MAX = no
+	 * guard), each for at most unproven_conn_ms (0 = 10000). */
+	uint32_t max_unproven_conns;
+	uint32_t unproven_conn_ms;
 	uint32_t heartbeat_ms; /* 0 = 1000 */
 	uint32_t node_ttl_ms;  /* 0 = 3 * heartbeat_ms */
 
@@ -264,7 +298,8 @@ struct remote_fetch_info {
 	enum remote_tier tier;
 	uint64_t size;
 	uint64_t checksum;
-	uint32_t attempts; /* holders tried */
+	uint32_t attempts;	   /* holders tried */
+	struct remote_attrs attrs; /* owner and mode at the holder (checked: mode <= 07777) */
 };
 
 /*
@@ -389,12 +424,15 @@ struct remote_stats {
 	uint64_t bad_messages;	    /* malformed or unauthenticated messages dropped */
 	uint64_t redis_errors;
 	uint64_t redis_reconnects;
-	uint64_t resyncs;	 /* full reconciliations of our entries */
-	uint64_t index_lookups;	 /* paths looked up */
-	uint64_t index_updates;	 /* publish/unpublish written to Redis */
-	uint64_t stale_repaired; /* entries a holder denied, removed */
+	uint64_t resyncs;	      /* full reconciliations of our entries */
+	uint64_t index_lookups;	      /* paths looked up */
+	uint64_t index_updates;	      /* publish/unpublish written to Redis */
+	uint64_t stale_repaired;      /* entries a holder denied, removed */
 	uint64_t index_redirects;     /* Redis Cluster MOVED/ASK replies followed */
 	uint64_t index_map_refreshes; /* Redis Cluster slot map reloads */
+	uint64_t replays;	      /* MACed messages refused: their sequence number was seen */
+	uint64_t handshakes_dropped;  /* handshake replies to addresses that never took them */
+	uint64_t conns_cut;	      /* connections closed that proved nothing in time */
 };
 
 void remote_get_stats(remote *r, struct remote_stats *st);

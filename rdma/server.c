@@ -12,6 +12,19 @@
  * request must name an open session and carry a valid MAC under its key,
  * else it is dropped and counted as a bad message: we do not know where to
  * answer an unauthenticated sender. Session id = random high bits | slot.
+ * A request's sequence number must be new in its session (a replay is
+ * dropped, counted in replays); our replies are numbered too.
+ *
+ * Outsiders cost bounded work. Before PROVE nothing is known about a peer,
+ * not even that the reply address in its HELLO is its own: the handshake
+ * replies (CHALLENGE, REFUSED) are sent without waiting, and while the
+ * provider is still connecting they wait in a small outbox, retried from
+ * this loop (after 1 ms, backing off to 64 ms) until timeout_ms (the oldest
+ * gives way when it is full), and those addresses only get the few
+ * unproven slots of the address vector (xfer.c). Half-open sessions are capped (the oldest goes).
+ * So this thread never blocks on an address an outsider chose, and
+ * remote_take_lent() (the daemon's lookup miss) waits at most timeout_ms
+ * for it in any case.
  *
  * Leases. LOOKUP leases a lent copy or, through remote_ops.lookup, a file
  * of the daemon; the reply lists its bytes as runs in a registered region.
@@ -47,6 +60,8 @@
 #define HALF_OPEN_NS (10ull * 1000000000ull)
 #define IDLE_NS	     (300ull * 1000000000ull)
 #define EXPIRE_EVERY (100ull * 1000000ull)
+#define OUTBOX_EVERY (1000000ull)
+#define VOUCH_EVERY  (10ull * 1000000000ull)
 
 struct rdma_session {
 	uint64_t sid; /* 0 = free */
@@ -57,11 +72,15 @@ struct rdma_session {
 	uint8_t nonce_c[RDMA_NONCE_LEN], nonce_s[RDMA_NONCE_LEN];
 	uint8_t key[32];
 	uint64_t last_ns;
+	uint64_t tx_seq;       /* of our last MACed reply */
+	struct rdma_replay rx; /* the peer's requests seen */
+	uint64_t vouched_ns;   /* last told the connection guard */
 };
 
 struct rdma_lent {
 	const char *path; /* points at buf; the tree's key */
 	uint64_t size, checksum;
+	struct remote_attrs attrs; /* as the offloading node sent them */
 	struct rdma_lend_run *runs;
 	int nruns;
 	uint32_t leases;
@@ -80,6 +99,7 @@ struct rdma_lease {
 	uint32_t nruns;
 	uint64_t size, checksum, key;
 	uint8_t tier;
+	struct remote_attrs attrs;
 	struct rdma_mr mr; /* a daemon file outside the arena, registered for this lease */
 };
 
@@ -92,6 +112,20 @@ struct rdma_ticket {
 	int nruns;
 	uint32_t seen, total;
 	uint64_t expires_ns;
+	struct remote_attrs attrs;
+};
+
+/* A handshake reply to an address that has not proven anything yet: sent
+ * without waiting, and retried from the server loop while the provider
+ * connects, until it expires. */
+struct rdma_hs_out {
+	uint64_t expires_ns; /* 0 = free */
+	uint64_t next_ns;    /* the next attempt: 1 ms after the first, doubling to 64 ms */
+	uint32_t wait_ms;
+	uint8_t addr[RDMA_ADDR_MAX];
+	uint32_t addr_len;
+	uint32_t len;
+	uint8_t buf[RDMA_HDR_SIZE + 256]; /* CHALLENGE or REFUSED */
 };
 
 struct rdma_srv {
@@ -106,7 +140,10 @@ struct rdma_srv {
 	_Atomic uint64_t lend_free;
 	uint64_t lease_ttl_ns;
 	uint64_t next_expire_ns;
+	struct rdma_hs_out outbox[RDMA_HS_OUTBOX];
+	uint32_t outbox_n;
 	struct rdma_msg in, out;
+	uint8_t hs_buf[RDMA_MSG_SIZE];
 };
 
 static uint64_t lend_free_bytes(const struct rdma_srv *s)
@@ -192,20 +229,121 @@ static void lent_kill(remote *r, struct rdma_lent *l)
 	lent_put_pages(r, l);
 }
 
+/* --- attributes ------------------------------------------------------------ */
+
+void rdma_attrs_of(remote *r, const char *path, struct remote_attrs *out)
+{
+	int dirs = 0;
+
+	memset(out, 0, sizeof(*out));
+	if (r->ops && r->ops->attrs && r->ops->attrs(r->ops_ctx, path, out) == 0) {
+		out->file.mode &= 07777;
+		if (out->ndirs > REMOTE_ATTR_DIRS)
+			out->ndirs = REMOTE_ATTR_DIRS;
+		for (uint32_t i = 0; i < out->ndirs; i++)
+			out->dirs[i].mode &= 07777;
+		return;
+	}
+	/* Nobody vouches for this file: root only. */
+	memset(out, 0, sizeof(*out));
+	out->file.mode = 0600;
+	for (const char *p = path; *p; p++)
+		dirs += *p == '/';
+	out->ndirs = (uint32_t)KVFS_MIN(dirs, REMOTE_ATTR_DIRS);
+	for (uint32_t i = 0; i < out->ndirs; i++)
+		out->dirs[i].mode = 0700;
+}
+
 /* --- replies -------------------------------------------------------------- */
 
-static void send_to(remote *r, const struct rdma_session *se, const struct rdma_msg *m, bool sign)
+/*
+ * A handshake reply (unsigned) to @addr, which proved nothing yet: one
+ * attempt now, then from the outbox (the oldest entry gives way when it is
+ * full). Never waits: a flood of HELLOs naming an address that accepts and
+ * never answers costs a bounded amount of work and memory, and the server
+ * goes on answering everyone else.
+ */
+static void hs_send(remote *r, const uint8_t *addr, uint32_t addr_len, struct rdma_msg *m)
+{
+	struct rdma_srv *s = r->srv;
+	struct rdma_hs_out *o = NULL;
+	int len, rc;
+
+	m->seq = 0;
+	len = rdma_msg_encode(m, s->hs_buf, sizeof(s->hs_buf));
+	if (len < 0 || (size_t)len > sizeof(o->buf))
+		return;
+	rc = rdma_send_try(r, addr, addr_len, s->hs_buf, (size_t)len);
+	if (rc != -EAGAIN) {
+		if (rc)
+			log_debug("rdma: %s not sent: %s", rdma_msg_name(m->type), strerror(-rc));
+		return;
+	}
+	for (int i = 0; i < RDMA_HS_OUTBOX; i++) {
+		struct rdma_hs_out *e = &s->outbox[i];
+
+		if (!e->expires_ns) {
+			o = e;
+			break;
+		}
+		if (!o || e->expires_ns < o->expires_ns)
+			o = e;
+	}
+	if (o->expires_ns)
+		STAT_INC(r, handshakes_dropped);
+	else
+		s->outbox_n++;
+	o->expires_ns = kvfs_mono_ns() + (uint64_t)r->timeout_ms * 1000000ull;
+	o->wait_ms = 1;
+	o->next_ns = kvfs_mono_ns() + 1000000ull;
+	memcpy(o->addr, addr, addr_len);
+	o->addr_len = addr_len;
+	memcpy(o->buf, s->hs_buf, (size_t)len);
+	o->len = (uint32_t)len;
+}
+
+/* Retry what the outbox holds, once each. */
+static void outbox_run(remote *r, uint64_t now)
+{
+	struct rdma_srv *s = r->srv;
+
+	for (int i = 0; i < RDMA_HS_OUTBOX && s->outbox_n; i++) {
+		struct rdma_hs_out *e = &s->outbox[i];
+		int rc;
+
+		if (!e->expires_ns || (now < e->next_ns && now < e->expires_ns))
+			continue;
+		rc = rdma_send_try(r, e->addr, e->addr_len, e->buf, e->len);
+		if (rc == -EAGAIN && now < e->expires_ns) {
+			e->wait_ms = KVFS_MIN(2 * e->wait_ms, 64u);
+			e->next_ns = now + (uint64_t)e->wait_ms * 1000000ull;
+			continue;
+		}
+		if (rc == -EAGAIN)
+			STAT_INC(r, handshakes_dropped);
+		e->expires_ns = 0;
+		s->outbox_n--;
+	}
+}
+
+/* A reply in an open session (signed, numbered) or a handshake reply. */
+static void send_to(remote *r, struct rdma_session *se, struct rdma_msg *m, bool sign)
 {
 	uint64_t deadline = kvfs_mono_ns() + (uint64_t)r->timeout_ms * 1000000ull;
-	int rc = rdma_send_msg(r, se->addr, se->addr_len, m, sign ? se->key : NULL, deadline);
+	int rc;
 
+	if (!sign) {
+		hs_send(r, se->addr, se->addr_len, m);
+		return;
+	}
+	m->seq = ++se->tx_seq;
+	rc = rdma_send_msg(r, se->addr, se->addr_len, m, se->key, deadline);
 	if (rc)
 		log_debug("rdma: reply %s to %s failed: %s", rdma_msg_name(m->type), se->node,
 			  strerror(-rc));
 }
 
-static void reply_status(remote *r, const struct rdma_session *se, uint64_t req_id, int status,
-			 bool sign)
+static void reply_status(remote *r, struct rdma_session *se, uint64_t req_id, int status, bool sign)
 {
 	struct rdma_msg *m = &r->srv->out;
 
@@ -319,7 +457,12 @@ static void on_prove(remote *r, const uint8_t *buf, const struct rdma_msg *in)
 		       se->node, want);
 	if (CRYPTO_memcmp(want, in->u.prove.mac, 32) != 0) {
 		STAT_INC(r, auth_refused);
-		log_warn("rdma: refused node %s: it does not hold the cluster token", se->node);
+		static _Atomic uint64_t last_log;
+
+		if (rdma_log_due(&last_log, kvfs_mono_ns()))
+			log_warn("rdma: refused node %s: it does not hold the cluster token "
+				 "(auth_refused counts every one)",
+				 se->node);
 		memset(m, 0, offsetof(struct rdma_msg, u));
 		m->type = RDMA_MSG_REFUSED;
 		m->status = -EACCES;
@@ -332,6 +475,8 @@ static void on_prove(remote *r, const uint8_t *buf, const struct rdma_msg *in)
 	rdma_session_key(r->token, r->token_len, se->nonce_c, se->nonce_s, se->sid, se->key);
 	se->open = true;
 	se->last_ns = kvfs_mono_ns();
+	se->vouched_ns = se->last_ns;
+	rdma_guard_vouch(r, se->addr, se->addr_len);
 	memset(m, 0, sizeof(m->u.welcome) + offsetof(struct rdma_msg, u));
 	m->type = RDMA_MSG_WELCOME;
 	m->req_id = in->req_id;
@@ -371,7 +516,7 @@ static struct rdma_lease *lease_find(struct rdma_srv *s, uint64_t id, uint64_t s
 }
 
 /* Send the runs of @l from @first in a FILE reply. */
-static void send_file(remote *r, const struct rdma_session *se, const struct rdma_lease *l,
+static void send_file(remote *r, struct rdma_session *se, const struct rdma_lease *l,
 		      uint64_t req_id, uint32_t first)
 {
 	struct rdma_msg *m = &r->srv->out;
@@ -389,6 +534,7 @@ static void send_file(remote *r, const struct rdma_session *se, const struct rdm
 	m->u.file.first = first;
 	m->u.file.n = n;
 	m->u.file.tier = l->tier;
+	m->u.file.attrs = l->attrs;
 	memcpy(m->u.file.run, l->runs + first, n * sizeof(*l->runs));
 	send_to(r, se, m, true);
 }
@@ -504,6 +650,7 @@ static void on_lookup(remote *r, struct rdma_session *se, const struct rdma_msg 
 		l->checksum = lc->checksum;
 		l->key = r->lend_mr.key;
 		l->tier = REMOTE_TIER_LENT;
+		l->attrs = lc->attrs;
 	} else if (r->ops && r->ops->lookup) {
 		rc = r->ops->lookup(r->ops_ctx, path, &l->rf);
 		if (rc) {
@@ -526,6 +673,7 @@ static void on_lookup(remote *r, struct rdma_session *se, const struct rdma_msg 
 		l->checksum = l->rf.checksum;
 		l->key = l->mr.mr ? l->mr.key : r->arena_mr.key;
 		l->tier = REMOTE_TIER_DRAM;
+		rdma_attrs_of(r, path, &l->attrs);
 	} else {
 		reply_status(r, se, in->req_id, -ENOENT, true);
 		return;
@@ -648,6 +796,7 @@ static void on_offload(remote *r, struct rdma_session *se, const struct rdma_msg
 	t->req_id = in->req_id;
 	t->size = in->u.path.size;
 	t->checksum = in->u.path.checksum;
+	t->attrs = in->u.path.attrs;
 	t->runs = lr;
 	t->nruns = n;
 	t->expires_ns = kvfs_mono_ns() + s->lease_ttl_ns;
@@ -718,6 +867,7 @@ static void commit(remote *r, struct rdma_ticket *t)
 	l->path = l->buf;
 	l->size = t->size;
 	l->checksum = t->checksum;
+	l->attrs = t->attrs;
 	l->runs = t->runs;
 	l->nruns = t->nruns;
 	old = lent_find(s, l->path);
@@ -781,16 +931,47 @@ static void on_free(remote *r, struct rdma_session *se, const struct rdma_msg *i
 
 /* --- taking a lent copy back for this node's own use ------------------------ */
 
-/* A remote_take_lent() call, queued to this thread (work kind 2). */
+/*
+ * A remote_take_lent() call, queued to this thread (work kind 2). Shared by
+ * the caller and the work item (two references). The caller waits at most
+ * timeout_ms for the server to pick it up: a take still queued then is
+ * abandoned (the server skips it); one already running is local work
+ * (a copy and the sink's prepare) and is waited for.
+ */
+enum { TAKE_QUEUED, TAKE_RUNNING, TAKE_DONE, TAKE_ABANDONED };
+
 struct rdma_take {
-	const char *path;
+	const char *path; /* the caller's: used only while the caller waits */
 	const struct remote_sink *sink;
 	struct remote_fetch_info *info;
 	int rc;
-	bool done;
+	int state;
+	_Atomic int refs;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 };
+
+static void take_put(struct rdma_take *t)
+{
+	if (atomic_fetch_sub(&t->refs, 1) != 1)
+		return;
+	pthread_cond_destroy(&t->cond);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+}
+
+/* The server picks @t up. @return false if its caller gave up on it. */
+static bool take_start(struct rdma_take *t)
+{
+	bool go;
+
+	pthread_mutex_lock(&t->lock);
+	go = t->state == TAKE_QUEUED;
+	if (go)
+		t->state = TAKE_RUNNING;
+	pthread_mutex_unlock(&t->lock);
+	return go;
+}
 
 #define TAKE_IOV 64
 
@@ -798,19 +979,22 @@ static void take_done(struct rdma_take *t, int rc)
 {
 	pthread_mutex_lock(&t->lock);
 	t->rc = rc;
-	t->done = true;
+	t->state = TAKE_DONE;
 	pthread_cond_signal(&t->cond);
 	pthread_mutex_unlock(&t->lock);
 }
 
 static void on_take(remote *r, struct rdma_take *t)
 {
-	struct rdma_lent *lc = lent_find(r->srv, t->path);
+	struct rdma_lent *lc;
 	struct iovec iov[TAKE_IOV];
 	uint64_t left;
 	size_t at = 0, off = 0;
 	int n;
 
+	if (!take_start(t))
+		return; /* its caller gave up waiting */
+	lc = lent_find(r->srv, t->path);
 	if (!lc || lc->dead) {
 		take_done(t, -ENOENT);
 		return;
@@ -854,6 +1038,7 @@ static void on_take(remote *r, struct rdma_take *t)
 		t->info->tier = REMOTE_TIER_LENT;
 		t->info->size = lc->size;
 		t->info->checksum = lc->checksum;
+		t->info->attrs = lc->attrs;
 	}
 	/* It is this node's own file now: the lent copy goes. */
 	lent_kill(r, lc);
@@ -864,41 +1049,66 @@ static void on_take(remote *r, struct rdma_take *t)
 int remote_take_lent(remote *r, const char *path, const struct remote_sink *sink,
 		     struct remote_fetch_info *info)
 {
-	struct rdma_take t = {.path = path, .sink = sink, .info = info};
-	struct rdma_take *tp = &t;
+	struct rdma_take *t;
 	struct rdma_work *w;
+	struct timespec ts;
 	size_t plen = path ? strlen(path) : 0;
+	uint64_t until;
+	int rc;
 
 	if (!path || plen == 0 || plen >= REMOTE_PATH_MAX || !sink || !sink->prepare)
 		return -EINVAL;
 	if (!r->srv || !r->lend_mem || !r->server_started)
 		return -ENOENT;
-	w = malloc(sizeof(*w) + sizeof(tp));
-	if (!w)
+	t = calloc(1, sizeof(*t));
+	w = malloc(sizeof(*w) + sizeof(t));
+	if (!t || !w) {
+		free(t);
+		free(w);
 		return -ENOMEM;
+	}
+	t->path = path;
+	t->sink = sink;
+	t->info = info;
+	t->state = TAKE_QUEUED;
+	atomic_init(&t->refs, 2);
+	pthread_mutex_init(&t->lock, NULL);
+	rdma_cond_init_mono(&t->cond);
 	w->next = NULL;
 	w->kind = 2;
-	w->len = sizeof(tp);
+	w->len = sizeof(t);
 	w->imm = 0;
-	memcpy(w->buf, &tp, sizeof(tp));
-	pthread_mutex_init(&t.lock, NULL);
-	pthread_cond_init(&t.cond, NULL);
+	memcpy(w->buf, &t, sizeof(t));
 	pthread_mutex_lock(&r->work_lock);
 	if (atomic_load(&r->stop)) {
 		pthread_mutex_unlock(&r->work_lock);
 		free(w);
+		atomic_store(&t->refs, 1);
+		take_put(t);
 		return -ENOENT;
 	}
 	rdma_work_append_locked(r, w);
 	pthread_mutex_unlock(&r->work_lock);
-	/* The server thread answers every take, also the ones it finds at exit. */
-	pthread_mutex_lock(&t.lock);
-	while (!t.done)
-		pthread_cond_wait(&t.cond, &t.lock);
-	pthread_mutex_unlock(&t.lock);
-	pthread_cond_destroy(&t.cond);
-	pthread_mutex_destroy(&t.lock);
-	return t.rc;
+	/* Bounded: the server answers every take it picks up, also at exit. */
+	until = kvfs_mono_ns() + (uint64_t)r->timeout_ms * 1000000ull;
+	ts.tv_sec = (time_t)(until / 1000000000ull);
+	ts.tv_nsec = (long)(until % 1000000000ull);
+	pthread_mutex_lock(&t->lock);
+	while (t->state == TAKE_QUEUED)
+		if (pthread_cond_timedwait(&t->cond, &t->lock, &ts) == ETIMEDOUT)
+			break;
+	if (t->state == TAKE_QUEUED) {
+		t->state = TAKE_ABANDONED;
+		STAT_INC(r, timeouts);
+		rc = -ETIMEDOUT;
+	} else {
+		while (t->state != TAKE_DONE)
+			pthread_cond_wait(&t->cond, &t->lock);
+		rc = t->rc;
+	}
+	pthread_mutex_unlock(&t->lock);
+	take_put(t);
+	return rc;
 }
 
 /* --- dispatch ------------------------------------------------------------- */
@@ -934,7 +1144,15 @@ static void on_request(remote *r, const uint8_t *buf, uint32_t len)
 		STAT_INC(r, bad_messages);
 		return;
 	}
+	if (!rdma_replay_accept(&se->rx, in->seq)) {
+		STAT_INC(r, replays);
+		return;
+	}
 	se->last_ns = kvfs_mono_ns();
+	if (se->last_ns - se->vouched_ns > VOUCH_EVERY) {
+		se->vouched_ns = se->last_ns;
+		rdma_guard_vouch(r, se->addr, se->addr_len);
+	}
 	switch (in->type) {
 	case RDMA_MSG_LOOKUP:
 		on_lookup(r, se, in);
@@ -983,6 +1201,23 @@ static void expire(remote *r, uint64_t now)
 	}
 }
 
+/* Do one work item, and free it. */
+static void run_work(remote *r, struct rdma_work *w)
+{
+	if (w->kind == 0) {
+		on_request(r, w->buf, w->len);
+	} else if (w->kind == 2) {
+		struct rdma_take *t;
+
+		memcpy(&t, w->buf, sizeof(t));
+		on_take(r, t);
+		take_put(t);
+	} else {
+		on_immediate(r, w->imm);
+	}
+	free(w);
+}
+
 void *rdma_server_main(void *arg)
 {
 	remote *r = arg;
@@ -995,7 +1230,9 @@ void *rdma_server_main(void *arg)
 		pthread_mutex_lock(&r->work_lock);
 		if (!r->work_head) {
 			struct timespec ts;
-			uint64_t until = kvfs_mono_ns() + EXPIRE_EVERY;
+			/* Handshake replies waiting for a connection: retry soon. */
+			uint64_t until =
+				kvfs_mono_ns() + (s->outbox_n ? OUTBOX_EVERY : EXPIRE_EVERY);
 
 			ts.tv_sec = (time_t)(until / 1000000000ull);
 			ts.tv_nsec = (long)(until % 1000000000ull);
@@ -1005,23 +1242,27 @@ void *rdma_server_main(void *arg)
 		r->work_head = r->work_tail = NULL;
 		r->work_n = 0;
 		pthread_mutex_unlock(&r->work_lock);
+		/* This node's own lookup misses first: they are local work, and a
+		 * batch of peers' (or outsiders') messages must not delay them. */
+		for (struct rdma_work **pw = &w; *pw;) {
+			struct rdma_work *t = *pw;
+
+			if (t->kind != 2) {
+				pw = &t->next;
+				continue;
+			}
+			*pw = t->next;
+			run_work(r, t);
+		}
 		while (w) {
 			struct rdma_work *next = w->next;
 
-			if (w->kind == 0) {
-				on_request(r, w->buf, w->len);
-			} else if (w->kind == 2) {
-				struct rdma_take *t;
-
-				memcpy(&t, w->buf, sizeof(t));
-				on_take(r, t);
-			} else {
-				on_immediate(r, w->imm);
-			}
-			free(w);
+			run_work(r, w);
 			w = next;
 		}
 		now = kvfs_mono_ns();
+		if (s->outbox_n)
+			outbox_run(r, now);
 		if (now >= s->next_expire_ns) {
 			expire(r, now);
 			s->next_expire_ns = now + EXPIRE_EVERY;
@@ -1039,7 +1280,9 @@ void *rdma_server_main(void *arg)
 			struct rdma_take *t;
 
 			memcpy(&t, w->buf, sizeof(t));
-			take_done(t, -ENOENT);
+			if (take_start(t))
+				take_done(t, -ENOENT);
+			take_put(t);
 		}
 		if (prev)
 			prev->next = next;

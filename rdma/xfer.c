@@ -59,7 +59,7 @@ static void abs_time(struct timespec *ts, uint64_t mono_ns)
 	ts->tv_nsec = (long)(mono_ns % 1000000000ull);
 }
 
-static void cond_init_mono(pthread_cond_t *c)
+void rdma_cond_init_mono(pthread_cond_t *c)
 {
 	pthread_condattr_t a;
 
@@ -99,10 +99,19 @@ static int completion_errno(int err)
 
 /* --- address vector ------------------------------------------------------- */
 
-int rdma_av_get(remote *r, const uint8_t *addr, uint32_t len, fi_addr_t *fa)
+/*
+ * Find or insert @addr. A proven lookup marks the entry proven. An unproven
+ * address may only take a free slot while fewer than RDMA_MAX_AV_UNPROVEN
+ * unproven ones are in, else it replaces one of those (removing an address
+ * closes the provider's connection to it, and its descriptor); so a flood of
+ * forged addresses never pushes a peer out, nor holds more than a few
+ * connections open.
+ */
+static int av_get(remote *r, const uint8_t *addr, uint32_t len, bool proven, fi_addr_t *fa)
 {
-	static uint32_t victim;
+	static uint32_t victim, unproven_victim;
 	int free_slot = -1, rc = 0;
+	uint32_t unproven = 0;
 
 	if (len == 0 || len > RDMA_ADDR_MAX)
 		return -EINVAL;
@@ -116,9 +125,27 @@ int rdma_av_get(remote *r, const uint8_t *addr, uint32_t len, fi_addr_t *fa)
 			continue;
 		}
 		if (e->len == len && memcmp(e->addr, addr, len) == 0) {
+			e->proven |= proven;
 			*fa = e->fa;
 			goto out;
 		}
+		unproven += !e->proven;
+	}
+	if (!proven && (unproven >= RDMA_MAX_AV_UNPROVEN || free_slot < 0)) {
+		/* The next unproven entry in turn makes room. */
+		free_slot = -1;
+		for (int k = 0; k < RDMA_MAX_AV && free_slot < 0; k++) {
+			int i = (int)(unproven_victim++ % RDMA_MAX_AV);
+
+			if (r->av[i].used && !r->av[i].proven)
+				free_slot = i;
+		}
+		if (free_slot < 0) {
+			rc = -EAGAIN;
+			goto out;
+		}
+		fi_av_remove(r->fab.av, &r->av[free_slot].fa, 1, 0);
+		r->av[free_slot].used = false;
 	}
 	if (free_slot < 0) {
 		/* Full: forget one; whoever used it re-inserts on its next send. */
@@ -134,9 +161,15 @@ int rdma_av_get(remote *r, const uint8_t *addr, uint32_t len, fi_addr_t *fa)
 	r->av[free_slot].len = len;
 	r->av[free_slot].fa = *fa;
 	r->av[free_slot].used = true;
+	r->av[free_slot].proven = proven;
 out:
 	pthread_mutex_unlock(&r->av_lock);
 	return rc;
+}
+
+int rdma_av_get(remote *r, const uint8_t *addr, uint32_t len, fi_addr_t *fa)
+{
+	return av_get(r, addr, len, true, fa);
 }
 
 void rdma_av_drop(remote *r, const uint8_t *addr, uint32_t len)
@@ -190,9 +223,14 @@ static void queue_work(remote *r, uint8_t kind, const uint8_t *buf, uint32_t len
 
 	pthread_mutex_lock(&r->work_lock);
 	if (r->work_n >= RDMA_MAX_WORK) {
+		static _Atomic uint64_t dropped, last_log;
+		uint64_t n = atomic_fetch_add(&dropped, 1) + 1;
+
 		pthread_mutex_unlock(&r->work_lock);
-		log_warn("rdma: server queue full, dropping a %s",
-			 kind ? "write immediate" : "request");
+		if (rdma_log_due(&last_log, kvfs_mono_ns()))
+			log_warn(
+				"rdma: server queue full: %llu messages dropped so far (last a %s)",
+				(unsigned long long)n, kind ? "write immediate" : "request");
 		return;
 	}
 	pthread_mutex_unlock(&r->work_lock);
@@ -467,6 +505,24 @@ int rdma_send_msg(remote *r, const uint8_t *addr, uint32_t addr_len, const struc
 			 deadline_ns);
 }
 
+int rdma_send_try(remote *r, const uint8_t *addr, uint32_t addr_len, const void *buf, size_t len)
+{
+	fi_addr_t fa;
+	uint32_t idx;
+	int rc;
+
+	if (len > RDMA_MSG_SIZE)
+		return -EINVAL;
+	rc = av_get(r, addr, addr_len, false, &fa);
+	if (rc)
+		return rc;
+	if (send_get(r, 0, &idx))
+		return -EAGAIN;
+	memcpy(send_buf(r, idx), buf, len);
+	rc = post_send(r, idx, len, fa, 0, 0);
+	return rc == -ETIMEDOUT ? -EAGAIN : rc;
+}
+
 int rdma_send_raw(remote *r, const uint8_t *addr, uint32_t addr_len, const void *buf, size_t len,
 		  uint64_t deadline_ns)
 {
@@ -586,7 +642,7 @@ struct rdma_xfer *rdma_xfer_new(remote *r)
 	r->xfers = x;
 	pthread_mutex_unlock(&r->xfer_lock);
 	pthread_mutex_init(&x->lock, NULL);
-	cond_init_mono(&x->cond);
+	rdma_cond_init_mono(&x->cond);
 	atomic_init(&x->refs, 1);
 	for (uint32_t i = 0; i < RDMA_QD; i++)
 		x->free_slots[i] = i;
@@ -730,14 +786,14 @@ int rdma_engine_start(remote *r)
 	int rc;
 
 	pthread_mutex_init(&r->send_lock, NULL);
-	cond_init_mono(&r->send_cond);
+	rdma_cond_init_mono(&r->send_cond);
 	pthread_mutex_init(&r->av_lock, NULL);
 	pthread_mutex_init(&r->pend_lock, NULL);
 	pthread_mutex_init(&r->xfer_lock, NULL);
 	for (int i = 0; i < RDMA_MAX_PENDING; i++)
-		cond_init_mono(&r->pend[i].cond);
+		rdma_cond_init_mono(&r->pend[i].cond);
 	pthread_mutex_init(&r->work_lock, NULL);
-	cond_init_mono(&r->work_cond);
+	rdma_cond_init_mono(&r->work_cond);
 
 	r->msg_mem = aligned_alloc(4096, bytes);
 	if (!r->msg_mem)

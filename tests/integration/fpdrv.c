@@ -341,13 +341,24 @@ static int raw_register(struct raw *r, const char *kind, uint32_t id, int fd)
 	return symlink(target, link) ? -errno : 0;
 }
 
+/* A memfd of @bytes, sealed against resizing if @seal (the daemon wants that). */
+static int raw_memfd(const char *name, size_t bytes, int seal)
+{
+	int fd = memfd_create(name, MFD_ALLOW_SEALING);
+
+	if (fd < 0 || ftruncate(fd, (off_t)bytes) ||
+	    (seal && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)))
+		return -1;
+	return fd;
+}
+
 static int raw_open(struct raw *r, const char *mnt)
 {
 	size_t bytes = 1 << 20;
 
 	snprintf(r->mnt, sizeof(r->mnt), "%s", mnt);
-	r->fd = memfd_create("raw", 0);
-	if (r->fd < 0 || ftruncate(r->fd, (off_t)bytes))
+	r->fd = raw_memfd("raw", bytes, 1);
+	if (r->fd < 0)
 		return -errno;
 	r->mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, 0);
 	r->h = (struct kvfs_ring_hdr *)r->mem;
@@ -405,9 +416,17 @@ static int cmd_abuse(const char *mnt, const char *nsrel)
 		return fail("register ring: %s", strerror(-rc));
 	data = r.mem + r.h->data_off;
 	/* a buffer of 64 KiB, id 7 */
-	bfd = memfd_create("rawbuf", 0);
-	if (bfd < 0 || ftruncate(bfd, 65536) || raw_register(&r, "buf", 7, bfd))
+	bfd = raw_memfd("rawbuf", 65536, 1);
+	if (bfd < 0 || raw_register(&r, "buf", 7, bfd))
 		return fail("register buffer");
+	/* a memfd that could shrink under the daemon's mapping is refused */
+	{
+		int ufd = raw_memfd("unsealed", 65536, 0);
+
+		bad |= expect("register an unsealed buffer", raw_register(&r, "buf", 9, ufd),
+			      -EBADFD);
+		close(ufd);
+	}
 	/* bogus paths */
 	memset(&e, 0, sizeof(e));
 	e.op = KVFS_OP_OPEN_NS;

@@ -8,12 +8,14 @@ Binaries come from $KVFS_BUILD (default build/). Every mount lives under a
 fresh temporary directory that is unmounted and removed at exit, also when a
 test fails.
 """
+import atexit
 import errno
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -216,6 +218,64 @@ def write_file(path, data, tmp_suffix=None):
 def read_file(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+# --- running things as another user -------------------------------------------
+#
+# The tree (and the interpreter running the tests) may lie under a directory
+# only its owner can traverse: a `mktemp -d` checkout, /root, a pyenv under
+# /root. A program another user runs must be somewhere that user can reach.
+
+def demote_to(uid):
+    """A preexec_fn that makes the child @uid (its group too, no others)."""
+    def demote():
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    return demote
+
+
+_reachable = {}
+
+
+def reachable_copy(path):
+    """A copy of the program @path that any user can run: in a fresh 0755
+    directory of its own, removed at exit."""
+    if path not in _reachable:
+        d = tempfile.mkdtemp(prefix="kvfs-helper-")
+        atexit.register(shutil.rmtree, d, True)
+        os.chmod(d, 0o755)
+        copy = os.path.join(d, os.path.basename(path))
+        shutil.copy(path, copy)
+        os.chmod(copy, 0o755)
+        _reachable[path] = copy
+    return _reachable[path]
+
+
+_pythons = {}
+
+
+def python_for(uid):
+    """A Python interpreter @uid can run: this one if it can, else the first
+    python3 on PATH that it can. (An interpreter cannot simply be copied: it
+    needs its library tree.)"""
+    if uid not in _pythons:
+        cands = [sys.executable] + [os.path.join(d, "python3")
+                                    for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+        for c in cands:
+            if not os.path.isfile(c):
+                continue
+            try:
+                r = subprocess.run([c, "-c", "import fcntl, json, mmap"], cwd="/",
+                                   preexec_fn=demote_to(uid), capture_output=True, timeout=60)
+            except OSError:
+                continue
+            if r.returncode == 0:
+                _pythons[uid] = c
+                break
+        else:
+            raise AssertionError("no python3 that uid %d can run (tried %s)" % (uid, cands))
+    return _pythons[uid]
 
 
 def errno_of(fn, *args, **kw):

@@ -5,21 +5,27 @@ path as verbs and efa).
 Each test gets its own cluster: a fresh key prefix (--cluster-name) in the
 class's Redis, three daemons with their own mounts and state, and a token
 file. Publishing is asynchronous, so a reader on another node polls until a
-file shows up (wait_for).
+file shows up (wait_for). Tests wait on conditions with a deadline and assert
+on counters, never on how long something took: a loaded machine is slower,
+not wrong.
 """
 import errno
 import hashlib
 import os
 import shutil
+import json
 import signal
 import socket
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import unittest
 
-from harness import KVFS, KVFSCTL, Mount, errno_of, fuse_available, read_file, write_file
+from harness import (BUILD, KVFS, KVFSCTL, Mount, errno_of, fuse_available, read_file,
+                     write_file)
 
 MiB = 1 << 20
 
@@ -35,12 +41,51 @@ def free_port():
         return s.getsockname()[1]
 
 
+NOBODY = 65534
+
+_CHILD = r"""
+import json, os, sys
+out = []
+for op, path in json.loads(sys.argv[1]):
+    try:
+        if op == "read":
+            with open(path, "rb") as f:
+                out.append([0, len(f.read())])
+        elif op == "listdir":
+            out.append([0, sorted(os.listdir(path))])
+        elif op == "create":
+            with open(path, "wb") as f:
+                f.write(b"x")
+            out.append([0, 1])
+    except OSError as e:
+        out.append([e.errno, None])
+print(json.dumps(out), flush=True)
+"""
+
+
+def run_as(uid, ops):
+    """Run [(op, path)...] in a child as uid/gid @uid; return [[errno, result]...]."""
+    def drop():
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    # the system's interpreter: one under a private home is out of reach
+    py = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+    r = subprocess.run([py, "-c", _CHILD, json.dumps(ops)], preexec_fn=drop,
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError("child as uid %d failed: %s" % (uid, r.stderr))
+    return json.loads(r.stdout)
+
+
 def wait_for(fn, timeout=8.0, step=0.1):
-    """Poll fn() until it returns a true value; return it (or the last falsy one)."""
-    deadline = time.time() + timeout
+    """Poll fn() until it returns a true value or @timeout seconds pass; return
+    the last value. Tests wait on conditions, never for a fixed time."""
+    deadline = time.monotonic() + timeout
     while True:
         v = fn()
-        if v or time.time() > deadline:
+        if v or time.monotonic() > deadline:
             return v
         time.sleep(step)
 
@@ -294,40 +339,43 @@ class Cluster(unittest.TestCase):
         for n in names:
             write_file(self.a.path(n), content(n, 8 * MiB))
         self.assertTrue(wait_for(lambda: all(self.published(n, "a") for n in names)))
-        results, slowest = {}, [0.0]
+        results = {}
+        served = self.a.stats()["remote"]["served"]
 
         def reader():
             for n in names:
-                t0 = time.time()
                 try:
                     results[n] = read_file(self.b.path(n))
                 except OSError as e:
                     results[n] = e.errno
-                slowest[0] = max(slowest[0], time.time() - t0)
 
         t = threading.Thread(target=reader)
         t.start()
-        time.sleep(0.05)
+        # a is in the middle of serving b when it dies
+        self.assertTrue(wait_for(lambda: self.a.stats()["remote"]["served"] > served,
+                                 step=0.005))
         self.a.kill(signal.SIGKILL)
+        # every read ends (each is bounded by the remote timeout): never a hang
         t.join(60)
         self.assertFalse(t.is_alive(), "a read hung after the peer died")
-        # each read took at most a couple of timeouts, never a hang
-        self.assertLess(slowest[0], 4 * self.timeout_ms / 1000 + 2, slowest[0])
         for n, r in results.items():
             if isinstance(r, bytes):
                 self.assertEqual(r, content(n, 8 * MiB), n)  # whole or nothing
             else:
                 self.assertIn(r, (errno.ENOENT, errno.EIO), n)
         self.assertTrue(self.b.alive())
-        # once its heartbeat expires, the dead node's entries are ignored at once
-        time.sleep(3 * self.timeout_ms / 1000 + 0.5)
-        t0 = time.time()
+        # once its heartbeat expires, the dead node's entries are ignored: no
+        # transfer is even tried (nothing times out or fails in transit)
+        self.assertTrue(wait_for(lambda: self.b.stats()["remote"]["peers_alive"] == 1 and
+                                 self.c.stats()["remote"]["peers_alive"] == 1, timeout=30))
+        tried = lambda: sum(m.stats()["remote"][k] for m in (self.b, self.c)
+                            for k in ("timeouts", "conn_errors"))
+        before = tried()
         self.assertFalse(os.path.exists(self.b.path("k5-never")))
         for n in names:
             if not isinstance(results[n], bytes):
                 self.assertFalse(os.path.exists(self.c.path(n)))
-        self.assertLess(time.time() - t0, 2.0)
-        self.assertTrue(wait_for(lambda: self.b.stats()["remote"]["peers_alive"] == 1))
+        self.assertEqual(tried(), before)
 
     def test_redis_down_then_back(self):
         write_file(self.a.path("before"), b"b" * 5000)
@@ -337,9 +385,13 @@ class Cluster(unittest.TestCase):
             # local service goes on; misses are fast; errors are counted
             write_file(self.a.path("during"), b"d" * 7000)
             self.assertEqual(read_file(self.a.path("during")), b"d" * 7000)
-            t0 = time.time()
+            # b's miss fails on the index at once: counted, no transfer tried
+            st0 = self.b.stats()["remote"]
             self.assertFalse(os.path.exists(self.b.path("during")))
-            self.assertLess(time.time() - t0, 3.0)
+            st = self.b.stats()["remote"]
+            self.assertGreater(st["redis_errors"], st0["redis_errors"])
+            self.assertEqual((st["timeouts"], st["conn_errors"]),
+                             (st0["timeouts"], st0["conn_errors"]))
             self.assertTrue(wait_for(lambda: self.a.stats()["remote"]["redis_errors"] > 0))
         finally:
             self.redis.start()  # empty: it kept nothing
@@ -347,13 +399,17 @@ class Cluster(unittest.TestCase):
         self.assertTrue(wait_for(lambda: self.published("before", "a") and
                                  self.published("during", "a"), timeout=15))
         self.assertGreater(self.a.stats()["remote"]["resyncs"], 1)
-        time.sleep(1.1)  # b's kernel cached the miss for --negative-timeout
+        # b's kernel cached the miss for --negative-timeout: it shows up after
+        self.assertTrue(wait_for(lambda: os.path.exists(self.b.path("during")), timeout=15))
         self.assertEqual(read_file(self.b.path("during")), b"d" * 7000)
 
     def test_wrong_token_is_refused(self):
         write_file(self.a.path("secret"), content("s", 2 * MiB))
         self.assertTrue(wait_for(lambda: self.published("secret", "a")))
         d = self.node("d", token=self.bad_token)
+        # d knows where the file is (the index is no secret)...
+        self.assertTrue(wait_for(lambda: d.stats()["remote"]["peers_alive"] >= 3))
+        # ... but no holder gives it to d
         self.assertFalse(os.path.exists(d.path("secret")))
         st = d.stats()["remote"]
         self.assertEqual(st["fetched"], 0)
@@ -380,13 +436,112 @@ class Cluster(unittest.TestCase):
         # two holders: the first transfer is corrupted, the next holder serves it
         self.assertEqual(read_file(self.b.path("one")), data)
         self.assertTrue(wait_for(lambda: self.published("one", "b")))
-        time.sleep(1.1)  # c's kernel cached the miss
-        with open(self.c.path(".kvfs", "fault"), "w") as f:
-            f.write("net_read:1:5")
+
+        def corrupt_once_then_look():
+            # armed until a lookup reaches the daemon (c's kernel cached the
+            # miss for --negative-timeout; until then nothing is fetched)
+            with open(self.c.path(".kvfs", "fault"), "w") as f:
+                f.write("net_read:1:5")
+            return os.path.exists(self.c.path("one"))
+
+        self.assertTrue(wait_for(corrupt_once_then_look, timeout=15))
         self.assertEqual(read_file(self.c.path("one")), data)
         st = self.c.stats()["remote"]
         self.assertGreaterEqual(st["checksum_failures"], 2)
         self.assertEqual(st["fetched"], 1)
+
+    def test_permissions_travel_with_the_file(self):
+        """Issue 11 item 5: owner, group and mode come from the node that holds the
+        file, for the file and for the directories made for it."""
+        if os.getuid() != 0:
+            self.skipTest("needs root to run a child as another user")
+        d = self.node("d", lend=None, extra=("-o", "allow_other"))
+        os.chmod(d.base, 0o755)  # others may reach the mount point
+        for m in self.mounts:
+            self.assertTrue(wait_for(lambda m=m: m.stats()["remote"]["peers_alive"] >= 3))
+        # on a, root makes a private directory and file, a public pair, and a
+        # file that belongs to nobody and is private to it
+        os.mkdir(self.a.path("priv"), 0o700)
+        write_file(self.a.path("priv", "s"), b"root only")
+        os.chmod(self.a.path("priv", "s"), 0o600)
+        os.makedirs(self.a.path("pub", "sub"))
+        os.chmod(self.a.path("pub"), 0o751)
+        write_file(self.a.path("pub", "sub", "p"), b"for all")
+        os.chmod(self.a.path("pub", "sub", "p"), 0o644)
+        write_file(self.a.path("pub", "sub", "mine"), b"nobody's")
+        os.chown(self.a.path("pub", "sub", "mine"), NOBODY, NOBODY)
+        os.chmod(self.a.path("pub", "sub", "mine"), 0o600)
+        for p in ("priv/s", "pub/sub/p", "pub/sub/mine"):
+            self.assertTrue(wait_for(lambda p=p: self.published(p, "a")), p)
+        # on d, an unprivileged user asks for all of them
+        res = run_as(NOBODY, [("read", d.path("priv", "s")),
+                              ("read", d.path("pub", "sub", "p")),
+                              ("read", d.path("pub", "sub", "mine")),
+                              ("create", d.path("pub", "sub", "new"))])
+        self.assertEqual(res[0][0], errno.EACCES, res)
+        self.assertEqual(res[1], [0, 7], res)
+        self.assertEqual(res[2], [0, 8], res)
+        self.assertEqual(res[3][0], errno.EACCES, res)  # sub is root's 0755, as on a
+        self.assertEqual(d.stats()["remote"]["fetched"], 3)
+        # what d made carries a's owner and mode
+        want = {("priv",): (0o700, 0, stat.S_IFDIR), ("priv", "s"): (0o600, 0, stat.S_IFREG),
+                ("pub",): (0o751, 0, stat.S_IFDIR), ("pub", "sub"): (0o755, 0, stat.S_IFDIR),
+                ("pub", "sub", "p"): (0o644, 0, stat.S_IFREG),
+                ("pub", "sub", "mine"): (0o600, NOBODY, stat.S_IFREG)}
+        for parts, (mode, uid, kind) in want.items():
+            got = lambda: os.stat(d.path(*parts))
+            self.assertTrue(wait_for(lambda: (stat.S_IMODE(got().st_mode), got().st_uid) ==
+                                     (mode, uid)), (parts, oct(got().st_mode), got().st_uid))
+            self.assertEqual(stat.S_IFMT(got().st_mode), kind, parts)
+            self.assertEqual(got().st_gid, NOBODY if uid == NOBODY else 0, parts)
+        # and the kernel enforces them: the private directory cannot be listed
+        res = run_as(NOBODY, [("listdir", d.path("priv")), ("read", d.path("priv", "s"))])
+        self.assertEqual(res[0][0], errno.EACCES, res)
+        self.assertEqual(res[1][0], errno.EACCES, res)
+
+    def listen_addr(self, node):
+        """The 127.0.0.1 port @node listens on, from its record in the index."""
+        rec = self.redis.cli("GET", "%s:node:%s" % (self.cname, node)).split()
+        raw = bytes.fromhex(rec[1])  # a sockaddr_in: family, port (big-endian), address
+        return socket.inet_ntoa(raw[4:8]), int.from_bytes(raw[2:4], "big")
+
+    def test_connection_flood_leaves_room_for_peers(self):
+        """Issue 11 item 8: idle connections to the listen port are cut down to
+        --unproven-conns; the node keeps the descriptors its peers and its
+        fast path need."""
+        import resource
+        d = self.node("d", lend=None, extra=("--unproven-conns", "8"))
+        for m in self.mounts:
+            self.assertTrue(wait_for(lambda m=m: m.stats()["remote"]["peers_alive"] >= 3))
+        write_file(self.a.path("wanted"), content("wanted", MiB))
+        self.assertTrue(wait_for(lambda: self.published("wanted", "a")))
+        # the daemon gets 100 descriptors more than it uses; 300 connections come
+        used = len(os.listdir("/proc/%d/fd" % d.pid))
+        resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (used + 100, used + 100))
+        host, port = self.listen_addr("d")
+        flood = []
+        try:
+            for _ in range(300):
+                s = socket.socket()
+                s.settimeout(10)
+                s.connect((host, port))
+                flood.append(s)
+            # the daemon cuts them down to 8 (and each after 10 s)
+            cut = lambda: d.stats()["remote"]["conns_cut"]
+            self.assertTrue(wait_for(lambda: cut() >= 292, timeout=30), cut())
+            self.assertLess(len(os.listdir("/proc/%d/fd" % d.pid)), used + 100)
+            # a peer's file is fetched, and the fast path registers
+            self.assertEqual(read_file(d.path("wanted")), content("wanted", MiB))
+            fpdrv = os.path.join(BUILD, "tests", "fpdrv")
+            r = subprocess.run([fpdrv, "save", d.path("ns"), "fast", "1", "2"],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertEqual(json.loads(r.stdout.strip().splitlines()[-1])["fast"], 1,
+                             r.stdout + r.stderr)
+        finally:
+            for s in flood:
+                s.close()
+        self.assertTrue(d.alive())
 
     def test_status_and_metrics_show_the_cluster(self):
         r = subprocess.run([KVFSCTL, "status", self.a.mnt], capture_output=True, text=True)

@@ -11,7 +11,7 @@ import tempfile
 import time
 import unittest
 
-from harness import KVFS, Mount, MountTest, errno_of, fuse_available, read_file, write_file
+from harness import KVFS, Mount, MountTest, errno_of, fuse_available, python_for, read_file, write_file
 
 NOBODY = 65534
 
@@ -92,7 +92,8 @@ def listdir_as(uid, path):
 
     code = ("import json, os, sys\ntry:\n print(json.dumps([0, sorted(os.listdir(sys.argv[1]))]))"
             "\nexcept OSError as e:\n print(json.dumps([e.errno, None]))")
-    r = subprocess.run([sys.executable, "-c", code, path], preexec_fn=drop,
+    # an interpreter @uid can reach, wherever this one lies (python_for)
+    r = subprocess.run([python_for(uid), "-c", code, path], preexec_fn=drop, cwd="/",
                        capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
         raise AssertionError(r.stderr)

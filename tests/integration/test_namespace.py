@@ -21,7 +21,7 @@ import threading
 import time
 import unittest
 
-from harness import KVFSCTL, MountTest, errno_of, read_file, write_file
+from harness import KVFSCTL, MountTest, errno_of, python_for, read_file, write_file
 
 PAGE = 64 << 10  # the daemon's default page size (NVMe's unit; file shapes around it)
 UNIT = 4096  # DRAM is charged in whole pages of the store's tmpfs
@@ -149,7 +149,8 @@ def run_as(uid, ops):
         os.setgid(uid)
         os.setuid(uid)
 
-    r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(ops)], preexec_fn=drop,
+    # an interpreter @uid can reach, wherever this one lies (python_for)
+    r = subprocess.run([python_for(uid), "-c", _CHILD, json.dumps(ops)], preexec_fn=drop, cwd="/",
                        capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
         raise AssertionError("child as uid %d failed: %s" % (uid, r.stderr))

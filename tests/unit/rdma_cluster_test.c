@@ -520,12 +520,21 @@ static void test_drain_hands_lent_copies_over(void **state)
 	(void)state;
 	NEED_REDIS();
 	wait_cluster();
+	/* A's files are 1000's, 0640: their copies keep that through the drain. */
+	pthread_mutex_lock(&dA.lock);
+	dA.attrs = (struct remote_attrs){.file = {1000, 100, 0640}, .ndirs = 1};
+	dA.attrs.dirs[0] = (struct remote_attr){1000, 100, 0750};
+	dA.give_attrs = true;
+	pthread_mutex_unlock(&dA.lock);
 	c0 = stats(C);
 	for (int i = 0; i < N; i++) {
 		snprintf(name, sizeof(name), "drain/%02d.bin", i);
 		tl_fill(src, SZ, 100 + (uint64_t)i);
 		assert_int_equal(remote_offload(A, name, &iov, 1, remote_checksum(&iov, 1)), 0);
 	}
+	pthread_mutex_lock(&dA.lock);
+	dA.give_attrs = false;
+	pthread_mutex_unlock(&dA.lock);
 	on_c = (int)(stats(C).offloads_received - c0.offloads_received);
 	assert_true(on_c > 0 && on_c < N); /* the ring spreads 12 paths over two lenders */
 	assert_int_equal(remote_flush(C, 2000), 0);
@@ -577,6 +586,16 @@ static void test_drain_hands_lent_copies_over(void **state)
 		assert_int_equal(remote_fetch_buf(A, paths[i], buf, SZ, &size), 0);
 		tl_fill(src, SZ, 100 + (uint64_t)k);
 		assert_memory_equal(buf, src, SZ);
+		{
+			struct remote_fetch_info info;
+			struct remote_sink sk = {one_buf_prepare, buf};
+
+			assert_int_equal(remote_fetch(A, paths[i], &sk, &info), 0);
+			assert_int_equal(info.attrs.file.uid, 1000);
+			assert_int_equal(info.attrs.file.mode, 0640);
+			assert_int_equal(info.attrs.ndirs, 1);
+			assert_int_equal(info.attrs.dirs[0].mode, 0750);
+		}
 	}
 	assert_int_equal(remote_hand_over_lent(C, paths[0], NULL), -ENOENT); /* gone */
 	remote_free_paths(paths, (size_t)n);

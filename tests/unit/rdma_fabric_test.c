@@ -26,6 +26,10 @@
 
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+
 #include "core/fault.h"
 #include "rdma/rdma_i.h"
 #include "tests/unit/rdma_testlib.h"
@@ -133,6 +137,16 @@ static void wait_releases(struct tl_daemon *d)
 		tl_sleep_ms(5);
 	}
 	fail_msg("leases %d, releases %d", d->leases, d->releases);
+}
+
+static int lookups_of(struct tl_daemon *d)
+{
+	int n;
+
+	pthread_mutex_lock(&d->lock);
+	n = d->lookups;
+	pthread_mutex_unlock(&d->lock);
+	return n;
 }
 
 static struct remote_stats stats(remote *r)
@@ -631,10 +645,10 @@ static void test_malformed_messages(void **state)
 	wait_bad(B, ++bad);
 	buf[0] ^= 1;
 
-	buf[4] = 2; /* version */
+	buf[4] = RDMA_PROTO_VERSION + 1; /* version */
 	assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
 	wait_bad(B, ++bad);
-	buf[4] = 1;
+	buf[4] = RDMA_PROTO_VERSION;
 
 	assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len - 1, dl), 0); /* length */
 	wait_bad(B, ++bad);
@@ -677,6 +691,400 @@ static void test_malformed_messages(void **state)
 	assert_int_equal(stats(B).bad_messages, bad);
 	wait_releases(&dB);
 	free(m);
+	free(s.buf);
+}
+
+/* --- outsiders: HELLO floods, replays -------------------------------------- */
+
+/* A TCP listener that completes connections and never says a word: the
+ * reply address of a forged HELLO. @return its fd; *@addr gets the fabric
+ * address for it (B's, with the port changed). */
+static int black_hole(uint8_t *addr, uint32_t *alen)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	socklen_t sl = sizeof(sin);
+	const uint8_t *b = rdma_self_addr(B, alen);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(listen(fd, 1024), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
+	memcpy(addr, b, *alen);
+	if (*alen != sizeof(sin) ||
+	    ((const struct sockaddr_in *)(const void *)b)->sin_family != AF_INET)
+		skip(); /* not an IPv4 socket address: cannot forge one */
+	memcpy(addr + offsetof(struct sockaddr_in, sin_port), &sin.sin_port, 2);
+	return fd;
+}
+
+/* Copies @size bytes of @seed to B's lent memory as @path (via A). */
+static void lend_to_b(const char *path, uint64_t size, uint64_t seed, uint8_t *src)
+{
+	struct rdma_peer *pb = rdma_peer_find(A, "nodeB");
+	struct iovec iov = {src, size};
+
+	tl_fill(src, size, seed);
+	atomic_store(&pb->down_until, 0);
+	assert_int_equal(rdma_offload_to(A, pb, path, &iov, 1, size, remote_checksum(&iov, 1)), 0);
+}
+
+/*
+ * Issue 11 item 4: HELLOs without the token, each naming a reply address
+ * that accepts TCP and never answers, once held B's server thread for
+ * timeout_ms each, and every lookup miss on B (remote_take_lent) waited
+ * behind them without a bound. Now the handshake reply is sent without
+ * waiting, and B goes on serving its peers and its own takes.
+ */
+static void test_hello_flood(void **state)
+{
+	uint8_t hole[RDMA_ADDR_MAX], *src = malloc(MiB), *buf = malloc(RDMA_MSG_SIZE);
+	struct rdma_msg *m = calloc(1, sizeof(*m));
+	struct sink s = {.cap = 2 * MiB};
+	struct remote_sink rs = {sink_prepare, &s};
+	struct remote_fetch_info info;
+	uint32_t hlen, alen;
+	const uint8_t *baddr = rdma_self_addr(B, &alen);
+	int hfd = black_hole(hole, &hlen), len;
+	uint64_t t0, ms;
+
+	(void)state;
+	s.buf = malloc(s.cap);
+	lend_to_b("flood/lent.bin", MiB, 41, src);
+	for (int i = 0; i < 50; i++) {
+		memset(m, 0, sizeof(*m));
+		m->type = RDMA_MSG_HELLO;
+		m->req_id = 1000 + (uint64_t)i;
+		snprintf(m->u.hello.node, sizeof(m->u.hello.node), "forged-%d", i);
+		m->u.hello.addr_len = hlen;
+		memcpy(m->u.hello.addr, hole, hlen);
+		len = rdma_msg_encode(m, buf, RDMA_MSG_SIZE);
+		assert_true(len > 0);
+		assert_int_equal(rdma_send_raw(A, baddr, alen, buf, (size_t)len, UINT64_MAX), 0);
+	}
+	/* B still answers its peers: A's fetch (bounded by A's 2 s timeout)
+	 * gets its bytes... */
+	assert_int_equal(fetch(A, "nodeB", "m/one.bin", &s, NULL), 0);
+	/* ... and a lookup miss on B takes the lent copy at once, not after
+	 * 50 stalled handshakes (100 s before the fix). */
+	t0 = tl_now_ms();
+	assert_int_equal(remote_take_lent(B, "flood/lent.bin", &rs, &info), 0);
+	ms = tl_now_ms() - t0;
+	assert_int_equal(s.size, MiB);
+	assert_memory_equal(s.buf, src, MiB);
+	print_message("      take behind 50 forged HELLOs: %llu ms\n", (unsigned long long)ms);
+	assert_true(ms < 10 * 2000);
+	close(hfd);
+	wait_releases(&dB);
+	free(s.buf);
+	free(src);
+	free(buf);
+	free(m);
+}
+
+struct bg_fetch {
+	pthread_t thr;
+	struct sink s;
+	int rc;
+};
+
+static void *bg_fetch_main(void *arg)
+{
+	struct bg_fetch *b = arg;
+	struct remote_sink rs = {sink_prepare, &b->s};
+
+	b->rc = rdma_fetch_from(A, rdma_peer_find(A, "nodeB"), "m/none.bin", &rs, NULL, NULL);
+	return NULL;
+}
+
+/*
+ * Issue 11 item 4, the other half: whatever holds B's server thread (here a
+ * daemon lookup that blocks for 3 s), a lookup miss on B waits for the lent
+ * copy at most timeout_ms (2 s), then gives up; the abandoned take is never
+ * run late, and the copy is still there for the next one.
+ */
+static void test_take_is_bounded(void **state)
+{
+	uint8_t *src = malloc(MiB);
+	struct bg_fetch bg = {.s = {.cap = 2 * MiB}};
+	struct sink s = {.cap = 2 * MiB};
+	struct remote_sink rs = {sink_prepare, &s};
+	uint64_t t0, ms, to = stats(B).timeouts;
+	int rc;
+
+	(void)state;
+	s.buf = malloc(s.cap);
+	bg.s.buf = malloc(bg.s.cap);
+	lend_to_b("take/bounded.bin", MiB, 8, src);
+	/* A asks B for a file B's daemon takes 3 s to look up (and lacks). */
+	atomic_store(&dB.lookup_delay_ms, 3000);
+	atomic_store(&rdma_peer_find(A, "nodeB")->down_until, 0);
+	assert_int_equal(pthread_create(&bg.thr, NULL, bg_fetch_main, &bg), 0);
+	for (int i = 0; i < 400 && atomic_load(&dB.delaying) == 0; i++)
+		tl_sleep_ms(5);
+	assert_int_equal(atomic_load(&dB.delaying), 1); /* B's server thread is stuck in it */
+	t0 = tl_now_ms();
+	rc = remote_take_lent(B, "take/bounded.bin", &rs, NULL);
+	ms = tl_now_ms() - t0;
+	atomic_store(&dB.lookup_delay_ms, 0);
+	assert_int_equal(rc, -ETIMEDOUT);
+	assert_int_equal(stats(B).timeouts, to + 1);
+	assert_int_equal(s.prepared, 0); /* abandoned: never run */
+	print_message("      take behind a stuck server thread: %s after %llu ms\n", strerror(-rc),
+		      (unsigned long long)ms);
+	pthread_join(bg.thr, NULL);
+	assert_int_equal(bg.rc, -ETIMEDOUT); /* A gave up on B too, bounded as ever */
+	/* The server is free again: the copy was left in place. */
+	assert_int_equal(remote_take_lent(B, "take/bounded.bin", &rs, NULL), 0);
+	assert_int_equal(s.prepared, 1);
+	assert_memory_equal(s.buf, src, MiB);
+	wait_releases(&dB);
+	free(s.buf);
+	free(bg.s.buf);
+	free(src);
+}
+
+/*
+ * Issue 11 item 9: a MACed request captured on the wire and sent again is
+ * refused. A FREE of a lent copy is captured; the copy is offloaded again;
+ * the replayed FREE must not drop the new copy.
+ */
+static void test_replay_refused(void **state)
+{
+	struct rdma_peer *pb = rdma_peer_find(A, "nodeB");
+	struct rdma_msg *m = calloc(1, sizeof(*m));
+	uint8_t *buf = malloc(RDMA_MSG_SIZE), *src = malloc(MiB);
+	struct sink s = {.cap = 2 * MiB};
+	uint64_t dl = UINT64_MAX, r0 = stats(B).replays, used;
+	uint32_t alen;
+	const uint8_t *addr = rdma_self_addr(B, &alen);
+	int len;
+
+	(void)state;
+	s.buf = malloc(s.cap);
+	lend_to_b("replay/x.bin", MiB, 5, src);
+	used = stats(B).lend_used;
+	/* A FREE in A's session, numbered and signed as A's client does. */
+	m->type = RDMA_MSG_FREE;
+	m->req_id = 77;
+	m->session = pb->sid;
+	pthread_mutex_lock(&pb->seq_lock);
+	m->seq = ++pb->tx_seq;
+	pthread_mutex_unlock(&pb->seq_lock);
+	strcpy(m->u.path.path, "replay/x.bin");
+	m->u.path.path_len = 12;
+	len = rdma_msg_encode(m, buf, RDMA_MSG_SIZE);
+	rdma_msg_sign(buf, (size_t)len, pb->key);
+	assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
+	for (int i = 0; i < 400 && stats(B).lend_used == used; i++)
+		tl_sleep_ms(5);
+	assert_true(stats(B).lend_used < used); /* the genuine FREE worked */
+	assert_int_equal(fetch(A, "nodeB", "replay/x.bin", &s, NULL), -ENOENT);
+
+	/* The copy comes back; the captured FREE is sent again. */
+	lend_to_b("replay/x.bin", MiB, 6, src);
+	assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
+	for (int i = 0; i < 400 && stats(B).replays == r0; i++)
+		tl_sleep_ms(5);
+	assert_int_equal(stats(B).replays, r0 + 1);
+	assert_int_equal(fetch(A, "nodeB", "replay/x.bin", &s, NULL), 0);
+	assert_memory_equal(s.buf, src, MiB);
+	/* A LOOKUP replayed is refused too, and never reaches the daemon (of a
+	 * missing file: the genuine one leaves no lease behind). */
+	{
+		int lookups = lookups_of(&dB);
+
+		memset(m, 0, sizeof(*m));
+		m->type = RDMA_MSG_LOOKUP;
+		m->req_id = 78;
+		m->session = pb->sid;
+		pthread_mutex_lock(&pb->seq_lock);
+		m->seq = ++pb->tx_seq;
+		pthread_mutex_unlock(&pb->seq_lock);
+		strcpy(m->u.path.path, "m/none.bin");
+		m->u.path.path_len = 10;
+		len = rdma_msg_encode(m, buf, RDMA_MSG_SIZE);
+		rdma_msg_sign(buf, (size_t)len, pb->key);
+		assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
+		for (int i = 0; i < 400 && lookups_of(&dB) == lookups; i++)
+			tl_sleep_ms(5);
+		assert_int_equal(lookups_of(&dB), lookups + 1);
+		assert_int_equal(rdma_send_raw(A, addr, alen, buf, (size_t)len, dl), 0);
+		for (int i = 0; i < 400 && stats(B).replays == r0 + 1; i++)
+			tl_sleep_ms(5);
+		assert_int_equal(stats(B).replays, r0 + 2);
+		assert_int_equal(lookups_of(&dB), lookups + 1);
+	}
+	assert_int_equal(rdma_free_at(A, pb, "replay/x.bin"), 0);
+	wait_releases(&dB);
+	free(s.buf);
+	free(src);
+	free(buf);
+	free(m);
+}
+
+/*
+ * Issue 11 item 5: owner and mode travel with a file, as its holder says,
+ * and with an offloaded copy as the offloading node said; a holder that
+ * says nothing sends root-only attributes.
+ */
+static void test_attrs_travel(void **state)
+{
+	struct rdma_peer *pb = rdma_peer_find(A, "nodeB");
+	struct sink s = {.cap = 2 * MiB};
+	struct remote_fetch_info info;
+	struct remote_attrs want = {.file = {1000, 100, 0640}, .ndirs = 1};
+	uint8_t *src = malloc(MiB);
+	struct iovec iov = {src, MiB};
+
+	(void)state;
+	s.buf = malloc(s.cap);
+	want.dirs[0] = (struct remote_attr){1000, 100, 02750};
+	pthread_mutex_lock(&dB.lock);
+	dB.attrs = want;
+	dB.give_attrs = true;
+	pthread_mutex_unlock(&dB.lock);
+	assert_int_equal(fetch(A, "nodeB", "m/one.bin", &s, &info), 0);
+	assert_memory_equal(&info.attrs, &want, sizeof(want));
+	pthread_mutex_lock(&dB.lock);
+	dB.give_attrs = false;
+	pthread_mutex_unlock(&dB.lock);
+	assert_int_equal(fetch(A, "nodeB", "m/one.bin", &s, &info), 0);
+	assert_int_equal(info.attrs.file.uid, 0);
+	assert_int_equal(info.attrs.file.mode, 0600);
+	assert_int_equal(info.attrs.ndirs, 1); /* "m" */
+	assert_int_equal(info.attrs.dirs[0].mode, 0700);
+
+	/* A's attributes go with its offloaded copy, and come back with it. */
+	want.file = (struct remote_attr){7, 8, 0604};
+	want.ndirs = 2;
+	want.dirs[1] = (struct remote_attr){0, 0, 0755};
+	pthread_mutex_lock(&dA.lock);
+	dA.attrs = want;
+	dA.give_attrs = true;
+	pthread_mutex_unlock(&dA.lock);
+	tl_fill(src, MiB, 3);
+	atomic_store(&pb->down_until, 0);
+	assert_int_equal(
+		rdma_offload_to(A, pb, "at/x/y.bin", &iov, 1, MiB, remote_checksum(&iov, 1)), 0);
+	pthread_mutex_lock(&dA.lock);
+	dA.give_attrs = false;
+	pthread_mutex_unlock(&dA.lock);
+	assert_int_equal(fetch(A, "nodeB", "at/x/y.bin", &s, &info), 0);
+	assert_int_equal(info.tier, REMOTE_TIER_LENT);
+	assert_memory_equal(&info.attrs, &want, sizeof(want));
+	assert_int_equal(rdma_free_at(A, pb, "at/x/y.bin"), 0);
+	wait_releases(&dB);
+	free(s.buf);
+	free(src);
+}
+
+/* Has the other end closed @fd (EOF or reset)? */
+static bool closed_by_peer(int fd)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+	char c;
+
+	if (poll(&p, 1, 0) != 1)
+		return false;
+	return recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
+}
+
+static int count_closed(const int *fds, int n)
+{
+	int k = 0;
+
+	for (int i = 0; i < n; i++)
+		k += fds[i] >= 0 && closed_by_peer(fds[i]);
+	return k;
+}
+
+/*
+ * Issue 11 item 8: idle connections to the listen port once held a
+ * descriptor each for ever. With at most 4 unproven connections, each for
+ * at most 1 s, a flood of 40 is cut down to 4 at once and to none soon
+ * after, while a peer that proved the token keeps its connection and is
+ * served throughout.
+ */
+static void test_connection_flood(void **state)
+{
+	struct tl_daemon dD;
+	struct remote_config cfg = {
+		.node_id = "nodeD",
+		.fabric = "tcp",
+		.listen = "127.0.0.1:0",
+		.token = TOKEN,
+		.token_len = strlen(TOKEN),
+		.timeout_ms = 2000,
+		.max_unproven_conns = 4,
+		.unproven_conn_ms = 1000,
+		.ops = &tl_ops,
+		.ops_ctx = &dD,
+	};
+	struct sockaddr_in sin;
+	struct sink s = {.cap = MiB};
+	const struct tl_file *f;
+	const uint8_t *addr;
+	char err[256] = "";
+	remote *D = NULL;
+	uint32_t alen;
+	uint64_t cut;
+	int fds[40], n = 40, left = -1;
+
+	(void)state;
+	assert_int_equal(tl_daemon_init(&dD, 8 * MiB), 0);
+	f = tl_add(&dD, "d/file", 300000, 17, 0, false);
+	cfg.arena = dD.arena;
+	cfg.arena_bytes = dD.arena_bytes;
+	assert_int_equal(remote_open(&cfg, &D, err, sizeof(err)), 0);
+	addr = rdma_self_addr(D, &alen);
+	if (alen != sizeof(sin))
+		skip();
+	memcpy(&sin, addr, sizeof(sin));
+	assert_int_equal(rdma_peer_add_fixed(A, "nodeD", addr, alen, 0, 0), 0);
+	s.buf = malloc(s.cap);
+	/* A proves the token and reads: its connection is vouched for. */
+	assert_int_equal(fetch(A, "nodeD", "d/file", &s, NULL), 0);
+	assert_same(f, s.buf);
+
+	for (int i = 0; i < n; i++) {
+		fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		assert_true(fds[i] >= 0);
+		assert_int_equal(connect(fds[i], (struct sockaddr *)&sin, sizeof(sin)), 0);
+		/* A few talk too (from A's host, which is vouched for): bytes one
+		 * way only buy nothing. */
+		if (i % 8 == 0)
+			assert_int_equal(send(fds[i], "not a connection request", 4, 0), 4);
+	}
+	/* At most 4 left open within a scan or two... */
+	for (uint64_t t0 = tl_now_ms(); tl_now_ms() - t0 < 5000;) {
+		if (n - count_closed(fds, n) <= 4)
+			break;
+		tl_sleep_ms(20);
+	}
+	assert_true(n - count_closed(fds, n) <= 4);
+	/* ... while A is served as ever, on the same connection... */
+	assert_int_equal(fetch(A, "nodeD", "d/file", &s, NULL), 0);
+	assert_same(f, s.buf);
+	/* ... and none once they outlived 1 s. */
+	for (uint64_t t0 = tl_now_ms(); tl_now_ms() - t0 < 10000;) {
+		left = n - count_closed(fds, n);
+		if (left == 0)
+			break;
+		tl_sleep_ms(50);
+	}
+	assert_int_equal(left, 0);
+	/* (the provider may close a talker itself, on bytes it cannot parse) */
+	cut = stats(D).conns_cut;
+	assert_true(cut >= (uint64_t)(n - n / 8) && cut <= (uint64_t)n);
+	assert_int_equal(fetch(A, "nodeD", "d/file", &s, NULL), 0);
+	assert_int_equal(stats(D).conns_cut, cut); /* A's was never cut */
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	remote_close(D);
+	atomic_store(&rdma_peer_find(A, "nodeD")->down_until, UINT64_MAX);
+	tl_daemon_fini(&dD);
 	free(s.buf);
 }
 
@@ -867,6 +1275,11 @@ int main(void)
 		cmocka_unit_test(test_offload_no_room),
 		cmocka_unit_test(test_wrong_token),
 		cmocka_unit_test(test_malformed_messages),
+		cmocka_unit_test(test_attrs_travel),
+		cmocka_unit_test(test_hello_flood),
+		cmocka_unit_test(test_connection_flood),
+		cmocka_unit_test(test_take_is_bounded),
+		cmocka_unit_test(test_replay_refused),
 		cmocka_unit_test(test_corruption_caught),
 		cmocka_unit_test(test_peer_killed_mid_transfer),
 		cmocka_unit_test(test_peer_stopped_times_out),

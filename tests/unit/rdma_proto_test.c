@@ -7,7 +7,10 @@
  * request, a path that is absolute, empty, with "..", a NUL or too long, a
  * node id with a bad character, run lists that do not add up — is refused;
  * encoding refuses what decoding would; MACs detect any flipped bit; the
- * handshake proofs depend on every input and differ by role.
+ * handshake proofs depend on every input and differ by role; the sequence
+ * number sits under the MAC, and the replay window accepts each number once
+ * (in any order within the window) and refuses a replay; owner and mode
+ * (ATTRS) travel in FILE and OFFLOAD and are checked.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -49,6 +52,7 @@ static int round_trip(const struct rdma_msg *m, struct rdma_msg *out, uint8_t *b
 	assert_int_equal(out->status, m->status);
 	assert_int_equal(out->req_id, m->req_id);
 	assert_int_equal(out->session, m->session);
+	assert_int_equal(out->seq, m->seq);
 	return len;
 }
 
@@ -98,13 +102,18 @@ static void test_round_trip_all_types(void **state)
 
 	m = msg_new(RDMA_MSG_OFFLOAD);
 	set_path(m, "llama/ab/cd/0123.bin");
+	m->seq = 0x0102030405060708ull;
 	m->u.path.size = 1 << 20;
 	m->u.path.checksum = 0xfeedull;
+	m->u.path.attrs.file = (struct remote_attr){1000, 100, 0640};
+	m->u.path.attrs.ndirs = 3;
+	m->u.path.attrs.dirs[2] = (struct remote_attr){0, 0, 0700};
 	len = round_trip(m, o, buf);
-	assert_int_equal(len, RDMA_HDR_SIZE + 24 + 20);
+	assert_int_equal(len, RDMA_HDR_SIZE + 24 + 20 + 16 + 3 * 12);
 	assert_string_equal(o->u.path.path, "llama/ab/cd/0123.bin");
 	assert_int_equal(o->u.path.size, 1 << 20);
 	assert_int_equal(o->u.path.checksum, 0xfeed);
+	assert_memory_equal(&o->u.path.attrs, &m->u.path.attrs, sizeof(m->u.path.attrs));
 	free(m);
 
 	m = msg_new(RDMA_MSG_FILE);
@@ -118,10 +127,39 @@ static void test_round_trip_all_types(void **state)
 	m->u.file.tier = REMOTE_TIER_DRAM;
 	m->u.file.run[0] = (struct rdma_run){100, 1000};
 	m->u.file.run[1] = (struct rdma_run){5000, 1000};
+	m->u.file.attrs.file = (struct remote_attr){0, 0, 0600};
+	m->u.file.attrs.ndirs = 1;
+	m->u.file.attrs.dirs[0] = (struct remote_attr){0, 0, 01700};
 	len = round_trip(m, o, buf);
-	assert_int_equal(len, RDMA_HDR_SIZE + 48 + 2 * 16);
+	assert_int_equal(len, RDMA_HDR_SIZE + 48 + 16 + 12 + 2 * 16);
 	assert_int_equal(o->u.file.run[1].addr, 5000);
 	assert_int_equal(o->u.file.first, 2);
+	assert_memory_equal(&o->u.file.attrs, &m->u.file.attrs, sizeof(m->u.file.attrs));
+	/* A full reply with every directory still fits one buffer. */
+	m->u.file.size = RDMA_RUNS_PER_MSG;
+	m->u.file.total = m->u.file.n = RDMA_RUNS_PER_MSG;
+	m->u.file.first = 0;
+	for (int i = 0; i < RDMA_RUNS_PER_MSG; i++)
+		m->u.file.run[i] = (struct rdma_run){(uint64_t)i * 2, 1};
+	m->u.file.attrs.ndirs = REMOTE_ATTR_DIRS;
+	assert_int_equal(round_trip(m, o, buf), RDMA_MSG_SIZE);
+	/* A mode beyond the permission bits, or too many directories, is refused. */
+	m->u.file.attrs.ndirs = REMOTE_ATTR_DIRS + 1;
+	assert_int_equal(rdma_msg_encode(m, buf, RDMA_MSG_SIZE), -EINVAL);
+	m->u.file.attrs.ndirs = 1;
+	m->u.file.attrs.file.mode = 0100600;
+	assert_int_equal(rdma_msg_encode(m, buf, RDMA_MSG_SIZE), -EINVAL);
+	m->u.file.attrs.file.mode = 0600;
+	m->u.file.attrs.dirs[0].mode = 010000;
+	assert_int_equal(rdma_msg_encode(m, buf, RDMA_MSG_SIZE), -EINVAL);
+	m->u.file.attrs.dirs[0].mode = 0700;
+	len = rdma_msg_encode(m, buf, RDMA_MSG_SIZE);
+	assert_true(len > 0);
+	buf[RDMA_HDR_SIZE + 48 + 16 + 9] = 0x10; /* dirs[0].mode = 010700 on the wire */
+	assert_int_equal(rdma_msg_decode(buf, (size_t)len, o), -EBADMSG);
+	buf[RDMA_HDR_SIZE + 48 + 16 + 9] = 0;
+	buf[RDMA_HDR_SIZE + 48 + 12] = 2; /* ndirs 2: the runs no longer add up */
+	assert_int_equal(rdma_msg_decode(buf, (size_t)len, o), -EBADMSG);
 	free(m);
 
 	m = msg_new(RDMA_MSG_DONE);
@@ -151,7 +189,7 @@ static void test_layout_pinned(void **state)
 	uint8_t *buf = malloc(RDMA_MSG_SIZE);
 	struct rdma_msg *m = msg_new(RDMA_MSG_LOOKUP);
 	static const uint8_t hdr[32] = {
-		'K',  'V',    'R',  'M',  1,	0,    RDMA_MSG_LOOKUP,
+		'K',  'V',    'R',  'M',  2,	0,    RDMA_MSG_LOOKUP,
 		0,    24 + 3, 0,    0,	  0,	0,    0,
 		0,    0,      0x88, 0x77, 0x66, 0x55, 0x44,
 		0x33, 0x22,   0x11, 7,	  0,	0,    0,
@@ -160,10 +198,15 @@ static void test_layout_pinned(void **state)
 
 	(void)state;
 	set_path(m, "a/b");
+	m->seq = 0x0807060504030201ull;
 	assert_int_equal(rdma_msg_encode(m, buf, RDMA_MSG_SIZE), RDMA_HDR_SIZE + 27);
 	assert_memory_equal(buf, hdr, sizeof(hdr));
-	for (int i = 32; i < RDMA_HDR_SIZE; i++)
-		assert_int_equal(buf[i], 0);	      /* mac (unsigned) and reserved */
+	for (int i = 32; i < 48; i++)
+		assert_int_equal(buf[i], 0); /* mac (unsigned) */
+	for (int i = 48; i < 56; i++)
+		assert_int_equal(buf[i], i - 47); /* seq, little-endian */
+	for (int i = 56; i < RDMA_HDR_SIZE; i++)
+		assert_int_equal(buf[i], 0);	      /* reserved */
 	assert_int_equal(buf[RDMA_HDR_SIZE + 16], 3); /* path_len */
 	assert_memory_equal(buf + RDMA_HDR_SIZE + 24, "a/b", 3);
 	free(m);
@@ -206,7 +249,7 @@ static void test_malformed_refused(void **state)
 	} while (0)
 
 	MUTATE(0, 'X', -EBADMSG);		/* magic */
-	MUTATE(4, 2, -EPROTONOSUPPORT);		/* version */
+	MUTATE(4, 1, -EPROTONOSUPPORT);		/* version 1: no sequence numbers */
 	MUTATE(6, 0, -EBADMSG);			/* type 0 */
 	MUTATE(6, RDMA_MSG_TYPE_MAX, -EBADMSG); /* unknown type */
 	MUTATE(6, RDMA_MSG_RUNS, -EBADMSG);	/* a LOOKUP body read as RUNS */
@@ -215,7 +258,7 @@ static void test_malformed_refused(void **state)
 	memcpy(b2, buf, (size_t)len);
 	memset(b2 + 16, 0, 8);
 	assert_int_equal(decode_bytes(b2, (size_t)len), -EBADMSG); /* request id 0 */
-	MUTATE(48, 1, -EBADMSG);				   /* reserved */
+	MUTATE(56, 1, -EBADMSG);				   /* reserved */
 	MUTATE(63, 1, -EBADMSG);
 	MUTATE(RDMA_HDR_SIZE + 20, 1, -EBADMSG);    /* padding */
 	MUTATE(RDMA_HDR_SIZE + 0, 1, -EBADMSG);	    /* a size in a LOOKUP */
@@ -378,6 +421,64 @@ static void test_mac(void **state)
 	free(buf);
 }
 
+/* The sequence number is covered by the MAC: a replayed message cannot be
+ * renumbered. */
+static void test_seq_under_mac(void **state)
+{
+	uint8_t *buf = malloc(RDMA_MSG_SIZE), key[32];
+	struct rdma_msg *m = msg_new(RDMA_MSG_LOOKUP);
+	int len;
+
+	(void)state;
+	memset(key, 3, sizeof(key));
+	set_path(m, "x/y");
+	m->seq = 5;
+	len = rdma_msg_encode(m, buf, RDMA_MSG_SIZE);
+	rdma_msg_sign(buf, (size_t)len, key);
+	assert_true(rdma_msg_verify(buf, (size_t)len, key));
+	buf[48] = 6;
+	assert_false(rdma_msg_verify(buf, (size_t)len, key));
+	free(m);
+	/* Handshake messages (not MACed) carry none. */
+	m = msg_new(RDMA_MSG_PROVE);
+	m->seq = 1;
+	assert_int_equal(rdma_msg_encode(m, buf, RDMA_MSG_SIZE), -EINVAL);
+	m->seq = 0;
+	len = rdma_msg_encode(m, buf, RDMA_MSG_SIZE);
+	buf[48] = 1;
+	assert_int_equal(decode_bytes(buf, (size_t)len), -EBADMSG);
+	free(m);
+	free(buf);
+}
+
+static void test_replay_window(void **state)
+{
+	struct rdma_replay w = {0};
+
+	(void)state;
+	assert_false(rdma_replay_accept(&w, 0)); /* numbers start at 1 */
+	assert_true(rdma_replay_accept(&w, 1));
+	assert_false(rdma_replay_accept(&w, 1)); /* a replay */
+	assert_true(rdma_replay_accept(&w, 2));
+	/* Out of order within the window: each once. */
+	assert_true(rdma_replay_accept(&w, 10));
+	assert_true(rdma_replay_accept(&w, 7));
+	assert_false(rdma_replay_accept(&w, 7));
+	assert_true(rdma_replay_accept(&w, 3));
+	assert_false(rdma_replay_accept(&w, 10));
+	assert_false(rdma_replay_accept(&w, 2));
+	/* The window slides: what fell out of it is refused, seen or not. */
+	assert_true(rdma_replay_accept(&w, 10 + RDMA_REPLAY_WINDOW - 1));
+	assert_true(rdma_replay_accept(&w, 11));
+	assert_false(rdma_replay_accept(&w, 9));
+	assert_false(rdma_replay_accept(&w, 10));
+	assert_true(rdma_replay_accept(&w, 1000));
+	assert_false(rdma_replay_accept(&w, 1000 - RDMA_REPLAY_WINDOW));
+	assert_true(rdma_replay_accept(&w, 1000 - RDMA_REPLAY_WINDOW + 1));
+	assert_true(rdma_replay_accept(&w, UINT64_MAX));
+	assert_false(rdma_replay_accept(&w, UINT64_MAX));
+}
+
 static void test_hello_proofs(void **state)
 {
 	const uint8_t tok[] = "0123456789abcdef-token";
@@ -442,6 +543,7 @@ int main(void)
 		cmocka_unit_test(test_round_trip_all_types), cmocka_unit_test(test_layout_pinned),
 		cmocka_unit_test(test_malformed_refused),    cmocka_unit_test(test_hello_fields),
 		cmocka_unit_test(test_runs_checked),	     cmocka_unit_test(test_mac),
+		cmocka_unit_test(test_seq_under_mac),	     cmocka_unit_test(test_replay_window),
 		cmocka_unit_test(test_hello_proofs),	     cmocka_unit_test(test_validators),
 	};
 

@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,6 +166,10 @@ struct tl_daemon {
 	struct tl_file files[TL_MAX_FILES];
 	int nfiles;
 	int leases, releases, lookups;
+	bool give_attrs;		  /* answer remote_ops.attrs with attrs (else: no answer) */
+	_Atomic unsigned lookup_delay_ms; /* lookup blocks this long (a daemon that misbehaves) */
+	_Atomic int delaying;		  /* lookups blocked right now */
+	struct remote_attrs attrs;
 	pthread_mutex_t lock;
 	uint8_t outside_buf[4096];
 };
@@ -174,6 +179,11 @@ static inline int tl_lookup(void *ctx, const char *path, struct remote_file *out
 	struct tl_daemon *d = ctx;
 	int rc = -ENOENT;
 
+	if (atomic_load(&d->lookup_delay_ms)) {
+		atomic_fetch_add(&d->delaying, 1);
+		tl_sleep_ms(atomic_load(&d->lookup_delay_ms));
+		atomic_fetch_sub(&d->delaying, 1);
+	}
 	pthread_mutex_lock(&d->lock);
 	d->lookups++;
 	for (int i = 0; i < d->nfiles; i++) {
@@ -208,9 +218,25 @@ static inline void tl_release(void *ctx, struct remote_file *f)
 	pthread_mutex_unlock(&d->lock);
 }
 
+static inline int tl_attrs(void *ctx, const char *path, struct remote_attrs *out)
+{
+	struct tl_daemon *d = ctx;
+	int rc = -ENOENT;
+
+	(void)path;
+	pthread_mutex_lock(&d->lock);
+	if (d->give_attrs) {
+		*out = d->attrs;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
 static const struct remote_ops tl_ops = {
 	.lookup = tl_lookup,
 	.release = tl_release,
+	.attrs = tl_attrs,
 };
 
 static inline int tl_daemon_init(struct tl_daemon *d, uint64_t arena_bytes)
