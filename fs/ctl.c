@@ -7,8 +7,11 @@
  *   stats    JSON: capacity, use and hit rates per tier, counters
  *   metrics  Prometheus text exposition format 0.0.4, the same figures
  *   config   JSON: the running configuration
- *   fault    write-only (root): arm the fault seam, e.g. "cat_write:1:EIO"
- *   where, prefetch, match   write a request, read the answer back (remote.c, disagg.c)
+ *   fault    write-only (root): arm the fault seam, e.g. "cat_write:1:EIO";
+ *            parsed strictly (ctl_fault_spec), all or nothing
+ *   where    read-write (0666): write a path, read back its holders in the
+ *            cluster; only for a path the caller may look up (ns_may_lookup)
+ *   prefetch, match   write a request, read the answer back (disagg.c)
  * Every figure is defined once, in the table below, and both formats are
  * generated from it. README.md documents each field.
  */
@@ -204,6 +207,19 @@ static uint64_t g_misses(const struct snapshot *s)
 {
 	return s->misses;
 }
+/* Durability: the tier's stores and the namespace's records, together. */
+static uint64_t g_persist_failed(const struct snapshot *s)
+{
+	return s->ts.persist_failed + s->c[CTR(record_failed)];
+}
+static uint64_t g_not_durable(const struct snapshot *s)
+{
+	return s->ts.not_durable + s->c[CTR(unrecorded)];
+}
+static uint64_t g_catalog_errors(const struct snapshot *s)
+{
+	return s->ts.cat_errors + s->c[CTR(catalog_errors)];
+}
 
 static const struct figure figures[] = {
 	{"capacity_bytes", "kvfs_capacity_bytes", GAUGE, "Bytes the tiers can hold", -1, g_capacity},
@@ -322,8 +338,13 @@ static const struct figure figures[] = {
 	 "Directory entries visited by readdir", CTR(readdir_scanned), NULL},
 	{"catalog.commits", "kvfs_catalog_commits_total", COUNTER, "Catalog batches committed",
 	 CTR(catalog_commits), NULL},
-	{"catalog.errors", "kvfs_catalog_errors_total", COUNTER, "Catalog commits that failed",
-	 CTR(catalog_errors), NULL},
+	{"catalog.errors", "kvfs_catalog_errors_total", COUNTER,
+	 "Catalog commits that failed (namespace and tier records)", -1, g_catalog_errors},
+	{"persist_failed", "kvfs_persist_failed_total", COUNTER,
+	 "Sealed files that --persist through, fsync or their record could not make durable",
+	 -1, g_persist_failed},
+	{"not_durable", "kvfs_not_durable", GAUGE,
+	 "Of which still not durable (retried every second)", -1, g_not_durable},
 	{"fast_path.registrations", "kvfs_fast_path_registrations_total", COUNTER,
 	 "Rings and buffers registered under .kvfs/iovs", CTR(fp_registrations), NULL},
 	{"fast_path.requests", "kvfs_fast_path_requests_total", COUNTER,
@@ -750,7 +771,7 @@ int ctl_fault_spec(const char *buf, size_t len, struct kvfs_fault_spec *out, int
 	n = kvfs_fault_parse_spec(buf, len, out, max);
 	for (int i = 0; i < n; i++)
 		if (out[i].op == KVFS_FAULT_ARENA)
-			return -EINVAL; /* made once, at start: it could never fire */
+			return -EINVAL; /* the DRAM store is made once, at start */
 	return n;
 }
 
@@ -771,6 +792,9 @@ int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, con
 		size_t alen = 0;
 		int rc = ctl_where_path(buf, len, path, sizeof(path));
 
+		/* Only for a path the caller could look up itself. */
+		if (!rc)
+			rc = ns_may_lookup(fs, cred, path);
 		if (!rc)
 			rc = rmt_where(fs, path, strlen(path), &ans, &alen);
 		if (rc)
@@ -783,7 +807,6 @@ int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, con
 		return rmt_drain(fs, false);
 	if (id != CTL_FAULT)
 		return -EACCES;
-	(void)fs;
 	n = ctl_fault_spec(buf, len, spec, KVFS_FAULT_SPEC_MAX);
 	if (n < 0)
 		return n;

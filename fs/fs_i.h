@@ -115,6 +115,8 @@ struct kvfs_inode {
 
 	/* files (inode lock) */
 	tier_obj *data;   /* NULL once evicted or deleted */
+	uint64_t gone_size; /* tier_size() of the bytes when they were detached:
+			     * st_size stays what an open reader saw (inode lock) */
 	uint32_t writers; /* writable handles not yet released */
 	uint32_t flushed; /* of which closed (flushed) and not written since */
 	uint32_t opens;   /* open handles */
@@ -126,6 +128,8 @@ struct kvfs_inode {
 	uint32_t cached_opens; /* reader handles on the read path */
 	_Atomic bool sealed;
 	bool sealing;  /* the last writer is validating; no new writers */
+	bool sync_on_seal; /* fsync()ed while unsealed: made durable when sealed */
+	bool unrecorded; /* sealed, linked, its catalog record failed: retried (fs->lock) */
 	bool invalid;  /* a native block that failed validation */
 	bool native;   /* a valid native block: key fields are set */
 	uint64_t hits;
@@ -175,6 +179,8 @@ struct kvfs_counters {
 	_Atomic uint64_t verify_failed;
 	_Atomic uint64_t catalog_commits;
 	_Atomic uint64_t catalog_errors;
+	_Atomic uint64_t record_failed; /* sealed files whose record failed (counted once) */
+	_Atomic uint64_t unrecorded;    /* of which still not in the catalog (retried) */
 	_Atomic uint64_t readdir_scanned;
 	_Atomic uint64_t files;
 	_Atomic uint64_t dirs;
@@ -311,6 +317,7 @@ struct kvfs_fs {
 
 extern struct kvfs_fs *kvfs_fs_global;
 
+
 /* --- ns.c: the tree ---------------------------------------------------------- */
 
 int ns_open(struct kvfs_fs *fs, char *err, size_t errlen);
@@ -353,6 +360,18 @@ void ns_persist(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in);
 void ns_forget_record(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in);
 /* Commit @b; counts errors. @return 0 or -EIO (or the fault seam's errno). */
 int ns_commit(struct kvfs_fs *fs, cat_batch *b);
+/*
+ * Record a sealed file and its name (fs->lock held). If the commit fails
+ * the file stays (served from DRAM) but is counted not durable and the
+ * worker retries its record. @return 0 or ns_commit()'s error.
+ */
+int ns_record_file_locked(struct kvfs_fs *fs, struct kvfs_inode *in);
+
+/*
+ * Detach @in's bytes (inode lock held), remembering their size for stat.
+ * @return the object (the caller drops or puts it), or NULL.
+ */
+tier_obj *ns_take_data(struct kvfs_inode *in);
 
 /* A file's data is gone or no longer needed: drop it if no handle is open. */
 void ns_release_data(struct kvfs_fs *fs, struct kvfs_inode *in);
@@ -373,15 +392,42 @@ void ns_mark_dirty(struct kvfs_fs *fs, struct kvfs_inode *in);
 /* Write queued statistics now. */
 void ns_flush_dirty(struct kvfs_fs *fs);
 
+struct kvfs_cred; /* below: a request's uid, gid and groups */
+
+/*
+ * May @c access @in for @mask (R_OK | W_OK | X_OK), by its mode bits the
+ * way the kernel decides (owner, else group, else other): ns_may(), which
+ * takes @in's lock (so the caller holds no inode lock; fs->lock is fine).
+ */
+bool ns_may_access(const struct kvfs_cred *c, struct kvfs_inode *in, int mask);
+/*
+ * unlink's rule for @in (fs->lock held): write and search permission on
+ * its directory, and in a sticky directory ownership of @in or of it.
+ */
+bool ns_may_remove_locked(const struct kvfs_cred *c, struct kvfs_inode *in);
+
 /* Evict a file, or every file below a directory; counts what happened. */
 struct evict_result {
 	uint64_t files;
 	uint64_t bytes;
 	uint64_t busy;
 	uint64_t pinned;
+	uint64_t denied; /* files @cred may not remove (unlink's rule) */
 };
-/* @return the ticket of the last invalidation queued, for ns_wait_inval(). */
-uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *in, struct evict_result *res);
+/*
+ * With @cred (NULL: no checks), only files @cred could unlink are evicted,
+ * and only directories it may search are walked.
+ * @return the ticket of the last invalidation queued, for ns_wait_inval().
+ */
+uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *in, const struct kvfs_cred *cred,
+		       struct evict_result *res);
+/*
+ * Resolve @path ("a/b/c", below the root) as far as it exists, as @c's
+ * lookup would: every directory on the way must be searchable by @c.
+ * @return 0 (the path, or the part of it that exists here, may be looked
+ * up); -EACCES; -ENOTDIR if a component is a file with more after it.
+ */
+int ns_may_lookup(struct kvfs_fs *fs, const struct kvfs_cred *c, const char *path);
 
 /* Fill a catalog record from an inode (inode lock held). */
 void ns_to_record(const struct kvfs_inode *in, struct cat_inode *rec);
@@ -423,8 +469,8 @@ struct kvfs_inode *ctl_lookup(const char *name);
 const char *ctl_name(unsigned id);
 /* Build a control file's contents (malloc'd) for an open. @return 0 or -errno. */
 int ctl_render(struct kvfs_fs *fs, unsigned id, char **buf, size_t *len);
-/* A write to a control file; an answer to read back, if any, goes to @out
- * (malloc'd). @return 0 or -errno. */
+/* A write to a control file by @cred; an answer to read back, if any, goes
+ * to @out (malloc'd). @return 0 or -errno. */
 int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, const char *buf,
 	      size_t len, char **out, size_t *outlen);
 /*
@@ -436,7 +482,7 @@ int ctl_write(struct kvfs_fs *fs, const struct kvfs_cred *cred, unsigned id, con
 int ctl_where_path(const char *req, size_t len, char *path, size_t size);
 /*
  * A write to .kvfs/fault (pure): a spec (kvfs_fault_parse_spec) with one
- * optional trailing newline. `arena` is refused: the arena is made once, at
+ * optional trailing newline. `arena` is refused: the DRAM store is made once, at
  * start (arm it with KVFS_FAULTS there).
  * @return the number of items in @out, or -EINVAL.
  */

@@ -335,7 +335,7 @@ void ns_to_record(const struct kvfs_inode *in, struct cat_inode *rec)
 	rec->gid = in->gid;
 	rec->atime_ns = in->atime;
 	rec->mtime_ns = __atomic_load_n(&in->mtime, __ATOMIC_RELAXED); /* a write sets it */
-	rec->ctime_ns = in->ctime;
+	rec->ctime_ns = __atomic_load_n(&in->ctime, __ATOMIC_RELAXED); /* so does ctime */
 	if (in->kind == KIND_FILE) {
 		rec->size = in->data ? tier_size(in->data) : 0;
 		rec->hits = in->hits;
@@ -390,7 +390,42 @@ int ns_commit(struct kvfs_fs *fs, cat_batch *b)
 	return 0;
 }
 
+int ns_record_file_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	cat_batch *b = cat_batch_new();
+	int rc;
+
+	ns_persist(fs, b, in);
+	rc = ns_commit(fs, b);
+	cat_batch_free(b);
+	if (rc) {
+		in->persisted = false;
+		if (!in->unrecorded) {
+			in->unrecorded = true;
+			atomic_fetch_add(&fs->ctr.record_failed, 1);
+			atomic_fetch_add(&fs->ctr.unrecorded, 1);
+		}
+		ns_mark_dirty(fs, in); /* the worker tries again */
+	} else if (in->unrecorded) {
+		in->unrecorded = false;
+		atomic_fetch_sub(&fs->ctr.unrecorded, 1);
+	}
+	return rc;
+}
+
 /* --- data ------------------------------------------------------------------ */
+
+tier_obj *ns_take_data(struct kvfs_inode *in)
+{
+	tier_obj *o = in->data;
+
+	if (o) {
+		in->gone_size = tier_size(o);
+		tier_obj_set_owner(o, NULL);
+	}
+	in->data = NULL;
+	return o;
+}
 
 /* Detach @in's bytes (fs->lock held). @return the object to drop after unlocking. */
 static tier_obj *detach_data_locked(struct kvfs_inode *in)
@@ -398,10 +433,7 @@ static tier_obj *detach_data_locked(struct kvfs_inode *in)
 	tier_obj *o;
 
 	pthread_mutex_lock(&in->lock);
-	o = in->data;
-	in->data = NULL;
-	if (o)
-		tier_obj_set_owner(o, NULL);
+	o = ns_take_data(in);
 	pthread_mutex_unlock(&in->lock);
 	return o;
 }
@@ -420,12 +452,8 @@ void ns_release_data(struct kvfs_fs *fs, struct kvfs_inode *in)
 
 	pthread_mutex_lock(&fs->lock);
 	pthread_mutex_lock(&in->lock);
-	if (!in->linked && in->opens == 0) {
-		o = in->data;
-		in->data = NULL;
-		if (o)
-			tier_obj_set_owner(o, NULL);
-	}
+	if (!in->linked && in->opens == 0)
+		o = ns_take_data(in);
 	pthread_mutex_unlock(&in->lock);
 	pthread_mutex_unlock(&fs->lock);
 	drop_obj(o);
@@ -469,6 +497,55 @@ void ns_evicted(void *ctx, tier_obj *const *objs, size_t n)
 	cat_batch_free(b);
 }
 
+/* --- permissions on a caller's behalf ------------------------------------------ */
+
+bool ns_may_access(const struct kvfs_cred *c, struct kvfs_inode *in, int mask)
+{
+	return ns_may(in, c->uid, c->gid, c->groups, c->ngroups, (unsigned)mask);
+}
+
+bool ns_may_remove_locked(const struct kvfs_cred *c, struct kvfs_inode *in)
+{
+	struct kvfs_inode *dir = in->parent;
+
+	if (!dir || !ns_may_access(c, dir, W_OK | X_OK))
+		return false;
+	if ((__atomic_load_n(&dir->mode, __ATOMIC_RELAXED) & S_ISVTX) && c->uid != 0)
+		return c->uid == in->uid || c->uid == dir->uid;
+	return true;
+}
+
+int ns_may_lookup(struct kvfs_fs *fs, const struct kvfs_cred *c, const char *path)
+{
+	struct kvfs_inode *dir = fs->root, *child;
+	const char *p = path;
+	int rc = 0;
+
+	pthread_mutex_lock(&fs->lock);
+	while (*p) {
+		const char *slash = strchr(p, '/');
+		size_t len = slash ? (size_t)(slash - p) : strlen(p);
+
+		if (dir->kind != KIND_DIR) {
+			rc = -ENOTDIR;
+			break;
+		}
+		if (!ns_may_access(c, dir, X_OK)) {
+			rc = -EACCES;
+			break;
+		}
+		child = ns_find_locked(fs, dir, p, len);
+		if (!child)
+			break; /* not here: what the cluster has is all there is */
+		dir = child;
+		if (!slash)
+			break;
+		p = slash + 1;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
 static void evict_one_locked(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode *in,
 			     struct evict_result *res, tier_obj **dropped, size_t *ndropped,
 			     uint64_t *ticket)
@@ -500,7 +577,8 @@ static void evict_one_locked(struct kvfs_fs *fs, cat_batch *b, struct kvfs_inode
 	atomic_fetch_add(&fs->ctr.operator_evictions, 1);
 }
 
-uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *top, struct evict_result *res)
+uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *top, const struct kvfs_cred *cred,
+		       struct evict_result *res)
 {
 	uint64_t ticket = 0;
 	cat_batch *b = cat_batch_new();
@@ -526,10 +604,14 @@ uint64_t ns_evict_tree(struct kvfs_fs *fs, struct kvfs_inode *top, struct evict_
 				dropped = nd;
 				dcap *= 2;
 			}
-			evict_one_locked(fs, b, in, res, dropped, &ndropped, &ticket);
+			/* Evicting removes the name: only what the caller could unlink. */
+			if (cred && !ns_may_remove_locked(cred, in))
+				res->denied++;
+			else
+				evict_one_locked(fs, b, in, res, dropped, &ndropped, &ticket);
 			continue;
 		}
-		if (in->kind != KIND_DIR)
+		if (in->kind != KIND_DIR || (cred && !ns_may_access(cred, in, X_OK)))
 			continue;
 		cds_list_for_each_entry_safe(d, dt, &in->children, link)
 		{
@@ -650,6 +732,16 @@ void ns_flush_dirty(struct kvfs_fs *fs)
 		struct cat_inode rec;
 
 		atomic_store(&in->dirty, false);
+		if (in->unrecorded) {
+			/* A sealed file whose record failed: again, on its own. */
+			if (in->linked) {
+				ns_record_file_locked(fs, in);
+			} else {
+				in->unrecorded = false; /* deleted or evicted meanwhile */
+				atomic_fetch_sub(&fs->ctr.unrecorded, 1);
+			}
+			continue;
+		}
 		if (!in->persisted)
 			continue;
 		pthread_mutex_lock(&in->lock);
@@ -715,6 +807,8 @@ static void *worker_main(void *arg)
 		if (kvfs_mono_ns() - last_flush >= FLUSH_INTERVAL_NS) {
 			pthread_mutex_unlock(&fs->work_lock);
 			ns_flush_dirty(fs);
+			/* Sealed files a write-through or fsync could not store: again. */
+			tier_retry_persist(fs->tier);
 			last_flush = kvfs_mono_ns();
 			pthread_mutex_lock(&fs->work_lock);
 			continue;

@@ -9,7 +9,9 @@
  *     sealed file (EPERM), setattr refuses truncation (EPERM), and the tier
  *     refuses writes to a sealed object. A file is sealed when its last
  *     writable handle is released. Readers cannot open an unsealed file
- *     (EBUSY), so a reader never sees a partial file.
+ *     (EBUSY), so a reader never sees a partial file. An open that cannot
+ *     write (O_CREAT|O_RDONLY) of a new name makes an empty file, sealed at
+ *     once: it would otherwise never be sealed.
  *
  *     The kernel sends RELEASE asynchronously, after close() has returned,
  *     while FLUSH comes with every close() of every descriptor (a shell's
@@ -28,6 +30,12 @@
  *     of 64 hex digits that is not its key also fails with EBADMSG.
  *  5. Unsupported: hard links, symlinks, device nodes, FIFOs and sockets
  *     (EPERM); RENAME_EXCHANGE (EINVAL); xattrs outside user.kvfs.* (ENOTSUP).
+ *     The user.kvfs.* attributes are virtual: read by name, never listed.
+ *
+ * fsync and fsyncdir make sealed files durable (tier_persist: on NVMe, then
+ * synced) or fail with EIO; see persist_file(). user.kvfs.evict and
+ * .kvfs/where act on paths the kernel never checked, so the caller's
+ * credentials (req_cred) are checked here, by unlink's and lookup's rules.
  *
  * Namespace changes commit their catalog batch before they change memory,
  * under fs->lock, so a failed commit (EIO) leaves both as they were.
@@ -77,6 +85,18 @@ static struct handle *fh(struct fuse_file_info *fi)
 	return (struct handle *)(uintptr_t)fi->fh;
 }
 
+/* The caller of @req, with its supplementary groups. */
+static void req_cred(fuse_req_t req, struct kvfs_cred *c)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	int n;
+
+	c->uid = ctx->uid;
+	c->gid = ctx->gid;
+	n = fuse_req_getgroups(req, (int)KVFS_ARRAY_SIZE(c->groups), c->groups);
+	c->ngroups = n < 0 ? 0 : KVFS_MIN(n, (int)KVFS_ARRAY_SIZE(c->groups));
+}
+
 static void set_ts(struct timespec *ts, int64_t ns)
 {
 	ts->tv_sec = ns / 1000000000;
@@ -107,7 +127,7 @@ static void fill_attr(struct kvfs_fs *fs, struct kvfs_inode *in, struct stat *st
 	st->st_gid = in->gid;
 	set_ts(&st->st_atim, in->atime);
 	set_ts(&st->st_mtim, __atomic_load_n(&in->mtime, __ATOMIC_RELAXED)); /* a write sets it */
-	set_ts(&st->st_ctim, in->ctime);
+	set_ts(&st->st_ctim, __atomic_load_n(&in->ctime, __ATOMIC_RELAXED)); /* so does ctime */
 	st->st_blksize = 1 << 20;
 	switch (in->kind) {
 	case KIND_DIR:
@@ -122,10 +142,14 @@ static void fill_attr(struct kvfs_fs *fs, struct kvfs_inode *in, struct stat *st
 		break;
 	case KIND_FILE:
 		st->st_nlink = in->linked ? 1 : 0;
-		if (in->data) {
-			st->st_size = (off_t)tier_size(in->data);
+		/*
+		 * Bytes gone (evicted, or lost to a bad NVMe copy under an open
+		 * reader) keep their size: a smaller st_size would make the
+		 * kernel end that reader's file early instead of failing it.
+		 */
+		st->st_size = (off_t)(in->data ? tier_size(in->data) : in->gone_size);
+		if (in->data)
 			st->st_blocks = (blkcnt_t)(tier_dram_bytes(in->data) / 512);
-		}
 		break;
 	default:
 		st->st_nlink = 1;
@@ -361,7 +385,8 @@ static void kvfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 	pthread_mutex_lock(&fs->lock);
 	pthread_mutex_lock(&in->lock);
 	mode = in->mode, uid = in->uid, gid = in->gid;
-	atime = in->atime, ctime = in->ctime;
+	atime = in->atime;
+	ctime = __atomic_load_n(&in->ctime, __ATOMIC_RELAXED);
 	mtime = __atomic_load_n(&in->mtime, __ATOMIC_RELAXED); /* a write sets it */
 	if (to_set & FUSE_SET_ATTR_MODE)
 		in->mode = (in->mode & S_IFMT) | (attr->st_mode & 07777);
@@ -381,7 +406,7 @@ static void kvfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 	if (to_set & FUSE_SET_ATTR_SIZE)
 		new_mtime = now;
 	__atomic_store_n(&in->mtime, new_mtime, __ATOMIC_RELAXED); /* as a write sets it */
-	in->ctime = now;
+	__atomic_store_n(&in->ctime, now, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&in->lock);
 	if (in->persisted) {
 		cat_batch *b = cat_batch_new();
@@ -393,7 +418,8 @@ static void kvfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 			/* Undo so memory and catalog agree. */
 			pthread_mutex_lock(&in->lock);
 			in->mode = mode, in->uid = uid, in->gid = gid;
-			in->atime = atime, in->ctime = ctime;
+			in->atime = atime;
+			__atomic_store_n(&in->ctime, ctime, __ATOMIC_RELAXED);
 			__atomic_store_n(&in->mtime, mtime, __ATOMIC_RELAXED);
 			pthread_mutex_unlock(&in->lock);
 		}
@@ -541,6 +567,13 @@ static int open_file(struct kvfs_fs *fs, struct kvfs_inode *in, struct fuse_file
 	if (data) {
 		tier_truncate(data, 0);
 		tier_obj_put(data);
+		/* O_TRUNC of an existing file marks mtime and ctime (POSIX). */
+		{
+			int64_t now = (int64_t)kvfs_now_ns();
+
+			__atomic_store_n(&in->mtime, now, __ATOMIC_RELAXED);
+			__atomic_store_n(&in->ctime, now, __ATOMIC_RELAXED);
+		}
 	}
 	atomic_fetch_add(&fs->ctr.opens, 1);
 	atomic_fetch_add(&fs->ctr.open_handles, 1);
@@ -590,6 +623,49 @@ int ops_adopt_file_locked(struct kvfs_fs *fs, struct kvfs_inode *dir, const char
 	return 0;
 }
 
+/*
+ * A file created by a call that will not write it (mknod, an open for
+ * reading with O_CREAT): an empty file, sealed at once and recorded
+ * (fs->lock held; nobody else can have it open yet).
+ */
+static void seal_empty_locked(struct kvfs_fs *fs, struct kvfs_inode *in)
+{
+	tier_seal(in->data);
+	atomic_store(&in->sealed, true);
+	atomic_fetch_add(&fs->ctr.sealed, 1);
+	ns_record_file_locked(fs, in);
+}
+
+/*
+ * The owner of a new inode in @dir: the caller's group, or the directory's
+ * if it is setgid (and then a new directory is setgid too). A new file keeps
+ * a setgid bit only if its creator is in its group (or root).
+ */
+static void new_owner(fuse_req_t req, struct kvfs_inode *dir, bool is_dir, mode_t *mode,
+		      uid_t *uid, gid_t *gid)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	uint32_t dmode;
+
+	pthread_mutex_lock(&dir->lock);
+	dmode = dir->mode;
+	*gid = (dmode & S_ISGID) ? dir->gid : ctx->gid;
+	pthread_mutex_unlock(&dir->lock);
+	*uid = ctx->uid;
+	if ((dmode & S_ISGID) && is_dir)
+		*mode |= S_ISGID;
+	if (!is_dir && (*mode & S_ISGID) && ctx->uid != 0 && *gid != ctx->gid) {
+		struct kvfs_cred c;
+		bool member = false;
+
+		req_cred(req, &c);
+		for (int i = 0; i < c.ngroups; i++)
+			member |= c.groups[i] == *gid;
+		if (!member)
+			*mode &= ~(mode_t)S_ISGID;
+	}
+}
+
 static void kvfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 			struct fuse_file_info *fi)
 {
@@ -615,12 +691,22 @@ static void kvfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mod
 		}
 		ns_get(in, 2); /* the kernel's lookup and the handle */
 	} else {
-		rc = ops_new_file_locked(fs, dir, name, mode, fuse_req_ctx(req)->uid,
-					 fuse_req_ctx(req)->gid, &in);
+		uid_t uid;
+		gid_t gid;
+
+		new_owner(req, dir, false, &mode, &uid, &gid);
+		rc = ops_new_file_locked(fs, dir, name, mode, uid, gid, &in);
 		if (rc) {
 			pthread_mutex_unlock(&fs->lock);
 			goto out_err;
 		}
+		/*
+		 * An open that cannot write (O_RDONLY without O_TRUNC: lock
+		 * files, flock(1)) creates an empty file, sealed at once, so it
+		 * opens for reading like any other.
+		 */
+		if ((fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC))
+			seal_empty_locked(fs, in);
 		ns_get(in, 2);
 		miss_consume(fs, dir, name);
 	}
@@ -661,26 +747,19 @@ static void kvfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 	if (rc)
 		goto out_err;
 	pthread_mutex_lock(&fs->lock);
-	if (ns_find_locked(fs, dir, name, strlen(name)))
+	if (ns_find_locked(fs, dir, name, strlen(name))) {
 		rc = -EEXIST;
-	else
-		rc = ops_new_file_locked(fs, dir, name, mode, fuse_req_ctx(req)->uid,
-					 fuse_req_ctx(req)->gid, &in);
+	} else {
+		uid_t uid;
+		gid_t gid;
+
+		new_owner(req, dir, false, &mode, &uid, &gid);
+		rc = ops_new_file_locked(fs, dir, name, mode, uid, gid, &in);
+	}
 	if (!rc) {
-		/* No writer: an empty file, sealed at once. */
-		tier_seal(in->data);
-		atomic_store(&in->sealed, true);
+		seal_empty_locked(fs, in);
 		ns_get(in, 1);
 		miss_consume(fs, dir, name);
-		atomic_fetch_add(&fs->ctr.sealed, 1);
-		{
-			cat_batch *b = cat_batch_new();
-
-			ns_persist(fs, b, in);
-			if (ns_commit(fs, b))
-				in->persisted = false;
-			cat_batch_free(b);
-		}
 	}
 	pthread_mutex_unlock(&fs->lock);
 	if (rc)
@@ -728,15 +807,17 @@ static void kvfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 {
 	struct kvfs_fs *fs = req_fs(req);
 	struct kvfs_inode *dir = ino_to_inode(fs, parent), *in = NULL;
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	int rc = writable_dir(dir, name);
+	uid_t uid;
+	gid_t gid;
 
 	if (!rc && is_ctl_name(fs, dir, name))
 		rc = -EEXIST;
 	if (rc)
 		goto out_err;
+	new_owner(req, dir, true, &mode, &uid, &gid);
 	pthread_mutex_lock(&fs->lock);
-	rc = ops_new_dir_locked(fs, dir, name, mode, ctx->uid, ctx->gid, &in);
+	rc = ops_new_dir_locked(fs, dir, name, mode, uid, gid, &in);
 	if (!rc) {
 		miss_consume(fs, dir, name);
 		ns_get(in, 1);
@@ -792,11 +873,8 @@ static tier_obj *take_data_if_closed(struct kvfs_inode *in)
 	tier_obj *o = NULL;
 
 	pthread_mutex_lock(&in->lock);
-	if (in->kind == KIND_FILE && in->opens == 0 && in->data) {
-		o = in->data;
-		in->data = NULL;
-		tier_obj_set_owner(o, NULL);
-	}
+	if (in->kind == KIND_FILE && in->opens == 0)
+		o = ns_take_data(in);
 	pthread_mutex_unlock(&in->lock);
 	return o;
 }
@@ -986,7 +1064,7 @@ static void kvfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fus
 	pthread_mutex_lock(&src->lock);
 	rc = check_native_name(src, newname);
 	if (!rc)
-		src->ctime = (int64_t)kvfs_now_ns();
+		__atomic_store_n(&src->ctime, (int64_t)kvfs_now_ns(), __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&src->lock);
 	if (rc)
 		goto out_unlock;
@@ -1145,6 +1223,14 @@ static void kvfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		n = 0;
 		for (int i = 0; i < k; i++)
 			n += (ssize_t)iov[i].iov_len;
+		/*
+		 * Out of vectors before the end of the request (small pages, a
+		 * large read): a short reply would tell the kernel the file ends
+		 * there. Copy instead.
+		 */
+		if (k == MAX_READ_IOV &&
+		    (uint64_t)n < KVFS_MIN((uint64_t)size, tier_size(data) - (uint64_t)off))
+			goto copy;
 		atomic_fetch_add(&fs->ctr.read_bytes, (uint64_t)n);
 		if (k == 0)
 			fuse_reply_buf(req, NULL, 0);
@@ -1182,17 +1268,11 @@ static void kvfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
 	int rc;
 
 	if (in->kind == KIND_CTL_FILE) {
+		struct kvfs_cred cred;
 		char *ans = NULL;
 		size_t alen = 0;
 
-		const struct fuse_ctx *ctx = fuse_req_ctx(req);
-		struct kvfs_cred cred = {.uid = ctx->uid, .gid = ctx->gid};
-		gid_t groups[KVFS_CRED_GROUPS];
-		int ng = fuse_req_getgroups(req, KVFS_CRED_GROUPS, groups);
-
-		/* Without the groups (no /proc), the writer is judged on uid and gid alone. */
-		for (int i = 0; i < ng && i < KVFS_CRED_GROUPS; i++)
-			cred.groups[cred.ngroups++] = groups[i];
+		req_cred(req, &cred);
 		rc = ctl_write(fs, &cred, in->ctl_id, buf, size, &ans, &alen);
 		if (ans) { /* the answer replaces what the handle reads */
 			pthread_mutex_lock(&in->lock);
@@ -1226,7 +1306,13 @@ static void kvfs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t s
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	__atomic_store_n(&in->mtime, (int64_t)kvfs_now_ns(), __ATOMIC_RELAXED);
+	{
+		int64_t now = (int64_t)kvfs_now_ns();
+
+		/* A write changes the data: mtime and ctime (POSIX). */
+		__atomic_store_n(&in->mtime, now, __ATOMIC_RELAXED);
+		__atomic_store_n(&in->ctime, now, __ATOMIC_RELAXED);
+	}
 	atomic_fetch_add(&fs->ctr.writes, 1);
 	atomic_fetch_add(&fs->ctr.write_bytes, size);
 	fuse_reply_write(req, size);
@@ -1282,7 +1368,7 @@ int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
 	struct kvfs_block_info bi;
 	const char *why = NULL;
 	char magic[KVFS_BLOCK_MAGIC_BYTES];
-	bool native = false;
+	bool native = false, sync;
 	int valid = 0;
 
 	/* No writer is left and new ones wait on `sealing`: the bytes are stable. */
@@ -1299,6 +1385,15 @@ int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
 			valid = -EBADMSG;
 	}
 	tier_seal(data);
+	/*
+	 * fsync()ed while it was being written: durable before anyone sees it
+	 * sealed (a failure is counted and retried by the tier).
+	 */
+	pthread_mutex_lock(&in->lock);
+	sync = in->sync_on_seal && !(native && valid);
+	pthread_mutex_unlock(&in->lock);
+	if (sync && tier_persist(data) == 0)
+		tier_sync(fs->tier);
 	/* Counted before the seal is visible: whoever waits for it sees the counts. */
 	atomic_fetch_add(&fs->ctr.sealed, 1);
 
@@ -1326,12 +1421,8 @@ int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
 	atomic_store(&in->sealed, true);
 	pthread_mutex_unlock(&in->lock);
 	if (in->linked && !in->invalid) {
-		cat_batch *b = cat_batch_new();
-
-		ns_persist(fs, b, in);
-		if (ns_commit(fs, b))
-			in->persisted = false; /* still served from DRAM; the catalog lost nothing */
-		cat_batch_free(b);
+		/* On failure still served from DRAM, counted, and retried. */
+		ns_record_file_locked(fs, in);
 		rmt_link_locked(fs, in); /* offered to the cluster */
 		dg_sealed_locked(fs, in);  /* and pushed, if its directory says where */
 	}
@@ -1340,6 +1431,8 @@ int ops_seal(struct kvfs_fs *fs, struct kvfs_inode *in, tier_obj *data)
 			 in->name ? in->name->s : "?", (unsigned long long)in->ino,
 			 why ? why : "invalid");
 	pthread_mutex_unlock(&fs->lock);
+	if (sync)
+		cat_sync(fs->cat);
 
 	pthread_mutex_lock(&fs->seal_lock);
 	pthread_cond_broadcast(&fs->seal_cond);
@@ -1399,17 +1492,69 @@ static void kvfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 		fuse_reply_err(req, 0);
 }
 
+/*
+ * Make the file @in durable: its bytes on NVMe (tier_persist) and its
+ * record in the catalog; without an NVMe tier only the record can be. A
+ * file still being written is, with @mark, marked instead: its seal makes
+ * it durable before it can be opened for reading or renamed (without
+ * @mark, for a directory's fsync, it is skipped). The caller syncs the
+ * devices and the catalog afterwards. @return 0 or -EIO.
+ */
+static int persist_file(struct kvfs_fs *fs, struct kvfs_inode *in, bool mark)
+{
+	tier_obj *data = NULL;
+	int rc = 0;
+
+	if (seal_pending_unlocked(in))
+		wait_sealed(fs, in); /* closed a moment ago: its release is on the way */
+	pthread_mutex_lock(&in->lock);
+	if (!atomic_load(&in->sealed) && mark)
+		in->sync_on_seal = true; /* read by ops_seal after the tier seals */
+	if (in->invalid || (!atomic_load(&in->sealed) && !mark))
+		rc = 0; /* refused (never recorded), or not sealed: nothing to keep */
+	else if (!in->data)
+		rc = -EIO; /* lost or evicted under an open handle */
+	else
+		tier_obj_get(data = in->data);
+	pthread_mutex_unlock(&in->lock);
+	if (data) {
+		/*
+		 * -EINVAL: not sealed in the tier yet, so the seal still reads
+		 * sync_on_seal; -EOPNOTSUPP: no persistent tier.
+		 */
+		rc = tier_persist(data);
+		if (rc == -EOPNOTSUPP || rc == -EINVAL)
+			rc = 0;
+		tier_obj_put(data);
+	}
+	if (rc)
+		return -EIO;
+	pthread_mutex_lock(&fs->lock);
+	if (in->unrecorded && in->linked)
+		rc = ns_record_file_locked(fs, in) ? -EIO : 0;
+	pthread_mutex_unlock(&fs->lock);
+	return rc;
+}
+
+/* After persist_file(): flush the devices and the catalog. @return 0 or -EIO. */
+static int sync_all(struct kvfs_fs *fs)
+{
+	int rc = tier_sync(fs->tier);
+
+	if (cat_sync(fs->cat))
+		rc = -EIO;
+	return rc ? -EIO : 0;
+}
+
 static void kvfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
 	struct kvfs_fs *fs = req_fs(req);
 	struct kvfs_inode *in = ino_to_inode(fs, ino);
-	bool persisted;
+	int rc = in->kind == KIND_FILE ? persist_file(fs, in, true) : 0;
 
-	pthread_mutex_lock(&fs->lock); /* the seal may be recording it right now */
-	persisted = in->persisted;
-	pthread_mutex_unlock(&fs->lock);
-	/* Bytes in DRAM cannot be made durable; a persisted record can. */
-	fuse_reply_err(req, persisted && cat_sync(fs->cat) ? EIO : 0);
+	if (!rc)
+		rc = sync_all(fs);
+	fuse_reply_err(req, -rc);
 }
 
 /* --- directories ----------------------------------------------------------------- */
@@ -1628,9 +1773,49 @@ static void kvfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_inf
 	fuse_reply_err(req, 0);
 }
 
+/* fsync of a directory: every sealed file in it is made durable (persist_file). */
 static void kvfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	fuse_reply_err(req, cat_sync(req_fs(req)->cat) ? EIO : 0);
+	struct kvfs_fs *fs = req_fs(req);
+	struct kvfs_inode *dir = ino_to_inode(fs, ino), **files = NULL;
+	size_t n = 0, cap = 0;
+	struct dnode *d;
+	int rc = 0;
+
+	if (dir->kind == KIND_DIR) {
+		pthread_mutex_lock(&fs->lock);
+		cds_list_for_each_entry(d, &dir->children, link)
+		{
+			struct kvfs_inode *child = caa_container_of(d, struct kvfs_inode, dn);
+
+			if (d->is_cursor || child->kind != KIND_FILE)
+				continue;
+			if (n == cap) {
+				size_t nc = cap ? cap * 2 : 64;
+				struct kvfs_inode **p = realloc(files, nc * sizeof(*p));
+
+				if (!p) {
+					rc = -ENOMEM;
+					break;
+				}
+				files = p;
+				cap = nc;
+			}
+			ns_get(child, 1);
+			files[n++] = child;
+		}
+		pthread_mutex_unlock(&fs->lock);
+	}
+	/* No lock held: storing may evict, and waiting for a seal blocks. */
+	for (size_t i = 0; i < n; i++) {
+		if (!rc && persist_file(fs, files[i], false))
+			rc = -EIO;
+		ns_put(fs, files[i], 1);
+	}
+	free(files);
+	if (!rc)
+		rc = sync_all(fs);
+	fuse_reply_err(req, rc == -ENOMEM ? ENOMEM : rc ? EIO : 0);
 }
 
 static void kvfs_statfs(fuse_req_t req, fuse_ino_t ino)
@@ -1654,11 +1839,6 @@ static void kvfs_statfs(fuse_req_t req, fuse_ino_t ino)
 }
 
 /* --- extended attributes ------------------------------------------------------------ */
-
-static const char *const xattr_names[] = {
-	"user.kvfs.tier",   "user.kvfs.hits",   "user.kvfs.pin",
-	"user.kvfs.key",    "user.kvfs.parent", "user.kvfs.tokens",
-};
 
 static void tier_names(unsigned where, char *out, size_t len)
 {
@@ -1727,25 +1907,19 @@ static void kvfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size
 		fuse_reply_buf(req, val, len);
 }
 
+/*
+ * Every user.kvfs.* attribute is virtual: read-only figures (tier, hits,
+ * key, parent, tokens) or controls (pin, evict, verify). None is listed, so
+ * `cp -a` and `rsync -X` copy none of them: onto another filesystem they
+ * would be stale copies, and onto another kvfs mount writing them back
+ * fails (EPERM). They stay readable by name (getfattr -n, kvfsctl).
+ */
 static void kvfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	struct kvfs_fs *fs = req_fs(req);
-	struct kvfs_inode *in = ino_to_inode(fs, ino);
-	char list[256], val[KVFS_KEY_HEX + 8];
-	size_t n = 0;
-
-	for (size_t i = 0; i < KVFS_ARRAY_SIZE(xattr_names); i++) {
-		if (xattr_value(in, xattr_names[i], val, sizeof(val)))
-			continue;
-		memcpy(list + n, xattr_names[i], strlen(xattr_names[i]) + 1);
-		n += strlen(xattr_names[i]) + 1;
-	}
 	if (size == 0)
-		fuse_reply_xattr(req, n);
-	else if (size < n)
-		fuse_reply_err(req, ERANGE);
+		fuse_reply_xattr(req, 0);
 	else
-		fuse_reply_buf(req, list, n);
+		fuse_reply_buf(req, NULL, 0);
 }
 
 static int parse_bool(const char *value, size_t size, bool *out)
@@ -1845,6 +2019,9 @@ static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, cons
 		if (!rc)
 			rc = set_pin(fs, in, on);
 	} else if (strcmp(name, "user.kvfs.evict") == 0) {
+		struct kvfs_cred cred;
+
+		req_cred(req, &cred);
 		rc = parse_bool(value, size, &on);
 		if (!rc && !on)
 			rc = -EINVAL;
@@ -1854,10 +2031,10 @@ static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, cons
 			/* Just closed? Let the release land first. */
 			if (seal_pending_unlocked(in))
 				wait_sealed(fs, in);
-			ticket = ns_evict_tree(fs, in, &res);
+			ticket = ns_evict_tree(fs, in, &cred, &res);
 			/* Say why it stayed. */
 			if (!res.files)
-				rc = res.pinned ? -EPERM : res.busy ? -EBUSY : 0;
+				rc = res.denied ? -EACCES : res.pinned ? -EPERM : res.busy ? -EBUSY : 0;
 			/*
 			 * Gone for stat() too by the time we reply: the kernel
 			 * holds this file's lock, not its directory's, so the
@@ -1869,9 +2046,12 @@ static void kvfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, cons
 			/*
 			 * A tree: the kernel holds this directory's lock while we
 			 * run, and dropping cached names of its entries needs it,
-			 * so those invalidations land just after the reply.
+			 * so those invalidations land just after the reply. Only
+			 * files the caller could unlink go (unlink's rule).
 			 */
-			ns_evict_tree(fs, in, &res);
+			ns_evict_tree(fs, in, &cred, &res);
+			if (!res.files && res.denied)
+				rc = -EACCES;
 		}
 	} else if (strcmp(name, "user.kvfs.push") == 0) {
 		rc = is_ctl(in) ? -EPERM : dg_push_set(fs, in, value, size);

@@ -1544,39 +1544,81 @@ static int check_args(const struct nvme_dev_config *devs, unsigned ndevs, uint32
 	return 0;
 }
 
-int nvme_open(const struct nvme_dev_config *devs, unsigned ndevs, uint32_t page_size,
-	      uint32_t extent_pages, struct nvme_store **out, char *err, size_t errlen)
-{
-	struct nvme_store *s;
-	struct nvme_ident *ids = NULL;
-	bool *have = NULL, *created = NULL;
-	uint8_t store_id[16];
-	struct stat *dst = NULL;
-	bool key_made = false, tmpl_made = false;
-	unsigned nsegs = 0;
-	int rc;
+/*
+ * nvme_open, phase by phase. Each phase leaves the store in a state that
+ * store_free() can undo whatever failed: every descriptor is -1 until
+ * opened, every flag says what exists.
+ */
+struct open_state {
+	struct nvme_ident *ids;
+	bool *have;    /* device i has an identity */
+	bool *created; /* segment k was created by this open */
+	struct stat *dst;
+	bool tmpl_made, key_made;
+};
 
-	*out = NULL;
-	seterr(err, errlen, "%s", "");
-	rc = check_args(devs, ndevs, page_size, extent_pages, err, errlen);
-	if (rc)
-		return rc;
-	s = calloc(1, sizeof(*s));
-	ids = calloc(ndevs, sizeof(*ids));
-	have = calloc(ndevs, sizeof(*have));
-	dst = calloc(ndevs, sizeof(*dst));
-	if (!s || !ids || !have || !dst || !(s->devs = calloc(ndevs, sizeof(*s->devs)))) {
-		rc = -ENOMEM;
-		seterr(err, errlen, "out of memory");
-		goto out_fail;
+/* Undo a partial nvme_open: close, unlink what it created, free. */
+static void store_free(struct nvme_store *s, struct open_state *o)
+{
+	if (o->key_made)
+		pthread_key_delete(s->key);
+	if (o->tmpl_made)
+		io_uring_queue_exit(&s->tmpl);
+	for (unsigned i = 0; s->devs && i < s->ndevs; i++) {
+		struct nvme_dev *d = &s->devs[i];
+
+		for (unsigned j = 0; s->segs && j < d->nsegs; j++) {
+			unsigned k = d->seg_base + j;
+			char path[PATH_MAX];
+
+			if (s->segs[k].fd >= 0)
+				close(s->segs[k].fd);
+			if (o->created && o->created[k] && !o->have[i]) {
+				snprintf(path, sizeof(path), "%s/" SEG_NAME, d->dir, j);
+				unlink(path);
+			}
+		}
+		if (d->lock_fd >= 0)
+			close(d->lock_fd);
+		pthread_mutex_destroy(&d->lock);
+		free(d->dir);
+		free(d->bitmap);
 	}
+	pthread_mutex_destroy(&s->mem_lock);
+	free(s->devs);
+	free(s->segs);
+	free(s->fds);
+	free(s);
+	free(o->ids);
+	free(o->have);
+	free(o->dst);
+	free(o->created);
+}
+
+/*
+ * Phase 1, memory: the store and its devices. Every device is made safe to
+ * free (no descriptor, a mutex) before anything that can fail.
+ * @return 0 or -ENOMEM (the caller frees with store_free()).
+ */
+static int store_alloc(struct nvme_store *s, struct open_state *o,
+		       const struct nvme_dev_config *devs, unsigned ndevs, uint32_t page_size,
+		       uint32_t extent_pages)
+{
+	unsigned nsegs = 0;
+
 	s->page_size = page_size;
 	s->page_shift = (uint32_t)__builtin_ctz(page_size);
 	s->extent_pages = extent_pages;
 	s->pages_per_seg = SEG_BYTES / page_size;
-	s->ndevs = ndevs;
 	s->clone_ok = -1;
 	pthread_mutex_init(&s->mem_lock, NULL);
+	o->ids = calloc(ndevs, sizeof(*o->ids));
+	o->have = calloc(ndevs, sizeof(*o->have));
+	o->dst = calloc(ndevs, sizeof(*o->dst));
+	s->devs = calloc(ndevs, sizeof(*s->devs));
+	if (!o->ids || !o->have || !o->dst || !s->devs)
+		return -ENOMEM;
+	s->ndevs = ndevs;
 	for (unsigned i = 0; i < ndevs; i++) {
 		struct nvme_dev *d = &s->devs[i];
 
@@ -1588,74 +1630,87 @@ int nvme_open(const struct nvme_dev_config *devs, unsigned ndevs, uint32_t page_
 		d->nsegs = (unsigned)((d->bytes - 1) / SEG_BYTES + 1);
 		d->seg_base = nsegs;
 		nsegs += d->nsegs;
-		d->dir = strdup(devs[i].dir);
-		d->bitmap = calloc((d->npages + 63) / 64, sizeof(uint64_t));
-		if (!d->dir || !d->bitmap) {
-			rc = -ENOMEM;
-			seterr(err, errlen, "out of memory");
-			goto out_fail;
-		}
 	}
 	s->nsegs = nsegs;
-
-	/* Lock every directory before reading anything in it. */
 	for (unsigned i = 0; i < ndevs; i++) {
 		struct nvme_dev *d = &s->devs[i];
 
+		d->dir = strdup(devs[i].dir);
+		d->bitmap = calloc((d->npages + 63) / 64, sizeof(uint64_t));
+		if (!d->dir || !d->bitmap)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+/* Phase 2: create and lock every directory, then read their identities. */
+static int store_lock_dirs(struct nvme_store *s, struct open_state *o, uint8_t store_id[16],
+			   char *err, size_t errlen)
+{
+	int rc;
+
+	/* Lock every directory before reading anything in it. */
+	for (unsigned i = 0; i < s->ndevs; i++) {
+		struct nvme_dev *d = &s->devs[i];
+
 		rc = make_dir(d->dir);
-		if (rc || stat(d->dir, &dst[i]) < 0) {
+		if (rc || stat(d->dir, &o->dst[i]) < 0) {
 			rc = rc ? rc : -errno;
 			seterr(err, errlen, "cannot create nvme directory %s: %s", d->dir,
 			       strerror(-rc));
-			goto out_fail;
+			return rc;
 		}
 		for (unsigned j = 0; j < i; j++) {
-			if (dst[j].st_dev == dst[i].st_dev && dst[j].st_ino == dst[i].st_ino) {
-				rc = -EINVAL;
+			if (o->dst[j].st_dev == o->dst[i].st_dev &&
+			    o->dst[j].st_ino == o->dst[i].st_ino) {
 				seterr(err, errlen, "nvme directory %s is given twice (as %s)",
 				       d->dir, s->devs[j].dir);
-				goto out_fail;
+				return -EINVAL;
 			}
 		}
 		rc = lock_dir(d, err, errlen);
 		if (rc)
-			goto out_fail;
+			return rc;
 	}
-	for (unsigned i = 0; i < ndevs; i++) {
-		rc = id_read(s->devs[i].dir, &ids[i], err, errlen);
+	for (unsigned i = 0; i < s->ndevs; i++) {
+		rc = id_read(s->devs[i].dir, &o->ids[i], err, errlen);
 		if (rc && rc != -ENOENT)
-			goto out_fail;
-		have[i] = rc == 0;
+			return rc;
+		o->have[i] = rc == 0;
 	}
-	rc = check_idents(s, ids, have, store_id, err, errlen);
-	if (rc)
-		goto out_fail;
+	return check_idents(s, o->ids, o->have, store_id, err, errlen);
+}
 
-	rc = ensure_nofile(nsegs, err, errlen);
+/* Phase 3: open (creating what is missing) every segment file. */
+static int store_open_segments(struct nvme_store *s, struct open_state *o, char *err,
+			       size_t errlen)
+{
+	unsigned nsegs = s->nsegs;
+	int rc = ensure_nofile(nsegs, err, errlen);
+
 	if (rc)
-		goto out_fail;
+		return rc;
 	s->segs = calloc(nsegs, sizeof(*s->segs));
 	s->fds = calloc(nsegs, sizeof(*s->fds));
-	created = calloc(nsegs, sizeof(*created));
-	if (!s->segs || !s->fds || !created) {
-		rc = -ENOMEM;
+	o->created = calloc(nsegs, sizeof(*o->created));
+	if (!s->segs || !s->fds || !o->created) {
 		seterr(err, errlen, "out of memory");
-		goto out_fail;
+		return -ENOMEM;
 	}
 	for (unsigned i = 0; i < nsegs; i++)
 		s->segs[i].fd = -1;
-	for (unsigned i = 0; i < ndevs; i++) {
+	for (unsigned i = 0; i < s->ndevs; i++) {
 		struct nvme_dev *d = &s->devs[i];
 
 		for (unsigned j = 0; j < d->nsegs; j++) {
 			unsigned k = d->seg_base + j;
 			uint64_t size = KVFS_MIN(SEG_BYTES, d->bytes - (uint64_t)j * SEG_BYTES);
 
-			rc = seg_open(d, j, size, &s->segs[k].fd, &created[k], err, errlen);
+			rc = seg_open(d, j, size, &s->segs[k].fd, &o->created[k], err, errlen);
 			if (rc)
-				goto out_fail;
+				return rc;
 			s->fds[k] = s->segs[k].fd;
-			if (created[k] && have[i])
+			if (o->created[k] && o->have[i])
 				log_warn("nvme: segment %s/" SEG_NAME
 					 " was missing; recreated empty",
 					 d->dir, j);
@@ -1664,94 +1719,102 @@ int nvme_open(const struct nvme_dev_config *devs, unsigned ndevs, uint32_t page_
 		if (rc) {
 			seterr(err, errlen, "cannot fsync nvme directory %s: %s", d->dir,
 			       strerror(-rc));
-			goto out_fail;
+			return rc;
 		}
 	}
+	return 0;
+}
 
-	/* The template ring doubles as a probe that io_uring works here. */
-	rc = io_uring_queue_init(1, &s->tmpl, 0);
+/* Phase 4: the template ring (a probe that io_uring works here) and the ring key. */
+static int store_start_rings(struct nvme_store *s, struct open_state *o, char *err,
+			     size_t errlen)
+{
+	int rc = io_uring_queue_init(1, &s->tmpl, 0);
+
 	if (rc) {
 		seterr(err, errlen, "io_uring is not available: %s", strerror(-rc));
-		goto out_fail;
+		return rc;
 	}
-	tmpl_made = true;
-	rc = io_uring_register_files(&s->tmpl, s->fds, nsegs);
+	o->tmpl_made = true;
+	rc = io_uring_register_files(&s->tmpl, s->fds, s->nsegs);
 	if (rc) {
-		seterr(err, errlen, "cannot register %u segment files with io_uring: %s", nsegs,
+		seterr(err, errlen, "cannot register %u segment files with io_uring: %s", s->nsegs,
 		       strerror(-rc));
-		goto out_fail;
+		return rc;
 	}
 	rc = -pthread_key_create(&s->key, ring_destructor);
 	if (rc) {
 		seterr(err, errlen, "pthread_key_create: %s", strerror(-rc));
-		goto out_fail;
+		return rc;
 	}
-	key_made = true;
+	o->key_made = true;
+	return 0;
+}
 
-	/* Identities last: a directory with one holds complete segments. */
-	for (unsigned i = 0; i < ndevs; i++) {
+/* Phase 5, last: identities, so a directory with one holds complete segments. */
+static int store_write_idents(struct nvme_store *s, struct open_state *o,
+			      const uint8_t store_id[16], char *err, size_t errlen)
+{
+	for (unsigned i = 0; i < s->ndevs; i++) {
 		struct nvme_ident id = {
 			.version = ID_VERSION,
-			.page_size = page_size,
+			.page_size = s->page_size,
 			.dev_bytes = s->devs[i].bytes,
 			.seg_bytes = SEG_BYTES,
 			.index = i,
-			.count = ndevs,
+			.count = s->ndevs,
 		};
+		int rc;
 
-		if (have[i])
+		if (o->have[i])
 			continue;
 		memcpy(id.store_id, store_id, 16);
 		rc = id_write(s->devs[i].dir, &id, err, errlen);
 		if (rc)
-			goto out_fail;
+			return rc;
 	}
-	free(ids);
-	free(have);
-	free(dst);
-	free(created);
+	return 0;
+}
+
+int nvme_open(const struct nvme_dev_config *devs, unsigned ndevs, uint32_t page_size,
+	      uint32_t extent_pages, struct nvme_store **out, char *err, size_t errlen)
+{
+	struct open_state o = {0};
+	struct nvme_store *s;
+	uint8_t store_id[16];
+	int rc;
+
+	*out = NULL;
+	seterr(err, errlen, "%s", "");
+	rc = check_args(devs, ndevs, page_size, extent_pages, err, errlen);
+	if (rc)
+		return rc;
+	s = calloc(1, sizeof(*s));
+	if (!s) {
+		seterr(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	rc = store_alloc(s, &o, devs, ndevs, page_size, extent_pages);
+	if (rc)
+		seterr(err, errlen, "out of memory");
+	if (!rc)
+		rc = store_lock_dirs(s, &o, store_id, err, errlen);
+	if (!rc)
+		rc = store_open_segments(s, &o, err, errlen);
+	if (!rc)
+		rc = store_start_rings(s, &o, err, errlen);
+	if (!rc)
+		rc = store_write_idents(s, &o, store_id, err, errlen);
+	if (rc) {
+		store_free(s, &o);
+		return rc;
+	}
+	free(o.ids);
+	free(o.have);
+	free(o.dst);
+	free(o.created);
 	*out = s;
 	return 0;
-
-out_fail:
-	if (key_made)
-		pthread_key_delete(s->key);
-	if (tmpl_made)
-		io_uring_queue_exit(&s->tmpl);
-	if (s && s->devs) {
-		for (unsigned i = 0; i < ndevs; i++) {
-			struct nvme_dev *d = &s->devs[i];
-
-			for (unsigned j = 0; s->segs && j < d->nsegs; j++) {
-				unsigned k = d->seg_base + j;
-				char path[PATH_MAX];
-
-				if (s->segs[k].fd >= 0)
-					close(s->segs[k].fd);
-				if (created && created[k] && !have[i]) {
-					snprintf(path, sizeof(path), "%s/" SEG_NAME, d->dir, j);
-					unlink(path);
-				}
-			}
-			if (d->lock_fd >= 0)
-				close(d->lock_fd);
-			pthread_mutex_destroy(&d->lock);
-			free(d->dir);
-			free(d->bitmap);
-		}
-		pthread_mutex_destroy(&s->mem_lock);
-	}
-	if (s) {
-		free(s->devs);
-		free(s->segs);
-		free(s->fds);
-	}
-	free(s);
-	free(ids);
-	free(have);
-	free(dst);
-	free(created);
-	return rc;
 }
 
 void nvme_close(struct nvme_store *s)

@@ -147,6 +147,8 @@ static void obj_died(tier_obj *o, uint64_t old_state)
 		if (old_state & OBJ_SEALED) /* pinned bytes count sealed objects only */
 			atomic_fetch_sub(&m->pinned_bytes, tier_dram_bytes(o));
 	}
+	if (old_state & OBJ_PENDING)
+		atomic_fetch_sub(&m->not_durable, 1); /* nothing left to make durable */
 	atomic_fetch_sub(&m->objects, 1);
 	obj_release_all(o, old_state);
 }

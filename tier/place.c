@@ -308,8 +308,11 @@ int place_store(tier_obj *o, bool evict)
 	pthread_mutex_lock(&o->lock);
 	obj_file_idle_locked(o);
 	pthread_mutex_unlock(&o->lock);
-	if (!rc)
+	if (!rc) {
 		rc = rec_commit(m, o->id, ext, n);
+		if (rc)
+			atomic_fetch_add(&m->cat_errors, 1);
+	}
 	if (rc) {
 		nvme_free(m->nvme, ext, n);
 		free(ext);
@@ -323,8 +326,91 @@ int place_store(tier_obj *o, bool evict)
 	o->next = n;
 	pthread_mutex_unlock(&o->lock);
 	atomic_fetch_or(&o->state, OBJ_NVME);
+	if (atomic_fetch_and(&o->state, ~OBJ_PENDING) & OBJ_PENDING)
+		atomic_fetch_sub(&m->not_durable, 1); /* durable at last */
 	nvme_list_add(o);
 	return 0;
+}
+
+void place_pending(tier_obj *o)
+{
+	tier_mgr *m = o->mgr;
+
+	if (!(atomic_fetch_or(&o->state, OBJ_PENDING) & OBJ_PENDING)) {
+		atomic_fetch_add(&m->persist_failed, 1);
+		atomic_fetch_add(&m->not_durable, 1);
+	}
+}
+
+/* How long tier_persist() waits for another thread's move of the object. */
+#define PERSIST_WAIT_US (5 * 1000 * 1000)
+
+int tier_persist(tier_obj *o)
+{
+	tier_mgr *m = o->mgr;
+	unsigned waited = 0;
+	int rc;
+
+	if (!m->nvme)
+		return -EOPNOTSUPP;
+	for (;;) {
+		uint64_t s = atomic_load(&o->state);
+
+		if (s & OBJ_DEAD)
+			return -ENOENT;
+		if (!(s & OBJ_SEALED))
+			return -EINVAL;
+		if ((s & OBJ_NVME) || tier_size(o) == 0)
+			return 0;
+		/* in DRAM, or only in a GPU pool (then written down first, below) */
+		if (obj_try_claim(o, (s & OBJ_DRAM) ? OBJ_DRAM : OBJ_GPU, OBJ_NVME))
+			break;
+		/* Another thread is moving it (a demotion writing it): let it finish. */
+		if (waited >= PERSIST_WAIT_US)
+			return -EBUSY;
+		usleep(1000);
+		waited += 1000;
+	}
+	rc = tier_nvme_backend.store(o, true); /* writes a GPU-only file down first */
+	if (rc)
+		place_pending(o);
+	obj_unclaim(o);
+	return rc;
+}
+
+int tier_sync(tier_mgr *m)
+{
+	return m->nvme ? nvme_sync(m->nvme) : 0;
+}
+
+uint64_t tier_retry_persist(tier_mgr *m)
+{
+	struct policy *p = &m->policy;
+	struct policy_node *n;
+	struct policy_iter it;
+	tier_obj *v[64];
+	size_t nv = 0;
+
+	if (!m->nvme || !atomic_load(&m->not_durable))
+		return 0;
+	/* A bounded batch per call: the caller comes back while any is left. */
+	pthread_mutex_lock(&p->lock);
+	policy_iter_init(p, &it);
+	while (nv < KVFS_ARRAY_SIZE(v) && (n = policy_iter_next(p, &it))) {
+		tier_obj *o = container_of(n, tier_obj, pn);
+
+		if (!obj_try_claim(o, OBJ_DRAM | OBJ_PENDING, OBJ_NVME))
+			continue;
+		tier_obj_get(o);
+		v[nv++] = o;
+	}
+	pthread_mutex_unlock(&p->lock);
+	for (size_t i = 0; i < nv; i++) {
+		place_store(v[i], true); /* success clears OBJ_PENDING */
+		obj_unclaim(v[i]);
+		tier_obj_put(v[i]);
+	}
+	return atomic_load(&m->not_durable);
 }
 
 /* --- demote and promote ------------------------------------------------------------ */
@@ -368,6 +454,9 @@ static void lose(tier_obj *o, int why)
 	tier_mgr *m = o->mgr;
 	tier_obj *self = o;
 
+	/* Readers of several extents fail together: one loss, one count. */
+	if (atomic_fetch_or(&o->state, OBJ_LOST) & OBJ_LOST)
+		return;
 	atomic_fetch_add(&m->nvme_read_errors, 1);
 	atomic_fetch_add(&m->lost, 1);
 	log_err("NVMe: file %llu dropped: its only copy failed (%s)", (unsigned long long)o->id,
@@ -649,6 +738,21 @@ int place_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *
 	tier_obj *o;
 	int rc;
 
+	if (size == 0 && m->nvme) {
+		/* An empty file needs no bytes: with a persistent tier it comes back whole. */
+		rc = tier_obj_new(m, owner, id, &o);
+		if (rc)
+			return rc;
+		o->pn.hits = hits;
+		atomic_store(&o->state, OBJ_SEALED | OBJ_DRAM);
+		atomic_fetch_add(&m->sealed, 1);
+		pthread_mutex_lock(&m->policy.lock);
+		tier_obj_get(o); /* the list's */
+		policy_insert_locked(&m->policy, &o->pn, 0);
+		pthread_mutex_unlock(&m->policy.lock);
+		*out = o;
+		return 0; /* a stray record of it stays unclaimed: deleted at the end */
+	}
 	if (!r)
 		return -ENOENT;
 	if (!r->ext)

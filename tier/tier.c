@@ -167,6 +167,9 @@ void tier_get_stats(tier_mgr *m, struct tier_stats *st)
 	st->nvme_evictions = atomic_load(&m->nvme_evictions);
 	st->lost = atomic_load(&m->lost);
 	st->nvme_files = atomic_load(&m->nvme_files);
+	st->persist_failed = atomic_load(&m->persist_failed);
+	st->not_durable = atomic_load(&m->not_durable);
+	st->cat_errors = atomic_load(&m->cat_errors);
 	st->nbackends = m->nbackends;
 	for (unsigned i = 0; i < m->nbackends; i++)
 		m->backends[i]->stats(m, &st->backend[i]);
@@ -631,7 +634,10 @@ int tier_seal(tier_obj *o)
 	 * it first and still be writing it when the owner's rename returns.
 	 */
 	if (m->nvme && m->persist_through && obj_try_claim(o, OBJ_DRAM, OBJ_NVME)) {
-		tier_nvme_backend.store(o, true);
+		int st = tier_nvme_backend.store(o, true);
+
+		if (st && st != -EINVAL) /* -EINVAL: empty, nothing to store */
+			place_pending(o);
 		obj_unclaim(o);
 	}
 	pthread_mutex_lock(&m->policy.lock);

@@ -19,6 +19,9 @@
  *     to the owner's `evicted` callback so the owner can forget the name;
  *     the same happens to a file whose only copy fails its checksum.
  *
+ * Durability on demand: tier_persist() puts a sealed object on NVMe now
+ * (fsync); a store that had to succeed and failed is counted and retried.
+ *
  * Persistence: the tier keeps its own catalog records (NVMe extents, under
  * CAT_NS_NVME, keyed by the owner's id) and writes them only after the data
  * they point to is on the device. The owner deletes them with its own
@@ -125,6 +128,9 @@ struct tier_stats {
 	uint64_t demotions;         /* DRAM copies dropped after writing NVMe */
 	uint64_t promotions;        /* NVMe files brought back into DRAM */
 	uint64_t lost;              /* files dropped: their only copy failed */
+	uint64_t persist_failed;    /* files whose write-through or fsync store failed */
+	uint64_t not_durable;       /* of which still without an NVMe copy (retried) */
+	uint64_t cat_errors;        /* tier record commits that failed */
 	bool nvme_full;             /* the segment filesystem said ENOSPC */
 	uint64_t page_size;
 	uint64_t dram_capacity; /* bytes */
@@ -159,13 +165,34 @@ void tier_close(tier_mgr *m);
  */
 void tier_flush(tier_mgr *m);
 
+/*
+ * Durability. tier_persist() makes a sealed object durable now: it writes
+ * the object to NVMe if it has no copy there (making room on NVMe as an
+ * eviction would) and commits its record; tier_sync() then flushes the
+ * devices, so one sync covers many objects. A store that fails leaves the
+ * object in DRAM only, counted (persist_failed once, not_durable until a
+ * store succeeds) and retried by tier_retry_persist(); so is a sealed
+ * object that --persist through could not write.
+ * tier_persist: @return 0 (on NVMe, or empty: an empty object needs no
+ * copy); -EOPNOTSUPP without a persistent tier; -EINVAL if not sealed;
+ * -ENOENT if dead; -EBUSY if another thread kept it moving for seconds;
+ * -ENOSPC if NVMe has no room; -EIO (device or catalog error).
+ * tier_sync: @return 0, -EIO.
+ * tier_retry_persist: store the objects counted not durable (call with no
+ * lock held: it may evict). @return how many are still not durable.
+ */
+int tier_persist(tier_obj *o);
+int tier_sync(tier_mgr *m);
+uint64_t tier_retry_persist(tier_mgr *m);
+
 /* Add to @b the deletion of the tier records of object @id (the owner deletes the file). */
 void tier_forget_record(struct cat_batch *b, uint64_t id);
 
 /*
  * Recovery at start, between tier_recover_begin() and tier_recover_end():
  * tier_recover() gives the object of @id back if a persistent tier holds
- * all @size bytes of it (sealed, not in DRAM), reserving its space.
+ * all @size bytes of it (sealed, not in DRAM), reserving its space; an
+ * empty object comes back whenever there is a persistent tier.
  * tier_recover_end() deletes the records nobody claimed into @b.
  * @return 0; -ENOENT if no persistent copy exists (the owner drops the
  * file); -EUCLEAN if the record is damaged (extents overlapping others or
@@ -264,7 +291,8 @@ int tier_truncate(tier_obj *o, uint64_t size);
 
 /*
  * No more writes; the object becomes a candidate for eviction. With
- * persist-through it is on NVMe (if NVMe could take it) before this returns.
+ * persist-through it is on NVMe (if NVMe could take it: else it is counted
+ * not durable and retried, see tier_persist) before this returns.
  * @return 0, -ENOENT.
  */
 int tier_seal(tier_obj *o);

@@ -55,6 +55,8 @@ static inline uint64_t dram_round(uint64_t n)
 #define OBJ_DRAM   (1ull << 35) /* its bytes are in its DRAM file */
 #define OBJ_NVME   (1ull << 36) /* a complete copy is on NVMe (ext) */
 #define OBJ_BUSY   (1ull << 37) /* one thread is moving it between tiers */
+#define OBJ_LOST   (1ull << 38) /* its only copy failed: dropped and counted once */
+#define OBJ_PENDING (1ull << 39) /* must be made durable and is not: retried (not_durable) */
 #define OBJ_GPU    (1ull << 40) /* a complete copy is in a GPU pool (gblk) */
 #define OBJ_LEASES 0xffffffffull
 
@@ -173,6 +175,7 @@ struct tier_mgr {
 
 	_Atomic uint64_t demotions, promotions, nvme_write_errors, nvme_read_errors;
 	_Atomic uint64_t nvme_evictions, lost, nvme_files;
+	_Atomic uint64_t persist_failed, not_durable, cat_errors;
 
 	_Atomic uint64_t objects;
 	_Atomic uint64_t sealed;
@@ -256,6 +259,8 @@ ssize_t place_read(tier_obj *o, uint64_t off, void *buf, size_t len);
 void place_free(tier_obj *o);
 /* The last lease of @o went. */
 void place_unleased(tier_obj *o);
+/* A store that had to succeed failed: @o is counted not durable until one does. */
+void place_pending(tier_obj *o);
 /* The NVMe backend's recover op (tier_recover() asks every backend). */
 int place_recover(tier_mgr *m, uint64_t id, uint64_t size, uint32_t hits, void *owner,
 		  tier_obj **out);

@@ -306,3 +306,14 @@ class MountTest(unittest.TestCase):
             self.fail("the sanitizer reported:\n" + reports)
         if not alive and not getattr(self, "_expect_dead", False):
             self.fail("the daemon died during the test; log:\n" + log)
+
+
+def run_python_as(uid, code, *argv, timeout=60):
+    """Run Python @code with @argv in a child with uid and gid @uid (no
+    supplementary groups); @return what it printed, decoded from JSON."""
+    # an interpreter @uid can reach, wherever this one lies (python_for)
+    r = subprocess.run([python_for(uid), "-c", code, *argv], preexec_fn=demote_to(uid), cwd="/",
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError("child as uid %d failed: %s" % (uid, r.stderr))
+    return json.loads(r.stdout)

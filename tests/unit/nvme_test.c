@@ -526,6 +526,50 @@ static void test_bad_args(void **state)
 	assert_int_not_equal(access(fx.dirs[0], F_OK), 0);
 }
 
+/*
+ * strdup that fails for one string (the test binary is linked with
+ * -Wl,--wrap=strdup): an allocation failure for a second device, part-way
+ * through nvme_open's first phase.
+ */
+char *__real_strdup(const char *s);
+char *__wrap_strdup(const char *s);
+static const char *strdup_fails_for;
+
+char *__wrap_strdup(const char *s)
+{
+	if (strdup_fails_for && strcmp(s, strdup_fails_for) == 0) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return __real_strdup(s);
+}
+
+static void test_open_out_of_memory_closes_nothing_it_did_not_open(void **state)
+{
+	struct nvme_store *s = NULL;
+	struct stat before, after;
+	char err[512];
+	int fd = -1;
+
+	(void)state;
+	/* descriptor 0 is open (on /dev/null if nothing else) */
+	if (fcntl(0, F_GETFD) < 0) {
+		fd = open("/dev/null", O_RDONLY);
+		assert_int_equal(fd, 0);
+	}
+	assert_int_equal(fstat(0, &before), 0);
+	strdup_fails_for = fx.dirs[1];
+	assert_int_equal(try_open(3, 4 * MiB, PS64, 4, &s, err, sizeof(err)), -ENOMEM);
+	strdup_fails_for = NULL;
+	assert_null(s);
+	assert_true(fcntl(0, F_GETFD) >= 0);
+	assert_int_equal(fstat(0, &after), 0);
+	assert_int_equal(before.st_ino, after.st_ino);
+	assert_int_equal(before.st_dev, after.st_dev);
+	if (fd == 0)
+		close(fd);
+}
+
 /* --- allocator --------------------------------------------------------------- */
 
 static void test_alloc_stripes(void **state)
@@ -1593,6 +1637,7 @@ int main(void)
 		T(test_identity_other_store),
 		T(test_lock),
 		T(test_bad_args),
+		T(test_open_out_of_memory_closes_nothing_it_did_not_open),
 		T(test_alloc_stripes),
 		T(test_alloc_enospc),
 		T(test_alloc_full_device_falls_over),

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "core/catalog.h"
+#include "core/fault.h"
 #include "core/util.h"
 #include "gpu/gpu.h"
 #include "tier/tier_i.h"
@@ -366,34 +367,72 @@ static void test_write_through_before_seal_returns(void **state)
 	}
 }
 
+/* Object 20, of @size bytes, only in a stand-in GPU pool attached to the tier. */
+static tier_obj *gpu_only(struct env *e, size_t size, gpu_dev **d, gpu_pool **pool)
+{
+	uint8_t *buf = malloc(size);
+	struct tier_gpu_part part = {.off = 0, .len = size, .src = buf};
+	tier_obj *o;
+
+	gpu_shm_configure(1, 64ull << 20);
+	assert_int_equal(gpu_open(gpu_shm(), 0, d), 0);
+	assert_int_equal(gpu_pool_new(*d, 16 * PS, PS, pool), 0);
+	assert_int_equal(tier_gpu_attach(e->m, *d, *pool), 0);
+	o = make(e, 20, size);
+	for (size_t i = 0; i < size; i++)
+		buf[i] = (uint8_t)(20 * 31 + i * 7);
+	assert_int_equal(tier_gpu_store_parts(o, *d, &part, 1), 0);
+	/* as a DRAM victim with no NVMe to take it would: GPU-only */
+	assert_true(obj_try_claim(o, OBJ_DRAM, 0));
+	assert_int_equal(tier_dram_backend.drop(o), 0);
+	assert_int_equal(tier_where(o), TIER_GPU);
+	free(buf);
+	return o;
+}
+
 /*
- * A file only in a GPU pool (its DRAM copy dropped, no NVMe copy) is
- * written down and onto NVMe by a clean shutdown, and comes back.
+ * A file only in a GPU pool (its DRAM copy dropped, no NVMe copy) is made
+ * durable by tier_persist (fsync), written down first, and comes back.
+ */
+static void test_persist_writes_gpu_only_files_down(void **state)
+{
+	struct env *e = *state;
+	size_t size = 2 * PS + 9;
+	gpu_dev *d;
+	gpu_pool *pool;
+	tier_obj *o = gpu_only(e, size, &d, &pool), *r;
+	cat_batch *b = cat_batch_new();
+
+	assert_int_equal(tier_persist(o), 0);
+	assert_int_equal(tier_sync(e->m), 0);
+	assert_true(tier_where(o) & TIER_NVME);
+	release(o);
+	tier_close(e->m); /* no flush: as after kill -9 */
+	gpu_pool_free(pool);
+	gpu_close(d);
+	open_tier(e);
+	assert_int_equal(tier_recover_begin(e->m), 0);
+	assert_int_equal(tier_recover(e->m, 20, size, 0, NULL, &r), 0);
+	check(r, 20, size);
+	release(r);
+	tier_recover_end(e->m, b);
+	cat_batch_free(b);
+}
+
+/*
+ * A file only in a GPU pool is written down and onto NVMe by a clean
+ * shutdown, and comes back.
  */
 static void test_flush_writes_gpu_only_files_down(void **state)
 {
 	struct env *e = *state;
 	size_t size = 3 * PS + 5;
-	uint8_t *buf = malloc(size);
-	struct tier_gpu_part part = {.off = 0, .len = size, .src = buf};
 	struct tier_gpu_stats gs;
 	gpu_dev *d;
 	gpu_pool *pool;
-	tier_obj *o, *r;
+	tier_obj *o = gpu_only(e, size, &d, &pool), *r;
 	cat_batch *b = cat_batch_new();
 
-	gpu_shm_configure(1, 64ull << 20);
-	assert_int_equal(gpu_open(gpu_shm(), 0, &d), 0);
-	assert_int_equal(gpu_pool_new(d, 16 * PS, PS, &pool), 0);
-	assert_int_equal(tier_gpu_attach(e->m, d, pool), 0);
-	o = make(e, 20, size);
-	for (size_t i = 0; i < size; i++)
-		buf[i] = (uint8_t)(20 * 31 + i * 7);
-	assert_int_equal(tier_gpu_store_parts(o, d, &part, 1), 0);
-	/* as a DRAM victim with no NVMe to take it would: GPU-only */
-	assert_true(obj_try_claim(o, OBJ_DRAM, 0));
-	assert_int_equal(tier_dram_backend.drop(o), 0);
-	assert_int_equal(tier_where(o), TIER_GPU);
 	tier_flush(e->m);
 	assert_int_equal(tier_where(o), TIER_GPU | TIER_DRAM | TIER_NVME);
 	assert_int_equal(tier_gpu_get_stats(e->m, &gs, 1), 1);
@@ -409,7 +448,82 @@ static void test_flush_writes_gpu_only_files_down(void **state)
 	release(r);
 	tier_recover_end(e->m, b);
 	cat_batch_free(b);
-	free(buf);
+}
+
+/*
+ * tier_persist: a sealed DRAM-only object is on NVMe when it returns, and
+ * after tier_sync its record brings it back; an unsealed one is refused;
+ * an empty one needs nothing and comes back at restart anyway.
+ */
+static void test_persist_makes_durable(void **state)
+{
+	struct env *e = *state;
+	cat_batch *b = cat_batch_new();
+	tier_obj *a, *w, *z, *r;
+
+	a = make(e, 60, 3 * PS + 5);
+	assert_int_equal(tier_where(a), TIER_DRAM);
+	assert_int_equal(tier_persist(a), 0);
+	assert_int_equal(tier_where(a), TIER_DRAM | TIER_NVME);
+	assert_int_equal(tier_persist(a), 0); /* already there */
+	assert_int_equal(tier_sync(e->m), 0);
+	assert_int_equal(tier_obj_new(e->m, NULL, 61, &w), 0);
+	assert_int_equal(tier_persist(w), -EINVAL); /* still being written */
+	assert_int_equal(tier_obj_new(e->m, NULL, 62, &z), 0);
+	assert_int_equal(tier_seal(z), 0);
+	assert_int_equal(tier_persist(z), 0);
+	release(a); /* no flush: only tier_persist put it there */
+	release(w);
+	release(z);
+	restart(e);
+	assert_int_equal(tier_recover_begin(e->m), 0);
+	assert_int_equal(tier_recover(e->m, 60, 3 * PS + 5, 0, NULL, &r), 0);
+	check(r, 60, 3 * PS + 5);
+	release(r);
+	assert_int_equal(tier_recover(e->m, 62, 0, 0, NULL, &r), 0);
+	assert_true(tier_is_sealed(r));
+	assert_int_equal(tier_size(r), 0);
+	release(r);
+	tier_recover_end(e->m, b);
+	cat_batch_free(b);
+}
+
+/*
+ * A store that had to succeed and failed (write-through, tier_persist) is
+ * counted once, stays not durable, and tier_retry_persist stores it.
+ */
+static void test_failed_persist_is_counted_and_retried(void **state)
+{
+	struct env *e = *state;
+	struct tier_stats st;
+	tier_obj *a, *b, *c;
+
+	e->cfg.persist_through = true;
+	restart(e);
+	kvfs_fault_arm(KVFS_FAULT_NVME_WRITE, 1, EIO, true);
+	a = make(e, 70, 2 * PS);
+	b = make(e, 71, PS);
+	assert_int_equal(tier_where(a), TIER_DRAM);
+	assert_int_equal(tier_persist(a), -EIO);
+	assert_int_equal(tier_retry_persist(e->m), 2);
+	tier_get_stats(e->m, &st);
+	assert_int_equal(st.persist_failed, 2); /* files, not attempts */
+	assert_int_equal(st.not_durable, 2);
+	kvfs_fault_arm(KVFS_FAULT_CAT_WRITE, 1, EIO, false);
+	kvfs_fault_arm(KVFS_FAULT_NVME_WRITE, 0, 0, false);
+	c = make(e, 72, PS); /* its record fails: a catalog error */
+	tier_get_stats(e->m, &st);
+	assert_int_equal(st.cat_errors, 1);
+	assert_int_equal(st.not_durable, 3);
+	release(b); /* a pending object that dies is no longer owed */
+	assert_int_equal(tier_retry_persist(e->m), 0);
+	assert_int_equal(tier_where(a), TIER_DRAM | TIER_NVME);
+	assert_int_equal(tier_where(c), TIER_DRAM | TIER_NVME);
+	tier_get_stats(e->m, &st);
+	assert_int_equal(st.persist_failed, 3);
+	assert_int_equal(st.not_durable, 0);
+	release(a);
+	release(c);
 }
 
 int main(void)
@@ -426,6 +540,11 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_promote_on_demand, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flush_writes_gpu_only_files_down, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_persist_writes_gpu_only_files_down, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_persist_makes_durable, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_failed_persist_is_counted_and_retried, setup,
 						teardown),
 	};
 
