@@ -17,7 +17,7 @@ import time
 import unittest
 
 import kvblock
-from harness import BUILD, KVFSCTL, Mount, fuse_available, read_file, write_file
+from harness import BUILD, KVFSCTL, Mount, fuse_available, reachable_copy, read_file, write_file
 from test_cluster import MiB, Redis, content, have_redis, wait_for
 
 KVFS_LLM = os.path.join(BUILD, "bin", "kvfs-llm")
@@ -35,7 +35,12 @@ def ctl(*args, user=None, check=True):
             os.setgid(pw.pw_gid)
             os.setuid(pw.pw_uid)
         kw["preexec_fn"] = drop
-    r = subprocess.run([KVFSCTL, *args], capture_output=True, text=True, timeout=60, **kw)
+    # Another user may not reach this checkout's build folder (a clone under
+    # a 0700 directory): run a copy it can reach, from /.
+    prog = KVFSCTL if user is None else reachable_copy(KVFSCTL)
+    if user is not None:
+        kw["cwd"] = "/"
+    r = subprocess.run([prog, *args], capture_output=True, text=True, timeout=60, **kw)
     out = r.stdout
     if "--json" in args and r.returncode == 0:
         out = json.loads(out)
