@@ -18,14 +18,13 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import unittest
 
 from harness import (BUILD, KVFS, KVFSCTL, Mount, errno_of, fuse_available, read_file,
-                     write_file)
+                     run_python_as, write_file)
 
 MiB = 1 << 20
 
@@ -65,18 +64,7 @@ print(json.dumps(out), flush=True)
 
 def run_as(uid, ops):
     """Run [(op, path)...] in a child as uid/gid @uid; return [[errno, result]...]."""
-    def drop():
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-
-    # the system's interpreter: one under a private home is out of reach
-    py = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
-    r = subprocess.run([py, "-c", _CHILD, json.dumps(ops)], preexec_fn=drop,
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise AssertionError("child as uid %d failed: %s" % (uid, r.stderr))
-    return json.loads(r.stdout)
+    return run_python_as(uid, _CHILD, json.dumps(ops))
 
 
 def wait_for(fn, timeout=8.0, step=0.1):
@@ -131,29 +119,39 @@ def have_redis():
     return shutil.which("redis-server") and shutil.which("redis-cli")
 
 
+def start_fixture(cls, prefix):
+    """A test class's shared parts: skip without FUSE or Redis, else a
+    redis-server, a scratch directory and a cluster token file in it."""
+    if not fuse_available():
+        raise unittest.SkipTest("no /dev/fuse or fusermount3")
+    if not have_redis():
+        raise unittest.SkipTest("redis-server is not installed (make deps)")
+    cls.redis = Redis().start()
+    cls.tmp = tempfile.mkdtemp(prefix=prefix)
+    cls.token = os.path.join(cls.tmp, "token")
+    with open(cls.token, "w") as f:
+        f.write("a-shared-secret-of-enough-length\n")
+
+
+def stop_fixture(cls):
+    cls.redis.close()
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+
+
 class Cluster(unittest.TestCase):
     """Three nodes: a and b lend 32 MiB each, c lends nothing and has little DRAM."""
     timeout_ms = 1000
 
     @classmethod
     def setUpClass(cls):
-        if not fuse_available():
-            raise unittest.SkipTest("no /dev/fuse or fusermount3")
-        if not have_redis():
-            raise unittest.SkipTest("redis-server is not installed (make deps)")
-        cls.redis = Redis().start()
-        cls.tmp = tempfile.mkdtemp(prefix="kvfs-cluster-")
-        cls.token = os.path.join(cls.tmp, "token")
-        with open(cls.token, "w") as f:
-            f.write("a-shared-secret-of-enough-length\n")
+        start_fixture(cls, "kvfs-cluster-")
         cls.bad_token = os.path.join(cls.tmp, "bad-token")
         with open(cls.bad_token, "w") as f:
             f.write("not-the-cluster-secret-at-all!!\n")
 
     @classmethod
     def tearDownClass(cls):
-        cls.redis.close()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        stop_fixture(cls)
 
     def node(self, name, dram="64M", lend="32M", token=None, extra=()):
         args = ["--cluster", self.redis.url, "--cluster-name", self.cname,

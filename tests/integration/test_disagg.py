@@ -10,15 +10,13 @@ timing.
 import json
 import os
 import pwd
-import shutil
 import subprocess
-import tempfile
 import time
 import unittest
 
 import kvblock
-from harness import BUILD, KVFSCTL, Mount, fuse_available, reachable_copy, read_file, write_file
-from test_cluster import MiB, Redis, content, have_redis, wait_for
+from harness import BUILD, KVFSCTL, Mount, reachable_copy, read_file, write_file
+from test_cluster import MiB, content, start_fixture, stop_fixture, wait_for
 
 KVFS_LLM = os.path.join(BUILD, "bin", "kvfs-llm")
 KVFS_GENMODEL = os.path.join(BUILD, "bin", "kvfs-genmodel")
@@ -50,20 +48,11 @@ def ctl(*args, user=None, check=True):
 class Base(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not fuse_available():
-            raise unittest.SkipTest("no /dev/fuse or fusermount3")
-        if not have_redis():
-            raise unittest.SkipTest("redis-server is not installed (make deps)")
-        cls.redis = Redis().start()
-        cls.tmp = tempfile.mkdtemp(prefix="kvfs-disagg-")
-        cls.token = os.path.join(cls.tmp, "token")
-        with open(cls.token, "w") as f:
-            f.write("a-shared-secret-of-enough-length\n")
+        start_fixture(cls, "kvfs-disagg-")
 
     @classmethod
     def tearDownClass(cls):
-        cls.redis.close()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        stop_fixture(cls)
 
     def setUp(self):
         self.cname = "d%d" % (int(time.time() * 1000) % 10**9)
