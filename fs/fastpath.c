@@ -45,7 +45,7 @@
  *
  * Blocks. MATCH leases the matched files (tier_lease), so they are not
  * evicted until RELEASE (or until the ring goes away); READ copies their
- * bytes from the arena straight into an engine buffer, one copy. SAVE
+ * bytes from their DRAM files straight into an engine buffer, one copy. SAVE
  * creates `<namespace>/<key hex>`, copies the block in from an engine
  * buffer, and seals it through the same path as a close (native blocks are
  * validated; an invalid one is removed and the request fails with EBADMSG).
@@ -1134,7 +1134,7 @@ static int batch_sync(struct fp_reg *r)
  * (made at the first, on @buf's device). A file in the GPU pool of that
  * device is copied device to device from its pool blocks (a hot file is
  * promoted there first, tier/gpu.c); bytes in DRAM are copied from the
- * arena; bytes only on NVMe are read (checksummed) into a bounce buffer
+ * object's DRAM file; bytes only on NVMe are read (checksummed) into a bounce buffer
  * and copied from there, waiting for each chunk. The caller syncs the
  * stream before it completes the request.
  * @return 0; -EIO (a device error, logged with its name); -ENOMEM; or the

@@ -5,7 +5,7 @@
  * files, managed in pages of the DRAM page size. Files are stored as lists
  * of extents (runs of pages on one device), striped across the devices in
  * extent-sized chunks. All data I/O goes through io_uring with O_DIRECT,
- * registered files, and the DRAM arena registered as fixed buffers; each
+ * registered files, and optionally caller memory registered as fixed buffers; each
  * extent carries an XXH3-64 checksum of its bytes, checked on every read.
  *
  * The store keeps no free list on disk: the free map lives in memory and is
@@ -70,7 +70,8 @@ int nvme_open(const struct nvme_dev_config *devs, unsigned ndevs, uint32_t page_
 void nvme_close(struct nvme_store *s);
 
 /*
- * Register memory (the DRAM arena) as fixed buffers: I/O whose buffers lie
+ * Register memory as fixed buffers (the daemon no longer does: its DRAM
+ * store is a file per object, not one arena; the tests still use it): I/O whose buffers lie
  * inside it uses IORING_OP_{READ,WRITE}_FIXED. Call once, before I/O (a
  * later call replaces the region; each thread's ring follows at its next
  * I/O). The memory must stay mapped until the store is closed.
